@@ -1,0 +1,151 @@
+//! Node configuration: embedded defaults, a TOML file, environment variables and
+//! command-line flags, in increasing order of precedence.
+//!
+//! Every bound the node enforces lives here with its unit in its name, so an
+//! operator can find and change it; `redrain serve --help` lists the flags.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Complete node configuration. Field docs double as the config file reference
+/// (docs/operations.md shows a full example).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Client port (plain TCP), bound on every core with SO_REUSEPORT.
+    pub listen: SocketAddr,
+    /// Optional TLS client port; needs `tls_cert` and `tls_key`.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS port.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS port.
+    pub tls_key: Option<PathBuf>,
+    /// Admin HTTP endpoint (`/metrics`, `/healthz`); keep it on loopback.
+    pub admin_listen: SocketAddr,
+    /// Where the node keeps its state (and the development auth secret).
+    pub data_dir: PathBuf,
+    /// Number of cores to run on (default: every CPU in the affinity set).
+    pub cores: Option<usize>,
+    /// Connections (logged in or not) one core holds at most.
+    pub sessions_per_core_max: usize,
+    /// Largest frame accepted, including its 4-byte length prefix.
+    pub frame_bytes_max: u32,
+    /// Heartbeat interval advertised to clients in HelloOk.
+    pub heartbeat_interval_ms: u32,
+    /// A session with no inbound frame for this long is closed.
+    pub idle_timeout_ms: u32,
+    /// A connection that has not logged in within this time is closed.
+    pub login_timeout_ms: u32,
+    /// A write to a client that does not drain within this time closes it.
+    pub write_timeout_ms: u32,
+    /// Hex auth secret shared with the auth service (>= 16 bytes). When unset, a
+    /// development secret is created in `data_dir/auth.secret` on first start.
+    pub auth_secret_hex: Option<String>,
+    /// Previous secret, still accepted during rotation.
+    pub auth_secret_previous_hex: Option<String>,
+    /// io_uring registered buffer memory per core (counts against RLIMIT_MEMLOCK
+    /// three times per core: glommio registers it in each of its rings).
+    pub io_memory_bytes_per_core: usize,
+    /// Capacity of each (source core, destination core) hand-off queue.
+    pub handoff_queue_capacity: usize,
+    /// Hand-offs a core takes from one queue per wake-up before yielding.
+    pub handoff_batch_max: usize,
+    /// How long shutdown waits for sessions to drain before exiting anyway.
+    pub shutdown_drain_ms: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7000".parse().expect("literal address"),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            admin_listen: "127.0.0.1:7080".parse().expect("literal address"),
+            data_dir: PathBuf::from("./redrain-data"),
+            cores: None,
+            sessions_per_core_max: 50_000,
+            frame_bytes_max: 64 * 1024,
+            heartbeat_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
+            login_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            auth_secret_hex: None,
+            auth_secret_previous_hex: None,
+            io_memory_bytes_per_core: 1024 * 1024,
+            handoff_queue_capacity: 4096,
+            handoff_batch_max: 256,
+            shutdown_drain_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Reads a TOML file over the embedded defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+    }
+
+    /// Checks cross-field rules and bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_owned() });
+        if self.tls_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return invalid("tls_listen", "needs tls_cert and tls_key");
+        }
+        if self.sessions_per_core_max == 0 {
+            return invalid("sessions_per_core_max", "must be at least 1");
+        }
+        if self.frame_bytes_max < 512 || self.frame_bytes_max > redrain_net::frame::FRAME_BYTES_LIMIT {
+            return invalid("frame_bytes_max", "must be within 512..=16777216");
+        }
+        if self.heartbeat_interval_ms == 0 || self.idle_timeout_ms <= self.heartbeat_interval_ms {
+            return invalid("idle_timeout_ms", "must exceed heartbeat_interval_ms (> 0)");
+        }
+        if self.login_timeout_ms == 0 || self.write_timeout_ms == 0 {
+            return invalid("login_timeout_ms/write_timeout_ms", "must be positive");
+        }
+        if self.handoff_queue_capacity == 0 || self.handoff_batch_max == 0 {
+            return invalid("handoff_queue_capacity/handoff_batch_max", "must be positive");
+        }
+        if self.cores == Some(0) {
+            return invalid("cores", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid_and_match_the_readme() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7080");
+    }
+
+    #[test]
+    fn unknown_fields_and_inconsistent_values_are_rejected() {
+        assert!(toml::from_str::<Config>("listn = \"127.0.0.1:1\"").is_err());
+        let c: Config = toml::from_str("tls_listen = \"127.0.0.1:7443\"").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "tls_listen", .. })));
+        let c: Config = toml::from_str("idle_timeout_ms = 10\nheartbeat_interval_ms = 20").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -355,3 +355,182 @@ pub fn parse_interrupts(text: &str) -> Vec<InterruptLine> {
     }
     lines_out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_mem_triple_is_read_from_tab_separated_text() {
+        assert_eq!(
+            parse_triple("287832\t383779\t575664\n"),
+            Ok([287_832, 383_779, 575_664])
+        );
+    }
+
+    #[test]
+    fn triple_with_wrong_field_count_or_junk_is_an_error() {
+        assert_eq!(
+            parse_triple("4096 16384\n"),
+            Err(ParseError::FieldCount {
+                expected: 3,
+                found: 2
+            })
+        );
+        assert_eq!(
+            parse_triple("1 2 3 4"),
+            Err(ParseError::FieldCount {
+                expected: 3,
+                found: 4
+            })
+        );
+        assert!(matches!(
+            parse_triple("1 two 3"),
+            Err(ParseError::NotAnInteger { .. })
+        ));
+        assert!(parse_triple("").is_err());
+    }
+
+    #[test]
+    fn port_range_is_two_ports_and_its_size_is_inclusive() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Ok((32_768, 60_999)));
+        assert_eq!(port_range_size(32_768, 60_999), 28_232);
+        assert_eq!(port_range_size(10_000, 65_535), 55_536);
+        assert_eq!(port_range_size(5, 5), 1);
+        assert_eq!(
+            port_range_size(6, 5),
+            0,
+            "an inverted range offers no ports"
+        );
+        assert!(parse_port_range("32768").is_err());
+    }
+
+    #[test]
+    fn integers_are_trimmed_and_negative_only_where_signed() {
+        assert_eq!(parse_u64(" 1048576\n"), Ok(1_048_576));
+        assert!(parse_u64("-1\n").is_err());
+        assert_eq!(parse_i64("-1\n"), Ok(-1));
+        assert!(parse_u64("").is_err());
+    }
+
+    #[test]
+    fn cpu_list_expands_ranges_and_singles_sorted_and_deduplicated() {
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            Ok(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list("5,1-2,2"), Ok(vec![1, 2, 5]));
+        assert_eq!(parse_cpu_list("\n"), Ok(vec![]));
+        assert_eq!(parse_cpu_list("(null)\n"), Ok(vec![]));
+    }
+
+    #[test]
+    fn malformed_or_huge_cpu_lists_are_errors_not_allocations() {
+        assert!(matches!(
+            parse_cpu_list("3-1"),
+            Err(ParseError::CpuList { .. })
+        ));
+        assert!(matches!(
+            parse_cpu_list("a"),
+            Err(ParseError::CpuList { .. })
+        ));
+        assert!(matches!(
+            parse_cpu_list("0-"),
+            Err(ParseError::CpuList { .. })
+        ));
+        assert!(matches!(
+            parse_cpu_list("0-4294967295"),
+            Err(ParseError::CpuListTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn cpu_list_formats_back_compactly() {
+        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
+        assert_eq!(format_cpu_list(&[4]), "4");
+        assert_eq!(format_cpu_list(&[]), "none");
+    }
+
+    #[test]
+    fn thp_mode_is_the_bracketed_choice() {
+        assert_eq!(
+            parse_selected_choice("always [madvise] never\n"),
+            Ok("madvise".to_string())
+        );
+        assert_eq!(
+            parse_selected_choice("[always] madvise never"),
+            Ok("always".to_string())
+        );
+        assert!(matches!(
+            parse_selected_choice("always madvise never"),
+            Err(ParseError::NoSelectedChoice { .. })
+        ));
+    }
+
+    const PROC_LIMITS: &str = "\
+Limit                     Soft Limit           Hard Limit           Units     
+Max cpu time              unlimited            unlimited            seconds   
+Max open files            20000                40000                files     
+Max locked memory         8388608              unlimited            bytes     
+";
+
+    #[test]
+    fn proc_limits_give_soft_and_hard_including_unlimited() {
+        assert_eq!(
+            parse_proc_limits(PROC_LIMITS, LIMIT_LABEL_NOFILE),
+            Ok(SoftHard {
+                soft: LimitValue::Finite(20_000),
+                hard: LimitValue::Finite(40_000)
+            })
+        );
+        assert_eq!(
+            parse_proc_limits(PROC_LIMITS, LIMIT_LABEL_MEMLOCK),
+            Ok(SoftHard {
+                soft: LimitValue::Finite(8_388_608),
+                hard: LimitValue::Unlimited
+            })
+        );
+        assert_eq!(
+            parse_proc_limits("Limit Soft Hard\n", LIMIT_LABEL_NOFILE),
+            Err(ParseError::LimitMissing {
+                name: LIMIT_LABEL_NOFILE
+            })
+        );
+        assert!(LimitValue::Unlimited.at_least(u64::MAX));
+        assert!(!LimitValue::Finite(20_000).at_least(131_072));
+    }
+
+    #[test]
+    fn mem_total_is_converted_from_kib() {
+        let meminfo = "MemTotal:       24682416 kB\nMemFree:        1000 kB\n";
+        assert_eq!(parse_mem_total_bytes(meminfo), Ok(24_682_416 * 1024));
+        assert!(parse_mem_total_bytes("MemFree: 1 kB\n").is_err());
+    }
+
+    #[test]
+    fn interrupts_yield_device_lines_with_their_last_column_as_name() {
+        let text = "\
+           CPU0       CPU1       CPU2       CPU3
+ 26:          0         12          0          0  IO-APIC   4-edge      ttyS0
+ 38:          0       2516          0          0  PCI-MSIX-0000:00:03.0   1-edge      virtio2-input.0
+ 90:        100          0          0          0  IR-PCI-MSI 1572864-edge      eth0-TxRx-0
+ 91:          0        100          0          0  IR-PCI-MSI 1572865-edge      eth0-TxRx-1
+NMI:          0          0          0          0   Non-maskable interrupts
+LOC:      34842      33100          1          1   Local timer interrupts
+ERR:          0
+";
+        let lines = parse_interrupts(text);
+        let names: Vec<(u32, &str)> = lines.iter().map(|l| (l.irq, l.name.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![
+                (26, "ttyS0"),
+                (38, "virtio2-input.0"),
+                (90, "eth0-TxRx-0"),
+                (91, "eth0-TxRx-1")
+            ]
+        );
+        assert!(parse_interrupts("").is_empty());
+        assert!(parse_interrupts("garbage\n1: 2\n").is_empty());
+    }
+}

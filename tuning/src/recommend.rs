@@ -242,3 +242,115 @@ pub fn format_bytes(bytes: u64) -> String {
         format!("{value:.1} {}", UNITS[unit])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(sessions: u64, cores: u64) -> Target {
+        Target {
+            sessions,
+            cores,
+            io_memory_bytes_per_executor: IO_MEMORY_BYTES_PER_EXECUTOR_DEFAULT,
+        }
+    }
+
+    #[test]
+    fn nofile_for_100k_sessions_on_2_cores_is_128_ki() {
+        // 100000 + 25000 headroom + 2 x 64 + 1024 = 126152 -> next multiple of 65536.
+        assert_eq!(nofile_limit(&target(100_000, 2)), 131_072);
+        assert_eq!(nr_open_min(&target(100_000, 2)), 131_072);
+    }
+
+    #[test]
+    fn nofile_for_a_million_sessions_on_16_cores_needs_nr_open_raised() {
+        // 1000000 + 250000 + 16 x 64 + 1024 = 1252048 -> 20 x 65536.
+        let limit = nofile_limit(&target(1_000_000, 16));
+        assert_eq!(limit, 1_310_720);
+        assert!(limit > 1_048_576, "above the kernel's default fs.nr_open");
+    }
+
+    #[test]
+    fn file_max_allows_two_processes_and_the_rest_of_the_host() {
+        assert_eq!(file_max_min(&target(100_000, 2)), 2 * 131_072 + 65_536);
+    }
+
+    #[test]
+    fn memlock_is_cores_times_three_rings_times_io_memory() {
+        assert_eq!(memlock_bytes_min(&target(100_000, 2)), 60 << 20);
+        let small = Target {
+            sessions: 1,
+            cores: 1,
+            io_memory_bytes_per_executor: 64 << 10,
+        };
+        // 192 KiB registered, rounded up to a whole MiB.
+        assert_eq!(memlock_bytes_min(&small), 1 << 20);
+    }
+
+    #[test]
+    fn io_memory_that_fits_8_mib_on_2_cores_is_a_page_multiple() {
+        let fitting = io_memory_bytes_fitting(8 << 20, 2);
+        assert_eq!(fitting, 1_396_736);
+        assert_eq!(fitting % 4096, 0);
+        assert!(fitting * 2 * IO_URING_RINGS_PER_EXECUTOR <= 8 << 20);
+        assert_eq!(
+            io_memory_bytes_fitting(8 << 20, 0),
+            (8 << 20) / 3 / 4096 * 4096
+        );
+    }
+
+    #[test]
+    fn listen_backlog_is_an_eighth_of_a_core_rounded_to_a_power_of_two_and_clamped() {
+        // 50000 per core / 8 = 6250 -> 8192.
+        assert_eq!(listen_backlog(&target(100_000, 2)), 8192);
+        assert_eq!(listen_backlog(&target(1_000, 2)), LISTEN_BACKLOG_MIN);
+        assert_eq!(listen_backlog(&target(10_000_000, 1)), LISTEN_BACKLOG_MAX);
+    }
+
+    #[test]
+    fn tcp_mem_covers_every_session_at_its_buffer_floor() {
+        // 100000 x 8192 B / 4096 B per page = 200000 pages.
+        assert_eq!(
+            tcp_mem_pages(&target(100_000, 2), 4096),
+            [200_000, 400_000, 600_000]
+        );
+        // 64 KiB pages (some arm64 kernels) need 16 x fewer pages.
+        assert_eq!(tcp_mem_pages(&target(100_000, 2), 65_536)[0], 12_500);
+    }
+
+    #[test]
+    fn socket_buffers_keep_a_large_max_and_raise_a_small_one() {
+        assert_eq!(socket_buffer_triple(33_554_432), [4096, 16_384, 33_554_432]);
+        assert_eq!(socket_buffer_triple(262_144), [4096, 16_384, 1 << 20]);
+    }
+
+    #[test]
+    fn loadgen_needs_one_source_address_per_port_range_of_sessions() {
+        assert_eq!(loadgen_source_addresses(100_000, 28_232), 4);
+        assert_eq!(loadgen_source_addresses(100_000, 55_536), 2);
+        assert_eq!(loadgen_source_addresses(1, 55_536), 1);
+        assert_eq!(loadgen_source_addresses(10, 0), u64::MAX);
+    }
+
+    #[test]
+    fn extreme_targets_saturate_instead_of_overflowing() {
+        let huge = Target {
+            sessions: u64::MAX,
+            cores: u64::MAX,
+            io_memory_bytes_per_executor: u64::MAX,
+        };
+        assert!(nofile_limit(&huge) > 0);
+        assert!(memlock_bytes_min(&huge) > 0);
+        // u64::MAX sessions spread over u64::MAX cores is one session per core.
+        assert_eq!(listen_backlog(&huge), LISTEN_BACKLOG_MIN);
+        let pages = tcp_mem_pages(&huge, 4096);
+        assert!(pages[0] > 0 && pages[0] <= pages[1] && pages[1] <= pages[2]);
+    }
+
+    #[test]
+    fn byte_counts_read_with_binary_units() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(60 << 20), "60.0 MiB");
+        assert_eq!(format_bytes(1_398_101), "1.3 MiB");
+    }
+}

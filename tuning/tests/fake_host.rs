@@ -530,3 +530,59 @@ fn nic_queue_names_of_common_drivers_are_recognised() {
     assert!(!is_nic_queue_irq("ttyS0", &pci_nic));
     assert!(!is_nic_queue_irq("nvme0q1", &pci_nic));
 }
+
+/// `key = value` lines of a sysctl.d file, comments skipped.
+fn sysctl_conf_entries(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with(';'))
+        .map(|line| {
+            let (key, value) = line.split_once('=').expect("key = value");
+            (key.trim().to_string(), value.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn shipped_sysctl_conf_passes_the_check_for_its_stated_target() {
+    let text =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/redrain.sysctl.conf")).unwrap();
+    let entries = sysctl_conf_entries(&text);
+    assert!(entries.len() >= 14, "{entries:?}");
+    let dir = tuned_host();
+    let host = Host::under(dir.path());
+    for (key, value) in &entries {
+        let path = host.sysctl_path(key);
+        assert!(path.exists(), "{key} is not one the check knows");
+        fs::write(path, format!("{value}\n")).unwrap();
+    }
+    let report = check_host(&host, &TARGET);
+    for (key, _) in &entries {
+        assert_eq!(item(&report, key).status, Status::Ok, "{key}");
+    }
+}
+
+#[test]
+fn shipped_limits_meet_the_check_for_100k_sessions() {
+    let limits =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/redrain.limits.conf")).unwrap();
+    let service =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/redrain.service")).unwrap();
+    let nofile_needed = redrain_tuning::recommend::nofile_limit(&TARGET);
+    let memlock_needed = redrain_tuning::recommend::memlock_bytes_min(&TARGET);
+    for line in limits.lines().filter(|l| l.starts_with("redrain")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let value: u64 = fields[3].parse().unwrap();
+        match fields[2] {
+            "nofile" => assert!(value >= nofile_needed, "{line}"),
+            // limits.conf counts memlock in KiB.
+            "memlock" => assert!(value * 1024 >= memlock_needed, "{line}"),
+            other => panic!("unexpected item {other}"),
+        }
+    }
+    assert!(service.contains("\nLimitNOFILE=1048576\n"));
+    assert!(service.contains("\nLimitMEMLOCK=256M\n"));
+    assert!(256 << 20 >= memlock_needed);
+    assert!(service.contains("\nKillSignal=SIGTERM\n"));
+    assert!(service.contains("\nUser=redrain\n"));
+}

@@ -153,23 +153,17 @@ fn run_check(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
         (None, None)
     };
     let exit_code = after_apply.as_ref().unwrap_or(&report).exit_code();
-    if args.json {
-        render::write_json(
-            out,
-            &report,
-            applied.as_deref(),
-            after_apply.as_ref(),
-            exit_code,
-        )
+    let applied = applied.as_deref();
+    let after_apply = after_apply.as_ref();
+    let written = if args.json {
+        render::write_json(out, &report, applied, after_apply, exit_code)
     } else {
-        render::write_text(
-            out,
-            &report,
-            applied.as_deref(),
-            after_apply.as_ref(),
-            exit_code,
-        )
+        render::write_text(out, &report, applied, after_apply, exit_code)
+    };
+    match written {
+        Ok(()) => Ok(exit_code),
+        // `tune check | head` closing the pipe early is not a failed check.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit_code),
+        Err(error) => Err(error).context("writing the report"),
     }
-    .context("writing the report")?;
-    Ok(exit_code)
 }

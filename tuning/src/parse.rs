@@ -126,12 +126,14 @@ pub fn port_range_size(first_port: u64, last_port: u64) -> u64 {
 /// `/sys/devices/system/cpu/isolated`, `nohz_full`, `/proc/irq/N/smp_affinity_list` and
 /// `Cpus_allowed_list`. Returns the CPUs sorted and de-duplicated.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<u32>, ParseError> {
-    let mut cpus = Vec::new();
     let trimmed = text.trim();
     // `(null)` is what some kernels print for an empty nohz_full mask.
     if trimmed.is_empty() || trimmed == "(null)" {
-        return Ok(cpus);
+        return Ok(Vec::new());
     }
+    // A set of bounded size: repeated or overlapping ranges (`0-8191,0-8191,...`) cost
+    // nothing extra, so no input can make this allocate more than CPU_INDEX_LIMIT flags.
+    let mut present = vec![false; CPU_INDEX_LIMIT as usize];
     for element in trimmed.split(',') {
         let element = element.trim();
         let bad = || ParseError::CpuList {
@@ -158,11 +160,13 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<u32>, ParseError> {
                 limit: CPU_INDEX_LIMIT,
             });
         }
-        cpus.extend(first..=last);
+        for cpu in first..=last {
+            present[cpu as usize] = true;
+        }
     }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(cpus)
+    Ok((0..CPU_INDEX_LIMIT)
+        .filter(|&cpu| present[cpu as usize])
+        .collect())
 }
 
 /// Formats CPUs back into the kernel's compact list form (`0-3,8`); `none` when empty.
@@ -174,7 +178,7 @@ pub fn format_cpu_list(cpus: &[u32]) -> String {
     let mut start = cpus[0];
     let mut prev = cpus[0];
     for &cpu in &cpus[1..] {
-        if cpu == prev + 1 {
+        if prev.checked_add(1) == Some(cpu) {
             prev = cpu;
             continue;
         }
@@ -442,6 +446,8 @@ mod tests {
             parse_cpu_list("0-4294967295"),
             Err(ParseError::CpuListTooLarge { .. })
         ));
+        let repeated = vec!["0-8191"; 1000].join(",");
+        assert_eq!(parse_cpu_list(&repeated).map(|cpus| cpus.len()), Ok(8192));
     }
 
     #[test]
@@ -449,6 +455,10 @@ mod tests {
         assert_eq!(format_cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
         assert_eq!(format_cpu_list(&[4]), "4");
         assert_eq!(format_cpu_list(&[]), "none");
+        assert_eq!(
+            format_cpu_list(&[u32::MAX - 1, u32::MAX]),
+            "4294967294-4294967295"
+        );
     }
 
     #[test]

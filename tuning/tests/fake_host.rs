@@ -586,3 +586,41 @@ fn shipped_limits_meet_the_check_for_100k_sessions() {
     assert!(service.contains("\nKillSignal=SIGTERM\n"));
     assert!(service.contains("\nUser=redrain\n"));
 }
+
+#[test]
+fn cli_json_apply_lists_outcomes_and_the_rechecked_items() {
+    let dir = tuned_host();
+    write(dir.path(), "proc/sys/vm/max_map_count", "65530\n");
+    fs::remove_file(
+        dir.path()
+            .join("sys/kernel/mm/transparent_hugepage/enabled"),
+    )
+    .unwrap();
+    let proc_root = dir.path().join("proc");
+    let sys_root = dir.path().join("sys");
+    let (code, text) = run_cli(&[
+        "check",
+        "--json",
+        "--apply",
+        "--proc-root",
+        proc_root.to_str().unwrap(),
+        "--sys-root",
+        sys_root.to_str().unwrap(),
+    ]);
+    assert_eq!(code.unwrap(), 0, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let applied = json["applied"].as_array().unwrap();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0]["setting"], "vm.max_map_count");
+    assert_eq!(applied[0]["result"], "written");
+    assert_eq!(applied[0]["value"], "262144");
+    let before = json["items"].as_array().unwrap();
+    let after = json["after_apply"].as_array().unwrap();
+    let status_of = |items: &Vec<serde_json::Value>, name: &str| {
+        items.iter().find(|i| i["setting"] == name).unwrap()["status"].clone()
+    };
+    assert_eq!(status_of(before, "vm.max_map_count"), "low");
+    assert_eq!(status_of(after, "vm.max_map_count"), "ok");
+    assert_eq!(status_of(after, "transparent_hugepage/enabled"), "n/a");
+    assert_eq!(json["exit_code"], 0);
+}

@@ -1,0 +1,221 @@
+//! Command line: `connect`, `ping` and `compare`.
+
+use crate::config::{LoadMode, RunConfig, SOURCE_IPS_MAX};
+use crate::duration::parse_duration;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Connections one loopback source address is given in the automatic spread.
+pub const CONNECTIONS_PER_SOURCE_IP: u32 = 20_000;
+
+#[derive(Debug, Parser)]
+#[command(name = "redrain-loadgen", version, about = "Load generator for a redrain node")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ramp to N logged-in sessions at --connect-rate, hold them, report the
+    /// node's memory per session.
+    Connect(RunArgs),
+    /// Ping/Pong at a constant rate (--rate, open loop) or with K requests in
+    /// flight per connection (--in-flight, closed loop); checks every echo.
+    Ping {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Ping payload bytes (0..=256), echoed by the node.
+        #[arg(long, default_value_t = 16)]
+        payload_bytes: usize,
+    },
+    /// Print the differences and ratios (b / a) of two JSON summaries.
+    Compare { a: PathBuf, b: PathBuf },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Node client address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub target: SocketAddr,
+    /// Node admin address (for /metrics).
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub admin: SocketAddr,
+    /// Do not read the node's /metrics.
+    #[arg(long)]
+    pub no_admin: bool,
+    /// Connections (sessions) to open.
+    #[arg(long, default_value_t = 10)]
+    pub connections: u32,
+    /// Measured duration (e.g. 10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load before the measured window (excluded from results).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Open loop: total requests per second over all connections.
+    #[arg(long, conflicts_with = "in_flight")]
+    pub rate: Option<f64>,
+    /// Closed loop: requests kept in flight per connection (default 1 when no --rate).
+    #[arg(long)]
+    pub in_flight: Option<u32>,
+    /// Open loop: most requests outstanding per connection.
+    #[arg(long, default_value_t = 128)]
+    pub pipeline: u32,
+    /// New connections per second during the ramp (default: as fast as possible,
+    /// 64 handshakes at once per thread).
+    #[arg(long)]
+    pub connect_rate: Option<f64>,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Wait this long after the window for outstanding responses.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Generator threads, each pinned to one allowed CPU (default: allowed CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Spread connections over 127.0.0.1..=127.0.0.N (default: one address per 20,000
+    /// connections to a loopback target; 0 = kernel's choice).
+    #[arg(long)]
+    pub source_ips: Option<u32>,
+    /// The node's auth secret in hex.
+    #[arg(long, conflicts_with = "secret_file")]
+    pub secret_hex: Option<String>,
+    /// File holding the node's hex auth secret.
+    #[arg(long, default_value = "./redrain-data/auth.secret")]
+    pub secret_file: PathBuf,
+    /// Connection i logs in as user (base + i).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub user_id_base: u64,
+    /// Flag the result generator-limited when sends lag their schedule by more (p99).
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub lag_threshold: Duration,
+    /// Flag the result generator-limited when a generator thread is busier than this fraction.
+    #[arg(long, default_value_t = 0.9)]
+    pub cpu_threshold: f64,
+    /// Over-time interval (default: chosen from --duration, at most 120 intervals).
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Write the JSON summary here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the headline latency histogram here (.hgrm percentile format, ms).
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// Write an SVG plot here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error("cannot read auth secret from {path}: {source} (pass --secret-hex or --secret-file)")]
+    SecretFile { path: String, source: std::io::Error },
+    #[error("auth secret: {0}")]
+    Secret(#[from] redrain_engine::auth::SecretError),
+}
+
+impl RunArgs {
+    /// The secret bytes from --secret-hex or --secret-file.
+    pub fn secret(&self) -> Result<Vec<u8>, CliError> {
+        let text = match &self.secret_hex {
+            Some(hex) => hex.clone(),
+            None => std::fs::read_to_string(&self.secret_file)
+                .map_err(|source| CliError::SecretFile { path: self.secret_file.display().to_string(), source })?,
+        };
+        Ok(redrain_engine::auth::parse_secret_hex(&text)?)
+    }
+
+    /// Builds the run configuration (validated later by the driver).
+    pub fn to_config(&self, allowed_cpus: usize) -> Result<RunConfig, CliError> {
+        let mut cfg = RunConfig::with_defaults(self.target, self.secret()?);
+        cfg.admin = (!self.no_admin).then_some(self.admin);
+        cfg.connections = self.connections;
+        cfg.duration = self.duration;
+        cfg.warmup = self.warmup;
+        cfg.mode = match (self.rate, self.in_flight) {
+            (Some(rate_per_s), _) => LoadMode::OpenLoop { rate_per_s },
+            (None, k) => LoadMode::ClosedLoop { in_flight_per_connection: k.unwrap_or(1) },
+        };
+        cfg.pipeline_depth = self.pipeline;
+        cfg.connect_rate_per_s = self.connect_rate;
+        cfg.connect_timeout = self.connect_timeout;
+        cfg.drain_timeout = self.drain_timeout;
+        cfg.threads = self.threads.unwrap_or(allowed_cpus.min(self.connections.max(1) as usize)).max(1);
+        cfg.source_ips = self.source_ips.unwrap_or_else(|| {
+            if self.target.ip().is_loopback() {
+                self.connections.div_ceil(CONNECTIONS_PER_SOURCE_IP).clamp(1, SOURCE_IPS_MAX)
+            } else {
+                0
+            }
+        });
+        cfg.user_id_base = self.user_id_base;
+        cfg.lag_threshold = self.lag_threshold;
+        cfg.cpu_saturation_threshold = self.cpu_threshold;
+        cfg.interval = self.interval.unwrap_or_else(|| RunConfig::interval_for(self.duration));
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn ping_flags_become_an_open_loop_config() {
+        let cli = parse(&[
+            "redrain-loadgen",
+            "ping",
+            "--rate",
+            "2000",
+            "--connections",
+            "40000",
+            "--duration",
+            "3s",
+            "--warmup",
+            "500ms",
+            "--secret-hex",
+            "00112233445566778899aabbccddeeff",
+            "--threads",
+            "2",
+        ]);
+        let Command::Ping { run, payload_bytes } = cli.command else { panic!() };
+        assert_eq!(payload_bytes, 16);
+        let cfg = run.to_config(2).unwrap();
+        assert_eq!(cfg.mode, LoadMode::OpenLoop { rate_per_s: 2000.0 });
+        assert_eq!(cfg.duration, Duration::from_secs(3));
+        assert_eq!(cfg.warmup, Duration::from_millis(500));
+        assert_eq!(cfg.source_ips, 2, "40k connections spread over two loopback addresses");
+        assert_eq!(cfg.threads, 2);
+        assert_eq!(cfg.secret.len(), 16);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn rate_and_in_flight_are_exclusive_and_default_is_closed_loop() {
+        assert!(Cli::try_parse_from(["x", "ping", "--rate", "1", "--in-flight", "2"]).is_err());
+        let Command::Ping { run, .. } =
+            parse(&["x", "ping", "--secret-hex", "00112233445566778899aabbccddeeff"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(run.to_config(1).unwrap().mode, LoadMode::ClosedLoop { in_flight_per_connection: 1 });
+    }
+
+    #[test]
+    fn missing_secret_file_names_the_path() {
+        let Command::Connect(run) = parse(&["x", "connect", "--secret-file", "/nonexistent/auth.secret"]).command
+        else {
+            panic!()
+        };
+        let err = run.to_config(1).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/auth.secret"), "{err}");
+    }
+}

@@ -1,0 +1,436 @@
+//! One connection's life: connect, `Hello` + `Login` in one write, then the
+//! load phase with a writer (schedule or closed loop) and a reader (match
+//! responses by request id, check them, record latency) joined in one task.
+
+use super::pending::{Miss, Pending, PendingWindow};
+use super::socket;
+use super::thread::{ThreadCtx, Timeline};
+use crate::config::LoadMode;
+use crate::scenario::{Check, LoadShape, Scenario, ScenarioConnection};
+use crate::schedule::{ramp_offset_ns, OpenLoopSchedule};
+use redrain_engine::auth::TokenClaims;
+use redrain_net::client::ClientCodec;
+use redrain_net::code::ErrorCode;
+use redrain_net::message::Request;
+use redrain_net::{Response, PROTOCOL_VERSION};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use tokio::sync::Notify;
+use tokio_uring::net::TcpStream;
+
+/// Bytes of one socket read during the load phase.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes of one socket read during the handshake.
+const HANDSHAKE_READ_BYTES: usize = 4 * 1024;
+/// Shortest heartbeat interval honoured (a node advertising less is clamped).
+const HEARTBEAT_INTERVAL_MS_MIN: u32 = 100;
+
+/// Why a session could not be established (the key in `session_failures`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionFailure {
+    Connect(String),
+    Timeout,
+    Closed,
+    Protocol,
+    Refused(u16),
+}
+
+impl SessionFailure {
+    pub fn key(&self) -> String {
+        match self {
+            SessionFailure::Connect(kind) => format!("connect:{kind}"),
+            SessionFailure::Timeout => "timeout".into(),
+            SessionFailure::Closed => "closed_by_node".into(),
+            SessionFailure::Protocol => "protocol".into(),
+            SessionFailure::Refused(code) => format!("refused:{}", code_name(*code)),
+        }
+    }
+}
+
+/// `name(code)` for known codes, the number otherwise.
+pub fn code_name(code: u16) -> String {
+    match ErrorCode::from_u16(code) {
+        Some(c) => c.to_string(),
+        None => format!("unknown({code})"),
+    }
+}
+
+struct Established {
+    stream: TcpStream,
+    codec: ClientCodec,
+    heartbeat_interval_ms: u32,
+}
+
+fn io_kind(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused".into(),
+        Some(libc::EADDRNOTAVAIL) => "no_source_port".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "fd_limit".into(),
+        Some(libc::ECONNRESET) => "reset".into(),
+        _ => format!("{:?}", e.kind()).to_lowercase(),
+    }
+}
+
+async fn establish<S: Scenario>(ctx: &ThreadCtx<S>, index: u64) -> Result<Established, SessionFailure> {
+    let cfg = &ctx.cfg;
+    let source = socket::source_ip(index, cfg.source_ips);
+    let stream = socket::connect(cfg.target, source).await.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
+    let mut codec = ClientCodec::new(cfg.frame_bytes_max);
+    let mut out = Vec::with_capacity(128);
+    let hello_id =
+        codec.encode(&Request::Hello { version_min: PROTOCOL_VERSION, version_max: PROTOCOL_VERSION }, &mut out);
+    let token = ctx.token_keys.mint(TokenClaims {
+        user_id: cfg.user_id_base.wrapping_add(index),
+        device_id: 1,
+        expires_at_unix_s: redrain_engine::auth::now_unix_s() + cfg.token_ttl.as_secs(),
+    });
+    let login_id = codec.encode(&Request::Login { token: &token }, &mut out);
+    let (written, _) = stream.write_all(out).await;
+    written.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
+
+    let mut buf = vec![0u8; HANDSHAKE_READ_BYTES];
+    let mut heartbeat_interval_ms = None;
+    let mut logged_in = false;
+    loop {
+        let (read, b) = stream.read(buf).await;
+        buf = b;
+        let n = read.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
+        if n == 0 {
+            return Err(SessionFailure::Closed);
+        }
+        codec.feed(&buf[..n]);
+        let mut failure = None;
+        codec
+            .drain(|header, parsed| {
+                let id = header.request_id;
+                match parsed {
+                    Ok(Response::HelloOk { heartbeat_interval_ms: hb, .. }) if id == hello_id => {
+                        heartbeat_interval_ms = Some(hb)
+                    }
+                    Ok(Response::LoginOk { .. }) if id == login_id => logged_in = true,
+                    Ok(Response::Error { code, .. }) | Ok(Response::Closing { code, .. }) => {
+                        failure.get_or_insert(SessionFailure::Refused(code));
+                    }
+                    _ => {
+                        failure.get_or_insert(SessionFailure::Protocol);
+                    }
+                }
+            })
+            .map_err(|_| SessionFailure::Protocol)?;
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        if let (Some(hb), true) = (heartbeat_interval_ms, logged_in) {
+            return Ok(Established { stream, codec, heartbeat_interval_ms: hb.max(HEARTBEAT_INTERVAL_MS_MIN) });
+        }
+    }
+}
+
+/// Runs connection `index` (of the whole run) from its ramp slot to the end.
+pub async fn run_connection<S: Scenario>(ctx: Rc<ThreadCtx<S>>, index: u64) {
+    let cfg = ctx.cfg.clone();
+    let intended_ns = ctx.ramp_start_ns + ramp_offset_ns(index, cfg.connect_rate_per_s);
+    tokio::time::sleep_until(ctx.instant(intended_ns)).await;
+    let permit = ctx.connect_permits.acquire().await.ok();
+    // With a connect rate the latency counts from the intended connect time;
+    // without one, from when the attempt got its slot.
+    let started_ns = if cfg.connect_rate_per_s.is_some() { intended_ns } else { ctx.now_ns() };
+    ctx.stats.borrow_mut().counters.sessions_attempted += 1;
+    let result = match tokio::time::timeout(cfg.connect_timeout, establish(&ctx, index)).await {
+        Ok(r) => r,
+        Err(_) => Err(SessionFailure::Timeout),
+    };
+    drop(permit);
+    let established = match result {
+        Ok(e) => {
+            let mut stats = ctx.stats.borrow_mut();
+            stats.counters.sessions_established += 1;
+            let latency_us = ctx.now_ns().saturating_sub(started_ns) / 1000;
+            stats.session_latency_us.saturating_record(latency_us.max(1));
+            Some(e)
+        }
+        Err(f) => {
+            *ctx.stats.borrow_mut().counters.session_failures.entry(f.key()).or_insert(0) += 1;
+            None
+        }
+    };
+    ctx.handshake_finished();
+    let Some(established) = established else { return };
+    let timeline = ctx.timeline().await;
+    run_load(&ctx, index, established, timeline).await;
+}
+
+struct ConnState<C> {
+    codec: ClientCodec,
+    scenario: C,
+    pending: PendingWindow,
+    next_sequence: u64,
+    /// Set when the connection can no longer be used.
+    closed: bool,
+    /// Whether the node closed it (or it broke) before the run's end.
+    lost: bool,
+}
+
+async fn run_load<S: Scenario>(ctx: &ThreadCtx<S>, index: u64, est: Established, tl: Timeline) {
+    let cfg = &ctx.cfg;
+    let stream = est.stream;
+    let state = RefCell::new(ConnState {
+        codec: est.codec,
+        scenario: ctx.scenario.connection(index),
+        pending: PendingWindow::new(),
+        next_sequence: 0,
+        closed: false,
+        lost: false,
+    });
+    let room = Notify::new();
+    let stop_reader = Notify::new();
+    let writer_done = Cell::new(false);
+    let connections = u64::from(cfg.connections);
+    let writer = async {
+        match (ctx.scenario.load_shape(), cfg.mode) {
+            (LoadShape::Heartbeat, _) | (LoadShape::Requests, LoadMode::Heartbeat) => {
+                let rate = connections as f64 * 1000.0 / f64::from(est.heartbeat_interval_ms);
+                let sched = OpenLoopSchedule::new(tl.load_start_ns, tl.measure_end_ns, rate, connections, index);
+                open_loop_writer(ctx, &stream, &state, &room, sched, cfg.pipeline_depth as usize, &tl).await
+            }
+            (LoadShape::Requests, LoadMode::OpenLoop { rate_per_s }) => {
+                let sched = OpenLoopSchedule::new(tl.load_start_ns, tl.measure_end_ns, rate_per_s, connections, index);
+                open_loop_writer(ctx, &stream, &state, &room, sched, cfg.pipeline_depth as usize, &tl).await
+            }
+            (LoadShape::Requests, LoadMode::ClosedLoop { in_flight_per_connection }) => {
+                closed_loop_writer(ctx, &stream, &state, &room, in_flight_per_connection as usize, &tl).await
+            }
+        }
+        writer_done.set(true);
+        if state.borrow().pending.outstanding() == 0 {
+            stop_reader.notify_one();
+        }
+    };
+    let reader = reader(ctx, &stream, &state, &room, &stop_reader, &writer_done, &tl);
+    tokio::join!(writer, reader);
+
+    let mut st = state.borrow_mut();
+    let mut stats = ctx.stats.borrow_mut();
+    let unanswered = st.pending.drain_outstanding().filter(|p| p.measured).count() as u64;
+    stats.counters.unanswered += unanswered;
+    if st.lost {
+        stats.counters.connections_lost += 1;
+    }
+}
+
+/// Encodes the next request of the scenario and registers it as pending.
+fn encode_next<C: ScenarioConnection>(st: &mut ConnState<C>, intended_ns: u64, measured: bool, out: &mut Vec<u8>) {
+    let sequence = st.next_sequence;
+    st.next_sequence += 1;
+    let ConnState { codec, scenario, pending, .. } = st;
+    let request = scenario.next_request(sequence);
+    let id = codec.encode(&request, out);
+    pending.push(id, Pending { sequence, intended_ns, measured });
+}
+
+async fn write_batch<C>(stream: &TcpStream, state: &RefCell<ConnState<C>>, out: Vec<u8>) -> Vec<u8> {
+    let (written, mut out) = stream.write_all(out).await;
+    if written.is_err() {
+        let mut st = state.borrow_mut();
+        st.lost |= !st.closed;
+        st.closed = true;
+    }
+    out.clear();
+    out
+}
+
+async fn open_loop_writer<S: Scenario>(
+    ctx: &ThreadCtx<S>,
+    stream: &TcpStream,
+    state: &RefCell<ConnState<S::Connection>>,
+    room: &Notify,
+    mut sched: OpenLoopSchedule,
+    pipeline_depth: usize,
+    tl: &Timeline,
+) {
+    let mut out = Vec::with_capacity(4096);
+    while let Some(next_ns) = sched.peek() {
+        if ctx.now_ns() < next_ns {
+            tokio::time::sleep_until(ctx.instant(next_ns)).await;
+        }
+        // The node's backlog: wait for room in the pipeline. That wait is part
+        // of the requests' latency but not the generator's lag.
+        let mut room_since_ns = 0;
+        while !state.borrow().closed && state.borrow().pending.outstanding() >= pipeline_depth {
+            room.notified().await;
+            room_since_ns = ctx.now_ns();
+        }
+        if state.borrow().closed {
+            return;
+        }
+        let now_ns = ctx.now_ns();
+        {
+            let mut st = state.borrow_mut();
+            let mut stats = ctx.stats.borrow_mut();
+            while let Some(t) = sched.peek() {
+                if t > now_ns || st.pending.outstanding() >= pipeline_depth {
+                    break;
+                }
+                let measured = t >= tl.measure_start_ns;
+                encode_next(&mut st, t, measured, &mut out);
+                if measured {
+                    stats.counters.requests_sent += 1;
+                    let lag_ns = now_ns.saturating_sub(t.max(room_since_ns));
+                    stats.send_lag_us.saturating_record(lag_ns / 1000);
+                } else {
+                    stats.counters.warmup_requests_sent += 1;
+                }
+                sched.advance();
+            }
+        }
+        out = write_batch(stream, state, out).await;
+    }
+}
+
+async fn closed_loop_writer<S: Scenario>(
+    ctx: &ThreadCtx<S>,
+    stream: &TcpStream,
+    state: &RefCell<ConnState<S::Connection>>,
+    room: &Notify,
+    in_flight: usize,
+    tl: &Timeline,
+) {
+    let mut out = Vec::with_capacity(4096);
+    let end = ctx.instant(tl.measure_end_ns);
+    tokio::time::sleep_until(ctx.instant(tl.load_start_ns)).await;
+    loop {
+        let now_ns = ctx.now_ns();
+        if now_ns >= tl.measure_end_ns || state.borrow().closed {
+            return;
+        }
+        {
+            let mut st = state.borrow_mut();
+            let mut stats = ctx.stats.borrow_mut();
+            while st.pending.outstanding() < in_flight {
+                let measured = now_ns >= tl.measure_start_ns;
+                encode_next(&mut st, now_ns, measured, &mut out);
+                if measured {
+                    stats.counters.requests_sent += 1;
+                } else {
+                    stats.counters.warmup_requests_sent += 1;
+                }
+            }
+        }
+        if !out.is_empty() {
+            out = write_batch(stream, state, out).await;
+        }
+        tokio::select! {
+            _ = room.notified() => {}
+            _ = tokio::time::sleep_until(end) => return,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reader<S: Scenario>(
+    ctx: &ThreadCtx<S>,
+    stream: &TcpStream,
+    state: &RefCell<ConnState<S::Connection>>,
+    room: &Notify,
+    stop: &Notify,
+    writer_done: &Cell<bool>,
+    tl: &Timeline,
+) {
+    let drain_end = ctx.instant(tl.drain_end_ns);
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        // A read is cancelled only when nothing more is expected (or at the
+        // drain deadline): a cancelled tokio-uring read may swallow bytes.
+        let n = tokio::select! {
+            (read, b) = stream.read(buf) => {
+                buf = b;
+                match read {
+                    Ok(n) => n,
+                    Err(_) => 0,
+                }
+            }
+            _ = stop.notified() => break,
+            _ = tokio::time::sleep_until(drain_end) => break,
+        };
+        let now_ns = ctx.now_ns();
+        {
+            let mut st = state.borrow_mut();
+            if n == 0 {
+                st.lost |= !(writer_done.get() && st.pending.outstanding() == 0);
+                st.closed = true;
+                room.notify_one();
+                break;
+            }
+            let mut stats = ctx.stats.borrow_mut();
+            let interval = tl.interval_of(now_ns);
+            let ConnState { codec, scenario, pending, closed, lost, .. } = &mut *st;
+            codec.feed(&buf[..n]);
+            let stats = &mut *stats;
+            let drained = codec.drain(|header, parsed| {
+                if header.request_id == 0 {
+                    match parsed {
+                        Ok(Response::Closing { code, .. }) => {
+                            *stats.counters.closings_by_code.entry(code).or_insert(0) += 1;
+                            *lost = true;
+                            *closed = true;
+                        }
+                        Ok(_) => stats.counters.other_pushes += 1,
+                        Err(_) => stats.counters.malformed_responses += 1,
+                    }
+                    return;
+                }
+                let p = match pending.take(header.request_id) {
+                    Ok(p) => p,
+                    Err(Miss::Duplicate) => {
+                        stats.counters.duplicated_responses += 1;
+                        return;
+                    }
+                    Err(Miss::Unexpected) => {
+                        stats.counters.unexpected_responses += 1;
+                        return;
+                    }
+                };
+                if p.measured {
+                    stats.counters.responses_matched += 1;
+                }
+                match parsed {
+                    Err(_) => {
+                        if p.measured {
+                            stats.counters.malformed_responses += 1;
+                        }
+                    }
+                    Ok(Response::Error { code, .. }) => {
+                        if p.measured {
+                            stats.record_error(code, interval);
+                        }
+                        if ErrorCode::from_u16(code).is_some_and(|c| c.closes_connection()) {
+                            *lost = true;
+                            *closed = true;
+                        }
+                    }
+                    Ok(response) => {
+                        let verdict = scenario.check(p.sequence, &response, &mut stats.scenario_counters);
+                        if p.measured {
+                            match verdict {
+                                Check::Ok => stats.record_ok(now_ns.saturating_sub(p.intended_ns) / 1000, interval),
+                                Check::Failed => stats.counters.check_failures += 1,
+                            }
+                        }
+                    }
+                }
+            });
+            if drained.is_err() {
+                stats.counters.framing_errors += 1;
+                *lost = true;
+                *closed = true;
+            }
+            room.notify_one();
+            if st.closed || (writer_done.get() && st.pending.outstanding() == 0) {
+                break;
+            }
+        }
+    }
+    let mut st = state.borrow_mut();
+    st.closed = true;
+    room.notify_one();
+}

@@ -1,0 +1,113 @@
+//! Reads the node's Prometheus `/metrics` page over plain HTTP/1.1 (bounded in
+//! time and size) and sums metric families across their labels.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Largest `/metrics` page accepted.
+pub const METRICS_PAGE_BYTES_MAX: usize = 16 << 20;
+/// Timeout of one scrape (connect, write and each read).
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub const RESIDENT_BYTES: &str = "redrain_process_resident_bytes";
+pub const CONNECTIONS_OPEN: &str = "redrain_connections_open_all";
+pub const SESSIONS_ACTIVE: &str = "redrain_sessions_active";
+
+#[derive(Debug, Error)]
+pub enum ScrapeError {
+    #[error("metrics endpoint {addr}: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("metrics endpoint {addr} answered {status:?}")]
+    Status { addr: SocketAddr, status: String },
+    #[error("metrics page larger than {METRICS_PAGE_BYTES_MAX} bytes")]
+    TooLarge,
+}
+
+/// One scrape: metric name -> sum of its samples over all label sets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeMetrics {
+    sums: HashMap<String, f64>,
+}
+
+impl NodeMetrics {
+    /// Parses Prometheus text exposition; lines it cannot read are skipped.
+    pub fn parse(text: &str) -> Self {
+        let mut sums = HashMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(line.len());
+            let name = &line[..name_end];
+            let rest = match line[name_end..].strip_prefix('{') {
+                Some(r) => match r.rfind('}') {
+                    Some(close) => &r[close + 1..],
+                    None => continue,
+                },
+                None => &line[name_end..],
+            };
+            let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
+            if !name.is_empty() && value.is_finite() {
+                *sums.entry(name.to_owned()).or_insert(0.0) += value;
+            }
+        }
+        Self { sums }
+    }
+
+    pub fn sum(&self, name: &str) -> Option<f64> {
+        self.sums.get(name).copied()
+    }
+}
+
+/// GETs `/metrics` from the node's admin endpoint.
+pub fn scrape(addr: SocketAddr) -> Result<NodeMetrics, ScrapeError> {
+    let io = |source| ScrapeError::Io { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT).map_err(io)?;
+    stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(SCRAPE_TIMEOUT)).map_err(io)?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut page = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        if page.len() + n > METRICS_PAGE_BYTES_MAX {
+            return Err(ScrapeError::TooLarge);
+        }
+        page.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&page);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or("").to_owned();
+    if !status.split_whitespace().nth(1).is_some_and(|code| code == "200") {
+        return Err(ScrapeError::Status { addr, status });
+    }
+    Ok(NodeMetrics::parse(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_summed_over_labels_and_comments_skipped() {
+        let text = "# HELP redrain_sessions_active x\n# TYPE redrain_sessions_active gauge\n\
+                    redrain_sessions_active{core=\"0\"} 3\nredrain_sessions_active{core=\"1\"} 4\n\
+                    redrain_process_resident_bytes 1.5e6\nredrain_odd{a=\"}\"} 2\nbroken{ 1\nnovalue\n";
+        let m = NodeMetrics::parse(text);
+        assert_eq!(m.sum(SESSIONS_ACTIVE), Some(7.0));
+        assert_eq!(m.sum(RESIDENT_BYTES), Some(1.5e6));
+        assert_eq!(m.sum("redrain_odd"), Some(2.0));
+        assert_eq!(m.sum("broken"), None);
+        assert_eq!(m.sum("novalue"), None);
+    }
+}

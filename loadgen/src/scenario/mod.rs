@@ -1,0 +1,70 @@
+//! Scenarios: what a logged-in connection asks and what counts as a right answer.
+//!
+//! A scenario is a small, self-contained addition: implement [`Scenario`] (its
+//! name, its own counters, the load shape it wants) and [`ScenarioConnection`]
+//! (the request generator and the response checker of one connection), then add
+//! a subcommand in [`crate::cli`]. The driver does everything else: connecting,
+//! handshake and login, scheduling, matching responses to requests by request id,
+//! latency histograms, error codes, duplicate and unexpected responses.
+//!
+//! Later issues add shake/open, chat and mixed loads here.
+
+pub mod connect;
+pub mod ping;
+
+use redrain_net::message::Request;
+use redrain_net::Response;
+
+/// Which histogram is the headline of a scenario (the `.hgrm` file and the
+/// latency rows of the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Headline {
+    /// Request latency (intended send to response).
+    Requests,
+    /// Session establishment latency (intended connect to `LoginOk`).
+    Sessions,
+}
+
+/// The load shape a scenario applies after login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadShape {
+    /// Requests as configured by `--rate` or `--in-flight`.
+    Requests,
+    /// Only keep-alive pings at the node's heartbeat interval.
+    Heartbeat,
+}
+
+/// Verdict of a scenario on one non-error response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Ok,
+    /// The response answered the request but its content is wrong; the
+    /// scenario has incremented its own counter saying how.
+    Failed,
+}
+
+/// A workload, shared by every connection of a run.
+pub trait Scenario: Send + Sync + 'static {
+    type Connection: ScenarioConnection;
+
+    /// Name in tables, JSON and file names.
+    fn name(&self) -> &'static str;
+    /// Names of this scenario's own counters, in the order the connection's
+    /// `counters` slice holds them.
+    fn counter_names(&self) -> &'static [&'static str];
+    fn load_shape(&self) -> LoadShape;
+    fn headline(&self) -> Headline;
+    /// State of connection `index` (0-based, unique within the run).
+    fn connection(&self, index: u64) -> Self::Connection;
+}
+
+/// The request generator and response checker of one connection.
+pub trait ScenarioConnection: 'static {
+    /// The request to send as number `sequence` (0, 1, 2, ... on this
+    /// connection). The driver encodes it with the client codec and stores
+    /// `sequence` with the request id.
+    fn next_request(&mut self, sequence: u64) -> Request<'_>;
+    /// Checks the non-error response to request number `sequence`.
+    /// `counters` has one slot per [`Scenario::counter_names`] entry.
+    fn check(&mut self, sequence: u64, response: &Response<'_>, counters: &mut [u64]) -> Check;
+}

@@ -1,0 +1,179 @@
+//! The load generator against a real `redrain` node (debug or release build
+//! found next to this test binary; `cargo test --workspace` builds it).
+//!
+//! Each test starts its own node on free ports with its own data directory, runs
+//! a short, bounded load and checks what the generator measured.
+
+use redrain_loadgen::config::{LoadMode, RunConfig};
+use redrain_loadgen::node_process::{find_node_binary, NodeProcess};
+use redrain_loadgen::report::{compare, hgrm};
+use redrain_loadgen::scenario::connect::ConnectScenario;
+use redrain_loadgen::scenario::ping::PingScenario;
+use redrain_loadgen::RunSummary;
+use std::process::Command;
+use std::time::Duration;
+
+fn start_node() -> (tempfile::TempDir, NodeProcess) {
+    let bin = find_node_binary().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&bin, dir.path(), 1, None).unwrap_or_else(|e| panic!("{e}"));
+    (dir, node)
+}
+
+fn ping_config(node: &NodeProcess, rate_per_s: f64, duration: Duration) -> RunConfig {
+    let mut cfg = RunConfig::with_defaults(node.client, node.secret.clone());
+    cfg.admin = Some(node.admin);
+    cfg.connections = 10;
+    cfg.threads = 1;
+    cfg.duration = duration;
+    cfg.warmup = Duration::from_millis(500);
+    cfg.interval = RunConfig::interval_for(duration);
+    cfg.mode = LoadMode::OpenLoop { rate_per_s };
+    cfg.pipeline_depth = 4096;
+    cfg.drain_timeout = Duration::from_secs(5);
+    cfg
+}
+
+fn assert_clean(s: &RunSummary) {
+    assert_eq!(s.sessions.established, u64::from(s.config.connections), "{:?}", s.sessions);
+    assert_eq!(s.correctness_violations(), 0, "{:?}", s.requests);
+    assert_eq!(s.requests.errors, 0, "{:?}", s.errors_by_code);
+    assert_eq!(s.requests.unanswered, 0);
+    assert_eq!(s.requests.matched, s.requests.sent, "every measured request answered once");
+    assert!(s.scenario_counters.values().all(|v| *v == 0), "{:?}", s.scenario_counters);
+}
+
+#[test]
+fn open_loop_keeps_its_schedule_at_a_moderate_rate() {
+    let (_dir, node) = start_node();
+    let cfg = ping_config(&node, 2000.0, Duration::from_secs(3));
+    let out = redrain_loadgen::run(cfg, PingScenario::new(16)).unwrap();
+    let s = &out.summary;
+    assert_clean(s);
+    let offered = 2000.0;
+    assert!((s.sent_rate_per_s - offered).abs() / offered < 0.03, "sent {:.1}/s", s.sent_rate_per_s);
+    assert!((s.throughput_per_s - offered).abs() / offered < 0.03, "answered {:.1}/s", s.throughput_per_s);
+    assert!(!s.generator.limited, "{:?}", s.generator.reasons);
+    // About 1,000 warm-up requests were sent and none of them is in the histogram.
+    assert!((900..=1100).contains(&s.requests.warmup_sent), "warm-up {}", s.requests.warmup_sent);
+    assert_eq!(out.stats.request_latency_us.len(), s.requests.ok);
+}
+
+#[test]
+fn a_paused_node_shows_up_as_a_one_second_tail() {
+    let (_dir, node) = start_node();
+    let cfg = ping_config(&node, 2000.0, Duration::from_secs(4));
+    let pid = node.pid();
+    let pauser = std::thread::spawn(move || {
+        // Warm-up is 0.5 s; pause 1.5 s into the run, for 1 s.
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: signals to our own child process by pid.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_secs(1));
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    });
+    let out = redrain_loadgen::run(cfg, PingScenario::new(16)).unwrap();
+    pauser.join().unwrap();
+    let s = &out.summary;
+    assert_clean(s);
+    // Requests intended during the pause waited for it: latency from the
+    // intended send time, so the tail shows the full second.
+    assert!(s.latency.max_ms >= 900.0, "max {:.1} ms", s.latency.max_ms);
+    assert!(s.latency.p999_ms >= 800.0, "p99.9 {:.1} ms", s.latency.p999_ms);
+    assert!(s.latency.p50_ms < 100.0, "p50 {:.1} ms", s.latency.p50_ms);
+    assert!(!s.generator.limited, "the node paused, not the generator: {:?}", s.generator.reasons);
+}
+
+#[test]
+fn closed_loop_keeps_k_requests_in_flight_and_matches_every_answer() {
+    let (_dir, node) = start_node();
+    let mut cfg = ping_config(&node, 1.0, Duration::from_secs(1));
+    cfg.mode = LoadMode::ClosedLoop { in_flight_per_connection: 8 };
+    let out = redrain_loadgen::run(cfg, PingScenario::new(64)).unwrap();
+    let s = &out.summary;
+    assert_clean(s);
+    assert_eq!(s.config.in_flight_per_connection, Some(8));
+    assert!(s.requests.ok > 1000, "ok {}", s.requests.ok);
+}
+
+#[test]
+fn connect_ramps_holds_and_reports_memory_per_session() {
+    let (_dir, node) = start_node();
+    let mut cfg = RunConfig::with_defaults(node.client, node.secret.clone());
+    cfg.admin = Some(node.admin);
+    cfg.connections = 300;
+    cfg.connect_rate_per_s = Some(1500.0);
+    cfg.threads = 2;
+    cfg.source_ips = 3;
+    cfg.duration = Duration::from_secs(1);
+    cfg.warmup = Duration::from_millis(200);
+    cfg.interval = RunConfig::interval_for(cfg.duration);
+    cfg.mode = LoadMode::Heartbeat;
+    let out = redrain_loadgen::run(cfg, ConnectScenario).unwrap();
+    let s = &out.summary;
+    assert_eq!(s.sessions.established, 300, "{:?}", s.sessions);
+    assert_eq!(s.sessions.lost, 0);
+    assert_eq!(s.session_latency.count, 300);
+    assert_eq!(s.headline, "sessions");
+    let n = s.node.as_ref().expect("node readings");
+    assert!(n.sessions_held.unwrap() - n.sessions_before.unwrap() >= 300.0, "{n:?}");
+    let per = n.memory_per_session_bytes.expect("rss and sessions were read");
+    assert!(per.is_finite(), "{per}");
+}
+
+#[test]
+fn binary_writes_json_hgrm_svg_and_compare_reads_them() {
+    let (dir, node) = start_node();
+    let exe = env!("CARGO_BIN_EXE_redrain-loadgen");
+    let secret = node.data_dir.join("auth.secret");
+    let mut summaries = Vec::new();
+    for (name, rate) in [("a", "500"), ("b", "1000")] {
+        let base = dir.path().join(name);
+        let status = Command::new(exe)
+            .args(["ping", "--target", &node.client.to_string(), "--admin", &node.admin.to_string()])
+            .args(["--connections", "4", "--threads", "1", "--rate", rate, "--duration", "1s", "--warmup", "200ms"])
+            .arg("--secret-file")
+            .arg(&secret)
+            .arg("--json")
+            .arg(base.with_extension("json"))
+            .arg("--hgrm")
+            .arg(base.with_extension("hgrm"))
+            .arg("--svg")
+            .arg(base.with_extension("svg"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // JSON: parses back into the summary type, and its counters add up.
+        let s = compare::load(&base.with_extension("json")).unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(base.with_extension("json")).unwrap()).unwrap();
+        for field in
+            ["schema", "scenario", "config", "requests", "throughput_per_s", "latency", "errors_by_code", "generator"]
+        {
+            assert!(raw.get(field).is_some(), "JSON lacks {field}");
+        }
+        for field in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"] {
+            assert!(raw["latency"].get(field).is_some(), "latency lacks {field}");
+        }
+        assert!(raw["generator"].get("limited").is_some());
+        assert_clean(&s);
+        let r = &s.requests;
+        assert_eq!(r.matched, r.ok + r.errors + r.check_failures + r.malformed);
+        assert_eq!(s.intervals.iter().map(|i| i.ok).sum::<u64>(), r.ok);
+        // .hgrm: the standard columns and footer, consistent with the JSON.
+        let h = hgrm::parse(&std::fs::read_to_string(base.with_extension("hgrm")).unwrap()).unwrap();
+        assert_eq!(h.total_count, r.ok);
+        assert_eq!(h.rows.last().unwrap().total_count, r.ok);
+        assert!((h.max - s.latency.max_ms).abs() < 0.01, "{} vs {}", h.max, s.latency.max_ms);
+        let svg = std::fs::read_to_string(base.with_extension("svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("<polyline"));
+        summaries.push(base.with_extension("json"));
+    }
+    let out = Command::new(exe).arg("compare").args(&summaries).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().find(|l| l.starts_with("sent_rate_per_s")).expect("sent rate row");
+    let ratio: f64 = line.split_whitespace().last().unwrap().parse().unwrap();
+    assert!((ratio - 2.0).abs() < 0.1, "1000/s over 500/s: {line}");
+}

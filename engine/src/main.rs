@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node (embedded defaults when given no arguments).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a login token from the configured auth secret.
     Token(TokenArgs),
     /// Check (and optionally apply) host settings for a target session count.
@@ -177,7 +177,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(a) => serve(a).map(|()| 0),
+        Command::Serve(a) => serve(*a).map(|()| 0),
         Command::Token(a) => token(a).map(|()| 0),
         Command::Tune(a) => redrain_tuning::run(a),
     };

@@ -381,7 +381,7 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     while !node.shutting_down() {
         glommio::timer::sleep(HOUSEKEEPING_TICK).await;
         tick = tick.wrapping_add(1);
-        if tick % SWEEP_EVERY_TICKS == 0 {
+        if tick.is_multiple_of(SWEEP_EVERY_TICKS) {
             core.sweep_idle();
         }
     }

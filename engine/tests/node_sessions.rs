@@ -340,3 +340,30 @@ fn sigterm_tells_sessions_drains_and_exits_zero() {
     assert_eq!(status.code(), Some(0), "stderr: {}", node.stderr.lock().unwrap());
     assert!(TcpStream::connect(node.client).is_err(), "listener closed after drain");
 }
+
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
+    let node = Node::start(&["--cores", "1", "--write-timeout-ms", "300"]);
+    let mut c = node.login(12, 0);
+    let mut writer = c.stream().try_clone().unwrap();
+    writer.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Pipeline pings with the largest payload and never read the pongs: the
+    // node's socket send buffer fills, its write stalls, and it must give up.
+    let pusher = std::thread::spawn(move || {
+        let mut batch = Vec::new();
+        for i in 0..2_000u32 {
+            Request::Ping { payload: &[7u8; 256] }.encode(i + 1, &mut batch);
+        }
+        for _ in 0..200 {
+            if writer.write_all(&batch).is_err() {
+                return;
+            }
+        }
+    });
+    node.wait_metric("redrain_connections_closed_total", &["reason=\"io_error\""], 1.0);
+    assert_eq!(node.metric_sum("redrain_sessions_active", &[]), 0.0);
+    drop(c);
+    pusher.join().unwrap();
+    // Other clients are unaffected.
+    node.login(13, 0).call(&Request::Ping { payload: b"" }).unwrap();
+}

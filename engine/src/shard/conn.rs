@@ -119,25 +119,28 @@ async fn run(
         device: None,
     };
     let reason = conn.serve(start).await;
-    conn.finish(reason).await;
+    Box::pin(conn.finish(reason)).await;
+}
+
+/// How a processing pass over buffered plaintext ended.
+enum PassEnd {
+    /// Everything complete was answered; flush and read more.
+    Continue,
+    Close(CloseReason),
+    /// A verified login whose home core is elsewhere.
+    HandOff {
+        home: usize,
+        claims: TokenClaims,
+        request_id: u32,
+    },
 }
 
 impl Conn {
     async fn serve(&mut self, start: Start) -> Option<CloseReason> {
         if let Start::Resumed { claims, login_request_id, received_at } = start {
-            if self.core.is_full_for_resume() {
-                self.core.metrics().rejected(ErrorCode::SessionLimit);
-                self.core.metrics().frame(Some(MessageType::Login), Outcome::System);
-                Response::error(ErrorCode::SessionLimit, 1_000, "home core is at its session limit")
-                    .encode(login_request_id, &mut self.out);
-                return Some(CloseReason::Error);
-            }
-            self.accept_login(claims, login_request_id);
-            if let Some(reason) = self.process(received_at).await {
+            // Cold path, boxed so the connection future stays small.
+            if let Some(reason) = Box::pin(self.resume(claims, login_request_id, received_at)).await {
                 return reason;
-            }
-            if self.flush(received_at).await.is_err() {
-                return Some(CloseReason::Io);
             }
         }
         loop {
@@ -154,18 +157,56 @@ impl Conn {
             }
             let received_at = Instant::now();
             self.ctl.last_activity_ms.set(self.core.now_ms());
-            if let Some(reason) = self.process(received_at).await {
+            if let Some(reason) = self.pass(received_at).await {
                 return reason;
-            }
-            if self.flush(received_at).await.is_err() {
-                return Some(CloseReason::Io);
             }
         }
     }
 
-    /// Runs the session over buffered plaintext. `Some(None)` means the session
-    /// moved to another core; `Some(Some(reason))` means close.
-    async fn process(&mut self, received_at: Instant) -> Option<Option<CloseReason>> {
+    /// First pass on the home core after a hand-off: register, answer LoginOk,
+    /// serve the requests that came along.
+    async fn resume(
+        &mut self,
+        claims: TokenClaims,
+        login_request_id: u32,
+        received_at: Instant,
+    ) -> Option<Option<CloseReason>> {
+        if self.core.is_full_for_resume() {
+            self.core.metrics().rejected(ErrorCode::SessionLimit);
+            self.core.metrics().frame(Some(MessageType::Login), Outcome::System);
+            Response::error(ErrorCode::SessionLimit, 1_000, "home core is at its session limit")
+                .encode(login_request_id, &mut self.out);
+            return Some(Some(CloseReason::Error));
+        }
+        self.accept_login(claims, login_request_id);
+        self.pass(received_at).await
+    }
+
+    /// Processes buffered plaintext and flushes the answers in one write.
+    /// `Some(None)`: the session moved to another core; `Some(Some(r))`: close.
+    async fn pass(&mut self, received_at: Instant) -> Option<Option<CloseReason>> {
+        loop {
+            match self.process() {
+                PassEnd::Continue => break,
+                PassEnd::Close(reason) => return Some(Some(reason)),
+                PassEnd::HandOff { home, claims, request_id } => {
+                    match Box::pin(self.hand_off(home, claims, request_id, received_at)).await {
+                        Ok(()) => return Some(None),
+                        Err(Some(reason)) => return Some(Some(reason)),
+                        // Queue full: Busy was answered; keep serving here.
+                        Err(None) => continue,
+                    }
+                }
+            }
+        }
+        if self.flush(received_at).await.is_err() {
+            return Some(Some(CloseReason::Io));
+        }
+        None
+    }
+
+    /// Runs the session state machine over buffered plaintext (no I/O).
+    fn process(&mut self) -> PassEnd {
         loop {
             let node = &self.core.node;
             let env = Env {
@@ -183,24 +224,15 @@ impl Conn {
                     if self.inbound.is_empty() && self.inbound.capacity() > IDLE_BUFFER_BYTES_MAX {
                         self.inbound = Vec::new();
                     }
-                    return None;
+                    return PassEnd::Continue;
                 }
-                Step::Close(_) => return Some(Some(CloseReason::Error)),
+                Step::Close(_) => return PassEnd::Close(CloseReason::Error),
                 Step::Login { claims, request_id } => {
                     let home = home_core(claims.user_id, node.cores);
-                    if home == self.core.id {
-                        self.accept_login(claims, request_id);
-                        continue;
+                    if home != self.core.id {
+                        return PassEnd::HandOff { home, claims, request_id };
                     }
-                    match self.hand_off(home, claims, request_id, received_at).await {
-                        Ok(()) => return Some(None),
-                        Err(reason) => {
-                            if let Some(reason) = reason {
-                                return Some(Some(reason));
-                            }
-                            // Queue full: answered Busy; the client may retry the login here.
-                        }
-                    }
+                    self.accept_login(claims, request_id);
                 }
             }
         }

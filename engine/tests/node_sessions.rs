@@ -367,3 +367,63 @@ fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     // Other clients are unaffected.
     node.login(13, 0).call(&Request::Ping { payload: b"" }).unwrap();
 }
+
+#[test]
+fn redrain_token_mints_tokens_the_node_accepts() {
+    let node = Node::start(&["--cores", "2"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redrain"))
+        .args(["token", "--user", "4242", "--device", "7", "--ttl", "60", "--data-dir"])
+        .arg(node.dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hex_token = String::from_utf8(out.stdout).unwrap();
+    let token: [u8; redrain_net::message::TOKEN_BYTES] = hex::decode(hex_token.trim()).unwrap().try_into().unwrap();
+    let mut c = node.connect();
+    let (user, device, _, _) = c.login(&token).unwrap();
+    assert_eq!((user, device), (4242, 7));
+}
+
+#[test]
+fn config_file_then_environment_then_flags_take_precedence_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("redrain.toml");
+    std::fs::write(&config, "sessions_per_core_max = 1\nframe_bytes_max = 4096\nlogin_timeout_ms = 60000\n").unwrap();
+    // File says 1 session per core; the flag raises it to 2. File says 4 KiB
+    // frames; the environment lowers that to 1 KiB.
+    let node = Node::start_env(
+        dir,
+        &["--cores", "1", "--config", config.to_str().unwrap(), "--sessions-per-core-max", "2"],
+        &[("REDRAIN_FRAME_BYTES_MAX", "1024")],
+    );
+    let mut first = BlockingClient::from_stream(TcpStream::connect(node.client).unwrap());
+    first.stream().set_read_timeout(Some(TIMEOUT)).unwrap();
+    let f = first.call(&Request::Hello { version_min: 1, version_max: 1 }).unwrap();
+    match f.parse().unwrap() {
+        Response::HelloOk { frame_bytes_max, .. } => assert_eq!(frame_bytes_max, 1024),
+        other => panic!("{other:?}"),
+    }
+    let _second = node.connect();
+    // Two connections are open now (the limit from the flag); a third is refused.
+    let mut third = BlockingClient::from_stream(TcpStream::connect(node.client).unwrap());
+    third.stream().set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(
+        read_until_closed(&mut third).iter().map(error_code).collect::<Vec<_>>(),
+        vec![Some(ErrorCode::SessionLimit)]
+    );
+
+    // A config file with an unknown key is refused with a clear message.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listn = \"127.0.0.1:1\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redrain"))
+        .args(["serve", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field `listn`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

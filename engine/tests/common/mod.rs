@@ -29,11 +29,16 @@ impl Node {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Node {
+        Self::start_env(dir, extra, &[])
+    }
+
+    pub fn start_env(dir: tempfile::TempDir, extra: &[&str], envs: &[(&str, &str)]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
             .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -222,67 +222,45 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Renders all cores in the Prometheus text exposition format (0.0.4).
 pub fn render_prometheus(cores: &[&CoreMetrics], process: ProcessFigures, out: &mut String) {
-    let per_core = |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&CoreMetrics) -> u64| {
+    type Getter = fn(&CoreMetrics) -> &AtomicU64;
+    const PER_CORE: [(&str, &str, &str, Getter); 13] = [
+        ("redrain_connections_open", "gauge", "Connections open per core, logged in or not.", |m| &m.connections_open),
+        ("redrain_sessions_active", "gauge", "Logged-in sessions homed on each core.", |m| &m.sessions_active),
+        ("redrain_connections_accepted_total", "counter", "Connections accepted.", |m| &m.connections_accepted_total),
+        ("redrain_connections_refused_full_total", "counter", "Connections refused at the per-core limit.", |m| {
+            &m.connections_refused_full_total
+        }),
+        ("redrain_logins_total", "counter", "Successful logins registered on their home core.", |m| &m.logins_total),
+        ("redrain_sessions_replaced_total", "counter", "Sessions closed by a newer login of the same device.", |m| {
+            &m.sessions_replaced_total
+        }),
+        ("redrain_handoffs_sent_total", "counter", "Sessions moved to their home core.", |m| &m.handoffs_sent_total),
+        ("redrain_handoffs_received_total", "counter", "Sessions received from other cores.", |m| {
+            &m.handoffs_received_total
+        }),
+        (
+            "redrain_handoff_queue_full_total",
+            "counter",
+            "Logins answered Busy because a hand-off queue was full.",
+            |m| &m.handoff_queue_full_total,
+        ),
+        ("redrain_tls_handshakes_total", "counter", "Completed TLS handshakes.", |m| &m.tls_handshakes_total),
+        ("redrain_received_bytes_total", "counter", "Bytes read from client sockets (after TLS).", |m| {
+            &m.bytes_received_total
+        }),
+        ("redrain_sent_bytes_total", "counter", "Bytes written to client sockets (before TLS).", |m| {
+            &m.bytes_sent_total
+        }),
+        ("redrain_socket_writes_total", "counter", "Socket writes (responses of one pass leave in one write).", |m| {
+            &m.writes_total
+        }),
+    ];
+    for (name, kind, help, get) in PER_CORE {
         family(out, name, kind, help);
         for (i, m) in cores.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(m));
+            let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(m).load(Relaxed));
         }
-    };
-    per_core(out, "redrain_connections_open", "gauge", "Connections open per core, logged in or not.", &|m| {
-        m.connections_open.load(Relaxed)
-    });
-    per_core(out, "redrain_sessions_active", "gauge", "Logged-in sessions homed on each core.", &|m| {
-        m.sessions_active.load(Relaxed)
-    });
-    per_core(out, "redrain_connections_accepted_total", "counter", "Connections accepted.", &|m| {
-        m.connections_accepted_total.load(Relaxed)
-    });
-    per_core(
-        out,
-        "redrain_connections_refused_full_total",
-        "counter",
-        "Connections refused at the per-core limit.",
-        &|m| m.connections_refused_full_total.load(Relaxed),
-    );
-    per_core(out, "redrain_logins_total", "counter", "Successful logins registered on their home core.", &|m| {
-        m.logins_total.load(Relaxed)
-    });
-    per_core(
-        out,
-        "redrain_sessions_replaced_total",
-        "counter",
-        "Sessions closed by a newer login of the same device.",
-        &|m| m.sessions_replaced_total.load(Relaxed),
-    );
-    per_core(out, "redrain_handoffs_sent_total", "counter", "Sessions moved to their home core.", &|m| {
-        m.handoffs_sent_total.load(Relaxed)
-    });
-    per_core(out, "redrain_handoffs_received_total", "counter", "Sessions received from other cores.", &|m| {
-        m.handoffs_received_total.load(Relaxed)
-    });
-    per_core(
-        out,
-        "redrain_handoff_queue_full_total",
-        "counter",
-        "Logins answered Busy because a hand-off queue was full.",
-        &|m| m.handoff_queue_full_total.load(Relaxed),
-    );
-    per_core(out, "redrain_tls_handshakes_total", "counter", "Completed TLS handshakes.", &|m| {
-        m.tls_handshakes_total.load(Relaxed)
-    });
-    per_core(out, "redrain_received_bytes_total", "counter", "Bytes read from client sockets (after TLS).", &|m| {
-        m.bytes_received_total.load(Relaxed)
-    });
-    per_core(out, "redrain_sent_bytes_total", "counter", "Bytes written to client sockets (before TLS).", &|m| {
-        m.bytes_sent_total.load(Relaxed)
-    });
-    per_core(
-        out,
-        "redrain_socket_writes_total",
-        "counter",
-        "Socket writes (responses of one pass leave in one write).",
-        &|m| m.writes_total.load(Relaxed),
-    );
+    }
 
     family(out, "redrain_connections_closed_total", "counter", "Connections closed, by reason.");
     for (i, m) in cores.iter().enumerate() {

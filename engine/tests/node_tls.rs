@@ -38,14 +38,20 @@ for i in range(20):
 print("OK user=%d version=%s" % (user, s.version()))
 "#;
 
-#[test]
-fn python_ssl_client_logs_in_and_pings_over_tls() {
+/// A temp dir holding a fresh self-signed certificate for "localhost" and its key.
+fn self_signed_localhost() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    (dir, cert_path, key_path)
+}
+
+#[test]
+fn python_ssl_client_logs_in_and_pings_over_tls() {
+    let (dir, cert_path, key_path) = self_signed_localhost();
     let node = Node::start_in(
         dir,
         &[
@@ -80,12 +86,7 @@ fn python_ssl_client_logs_in_and_pings_over_tls() {
 
 #[test]
 fn plaintext_on_the_tls_port_is_a_tls_error_and_the_node_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let (dir, cert_path, key_path) = self_signed_localhost();
     let node = Node::start_in(
         dir,
         &[

@@ -95,8 +95,8 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file over the embedded defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
     }
 

@@ -1,4 +1,15 @@
 //! redrain-engine: the per-core shard of the redrain access node.
 //!
 //! - [`auth`]: login tokens (mint and local verification).
+//! - [`config`]: node configuration (defaults, file, env, flags).
+//! - [`metrics`]: per-core counters and the Prometheus rendering.
+//! - [`node`]: start-up, executors, signals, admin, profiling.
+//! - [`shard`]: one pinned core: connections, hand-off, accept loops.
+//! - [`session`]: the per-connection protocol state machine (sans-IO).
+
 pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod session;
+pub mod shard;

@@ -1,1 +1,191 @@
-fn main() {}
+//! The `redrain` binary: `serve` runs the node; the other subcommands are the
+//! operator's tools (tokens, host tuning).
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use redrain_engine::auth::{now_unix_s, TokenClaims};
+use redrain_engine::config::Config;
+use redrain_engine::node;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "redrain", version, about = "Thread-per-core io_uring access node for red-packet rain and timelines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node (embedded defaults when given no arguments).
+    Serve(Box<ServeArgs>),
+    /// Mint a login token from the configured auth secret.
+    Token(TokenArgs),
+    /// Check (and optionally apply) host settings for a target session count.
+    Tune(redrain_tuning::TuneArgs),
+}
+
+/// Where configuration comes from: defaults < --config file < REDRAIN_* env < flags.
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    /// TOML config file (see docs/operations.md).
+    #[arg(long, env = "REDRAIN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./redrain-data].
+    #[arg(long, env = "REDRAIN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    base: ConfigArgs,
+    /// Client port, plain TCP [default: 127.0.0.1:7000].
+    #[arg(long, env = "REDRAIN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TLS client port (needs --tls-cert and --tls-key).
+    #[arg(long, env = "REDRAIN_TLS_LISTEN")]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS port.
+    #[arg(long, env = "REDRAIN_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS port.
+    #[arg(long, env = "REDRAIN_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Admin HTTP endpoint for /metrics and /healthz [default: 127.0.0.1:7080].
+    #[arg(long, env = "REDRAIN_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Cores to run on [default: all CPUs in the affinity set].
+    #[arg(long, env = "REDRAIN_CORES")]
+    cores: Option<usize>,
+    /// Connections one core holds at most [default: 50000, capped by the fd limit].
+    #[arg(long, env = "REDRAIN_SESSIONS_PER_CORE_MAX")]
+    sessions_per_core_max: Option<usize>,
+    /// Largest frame in bytes, including the length prefix [default: 65536].
+    #[arg(long, env = "REDRAIN_FRAME_BYTES_MAX")]
+    frame_bytes_max: Option<u32>,
+    /// Heartbeat interval advertised to clients, ms [default: 30000].
+    #[arg(long, env = "REDRAIN_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u32>,
+    /// Close sessions silent for this long, ms [default: 90000].
+    #[arg(long, env = "REDRAIN_IDLE_TIMEOUT_MS")]
+    idle_timeout_ms: Option<u32>,
+    /// Close connections not logged in within this time, ms [default: 10000].
+    #[arg(long, env = "REDRAIN_LOGIN_TIMEOUT_MS")]
+    login_timeout_ms: Option<u32>,
+    /// Close clients that do not drain a write within this time, ms [default: 10000].
+    #[arg(long, env = "REDRAIN_WRITE_TIMEOUT_MS")]
+    write_timeout_ms: Option<u32>,
+    /// io_uring registered buffer bytes per core, capped to fit RLIMIT_MEMLOCK [default: 1048576].
+    #[arg(long, env = "REDRAIN_IO_MEMORY_BYTES_PER_CORE")]
+    io_memory_bytes_per_core: Option<usize>,
+    /// Graceful drain deadline on SIGTERM/SIGINT, ms [default: 5000].
+    #[arg(long, env = "REDRAIN_SHUTDOWN_DRAIN_MS")]
+    shutdown_drain_ms: Option<u32>,
+    /// Write a CPU flamegraph (SVG) of the node to this file.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Seconds after start-up before profiling begins.
+    #[arg(long, default_value_t = 0, requires = "profile")]
+    profile_delay_s: u64,
+    /// Seconds to profile [default: until shutdown].
+    #[arg(long, requires = "profile")]
+    profile_duration_s: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    #[command(flatten)]
+    base: ConfigArgs,
+    /// User id.
+    #[arg(long)]
+    user: u64,
+    /// Device id.
+    #[arg(long, default_value_t = 0)]
+    device: u32,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    ttl: u64,
+}
+
+fn load_config(base: &ConfigArgs) -> anyhow::Result<Config> {
+    let mut config = match &base.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &base.data_dir {
+        config.data_dir = d.clone();
+    }
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut c = load_config(&args.base)?;
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { c.$field = v; } )* };
+    }
+    set!(
+        listen,
+        admin_listen,
+        sessions_per_core_max,
+        frame_bytes_max,
+        heartbeat_interval_ms,
+        idle_timeout_ms,
+        login_timeout_ms,
+        write_timeout_ms,
+        io_memory_bytes_per_core,
+        shutdown_drain_ms
+    );
+    if args.tls_listen.is_some() {
+        c.tls_listen = args.tls_listen;
+    }
+    if args.tls_cert.is_some() {
+        c.tls_cert = args.tls_cert.clone();
+    }
+    if args.tls_key.is_some() {
+        c.tls_key = args.tls_key.clone();
+    }
+    if args.cores.is_some() {
+        c.cores = args.cores;
+    }
+    let profile = args.profile.map(|svg_path| node::ProfileRequest {
+        svg_path,
+        delay: Duration::from_secs(args.profile_delay_s),
+        duration: args.profile_duration_s.map(Duration::from_secs),
+    });
+    node::run(c, profile)
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.base)?;
+    let keys = node::load_keys(&config).context("loading the auth secret")?;
+    let token = keys.mint(TokenClaims {
+        user_id: args.user,
+        device_id: args.device,
+        expires_at_unix_s: now_unix_s().saturating_add(args.ttl),
+    });
+    println!("{}", hex::encode(token));
+    Ok(())
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => serve(*a).map(|()| 0),
+        Command::Token(a) => token(a).map(|()| 0),
+        Command::Tune(a) => redrain_tuning::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("redrain: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -182,6 +182,7 @@ impl BlockingClient {
         self.out.clear();
         let id = self.codec.encode(req, &mut self.out);
         self.stream.write_all(&self.out)?;
+        self.out.clear();
         Ok(id)
     }
 

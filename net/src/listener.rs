@@ -31,3 +31,22 @@ pub fn bind_reuseport_std(addr: SocketAddr) -> std::io::Result<std::net::TcpList
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
+
+/// Hands a bound std listener to the current glommio executor.
+pub fn into_glommio(listener: std::net::TcpListener) -> glommio::net::TcpListener {
+    // SAFETY: ownership of the listening fd moves into glommio.
+    unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
+}
+
+/// Binds one `SO_REUSEPORT` listener per core on `addr`. When `addr` has port 0,
+/// the first bind picks the port and the others reuse it, so all cores share
+/// one address (tests rely on this).
+pub fn bind_per_core(addr: SocketAddr, cores: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_reuseport_std(addr)?;
+    let actual = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..cores {
+        all.push(bind_reuseport_std(actual)?);
+    }
+    Ok(all)
+}

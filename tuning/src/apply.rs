@@ -68,31 +68,20 @@ pub fn apply_report(host: &Host, report: &Report) -> Vec<ApplyOutcome> {
                 Remedy::Sysctl { key, value } => apply_sysctl(host, key, value),
                 Remedy::Manual { why } => ApplyResult::Manual { why: why.clone() },
             };
-            ApplyOutcome {
-                setting: item.setting.clone(),
-                result,
-            }
+            ApplyOutcome { setting: item.setting.clone(), result }
         })
         .collect()
 }
 
 fn apply_sysctl(host: &Host, key: &str, value: &str) -> ApplyResult {
     if let Err(error) = host.write_sysctl(key, value) {
-        return ApplyResult::Failed {
-            value: value.to_string(),
-            error: error.to_string(),
-        };
+        return ApplyResult::Failed { value: value.to_string(), error: error.to_string() };
     }
     // The kernel may accept a write and clamp it (somaxconn on old kernels), so trust
     // only what reads back.
     match host.read_sysctl(key) {
-        Ok(text) if normalized(&text) == normalized(value) => ApplyResult::Written {
-            value: value.to_string(),
-        },
-        Ok(text) => ApplyResult::WrittenButDiffers {
-            value: value.to_string(),
-            read_back: normalized(&text),
-        },
+        Ok(text) if normalized(&text) == normalized(value) => ApplyResult::Written { value: value.to_string() },
+        Ok(text) => ApplyResult::WrittenButDiffers { value: value.to_string(), read_back: normalized(&text) },
         Err(error) => ApplyResult::Failed {
             value: value.to_string(),
             error: format!("written, but reading back failed: {error}"),

@@ -93,10 +93,8 @@ impl Host {
     pub fn system() -> Host {
         // SAFETY: sysconf has no preconditions; it returns -1 on error, handled below.
         let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let page_size_bytes = u64::try_from(page_size)
-            .ok()
-            .filter(|&bytes| bytes > 0)
-            .unwrap_or(PAGE_SIZE_BYTES_FALLBACK);
+        let page_size_bytes =
+            u64::try_from(page_size).ok().filter(|&bytes| bytes > 0).unwrap_or(PAGE_SIZE_BYTES_FALLBACK);
         Host {
             proc_root: PathBuf::from("/proc"),
             sys_root: PathBuf::from("/sys"),
@@ -150,9 +148,7 @@ impl Host {
             .read_to_string(&mut text)
             .map_err(|source| io_read_error(path, source))?;
         if read as u64 > HOST_FILE_BYTES_MAX {
-            return Err(ReadError::TooLarge {
-                path: path.to_path_buf(),
-            });
+            return Err(ReadError::TooLarge { path: path.to_path_buf() });
         }
         Ok(text)
     }
@@ -164,10 +160,7 @@ impl Host {
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
     ) -> Result<T, ReadError> {
         let text = self.read_text(path)?;
-        parse(&text).map_err(|source| ReadError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
+        parse(&text).map_err(|source| ReadError::Parse { path: path.to_path_buf(), source })
     }
 
     /// Reads a sysctl's raw text.
@@ -180,24 +173,16 @@ impl Host {
     pub fn write_sysctl(&self, key: &str, value: &str) -> Result<(), WriteError> {
         use std::io::Write;
         let path = self.sysctl_path(key);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    WriteError::Missing { path: path.clone() }
-                } else {
-                    WriteError::Io {
-                        path: path.clone(),
-                        source,
-                    }
-                }
-            })?;
+        let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                WriteError::Missing { path: path.clone() }
+            } else {
+                WriteError::Io { path: path.clone(), source }
+            }
+        })?;
         // procfs parses the value from a single write call, so write it in one go with
         // the newline that `sysctl -w` also sends.
-        file.write_all(format!("{value}\n").as_bytes())
-            .map_err(|source| WriteError::Io { path, source })
+        file.write_all(format!("{value}\n").as_bytes()).map_err(|source| WriteError::Io { path, source })
     }
 
     /// Lists the entries of a directory under the sys root, sorted; empty if absent.
@@ -217,13 +202,8 @@ impl Host {
 
 fn io_read_error(path: &Path, source: std::io::Error) -> ReadError {
     if source.kind() == std::io::ErrorKind::NotFound {
-        ReadError::Missing {
-            path: path.to_path_buf(),
-        }
+        ReadError::Missing { path: path.to_path_buf() }
     } else {
-        ReadError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        ReadError::Io { path: path.to_path_buf(), source }
     }
 }

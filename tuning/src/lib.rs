@@ -116,11 +116,7 @@ fn host_for(args: &CheckArgs) -> anyhow::Result<Host> {
     if let Some(pid) = args.pid {
         host.process = pid.to_string();
         let dir = host.proc_root.join(&host.process);
-        anyhow::ensure!(
-            dir.is_dir(),
-            "no process {pid}: {} does not exist",
-            dir.display()
-        );
+        anyhow::ensure!(dir.is_dir(), "no process {pid}: {} does not exist", dir.display());
     }
     Ok(host)
 }
@@ -132,11 +128,7 @@ fn run_check(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
         None => check::allowed_cpu_count(&host)
             .ok()
             .filter(|&count| count > 0)
-            .or_else(|| {
-                std::thread::available_parallelism()
-                    .ok()
-                    .map(|count| count.get() as u64)
-            })
+            .or_else(|| std::thread::available_parallelism().ok().map(|count| count.get() as u64))
             .unwrap_or(1),
     };
     let target = Target {

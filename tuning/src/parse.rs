@@ -72,17 +72,13 @@ fn excerpt(text: &str) -> String {
 /// Parses a single unsigned integer such as `/proc/sys/fs/nr_open` (`1048576\n`).
 pub fn parse_u64(text: &str) -> Result<u64, ParseError> {
     let token = text.trim();
-    token.parse::<u64>().map_err(|_| ParseError::NotAnInteger {
-        found: excerpt(token),
-    })
+    token.parse::<u64>().map_err(|_| ParseError::NotAnInteger { found: excerpt(token) })
 }
 
 /// Parses a signed integer such as `/proc/sys/kernel/io_uring_group` (`-1` means "no group").
 pub fn parse_i64(text: &str) -> Result<i64, ParseError> {
     let token = text.trim();
-    token.parse::<i64>().map_err(|_| ParseError::NotAnInteger {
-        found: excerpt(token),
-    })
+    token.parse::<i64>().map_err(|_| ParseError::NotAnInteger { found: excerpt(token) })
 }
 
 /// Parses exactly `N` whitespace-separated unsigned integers, the format of `tcp_mem`,
@@ -136,16 +132,11 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<u32>, ParseError> {
     let mut present = vec![false; CPU_INDEX_LIMIT as usize];
     for element in trimmed.split(',') {
         let element = element.trim();
-        let bad = || ParseError::CpuList {
-            element: excerpt(element),
-        };
+        let bad = || ParseError::CpuList { element: excerpt(element) };
         // Ranges may carry a stride suffix (`0-7:2/4`) on some kernels; we do not need it
         // and refuse it rather than guess.
         let (first, last) = match element.split_once('-') {
-            Some((a, b)) => (
-                a.parse::<u32>().map_err(|_| bad())?,
-                b.parse::<u32>().map_err(|_| bad())?,
-            ),
+            Some((a, b)) => (a.parse::<u32>().map_err(|_| bad())?, b.parse::<u32>().map_err(|_| bad())?),
             None => {
                 let cpu = element.parse::<u32>().map_err(|_| bad())?;
                 (cpu, cpu)
@@ -155,18 +146,13 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<u32>, ParseError> {
             return Err(bad());
         }
         if last >= CPU_INDEX_LIMIT {
-            return Err(ParseError::CpuListTooLarge {
-                cpu: last,
-                limit: CPU_INDEX_LIMIT,
-            });
+            return Err(ParseError::CpuListTooLarge { cpu: last, limit: CPU_INDEX_LIMIT });
         }
         for cpu in first..=last {
             present[cpu as usize] = true;
         }
     }
-    Ok((0..CPU_INDEX_LIMIT)
-        .filter(|&cpu| present[cpu as usize])
-        .collect())
+    Ok((0..CPU_INDEX_LIMIT).filter(|&cpu| present[cpu as usize]).collect())
 }
 
 /// Formats CPUs back into the kernel's compact list form (`0-3,8`); `none` when empty.
@@ -206,9 +192,7 @@ pub fn parse_selected_choice(text: &str) -> Result<String, ParseError> {
             return Ok(inner.to_string());
         }
     }
-    Err(ParseError::NoSelectedChoice {
-        text: excerpt(text.trim()),
-    })
+    Err(ParseError::NoSelectedChoice { text: excerpt(text.trim()) })
 }
 
 /// A resource limit value: a number or `unlimited` (`RLIM_INFINITY`).
@@ -277,15 +261,9 @@ pub fn parse_proc_limits(text: &str, label: &'static str) -> Result<SoftHard, Pa
         }
         let mut fields = rest.split_whitespace();
         let (Some(soft), Some(hard)) = (fields.next(), fields.next()) else {
-            return Err(ParseError::FieldCount {
-                expected: 2,
-                found: rest.split_whitespace().count(),
-            });
+            return Err(ParseError::FieldCount { expected: 2, found: rest.split_whitespace().count() });
         };
-        return Ok(SoftHard {
-            soft: parse_limit_value(soft)?,
-            hard: parse_limit_value(hard)?,
-        });
+        return Ok(SoftHard { soft: parse_limit_value(soft)?, hard: parse_limit_value(hard)? });
     }
     Err(ParseError::LimitMissing { name: label })
 }
@@ -334,10 +312,7 @@ pub const INTERRUPTS_LINES_MAX: usize = 65_536;
 pub fn parse_interrupts(text: &str) -> Vec<InterruptLine> {
     let mut lines_out = Vec::new();
     let mut lines = text.lines().take(INTERRUPTS_LINES_MAX);
-    let cpu_columns = lines
-        .next()
-        .map(|header| header.split_whitespace().count())
-        .unwrap_or(0);
+    let cpu_columns = lines.next().map(|header| header.split_whitespace().count()).unwrap_or(0);
     for line in lines {
         let Some((label, rest)) = line.split_once(':') else {
             continue;
@@ -351,10 +326,7 @@ pub fn parse_interrupts(text: &str) -> Vec<InterruptLine> {
             continue;
         }
         if let Some(name) = tokens.last() {
-            lines_out.push(InterruptLine {
-                irq,
-                name: (*name).to_string(),
-            });
+            lines_out.push(InterruptLine { irq, name: (*name).to_string() });
         }
     }
     lines_out
@@ -366,32 +338,14 @@ mod tests {
 
     #[test]
     fn tcp_mem_triple_is_read_from_tab_separated_text() {
-        assert_eq!(
-            parse_triple("287832\t383779\t575664\n"),
-            Ok([287_832, 383_779, 575_664])
-        );
+        assert_eq!(parse_triple("287832\t383779\t575664\n"), Ok([287_832, 383_779, 575_664]));
     }
 
     #[test]
     fn triple_with_wrong_field_count_or_junk_is_an_error() {
-        assert_eq!(
-            parse_triple("4096 16384\n"),
-            Err(ParseError::FieldCount {
-                expected: 3,
-                found: 2
-            })
-        );
-        assert_eq!(
-            parse_triple("1 2 3 4"),
-            Err(ParseError::FieldCount {
-                expected: 3,
-                found: 4
-            })
-        );
-        assert!(matches!(
-            parse_triple("1 two 3"),
-            Err(ParseError::NotAnInteger { .. })
-        ));
+        assert_eq!(parse_triple("4096 16384\n"), Err(ParseError::FieldCount { expected: 3, found: 2 }));
+        assert_eq!(parse_triple("1 2 3 4"), Err(ParseError::FieldCount { expected: 3, found: 4 }));
+        assert!(matches!(parse_triple("1 two 3"), Err(ParseError::NotAnInteger { .. })));
         assert!(parse_triple("").is_err());
     }
 
@@ -401,11 +355,7 @@ mod tests {
         assert_eq!(port_range_size(32_768, 60_999), 28_232);
         assert_eq!(port_range_size(10_000, 65_535), 55_536);
         assert_eq!(port_range_size(5, 5), 1);
-        assert_eq!(
-            port_range_size(6, 5),
-            0,
-            "an inverted range offers no ports"
-        );
+        assert_eq!(port_range_size(6, 5), 0, "an inverted range offers no ports");
         assert!(parse_port_range("32768").is_err());
     }
 
@@ -419,10 +369,7 @@ mod tests {
 
     #[test]
     fn cpu_list_expands_ranges_and_singles_sorted_and_deduplicated() {
-        assert_eq!(
-            parse_cpu_list("0-3,8,10-11\n"),
-            Ok(vec![0, 1, 2, 3, 8, 10, 11])
-        );
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), Ok(vec![0, 1, 2, 3, 8, 10, 11]));
         assert_eq!(parse_cpu_list("5,1-2,2"), Ok(vec![1, 2, 5]));
         assert_eq!(parse_cpu_list("\n"), Ok(vec![]));
         assert_eq!(parse_cpu_list("(null)\n"), Ok(vec![]));
@@ -430,22 +377,10 @@ mod tests {
 
     #[test]
     fn malformed_or_huge_cpu_lists_are_errors_not_allocations() {
-        assert!(matches!(
-            parse_cpu_list("3-1"),
-            Err(ParseError::CpuList { .. })
-        ));
-        assert!(matches!(
-            parse_cpu_list("a"),
-            Err(ParseError::CpuList { .. })
-        ));
-        assert!(matches!(
-            parse_cpu_list("0-"),
-            Err(ParseError::CpuList { .. })
-        ));
-        assert!(matches!(
-            parse_cpu_list("0-4294967295"),
-            Err(ParseError::CpuListTooLarge { .. })
-        ));
+        assert!(matches!(parse_cpu_list("3-1"), Err(ParseError::CpuList { .. })));
+        assert!(matches!(parse_cpu_list("a"), Err(ParseError::CpuList { .. })));
+        assert!(matches!(parse_cpu_list("0-"), Err(ParseError::CpuList { .. })));
+        assert!(matches!(parse_cpu_list("0-4294967295"), Err(ParseError::CpuListTooLarge { .. })));
         let repeated = vec!["0-8191"; 1000].join(",");
         assert_eq!(parse_cpu_list(&repeated).map(|cpus| cpus.len()), Ok(8192));
     }
@@ -455,26 +390,14 @@ mod tests {
         assert_eq!(format_cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
         assert_eq!(format_cpu_list(&[4]), "4");
         assert_eq!(format_cpu_list(&[]), "none");
-        assert_eq!(
-            format_cpu_list(&[u32::MAX - 1, u32::MAX]),
-            "4294967294-4294967295"
-        );
+        assert_eq!(format_cpu_list(&[u32::MAX - 1, u32::MAX]), "4294967294-4294967295");
     }
 
     #[test]
     fn thp_mode_is_the_bracketed_choice() {
-        assert_eq!(
-            parse_selected_choice("always [madvise] never\n"),
-            Ok("madvise".to_string())
-        );
-        assert_eq!(
-            parse_selected_choice("[always] madvise never"),
-            Ok("always".to_string())
-        );
-        assert!(matches!(
-            parse_selected_choice("always madvise never"),
-            Err(ParseError::NoSelectedChoice { .. })
-        ));
+        assert_eq!(parse_selected_choice("always [madvise] never\n"), Ok("madvise".to_string()));
+        assert_eq!(parse_selected_choice("[always] madvise never"), Ok("always".to_string()));
+        assert!(matches!(parse_selected_choice("always madvise never"), Err(ParseError::NoSelectedChoice { .. })));
     }
 
     const PROC_LIMITS: &str = "\
@@ -488,23 +411,15 @@ Max locked memory         8388608              unlimited            bytes
     fn proc_limits_give_soft_and_hard_including_unlimited() {
         assert_eq!(
             parse_proc_limits(PROC_LIMITS, LIMIT_LABEL_NOFILE),
-            Ok(SoftHard {
-                soft: LimitValue::Finite(20_000),
-                hard: LimitValue::Finite(40_000)
-            })
+            Ok(SoftHard { soft: LimitValue::Finite(20_000), hard: LimitValue::Finite(40_000) })
         );
         assert_eq!(
             parse_proc_limits(PROC_LIMITS, LIMIT_LABEL_MEMLOCK),
-            Ok(SoftHard {
-                soft: LimitValue::Finite(8_388_608),
-                hard: LimitValue::Unlimited
-            })
+            Ok(SoftHard { soft: LimitValue::Finite(8_388_608), hard: LimitValue::Unlimited })
         );
         assert_eq!(
             parse_proc_limits("Limit Soft Hard\n", LIMIT_LABEL_NOFILE),
-            Err(ParseError::LimitMissing {
-                name: LIMIT_LABEL_NOFILE
-            })
+            Err(ParseError::LimitMissing { name: LIMIT_LABEL_NOFILE })
         );
         assert!(LimitValue::Unlimited.at_least(u64::MAX));
         assert!(!LimitValue::Finite(20_000).at_least(131_072));
@@ -531,15 +446,7 @@ ERR:          0
 ";
         let lines = parse_interrupts(text);
         let names: Vec<(u32, &str)> = lines.iter().map(|l| (l.irq, l.name.as_str())).collect();
-        assert_eq!(
-            names,
-            vec![
-                (26, "ttyS0"),
-                (38, "virtio2-input.0"),
-                (90, "eth0-TxRx-0"),
-                (91, "eth0-TxRx-1")
-            ]
-        );
+        assert_eq!(names, vec![(26, "ttyS0"), (38, "virtio2-input.0"), (90, "eth0-TxRx-0"), (91, "eth0-TxRx-1")]);
         assert!(parse_interrupts("").is_empty());
         assert!(parse_interrupts("garbage\n1: 2\n").is_empty());
     }

@@ -133,16 +133,8 @@ fn round_up(value: u64, multiple: u64) -> u64 {
 pub fn nofile_limit(target: &Target) -> u64 {
     let session_fds = target.sessions.saturating_mul(FDS_PER_SESSION);
     let headroom_fds = session_fds.saturating_mul(FDS_HEADROOM_PERCENT) / 100;
-    let overhead_fds = target
-        .cores
-        .saturating_mul(FDS_PER_CORE_OVERHEAD)
-        .saturating_add(FDS_PER_PROCESS_OVERHEAD);
-    round_up(
-        session_fds
-            .saturating_add(headroom_fds)
-            .saturating_add(overhead_fds),
-        NOFILE_ROUNDING,
-    )
+    let overhead_fds = target.cores.saturating_mul(FDS_PER_CORE_OVERHEAD).saturating_add(FDS_PER_PROCESS_OVERHEAD);
+    round_up(session_fds.saturating_add(headroom_fds).saturating_add(overhead_fds), NOFILE_ROUNDING)
 }
 
 /// `fs.nr_open`: the ceiling on any process's RLIMIT_NOFILE hard limit; must not be
@@ -154,19 +146,15 @@ pub fn nr_open_min(target: &Target) -> u64 {
 /// `fs.file-max`: system-wide open files; two full redrain processes (rolling restart)
 /// plus [`FILE_MAX_OTHER_PROCESSES_FDS`].
 pub fn file_max_min(target: &Target) -> u64 {
-    nofile_limit(target)
-        .saturating_mul(2)
-        .saturating_add(FILE_MAX_OTHER_PROCESSES_FDS)
+    nofile_limit(target).saturating_mul(2).saturating_add(FILE_MAX_OTHER_PROCESSES_FDS)
 }
 
 /// RLIMIT_MEMLOCK needed for io_uring registered buffers: every executor registers its
 /// I/O memory in [`IO_URING_RINGS_PER_EXECUTOR`] rings, rounded up to a MiB, and never
 /// below glommio's own minimum.
 pub fn memlock_bytes_min(target: &Target) -> u64 {
-    let registered = target
-        .cores
-        .saturating_mul(IO_URING_RINGS_PER_EXECUTOR)
-        .saturating_mul(target.io_memory_bytes_per_executor);
+    let registered =
+        target.cores.saturating_mul(IO_URING_RINGS_PER_EXECUTOR).saturating_mul(target.io_memory_bytes_per_executor);
     round_up(registered, 1 << 20).max(MEMLOCK_BYTES_GLOMMIO_MIN)
 }
 
@@ -183,10 +171,7 @@ pub fn io_memory_bytes_fitting(memlock_bytes: u64, cores: u64) -> u64 {
 pub fn listen_backlog(target: &Target) -> u64 {
     let per_core = target.sessions.div_ceil(target.cores.max(1));
     let burst = per_core.div_ceil(LISTEN_BACKLOG_SESSIONS_DIVISOR);
-    burst
-        .checked_next_power_of_two()
-        .unwrap_or(u64::MAX)
-        .clamp(LISTEN_BACKLOG_MIN, LISTEN_BACKLOG_MAX)
+    burst.checked_next_power_of_two().unwrap_or(u64::MAX).clamp(LISTEN_BACKLOG_MIN, LISTEN_BACKLOG_MAX)
 }
 
 /// Recommended `net.ipv4.tcp_mem` as (low, pressure, high) in pages.
@@ -195,26 +180,15 @@ pub fn listen_backlog(target: &Target) -> u64 {
 /// (`sessions x (rmem_min + wmem_min)`): below it TCP should not be squeezing anyone.
 pub fn tcp_mem_pages(target: &Target, page_size_bytes: u64) -> [u64; 3] {
     let bytes_per_session = SOCKET_BUFFER_MIN_BYTES * 2;
-    let low_pages = target
-        .sessions
-        .saturating_mul(bytes_per_session)
-        .div_ceil(page_size_bytes.max(1));
-    [
-        low_pages,
-        low_pages.saturating_mul(TCP_MEM_PRESSURE_FACTOR),
-        low_pages.saturating_mul(TCP_MEM_HIGH_FACTOR),
-    ]
+    let low_pages = target.sessions.saturating_mul(bytes_per_session).div_ceil(page_size_bytes.max(1));
+    [low_pages, low_pages.saturating_mul(TCP_MEM_PRESSURE_FACTOR), low_pages.saturating_mul(TCP_MEM_HIGH_FACTOR)]
 }
 
 /// Recommended `tcp_rmem`/`tcp_wmem` triple given the current one: small floor and
 /// default, and the current max kept when it is already at least
 /// [`SOCKET_BUFFER_MAX_BYTES_MIN`].
 pub fn socket_buffer_triple(current_max_bytes: u64) -> [u64; 3] {
-    [
-        SOCKET_BUFFER_MIN_BYTES,
-        SOCKET_BUFFER_DEFAULT_BYTES,
-        current_max_bytes.max(SOCKET_BUFFER_MAX_BYTES_MIN),
-    ]
+    [SOCKET_BUFFER_MIN_BYTES, SOCKET_BUFFER_DEFAULT_BYTES, current_max_bytes.max(SOCKET_BUFFER_MAX_BYTES_MIN)]
 }
 
 /// Client source addresses a load generator needs to open `sessions` connections to one
@@ -248,11 +222,7 @@ mod tests {
     use super::*;
 
     fn target(sessions: u64, cores: u64) -> Target {
-        Target {
-            sessions,
-            cores,
-            io_memory_bytes_per_executor: IO_MEMORY_BYTES_PER_EXECUTOR_DEFAULT,
-        }
+        Target { sessions, cores, io_memory_bytes_per_executor: IO_MEMORY_BYTES_PER_EXECUTOR_DEFAULT }
     }
 
     #[test]
@@ -278,11 +248,7 @@ mod tests {
     #[test]
     fn memlock_is_cores_times_three_rings_times_io_memory() {
         assert_eq!(memlock_bytes_min(&target(100_000, 2)), 60 << 20);
-        let small = Target {
-            sessions: 1,
-            cores: 1,
-            io_memory_bytes_per_executor: 64 << 10,
-        };
+        let small = Target { sessions: 1, cores: 1, io_memory_bytes_per_executor: 64 << 10 };
         // 192 KiB registered, rounded up to a whole MiB.
         assert_eq!(memlock_bytes_min(&small), 1 << 20);
     }
@@ -293,10 +259,7 @@ mod tests {
         assert_eq!(fitting, 1_396_736);
         assert_eq!(fitting % 4096, 0);
         assert!(fitting * 2 * IO_URING_RINGS_PER_EXECUTOR <= 8 << 20);
-        assert_eq!(
-            io_memory_bytes_fitting(8 << 20, 0),
-            (8 << 20) / 3 / 4096 * 4096
-        );
+        assert_eq!(io_memory_bytes_fitting(8 << 20, 0), (8 << 20) / 3 / 4096 * 4096);
     }
 
     #[test]
@@ -310,10 +273,7 @@ mod tests {
     #[test]
     fn tcp_mem_covers_every_session_at_its_buffer_floor() {
         // 100000 x 8192 B / 4096 B per page = 200000 pages.
-        assert_eq!(
-            tcp_mem_pages(&target(100_000, 2), 4096),
-            [200_000, 400_000, 600_000]
-        );
+        assert_eq!(tcp_mem_pages(&target(100_000, 2), 4096), [200_000, 400_000, 600_000]);
         // 64 KiB pages (some arm64 kernels) need 16 x fewer pages.
         assert_eq!(tcp_mem_pages(&target(100_000, 2), 65_536)[0], 12_500);
     }
@@ -334,11 +294,7 @@ mod tests {
 
     #[test]
     fn extreme_targets_saturate_instead_of_overflowing() {
-        let huge = Target {
-            sessions: u64::MAX,
-            cores: u64::MAX,
-            io_memory_bytes_per_executor: u64::MAX,
-        };
+        let huge = Target { sessions: u64::MAX, cores: u64::MAX, io_memory_bytes_per_executor: u64::MAX };
         assert!(nofile_limit(&huge) > 0);
         assert!(memlock_bytes_min(&huge) > 0);
         // u64::MAX sessions spread over u64::MAX cores is one session per core.

@@ -47,12 +47,7 @@ pub fn write_text(
         .items
         .iter()
         .map(|item| {
-            [
-                cell(&item.setting),
-                cell(&item.current),
-                cell(&item.recommended),
-                item.status.label().to_string(),
-            ]
+            [cell(&item.setting), cell(&item.current), cell(&item.recommended), item.status.label().to_string()]
         })
         .collect();
     let mut widths = header.map(str::len);
@@ -74,11 +69,7 @@ pub fn write_text(
         w3 = widths[3]
     )?;
     for (row, item) in rows.iter().zip(&report.items) {
-        let command = if item.status == Status::Ok {
-            "-"
-        } else {
-            item.apply_command.as_str()
-        };
+        let command = if item.status == Status::Ok { "-" } else { item.apply_command.as_str() };
         writeln!(
             out,
             "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {command}",
@@ -95,13 +86,7 @@ pub fn write_text(
     writeln!(out)?;
     writeln!(out, "notes:")?;
     for item in &report.items {
-        writeln!(
-            out,
-            "  {} [{}]: {}",
-            item.setting,
-            item.status.label(),
-            item.note
-        )?;
+        writeln!(out, "  {} [{}]: {}", item.setting, item.status.label(), item.note)?;
         if item.current.chars().count() > CELL_CHARS_MAX {
             writeln!(out, "    current: {}", item.current)?;
         }
@@ -136,17 +121,9 @@ pub fn write_text(
         Some(after) => (after, "after apply, re-checked: "),
         None => (report, ""),
     };
-    let counts = summary_report
-        .counts()
-        .iter()
-        .map(|(label, count)| format!("{count} {label}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let verdict = if exit_code == 0 {
-        "all settings meet the recommendation"
-    } else {
-        "some settings fall short"
-    };
+    let counts =
+        summary_report.counts().iter().map(|(label, count)| format!("{count} {label}")).collect::<Vec<_>>().join(", ");
+    let verdict = if exit_code == 0 { "all settings meet the recommendation" } else { "some settings fall short" };
     writeln!(out, "summary: {when}{counts}; {verdict} (exit {exit_code})")?;
     Ok(())
 }
@@ -170,12 +147,8 @@ pub fn write_json(
     after_apply: Option<&Report>,
     exit_code: i32,
 ) -> std::io::Result<()> {
-    let output = JsonOutput {
-        report,
-        applied,
-        after_apply: after_apply.map(|after| after.items.as_slice()),
-        exit_code,
-    };
+    let output =
+        JsonOutput { report, applied, after_apply: after_apply.map(|after| after.items.as_slice()), exit_code };
     serde_json::to_writer_pretty(&mut *out, &output)?;
     writeln!(out)
 }

@@ -19,11 +19,7 @@ fn read(root: &Path, relative: &str) -> String {
     fs::read_to_string(root.join(relative)).unwrap()
 }
 
-const TARGET: Target = Target {
-    sessions: 100_000,
-    cores: 2,
-    io_memory_bytes_per_executor: 10 << 20,
-};
+const TARGET: Target = Target { sessions: 100_000, cores: 2, io_memory_bytes_per_executor: 10 << 20 };
 
 /// A host tuned exactly as recommended for [`TARGET`].
 fn tuned_host() -> tempfile::TempDir {
@@ -36,11 +32,7 @@ fn tuned_host() -> tempfile::TempDir {
          Max open files            1048576              1048576              files     \n\
          Max locked memory         unlimited            unlimited            bytes     \n",
     );
-    write(
-        root,
-        "proc/self/status",
-        "Name:\tredrain\nCpus_allowed_list:\t0-1\n",
-    );
+    write(root, "proc/self/status", "Name:\tredrain\nCpus_allowed_list:\t0-1\n");
     write(root, "proc/meminfo", "MemTotal:       24682416 kB\n");
     for (key, value) in [
         ("fs/nr_open", "1048576"),
@@ -74,29 +66,17 @@ fn tuned_host() -> tempfile::TempDir {
     write(root, "proc/irq/90/smp_affinity_list", "0\n");
     write(root, "proc/irq/91/smp_affinity_list", "1\n");
     for cpu in 0..2 {
-        write(
-            root,
-            &format!("sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor"),
-            "performance\n",
-        );
+        write(root, &format!("sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor"), "performance\n");
     }
     write(root, "sys/devices/system/cpu/isolated", "\n");
-    write(
-        root,
-        "sys/kernel/mm/transparent_hugepage/enabled",
-        "always [madvise] never\n",
-    );
+    write(root, "sys/kernel/mm/transparent_hugepage/enabled", "always [madvise] never\n");
     fs::create_dir_all(root.join("sys/class/net/eth0")).unwrap();
     fs::create_dir_all(root.join("sys/class/net/lo")).unwrap();
     dir
 }
 
 fn item<'a>(report: &'a Report, setting: &str) -> &'a redrain_tuning::Item {
-    report
-        .items
-        .iter()
-        .find(|item| item.setting == setting)
-        .unwrap_or_else(|| panic!("no item {setting}"))
+    report.items.iter().find(|item| item.setting == setting).unwrap_or_else(|| panic!("no item {setting}"))
 }
 
 #[test]
@@ -113,18 +93,9 @@ fn tuned_host_is_all_ok_and_exits_zero() {
     assert_eq!(report.exit_code(), 0);
     assert_eq!(item(&report, "RLIMIT_NOFILE soft").current, "1048576");
     assert_eq!(item(&report, "RLIMIT_MEMLOCK soft").current, "unlimited");
-    assert_eq!(
-        item(&report, "net.ipv4.tcp_mem").current,
-        "200000 400000 600000"
-    );
-    assert_eq!(
-        item(&report, "transparent_hugepage/enabled").current,
-        "madvise"
-    );
-    assert_eq!(
-        item(&report, "cpufreq scaling_governor").current,
-        "performance on 0-1"
-    );
+    assert_eq!(item(&report, "net.ipv4.tcp_mem").current, "200000 400000 600000");
+    assert_eq!(item(&report, "transparent_hugepage/enabled").current, "madvise");
+    assert_eq!(item(&report, "cpufreq scaling_governor").current, "performance on 0-1");
 }
 
 #[test]
@@ -137,9 +108,7 @@ fn empty_host_tree_gives_not_applicable_items_and_no_panic() {
         assert!(!item.note.is_empty(), "n/a needs a reason: {item:?}");
     }
     assert!(item(&report, "fs.nr_open").note.contains("not present"));
-    assert!(item(&report, "kernel.io_uring_disabled")
-        .note
-        .contains("before 6.6"));
+    assert!(item(&report, "kernel.io_uring_disabled").note.contains("before 6.6"));
     assert_eq!(report.exit_code(), 0, "n/a does not fail the check");
 }
 
@@ -158,23 +127,11 @@ fn shortfalls_are_low_high_or_differs_and_exit_one() {
     let dir = tuned_host();
     let root = dir.path();
     write(root, "proc/sys/net/core/somaxconn", "4096\n");
-    write(
-        root,
-        "proc/sys/net/ipv4/tcp_mem",
-        "287832\t383779\t575664\n",
-    );
-    write(
-        root,
-        "proc/sys/net/ipv4/tcp_rmem",
-        "4096\t131072\t33554432\n",
-    );
+    write(root, "proc/sys/net/ipv4/tcp_mem", "287832\t383779\t575664\n");
+    write(root, "proc/sys/net/ipv4/tcp_rmem", "4096\t131072\t33554432\n");
     write(root, "proc/sys/vm/swappiness", "60\n");
     write(root, "proc/sys/net/ipv4/tcp_tw_reuse", "2\n");
-    write(
-        root,
-        "sys/kernel/mm/transparent_hugepage/enabled",
-        "[always] madvise never\n",
-    );
+    write(root, "sys/kernel/mm/transparent_hugepage/enabled", "[always] madvise never\n");
     write(
         root,
         "proc/self/limits",
@@ -187,28 +144,14 @@ fn shortfalls_are_low_high_or_differs_and_exit_one() {
     // Only pressure and high fall short of 200000 400000 600000, and that is enough.
     assert_eq!(item(&report, "net.ipv4.tcp_mem").status, Status::Low);
     assert_eq!(item(&report, "net.ipv4.tcp_rmem").status, Status::High);
-    assert_eq!(
-        item(&report, "net.ipv4.tcp_rmem").recommended,
-        "4096 16384 33554432",
-        "a large max is kept"
-    );
+    assert_eq!(item(&report, "net.ipv4.tcp_rmem").recommended, "4096 16384 33554432", "a large max is kept");
     assert_eq!(item(&report, "vm.swappiness").status, Status::High);
-    assert_eq!(
-        item(&report, "net.ipv4.tcp_tw_reuse").status,
-        Status::Differs
-    );
-    assert_eq!(
-        item(&report, "transparent_hugepage/enabled").status,
-        Status::Differs
-    );
+    assert_eq!(item(&report, "net.ipv4.tcp_tw_reuse").status, Status::Differs);
+    assert_eq!(item(&report, "transparent_hugepage/enabled").status, Status::Differs);
     assert_eq!(item(&report, "RLIMIT_NOFILE soft").status, Status::Low);
     let memlock = item(&report, "RLIMIT_MEMLOCK soft");
     assert_eq!(memlock.status, Status::Low);
-    assert!(
-        memlock.note.contains("io_memory must be <= 1.3 MiB"),
-        "{}",
-        memlock.note
-    );
+    assert!(memlock.note.contains("io_memory must be <= 1.3 MiB"), "{}", memlock.note);
     assert_eq!(report.exit_code(), 1);
 }
 
@@ -229,11 +172,7 @@ fn io_uring_disabled_differs_and_is_never_applied() {
 #[test]
 fn governor_lists_cpus_per_governor_and_differs_unless_all_performance() {
     let dir = tuned_host();
-    write(
-        dir.path(),
-        "sys/devices/system/cpu/cpu1/cpufreq/scaling_governor",
-        "powersave\n",
-    );
+    write(dir.path(), "sys/devices/system/cpu/cpu1/cpufreq/scaling_governor", "powersave\n");
     let report = check_host(&Host::under(dir.path()), &TARGET);
     let governor = item(&report, "cpufreq scaling_governor");
     assert_eq!(governor.current, "performance on 0; powersave on 1");
@@ -251,25 +190,15 @@ fn nic_queue_irqs_are_found_and_all_on_one_cpu_differs() {
 
     write(dir.path(), "proc/irq/91/smp_affinity_list", "0\n");
     let report = check_host(&Host::under(dir.path()), &TARGET);
-    assert_eq!(
-        item(&report, "NIC queue IRQ affinity").status,
-        Status::Differs
-    );
+    assert_eq!(item(&report, "NIC queue IRQ affinity").status, Status::Differs);
 }
 
 #[test]
 fn no_nic_queue_irqs_is_not_applicable() {
     let dir = tuned_host();
-    write(
-        dir.path(),
-        "proc/interrupts",
-        "           CPU0\n 26:          0  IO-APIC   4-edge      ttyS0\n",
-    );
+    write(dir.path(), "proc/interrupts", "           CPU0\n 26:          0  IO-APIC   4-edge      ttyS0\n");
     let report = check_host(&Host::under(dir.path()), &TARGET);
-    assert_eq!(
-        item(&report, "NIC queue IRQ affinity").status,
-        Status::NotApplicable
-    );
+    assert_eq!(item(&report, "NIC queue IRQ affinity").status, Status::NotApplicable);
 }
 
 #[test]
@@ -278,11 +207,7 @@ fn apply_writes_short_sysctls_to_the_fake_root_and_leaves_others() {
     let root = dir.path();
     write(root, "proc/sys/net/core/somaxconn", "4096\n");
     write(root, "proc/sys/net/ipv4/tcp_mem", "1\t2\t3\n");
-    write(
-        root,
-        "proc/sys/net/ipv4/ip_local_port_range",
-        "32768\t60999\n",
-    );
+    write(root, "proc/sys/net/ipv4/ip_local_port_range", "32768\t60999\n");
     write(root, "proc/sys/vm/swappiness", "60\n");
     write(
         root,
@@ -295,20 +220,11 @@ fn apply_writes_short_sysctls_to_the_fake_root_and_leaves_others() {
     let outcomes = apply_report(&host, &report);
 
     assert_eq!(read(root, "proc/sys/net/core/somaxconn"), "8192\n");
-    assert_eq!(
-        read(root, "proc/sys/net/ipv4/tcp_mem"),
-        "200000 400000 600000\n"
-    );
-    assert_eq!(
-        read(root, "proc/sys/net/ipv4/ip_local_port_range"),
-        "10000 65535\n"
-    );
+    assert_eq!(read(root, "proc/sys/net/ipv4/tcp_mem"), "200000 400000 600000\n");
+    assert_eq!(read(root, "proc/sys/net/ipv4/ip_local_port_range"), "10000 65535\n");
     assert_eq!(read(root, "proc/sys/vm/swappiness"), "10\n");
     // Items that were ok are not rewritten (the fake keeps its tab separators).
-    assert_eq!(
-        read(root, "proc/sys/net/ipv4/tcp_rmem"),
-        "4096\t16384\t6291456\n"
-    );
+    assert_eq!(read(root, "proc/sys/net/ipv4/tcp_rmem"), "4096\t16384\t6291456\n");
 
     let settings: Vec<&str> = outcomes.iter().map(|o| o.setting.as_str()).collect();
     assert_eq!(
@@ -323,24 +239,12 @@ fn apply_writes_short_sysctls_to_the_fake_root_and_leaves_others() {
         ]
     );
     assert!(matches!(outcomes[0].result, ApplyResult::Manual { .. }));
-    assert_eq!(
-        outcomes[2].result,
-        ApplyResult::Written {
-            value: "8192".to_string()
-        }
-    );
+    assert_eq!(outcomes[2].result, ApplyResult::Written { value: "8192".to_string() });
 
     let after = check_host(&host, &TARGET);
-    let still_short: Vec<&str> = after
-        .items
-        .iter()
-        .filter(|item| item.status.falls_short())
-        .map(|item| item.setting.as_str())
-        .collect();
-    assert_eq!(
-        still_short,
-        vec!["RLIMIT_NOFILE soft", "RLIMIT_NOFILE hard"]
-    );
+    let still_short: Vec<&str> =
+        after.items.iter().filter(|item| item.status.falls_short()).map(|item| item.setting.as_str()).collect();
+    assert_eq!(still_short, vec!["RLIMIT_NOFILE soft", "RLIMIT_NOFILE hard"]);
 }
 
 #[test]
@@ -354,25 +258,12 @@ fn apply_reports_a_sysctl_it_cannot_write_and_never_creates_files() {
     let host = Host::under(root);
     let mut report = check_host(&host, &TARGET);
     // Pretend swappiness had been read as too high, to drive the write path.
-    let swappiness = report
-        .items
-        .iter_mut()
-        .find(|item| item.setting == "vm.swappiness")
-        .unwrap();
+    let swappiness = report.items.iter_mut().find(|item| item.setting == "vm.swappiness").unwrap();
     swappiness.status = Status::High;
-    swappiness.remedy = Remedy::Sysctl {
-        key: "vm.swappiness".to_string(),
-        value: "10".to_string(),
-    };
+    swappiness.remedy = Remedy::Sysctl { key: "vm.swappiness".to_string(), value: "10".to_string() };
     let outcomes = apply_report(&host, &report);
-    let failed = outcomes
-        .iter()
-        .find(|o| o.setting == "vm.swappiness")
-        .unwrap();
-    assert!(
-        matches!(failed.result, ApplyResult::Failed { .. }),
-        "{failed:?}"
-    );
+    let failed = outcomes.iter().find(|o| o.setting == "vm.swappiness").unwrap();
+    assert!(matches!(failed.result, ApplyResult::Failed { .. }), "{failed:?}");
     assert_eq!(read(root, "proc/sys/vm/max_map_count"), "262144\n");
 
     assert!(host.write_sysctl("net.ipv4.no_such_knob", "1").is_err());
@@ -397,12 +288,7 @@ fn cli_check_exit_code_follows_the_report_and_apply_rechecks() {
     let dir = tuned_host();
     let proc_root = dir.path().join("proc");
     let sys_root = dir.path().join("sys");
-    let roots = [
-        "--proc-root",
-        proc_root.to_str().unwrap(),
-        "--sys-root",
-        sys_root.to_str().unwrap(),
-    ];
+    let roots = ["--proc-root", proc_root.to_str().unwrap(), "--sys-root", sys_root.to_str().unwrap()];
     let mut check = vec!["check"];
     check.extend_from_slice(&roots);
 
@@ -419,10 +305,7 @@ fn cli_check_exit_code_follows_the_report_and_apply_rechecks() {
     apply.push("--apply");
     let (code, text) = run_cli(&apply);
     assert_eq!(code.unwrap(), 0, "fixed by apply: {text}");
-    assert!(
-        text.contains("net.core.somaxconn: written \"8192\""),
-        "{text}"
-    );
+    assert!(text.contains("net.core.somaxconn: written \"8192\""), "{text}");
     assert_eq!(read(dir.path(), "proc/sys/net/core/somaxconn"), "8192\n");
 }
 
@@ -449,10 +332,7 @@ fn cli_json_carries_items_and_exit_code_and_sessions_change_the_target() {
     assert_eq!(json["target"]["sessions"], 1_000_000);
     assert_eq!(json["target"]["cores"], 16);
     let items = json["items"].as_array().unwrap();
-    let nr_open = items
-        .iter()
-        .find(|item| item["setting"] == "fs.nr_open")
-        .unwrap();
+    let nr_open = items.iter().find(|item| item["setting"] == "fs.nr_open").unwrap();
     assert_eq!(nr_open["status"], "low");
     assert_eq!(nr_open["recommended"], ">= 1310720");
     assert_eq!(nr_open["remedy"]["kind"], "sysctl");
@@ -463,13 +343,7 @@ fn cli_json_carries_items_and_exit_code_and_sessions_change_the_target() {
 fn cli_rejects_an_unknown_pid_and_zero_sessions() {
     let dir = tuned_host();
     let proc_root = dir.path().join("proc");
-    let (code, _) = run_cli(&[
-        "check",
-        "--pid",
-        "4242",
-        "--proc-root",
-        proc_root.to_str().unwrap(),
-    ]);
+    let (code, _) = run_cli(&["check", "--pid", "4242", "--proc-root", proc_root.to_str().unwrap()]);
     assert!(code.unwrap_err().to_string().contains("no process 4242"));
     assert!(Cli::try_parse_from(["tune", "check", "--sessions", "0"]).is_err());
     assert!(Cli::try_parse_from(["tune", "check", "--cores", "0"]).is_err());
@@ -486,20 +360,10 @@ fn cli_pid_reads_that_process_limits() {
     );
     write(dir.path(), "proc/4242/status", "Cpus_allowed_list:\t0-3\n");
     let proc_root = dir.path().join("proc");
-    let (code, text) = run_cli(&[
-        "check",
-        "--json",
-        "--pid",
-        "4242",
-        "--proc-root",
-        proc_root.to_str().unwrap(),
-    ]);
+    let (code, text) = run_cli(&["check", "--json", "--pid", "4242", "--proc-root", proc_root.to_str().unwrap()]);
     assert_eq!(code.unwrap(), 1);
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(
-        json["target"]["cores"], 4,
-        "cores come from the pid's allowed CPUs"
-    );
+    assert_eq!(json["target"]["cores"], 4, "cores come from the pid's allowed CPUs");
     let items = json["items"].as_array().unwrap();
     let find = |name: &str| items.iter().find(|i| i["setting"] == name).unwrap().clone();
     assert_eq!(find("RLIMIT_NOFILE soft")["current"], "131072");
@@ -545,8 +409,7 @@ fn sysctl_conf_entries(text: &str) -> Vec<(String, String)> {
 
 #[test]
 fn shipped_sysctl_conf_passes_the_check_for_its_stated_target() {
-    let text =
-        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/redrain.sysctl.conf")).unwrap();
+    let text = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/redrain.sysctl.conf")).unwrap();
     let entries = sysctl_conf_entries(&text);
     assert!(entries.len() >= 14, "{entries:?}");
     let dir = tuned_host();
@@ -564,10 +427,8 @@ fn shipped_sysctl_conf_passes_the_check_for_its_stated_target() {
 
 #[test]
 fn shipped_limits_meet_the_check_for_100k_sessions() {
-    let limits =
-        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/redrain.limits.conf")).unwrap();
-    let service =
-        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/redrain.service")).unwrap();
+    let limits = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/redrain.limits.conf")).unwrap();
+    let service = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/redrain.service")).unwrap();
     let nofile_needed = redrain_tuning::recommend::nofile_limit(&TARGET);
     let memlock_needed = redrain_tuning::recommend::memlock_bytes_min(&TARGET);
     for line in limits.lines().filter(|l| l.starts_with("redrain")) {
@@ -591,11 +452,7 @@ fn shipped_limits_meet_the_check_for_100k_sessions() {
 fn cli_json_apply_lists_outcomes_and_the_rechecked_items() {
     let dir = tuned_host();
     write(dir.path(), "proc/sys/vm/max_map_count", "65530\n");
-    fs::remove_file(
-        dir.path()
-            .join("sys/kernel/mm/transparent_hugepage/enabled"),
-    )
-    .unwrap();
+    fs::remove_file(dir.path().join("sys/kernel/mm/transparent_hugepage/enabled")).unwrap();
     let proc_root = dir.path().join("proc");
     let sys_root = dir.path().join("sys");
     let (code, text) = run_cli(&[

@@ -23,14 +23,9 @@ pub(super) fn check_governor(host: &Host) -> Item {
     let command = "cpupower frequency-set -g performance".to_string();
     let mut by_governor: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for cpu in cpu_numbers(host) {
-        let path = host.sys_path(&format!(
-            "devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor"
-        ));
+        let path = host.sys_path(&format!("devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor"));
         if let Ok(text) = host.read_text(&path) {
-            by_governor
-                .entry(text.trim().to_string())
-                .or_default()
-                .push(cpu);
+            by_governor.entry(text.trim().to_string()).or_default().push(cpu);
         }
     }
     if by_governor.is_empty() {
@@ -53,11 +48,7 @@ pub(super) fn check_governor(host: &Host) -> Item {
         setting: setting.to_string(),
         current,
         recommended: "performance".to_string(),
-        status: if all_performance {
-            Status::Ok
-        } else {
-            Status::Differs
-        },
+        status: if all_performance { Status::Ok } else { Status::Differs },
         apply_command: command,
         note: "shard cores poll and sleep in short bursts; ramping the clock up after each \
                sleep adds tail latency"
@@ -76,14 +67,8 @@ pub(super) fn check_isolation(host: &Host) -> Item {
     let command = "kernel command line: isolcpus=managed_irq,domain,<cpus> nohz_full=<cpus> \
                    (reboot)"
         .to_string();
-    let isolated = host.read_parsed(
-        &host.sys_path("devices/system/cpu/isolated"),
-        parse::parse_cpu_list,
-    );
-    let nohz_full = host.read_parsed(
-        &host.sys_path("devices/system/cpu/nohz_full"),
-        parse::parse_cpu_list,
-    );
+    let isolated = host.read_parsed(&host.sys_path("devices/system/cpu/isolated"), parse::parse_cpu_list);
+    let nohz_full = host.read_parsed(&host.sys_path("devices/system/cpu/nohz_full"), parse::parse_cpu_list);
     let describe = |result: &Result<Vec<u32>, ReadError>| match result {
         Ok(cpus) => parse::format_cpu_list(cpus),
         Err(ReadError::Missing { .. }) => "n/a (not built in)".to_string(),
@@ -99,11 +84,7 @@ pub(super) fn check_isolation(host: &Host) -> Item {
     }
     Item {
         setting: setting.to_string(),
-        current: format!(
-            "isolated: {}; nohz_full: {}",
-            describe(&isolated),
-            describe(&nohz_full)
-        ),
+        current: format!("isolated: {}; nohz_full: {}", describe(&isolated), describe(&nohz_full)),
         recommended,
         status: Status::Info,
         apply_command: command,
@@ -111,8 +92,7 @@ pub(super) fn check_isolation(host: &Host) -> Item {
                p99.9 on dedicated hosts, not required"
             .to_string(),
         remedy: Remedy::Manual {
-            why: "isolation is a boot parameter; edit the kernel command line and reboot"
-                .to_string(),
+            why: "isolation is a boot parameter; edit the kernel command line and reboot".to_string(),
         },
     }
 }

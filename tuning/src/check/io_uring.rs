@@ -19,20 +19,14 @@ pub(super) fn check_io_uring(host: &Host) -> Vec<Item> {
     match &disabled {
         Ok(value) => {
             let (status, note) = match value {
-                0 => (
-                    Status::Ok,
-                    "io_uring is available to every process".to_string(),
-                ),
+                0 => (Status::Ok, "io_uring is available to every process".to_string()),
                 1 => (
                     Status::Differs,
                     "only CAP_SYS_ADMIN or members of kernel.io_uring_group may create \
                      rings: the redrain user must be in that group, or set 0"
                         .to_string(),
                 ),
-                _ => (
-                    Status::Differs,
-                    "io_uring is disabled for everyone: redrain cannot start".to_string(),
-                ),
+                _ => (Status::Differs, "io_uring is disabled for everyone: redrain cannot start".to_string()),
             };
             items.push(Item {
                 setting: disabled_key.to_string(),
@@ -50,12 +44,7 @@ pub(super) fn check_io_uring(host: &Host) -> Vec<Item> {
             command,
             "no such sysctl (kernels before 6.6): io_uring is enabled if built in".to_string(),
         )),
-        Err(error) => items.push(not_applicable(
-            disabled_key,
-            "= 0".to_string(),
-            command,
-            error.to_string(),
-        )),
+        Err(error) => items.push(not_applicable(disabled_key, "= 0".to_string(), command, error.to_string())),
     }
     match group {
         Ok(gid) => {
@@ -71,25 +60,15 @@ pub(super) fn check_io_uring(host: &Host) -> Vec<Item> {
                 current: gid.to_string(),
                 recommended: "- (see io_uring_disabled)".to_string(),
                 status: Status::Info,
-                apply_command: format!(
-                    "{}  # a gid the redrain user belongs to",
-                    sysctl_command(group_key, "<gid>")
-                ),
+                apply_command: format!("{}  # a gid the redrain user belongs to", sysctl_command(group_key, "<gid>")),
                 note,
-                remedy: Remedy::Manual {
-                    why: "informational".to_string(),
-                },
+                remedy: Remedy::Manual { why: "informational".to_string() },
             });
         }
         // The group switch only exists alongside io_uring_disabled; listing its absence
         // separately would say the same thing twice.
         Err(ReadError::Missing { .. }) => {}
-        Err(error) => items.push(not_applicable(
-            group_key,
-            "-".to_string(),
-            String::new(),
-            error.to_string(),
-        )),
+        Err(error) => items.push(not_applicable(group_key, "-".to_string(), String::new(), error.to_string())),
     }
     items
 }

@@ -30,9 +30,7 @@ fn network_devices(host: &Host) -> Vec<(String, Option<String>)> {
 /// called `input`, but without the `.<n>` suffix, so the dot is what tells them apart.
 pub fn is_nic_queue_irq(name: &str, devices: &[(String, Option<String>)]) -> bool {
     let virtio_net_queue = |rest: &str| {
-        let suffix = rest
-            .strip_prefix("input.")
-            .or_else(|| rest.strip_prefix("output."));
+        let suffix = rest.strip_prefix("input.").or_else(|| rest.strip_prefix("output."));
         suffix.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
     if name.contains("-TxRx-") || name.starts_with("mlx5_comp") || name.starts_with("mlx4-") {
@@ -49,10 +47,7 @@ pub fn is_nic_queue_irq(name: &str, devices: &[(String, Option<String>)]) -> boo
             }
         }
     }
-    devices.iter().any(|(interface, _)| {
-        name.strip_prefix(interface.as_str())
-            .is_some_and(|rest| rest.starts_with('-'))
-    })
+    devices.iter().any(|(interface, _)| name.strip_prefix(interface.as_str()).is_some_and(|rest| rest.starts_with('-')))
 }
 
 pub(super) fn check_nic_irqs(host: &Host) -> Item {
@@ -84,12 +79,8 @@ pub(super) fn check_nic_irqs(host: &Host) -> Item {
                 .to_string(),
         );
     }
-    let mut union: Vec<u32> = queues
-        .iter()
-        .filter_map(|(_, _, affinity)| affinity.as_ref().ok())
-        .flatten()
-        .copied()
-        .collect();
+    let mut union: Vec<u32> =
+        queues.iter().filter_map(|(_, _, affinity)| affinity.as_ref().ok()).flatten().copied().collect();
     union.sort_unstable();
     union.dedup();
     let host_cpus = super::cpu::cpu_numbers(host).len();
@@ -112,11 +103,7 @@ pub(super) fn check_nic_irqs(host: &Host) -> Item {
         setting: setting.to_string(),
         current: current.join(", "),
         recommended,
-        status: if crowded {
-            Status::Differs
-        } else {
-            Status::Info
-        },
+        status: if crowded { Status::Differs } else { Status::Info },
         apply_command: command,
         note: if crowded {
             "all NIC queues interrupt one CPU: that core does every core's packet work".to_string()

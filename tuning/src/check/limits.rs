@@ -7,22 +7,12 @@ use crate::host::{Host, ReadError};
 use crate::parse::{self, LimitValue, SoftHard};
 use crate::recommend::{self, Target};
 
-fn limit_item(
-    setting: &str,
-    current: LimitValue,
-    needed: u64,
-    apply_command: &str,
-    note: String,
-) -> Item {
+fn limit_item(setting: &str, current: LimitValue, needed: u64, apply_command: &str, note: String) -> Item {
     Item {
         setting: setting.to_string(),
         current: current.to_string(),
         recommended: format!(">= {needed}"),
-        status: if current.at_least(needed) {
-            Status::Ok
-        } else {
-            Status::Low
-        },
+        status: if current.at_least(needed) { Status::Ok } else { Status::Low },
         apply_command: apply_command.to_string(),
         note,
         remedy: Remedy::Manual {
@@ -53,13 +43,7 @@ pub(super) fn check_nofile(host: &Host, target: &Target) -> Vec<Item> {
     );
     match read_limits(host, parse::LIMIT_LABEL_NOFILE) {
         Ok(limits) => vec![
-            limit_item(
-                "RLIMIT_NOFILE soft",
-                limits.soft,
-                needed,
-                &command,
-                note.clone(),
-            ),
+            limit_item("RLIMIT_NOFILE soft", limits.soft, needed, &command, note.clone()),
             limit_item(
                 "RLIMIT_NOFILE hard",
                 limits.hard,
@@ -68,21 +52,13 @@ pub(super) fn check_nofile(host: &Host, target: &Target) -> Vec<Item> {
                 "a process may raise its soft limit up to this without privilege".to_string(),
             ),
         ],
-        Err(error) => vec![not_applicable(
-            "RLIMIT_NOFILE",
-            format!(">= {needed}"),
-            command,
-            error.to_string(),
-        )],
+        Err(error) => vec![not_applicable("RLIMIT_NOFILE", format!(">= {needed}"), command, error.to_string())],
     }
 }
 
 pub(super) fn check_memlock(host: &Host, target: &Target) -> Vec<Item> {
     let needed = recommend::memlock_bytes_min(target);
-    let command = format!(
-        "LimitMEMLOCK={needed} in redrain.service; ulimit -l {}",
-        needed / 1024
-    );
+    let command = format!("LimitMEMLOCK={needed} in redrain.service; ulimit -l {}", needed / 1024);
     let arithmetic = format!(
         "io_uring registered buffers count against it: {} cores x {} rings x {} io_memory = {}",
         target.cores,
@@ -97,21 +73,12 @@ pub(super) fn check_memlock(host: &Host, target: &Target) -> Vec<Item> {
                     "{arithmetic}; at the current {} limit, io_memory must be <= {} per \
                      executor or glommio skips buffer registration",
                     recommend::format_bytes(bytes),
-                    recommend::format_bytes(recommend::io_memory_bytes_fitting(
-                        bytes,
-                        target.cores
-                    )),
+                    recommend::format_bytes(recommend::io_memory_bytes_fitting(bytes, target.cores)),
                 ),
                 _ => arithmetic.clone(),
             };
             vec![
-                limit_item(
-                    "RLIMIT_MEMLOCK soft",
-                    limits.soft,
-                    needed,
-                    &command,
-                    soft_note,
-                ),
+                limit_item("RLIMIT_MEMLOCK soft", limits.soft, needed, &command, soft_note),
                 limit_item(
                     "RLIMIT_MEMLOCK hard",
                     limits.hard,
@@ -121,11 +88,6 @@ pub(super) fn check_memlock(host: &Host, target: &Target) -> Vec<Item> {
                 ),
             ]
         }
-        Err(error) => vec![not_applicable(
-            "RLIMIT_MEMLOCK",
-            format!(">= {needed}"),
-            command,
-            error.to_string(),
-        )],
+        Err(error) => vec![not_applicable("RLIMIT_MEMLOCK", format!(">= {needed}"), command, error.to_string())],
     }
 }

@@ -13,11 +13,7 @@ pub(super) fn check_transparent_hugepages(host: &Host) -> Item {
     match host.read_parsed(&path, parse::parse_selected_choice) {
         Ok(mode) => Item {
             setting: setting.to_string(),
-            status: if mode == "madvise" || mode == "never" {
-                Status::Ok
-            } else {
-                Status::Differs
-            },
+            status: if mode == "madvise" || mode == "never" { Status::Ok } else { Status::Differs },
             current: mode,
             recommended: "madvise (or never)".to_string(),
             apply_command: command,
@@ -30,11 +26,6 @@ pub(super) fn check_transparent_hugepages(host: &Host) -> Item {
                     .to_string(),
             },
         },
-        Err(error) => not_applicable(
-            setting,
-            "madvise (or never)".to_string(),
-            command,
-            error.to_string(),
-        ),
+        Err(error) => not_applicable(setting, "madvise (or never)".to_string(), command, error.to_string()),
     }
 }

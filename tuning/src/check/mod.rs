@@ -214,19 +214,15 @@ pub fn check_host(host: &Host, target: &Target) -> Report {
         recommend::SWAPPINESS_MAX,
         "a major fault on a shard core stalls every session of that core",
     ));
-    Report {
-        target: *target,
-        items,
-    }
+    Report { target: *target, items }
 }
 
 /// Number of CPUs this process (or the inspected one) may run on, from
 /// `Cpus_allowed_list` in `/proc/<pid>/status`: the set redrain starts executors on.
 pub fn allowed_cpu_count(host: &Host) -> Result<u64, ReadError> {
     let path = host.process_path("status");
-    let cpus = host.read_parsed(&path, |text| {
-        parse::parse_cpu_list(parse::find_key_value(text, "Cpus_allowed_list")?)
-    })?;
+    let cpus =
+        host.read_parsed(&path, |text| parse::parse_cpu_list(parse::find_key_value(text, "Cpus_allowed_list")?))?;
     Ok(cpus.len() as u64)
 }
 
@@ -239,10 +235,7 @@ fn sysctl_command(key: &str, value: &str) -> String {
 }
 
 fn sysctl_remedy(key: &str, value: &str) -> Remedy {
-    Remedy::Sysctl {
-        key: key.to_string(),
-        value: value.to_string(),
-    }
+    Remedy::Sysctl { key: key.to_string(), value: value.to_string() }
 }
 
 fn not_applicable(setting: &str, recommended: String, apply_command: String, why: String) -> Item {
@@ -253,49 +246,23 @@ fn not_applicable(setting: &str, recommended: String, apply_command: String, why
         status: Status::NotApplicable,
         apply_command,
         note: why,
-        remedy: Remedy::Manual {
-            why: "not present on this host".to_string(),
-        },
+        remedy: Remedy::Manual { why: "not present on this host".to_string() },
     }
 }
 
 /// A sysctl whose value should be at least `min`.
 fn sysctl_min(host: &Host, key: &str, min: u64, why: &str) -> Item {
-    sysctl_bound(
-        host,
-        key,
-        min,
-        why,
-        |current| current >= min,
-        Status::Low,
-        ">=",
-    )
+    sysctl_bound(host, key, min, why, |current| current >= min, Status::Low, ">=")
 }
 
 /// A sysctl whose value should be at most `max`.
 fn sysctl_max(host: &Host, key: &str, max: u64, why: &str) -> Item {
-    sysctl_bound(
-        host,
-        key,
-        max,
-        why,
-        |current| current <= max,
-        Status::High,
-        "<=",
-    )
+    sysctl_bound(host, key, max, why, |current| current <= max, Status::High, "<=")
 }
 
 /// A sysctl whose value should be exactly `want` (a mode switch, not a quantity).
 fn sysctl_equal(host: &Host, key: &str, want: u64, why: &str) -> Item {
-    sysctl_bound(
-        host,
-        key,
-        want,
-        why,
-        |current| current == want,
-        Status::Differs,
-        "=",
-    )
+    sysctl_bound(host, key, want, why, |current| current == want, Status::Differs, "=")
 }
 
 fn sysctl_bound(

@@ -29,24 +29,16 @@ pub(super) fn check_tcp_mem(host: &Host, target: &Target) -> Item {
         recommend::TCP_MEM_HIGH_FACTOR,
         recommend::format_bytes(high_bytes),
     );
-    if let Ok(mem_total_bytes) =
-        host.read_parsed(&host.proc_path("meminfo"), parse::parse_mem_total_bytes)
-    {
+    if let Ok(mem_total_bytes) = host.read_parsed(&host.proc_path("meminfo"), parse::parse_mem_total_bytes) {
         let percent = high_bytes.saturating_mul(100) / mem_total_bytes.max(1);
-        note.push_str(&format!(
-            "; high is {percent}% of {} RAM",
-            recommend::format_bytes(mem_total_bytes)
-        ));
+        note.push_str(&format!("; high is {percent}% of {} RAM", recommend::format_bytes(mem_total_bytes)));
         if percent > recommend::TCP_MEM_RAM_PERCENT_WARN {
             note.push_str(" - too much: this host is small for the target");
         }
     }
     match host.read_parsed(&host.sysctl_path(key), parse::parse_triple) {
         Ok(current) => {
-            let meets = current
-                .iter()
-                .zip(want.iter())
-                .all(|(have, need)| have >= need);
+            let meets = current.iter().zip(want.iter()).all(|(have, need)| have >= need);
             Item {
                 setting: key.to_string(),
                 current: triple_text(&current),
@@ -109,11 +101,7 @@ pub(super) fn check_port_range(host: &Host, target: &Target) -> Item {
                 setting: key.to_string(),
                 current: format!("{current_first} {current_last}"),
                 recommended: want_text.clone(),
-                status: if size >= want_size {
-                    Status::Ok
-                } else {
-                    Status::Low
-                },
+                status: if size >= want_size { Status::Ok } else { Status::Low },
                 apply_command: command,
                 note: format!(
                     "{size} ephemeral ports; a loadgen opening {} sessions to one server \

@@ -1,0 +1,404 @@
+//! Node start-up and shutdown: host checks, executors, listeners, signals.
+//!
+//! Start-up order: validate config, read the CPU affinity set, raise the fd
+//! soft limit, probe io_uring (a clear error instead of a panic when it cannot
+//! be set up), size glommio's registered memory under RLIMIT_MEMLOCK, load the
+//! auth secret and TLS, bind every listener (so address errors surface before
+//! any executor starts), then start one pinned executor per core. SIGTERM or
+//! SIGINT starts a graceful drain; a second signal exits at once.
+
+use crate::auth::{parse_secret_hex, TokenKeys};
+use crate::config::Config;
+use crate::metrics::{self, CoreMetrics, ProcessFigures};
+use crate::shard::handoff::HandoffQueues;
+use crate::shard::{accept, Core, NodeShared, HOUSEKEEPING_TICK, SWEEP_EVERY_TICKS};
+use anyhow::{bail, Context};
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use redrain_net::admin::{AdminHandler, AdminResponse};
+use redrain_net::listener;
+use redrain_net::ErrorCode;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// File descriptors kept free for logs, data files and admin connections.
+pub const FD_RESERVE: u64 = 256;
+/// Rings glommio registers `io_memory` in, per executor.
+pub const GLOMMIO_RINGS_PER_CORE: usize = 3;
+
+/// Optional CPU profile written as a flamegraph SVG.
+#[derive(Debug, Clone)]
+pub struct ProfileRequest {
+    pub svg_path: PathBuf,
+    pub delay: Duration,
+    /// None: until shutdown.
+    pub duration: Option<Duration>,
+}
+
+/// Host facts logged at start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    pub fd_soft: u64,
+    pub fd_hard: u64,
+    pub memlock_soft: u64,
+}
+
+fn read_limits() -> HostLimits {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (fd_soft, fd_hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    let (memlock_soft, _) = getrlimit(Resource::RLIMIT_MEMLOCK).unwrap_or((64 * 1024, 64 * 1024));
+    HostLimits { fd_soft, fd_hard, memlock_soft }
+}
+
+/// Raises the fd soft limit to the hard limit (allowed without privileges).
+fn raise_fd_limit() -> HostLimits {
+    use nix::sys::resource::{setrlimit, Resource};
+    let l = read_limits();
+    if l.fd_soft < l.fd_hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, l.fd_hard, l.fd_hard) {
+            log::warn!("could not raise RLIMIT_NOFILE soft limit to {}: {e}", l.fd_hard);
+        }
+    }
+    read_limits()
+}
+
+/// CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)).collect(),
+        Err(_) => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
+    }
+}
+
+/// Checks that io_uring can be set up and returns a description of its features.
+pub fn probe_io_uring() -> anyhow::Result<String> {
+    let ring = io_uring::IoUring::new(8).map_err(|e| {
+        anyhow::anyhow!(
+            "io_uring cannot be set up on this host ({e}). redrain needs io_uring: check \
+             `sysctl kernel.io_uring_disabled` (must be 0), seccomp/container policy, and kernel >= 5.10"
+        )
+    })?;
+    let p = ring.params();
+    let features = [
+        ("single_mmap", p.is_feature_single_mmap()),
+        ("nodrop", p.is_feature_nodrop()),
+        ("submit_stable", p.is_feature_submit_stable()),
+        ("rw_cur_pos", p.is_feature_rw_cur_pos()),
+        ("cur_personality", p.is_feature_cur_personality()),
+        ("fast_poll", p.is_feature_fast_poll()),
+        ("poll_32bits", p.is_feature_poll_32bits()),
+        ("sqpoll_nonfixed", p.is_feature_sqpoll_nonfixed()),
+        ("ext_arg", p.is_feature_ext_arg()),
+        ("native_workers", p.is_feature_native_workers()),
+    ];
+    Ok(features.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect::<Vec<_>>().join(","))
+}
+
+/// Registered memory per core that fits all executors' rings under the limit.
+pub fn io_memory_per_core(configured: usize, memlock_soft: u64, cores: usize) -> usize {
+    let fit = (memlock_soft as usize) / (GLOMMIO_RINGS_PER_CORE * cores.max(1));
+    // glommio rounds up to 4 KiB and to at least 64 KiB.
+    configured.min(fit) / 4096 * 4096
+}
+
+/// Loads the auth secrets: from config, or the development secret in the data
+/// directory (created with mode 0600 on first start).
+pub fn load_keys(config: &Config) -> anyhow::Result<TokenKeys> {
+    let current = match &config.auth_secret_hex {
+        Some(hex) => parse_secret_hex(hex).context("auth_secret_hex")?,
+        None => dev_secret(&config.data_dir)?,
+    };
+    let previous = match &config.auth_secret_previous_hex {
+        Some(hex) => Some(parse_secret_hex(hex).context("auth_secret_previous_hex")?),
+        None => None,
+    };
+    Ok(TokenKeys::new(&current, previous.as_deref())?)
+}
+
+/// Path of the development auth secret inside a data directory.
+pub fn dev_secret_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("auth.secret")
+}
+
+fn dev_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dev_secret_path(data_dir);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return parse_secret_hex(&text).with_context(|| format!("{}", path.display()));
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let mut secret = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut secret[..]);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{}", hex::encode(secret))?;
+    f.sync_all()?;
+    log::warn!("created development auth secret {} (set auth_secret_hex in production)", path.display());
+    Ok(secret.to_vec())
+}
+
+/// Addresses the node actually listens on (ports resolved when 0 was asked).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub client: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+struct CoreSetup {
+    plain: std::net::TcpListener,
+    tls: Option<std::net::TcpListener>,
+    admin: Option<std::net::TcpListener>,
+    senders: Vec<Option<SharedSender<()>>>,
+    receivers: Vec<(usize, SharedReceiver<()>)>,
+}
+
+/// Runs the node until a signal drains it. Returns after all cores exited.
+pub fn run(config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()> {
+    config.validate()?;
+    let cpus = allowed_cpus();
+    let cores = match config.cores {
+        Some(n) if n > cpus.len() => {
+            bail!("--cores {n} exceeds the {} CPUs in this process's affinity set {cpus:?}", cpus.len())
+        }
+        Some(n) => n,
+        None => cpus.len(),
+    };
+    let limits = raise_fd_limit();
+    let features = probe_io_uring()?;
+    log::info!(
+        "host: cpus {cpus:?}, using {cores} cores; RLIMIT_NOFILE {}/{}; RLIMIT_MEMLOCK {} KiB; io_uring features [{features}]",
+        limits.fd_soft,
+        limits.fd_hard,
+        limits.memlock_soft / 1024
+    );
+    let io_memory = io_memory_per_core(config.io_memory_bytes_per_core, limits.memlock_soft, cores);
+    if io_memory < 64 * 1024 {
+        log::warn!("RLIMIT_MEMLOCK too small for registered buffers; glommio will run without them");
+    }
+    log::info!(
+        "io_uring registered buffers: {} KiB per core x {GLOMMIO_RINGS_PER_CORE} rings x {cores} cores = {} KiB of {} KiB RLIMIT_MEMLOCK",
+        io_memory / 1024,
+        io_memory * GLOMMIO_RINGS_PER_CORE * cores / 1024,
+        limits.memlock_soft / 1024
+    );
+    let fd_budget = limits.fd_soft.saturating_sub(FD_RESERVE) / cores as u64;
+    let sessions_per_core_max = config.sessions_per_core_max.min(fd_budget as usize).max(1);
+    if sessions_per_core_max < config.sessions_per_core_max {
+        log::warn!(
+            "sessions_per_core_max {} capped to {sessions_per_core_max} by RLIMIT_NOFILE {} over {cores} cores",
+            config.sessions_per_core_max,
+            limits.fd_soft
+        );
+    }
+    let keys = load_keys(&config)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) if config.tls_listen.is_some() => Some(redrain_net::tls::server_config(cert, key)?),
+        _ => None,
+    };
+
+    let plain = listener::bind_per_core(config.listen, cores).with_context(|| format!("binding {}", config.listen))?;
+    let tls_listeners = match config.tls_listen {
+        Some(addr) => Some(listener::bind_per_core(addr, cores).with_context(|| format!("binding TLS {addr}"))?),
+        None => None,
+    };
+    let admin = std::net::TcpListener::bind(config.admin_listen)
+        .with_context(|| format!("binding admin {}", config.admin_listen))?;
+    admin.set_nonblocking(true)?;
+    let bound = BoundAddrs {
+        client: plain[0].local_addr()?,
+        tls: tls_listeners.as_ref().map(|l| l[0].local_addr()).transpose()?,
+        admin: admin.local_addr()?,
+    };
+
+    let node = Arc::new(NodeShared {
+        cores,
+        keys,
+        tls,
+        metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
+        handoffs: HandoffQueues::new(cores, config.handoff_queue_capacity),
+        shutdown: Default::default(),
+        started: Instant::now(),
+        fd_limit: limits.fd_soft,
+        sessions_per_core_max,
+        config,
+    });
+
+    let mut setups: Vec<CoreSetup> = Vec::with_capacity(cores);
+    let mut tls_iter = tls_listeners.map(|v| v.into_iter());
+    let mut admin = Some(admin);
+    for p in plain {
+        setups.push(CoreSetup {
+            plain: p,
+            tls: tls_iter.as_mut().and_then(|it| it.next()),
+            admin: admin.take(),
+            senders: (0..cores).map(|_| None).collect(),
+            receivers: Vec::new(),
+        });
+    }
+    for from in 0..cores {
+        for to in 0..cores {
+            if from != to {
+                let (tx, rx) = shared_channel::new_bounded(1);
+                setups[from].senders[to] = Some(tx);
+                setups[to].receivers.push((from, rx));
+            }
+        }
+    }
+
+    spawn_signal_thread(node.clone())?;
+    let profiler = profile.map(|p| spawn_profiler(p, node.clone()));
+
+    let mut handles = Vec::with_capacity(cores);
+    for (id, setup) in setups.into_iter().enumerate() {
+        let node = node.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id]))
+            .name(&format!("redrain-core-{id}"))
+            .io_memory(io_memory.max(64 * 1024))
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+            .spawn(move || core_main(id, node, setup))
+            .map_err(|e| anyhow::anyhow!("starting the executor of core {id} (io_uring setup failed?): {e}"))?;
+        handles.push(handle);
+    }
+    println!(
+        "redrain ready: client={} tls={} admin={} cores={cores}",
+        bound.client,
+        bound.tls.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        bound.admin
+    );
+    let mut failed = None;
+    for (id, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(format!("core {id}: {e:#}")),
+            Err(e) => failed = Some(format!("core {id} executor: {e}")),
+        }
+        node.shutdown.store(true, Ordering::Relaxed);
+    }
+    if let Some(p) = profiler {
+        let _ = p.join();
+    }
+    if let Some(msg) = failed {
+        bail!(msg);
+    }
+    log::info!("all cores drained; exiting");
+    Ok(())
+}
+
+fn spawn_signal_thread(node: Arc<NodeShared>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    std::thread::Builder::new().name("redrain-signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            if node.shutdown.swap(true, Ordering::Relaxed) {
+                log::warn!("second signal {sig}: exiting without drain");
+                std::process::exit(130);
+            }
+            log::info!("signal {sig}: draining (stop accepting, tell sessions, flush)");
+        }
+    })?;
+    Ok(())
+}
+
+fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let wait = |d: Duration| {
+            let until = Instant::now() + d;
+            while Instant::now() < until && !node.shutting_down() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        wait(p.delay);
+        let guard = match pprof::ProfilerGuardBuilder::default()
+            .frequency(999)
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+        {
+            Ok(g) => g,
+            Err(e) => return log::warn!("profiler could not start: {e}"),
+        };
+        log::info!("profiling to {}", p.svg_path.display());
+        wait(p.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+        let result = guard.report().build().map_err(|e| e.to_string()).and_then(|report| {
+            let file = std::fs::File::create(&p.svg_path).map_err(|e| e.to_string())?;
+            report.flamegraph(file).map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(()) => log::info!("flamegraph written to {}", p.svg_path.display()),
+            Err(e) => log::warn!("flamegraph failed: {e}"),
+        }
+    })
+}
+
+fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
+    Rc::new(move |path: &str| match path {
+        "/metrics" => {
+            let mut body = String::with_capacity(32 * 1024);
+            let cores: Vec<&CoreMetrics> = node.metrics.iter().collect();
+            let figures = ProcessFigures {
+                resident_bytes: metrics::resident_bytes(),
+                open_fds: metrics::open_fds(),
+                fd_limit: node.fd_limit,
+                cores: node.cores,
+                shutting_down: node.shutting_down(),
+            };
+            metrics::render_prometheus(&cores, figures, &mut body);
+            AdminResponse { status: 200, content_type: "text/plain; version=0.0.4", body }
+        }
+        "/healthz" if node.shutting_down() => {
+            AdminResponse { status: 503, content_type: "text/plain", body: "draining\n".into() }
+        }
+        "/healthz" => AdminResponse { status: 200, content_type: "text/plain", body: "ok\n".into() },
+        _ => AdminResponse { status: 404, content_type: "text/plain", body: "not found\n".into() },
+    })
+}
+
+async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow::Result<()> {
+    let core = Rc::new(Core::new(id, node.clone()));
+    core.spawn_handoff_receivers(setup.receivers);
+    core.connect_doorbells(setup.senders).await;
+    let mut accept_tasks =
+        vec![glommio::spawn_local(accept::accept_loop(core.clone(), listener::into_glommio(setup.plain), false))];
+    if let Some(tls) = setup.tls {
+        accept_tasks.push(glommio::spawn_local(accept::accept_loop(core.clone(), listener::into_glommio(tls), true)));
+    }
+    let admin_task = setup.admin.map(|a| {
+        glommio::spawn_local(redrain_net::admin::serve(listener::into_glommio(a), admin_handler(node.clone())))
+    });
+
+    let mut tick = 0u32;
+    while !node.shutting_down() {
+        glommio::timer::sleep(HOUSEKEEPING_TICK).await;
+        tick = tick.wrapping_add(1);
+        if tick.is_multiple_of(SWEEP_EVERY_TICKS) {
+            core.sweep_idle();
+        }
+    }
+
+    // Drain: stop accepting (dropping a task cancels it and closes its
+    // listener), tell every session, wait for them to flush and close.
+    drop(accept_tasks);
+    core.kick_all(ErrorCode::ShuttingDown);
+    let deadline = Instant::now() + Duration::from_millis(u64::from(node.config.shutdown_drain_ms));
+    while core.connections() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        core.kick_all(ErrorCode::ShuttingDown);
+    }
+    if core.connections() > 0 {
+        log::warn!("core {id}: {} connections still open after the drain deadline", core.connections());
+    }
+    // Keep the admin endpoint up (reporting draining) until every core is done.
+    drop(admin_task);
+    Ok(())
+}

@@ -1,0 +1,440 @@
+//! The I/O driver of one client connection on its core.
+//!
+//! It reads into the core's shared scratch buffer (an idle connection holds no
+//! read buffer), runs TLS when configured, feeds plaintext to the sans-IO
+//! [`Session`], writes everything one pass produced in a single write (packet
+//! merging), and carries out the session's steps: a verified login is
+//! registered here when this is the user's home core, or the socket and its
+//! TLS state are handed to the home core; a close flushes the reason first.
+
+use super::handoff::{home_core, Handoff};
+use super::{ConnCtl, Core};
+use crate::auth::{now_unix_s, TokenClaims};
+use crate::metrics::{CloseReason, Outcome, PassKinds};
+use crate::session::{Env, Session, Step};
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+use redrain_net::message::Response;
+use redrain_net::{ErrorCode, MessageType};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// Buffers above this capacity are released after use, so a burst does not
+/// leave an idle session holding memory.
+const IDLE_BUFFER_BYTES_MAX: usize = 1024;
+/// Retry-after sent with Busy when a hand-off queue is full.
+const HANDOFF_BUSY_RETRY_AFTER_MS: u32 = 200;
+/// How long a closing connection may take to flush its last frames.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+enum ReadEvent {
+    Data,
+    Eof,
+    Kicked(ErrorCode),
+    Failed(CloseReason),
+}
+
+enum Start {
+    Fresh,
+    Resumed { claims: TokenClaims, login_request_id: u32, received_at: Instant },
+}
+
+struct Conn {
+    core: Rc<Core>,
+    stream: TcpStream,
+    tls: Option<Box<rustls::ServerConnection>>,
+    ctl: Rc<ConnCtl>,
+    key: usize,
+    session: Session,
+    /// Plaintext received but not yet processed (a partial frame, usually empty).
+    inbound: Vec<u8>,
+    /// Plaintext responses of the current pass.
+    out: Vec<u8>,
+    /// TLS records waiting to be written.
+    wire: Vec<u8>,
+    pass: PassKinds,
+    tls_handshake_counted: bool,
+    /// (user, device) once the login was registered on this core.
+    device: Option<(u64, u32)>,
+}
+
+/// Accepts and serves one fresh connection.
+pub fn spawn_fresh(core: Rc<Core>, stream: TcpStream, tls: Option<Box<rustls::ServerConnection>>) {
+    glommio::spawn_local(run(core, stream, tls, Session::new(), Vec::new(), Start::Fresh)).detach();
+}
+
+/// Continues a session handed over by another core.
+pub fn spawn_resumed(core: Rc<Core>, h: Handoff) {
+    // SAFETY: the hand-off owns this duplicated socket fd exclusively.
+    let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
+    let start = Start::Resumed { claims: h.claims, login_request_id: h.login_request_id, received_at: h.received_at };
+    glommio::spawn_local(run(core, stream, h.tls, Session::new(), h.inbound, start)).detach();
+}
+
+/// Answers a connection the core cannot take (per-core limit) and closes it.
+pub fn spawn_refusal(core: Rc<Core>, mut stream: TcpStream) {
+    core.metrics().connections_refused_full_total.fetch_add(1, Relaxed);
+    core.metrics().rejected(ErrorCode::SessionLimit);
+    glommio::spawn_local(async move {
+        let mut out = Vec::with_capacity(64);
+        Response::error(ErrorCode::SessionLimit, 1_000, "this core is at its session limit").encode(0, &mut out);
+        let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
+        let _ = stream.write_all(&out).await;
+    })
+    .detach();
+}
+
+async fn run(
+    core: Rc<Core>,
+    stream: TcpStream,
+    tls: Option<Box<rustls::ServerConnection>>,
+    session: Session,
+    inbound: Vec<u8>,
+    start: Start,
+) {
+    let write_timeout = Duration::from_millis(u64::from(core.node.config.write_timeout_ms));
+    let _ = stream.set_write_timeout(Some(write_timeout));
+    let _ = stream.set_nodelay(true);
+    let (key, ctl) = core.register_conn();
+    if matches!(start, Start::Fresh) {
+        core.metrics().connections_accepted_total.fetch_add(1, Relaxed);
+    }
+    let mut conn = Conn {
+        core,
+        stream,
+        tls,
+        ctl,
+        key,
+        session,
+        inbound,
+        out: Vec::new(),
+        wire: Vec::new(),
+        pass: PassKinds::default(),
+        tls_handshake_counted: false,
+        device: None,
+    };
+    let reason = conn.serve(start).await;
+    Box::pin(conn.finish(reason)).await;
+}
+
+/// How a processing pass over buffered plaintext ended.
+enum PassEnd {
+    /// Everything complete was answered; flush and read more.
+    Continue,
+    Close(CloseReason),
+    /// A verified login whose home core is elsewhere.
+    HandOff {
+        home: usize,
+        claims: TokenClaims,
+        request_id: u32,
+    },
+}
+
+impl Conn {
+    async fn serve(&mut self, start: Start) -> Option<CloseReason> {
+        if let Start::Resumed { claims, login_request_id, received_at } = start {
+            // Cold path, boxed so the connection future stays small.
+            if let Some(reason) = Box::pin(self.resume(claims, login_request_id, received_at)).await {
+                return reason;
+            }
+        }
+        loop {
+            match self.read().await {
+                ReadEvent::Data => {}
+                ReadEvent::Eof => return Some(CloseReason::PeerClosed),
+                ReadEvent::Failed(reason) => return Some(reason),
+                ReadEvent::Kicked(code) => {
+                    self.core.metrics().rejected(code);
+                    Response::Closing { code: code.as_u16(), message: closing_text(code) }.encode(0, &mut self.out);
+                    self.session.close();
+                    return Some(CloseReason::Error);
+                }
+            }
+            let received_at = Instant::now();
+            self.ctl.last_activity_ms.set(self.core.now_ms());
+            if let Some(reason) = self.pass(received_at).await {
+                return reason;
+            }
+        }
+    }
+
+    /// First pass on the home core after a hand-off: register, answer LoginOk,
+    /// serve the requests that came along.
+    async fn resume(
+        &mut self,
+        claims: TokenClaims,
+        login_request_id: u32,
+        received_at: Instant,
+    ) -> Option<Option<CloseReason>> {
+        if self.core.is_full_for_resume() {
+            self.core.metrics().rejected(ErrorCode::SessionLimit);
+            self.core.metrics().frame(Some(MessageType::Login), Outcome::System);
+            Response::error(ErrorCode::SessionLimit, 1_000, "home core is at its session limit")
+                .encode(login_request_id, &mut self.out);
+            return Some(Some(CloseReason::Error));
+        }
+        self.accept_login(claims, login_request_id);
+        self.pass(received_at).await
+    }
+
+    /// Processes buffered plaintext and flushes the answers in one write.
+    /// `Some(None)`: the session moved to another core; `Some(Some(r))`: close.
+    async fn pass(&mut self, received_at: Instant) -> Option<Option<CloseReason>> {
+        loop {
+            match self.process() {
+                PassEnd::Continue => break,
+                PassEnd::Close(reason) => return Some(Some(reason)),
+                PassEnd::HandOff { home, claims, request_id } => {
+                    match Box::pin(self.hand_off(home, claims, request_id, received_at)).await {
+                        Ok(()) => return Some(None),
+                        Err(Some(reason)) => return Some(Some(reason)),
+                        // Queue full: Busy was answered; keep serving here.
+                        Err(None) => continue,
+                    }
+                }
+            }
+        }
+        if self.flush(received_at).await.is_err() {
+            return Some(Some(CloseReason::Io));
+        }
+        None
+    }
+
+    /// Runs the session state machine over buffered plaintext (no I/O).
+    fn process(&mut self) -> PassEnd {
+        loop {
+            let node = &self.core.node;
+            let env = Env {
+                keys: &node.keys,
+                limits: node.limits(),
+                now_unix_s: now_unix_s(),
+                now_unix_ms: unix_ms(),
+                metrics: &node.metrics[self.core.id],
+                pass: &self.pass,
+            };
+            let (used, step) = self.session.process(&self.inbound, &env, &mut self.out);
+            self.inbound.drain(..used);
+            match step {
+                Step::NeedMore => {
+                    if self.inbound.is_empty() && self.inbound.capacity() > IDLE_BUFFER_BYTES_MAX {
+                        self.inbound = Vec::new();
+                    }
+                    return PassEnd::Continue;
+                }
+                Step::Close(_) => return PassEnd::Close(CloseReason::Error),
+                Step::Login { claims, request_id } => {
+                    let home = home_core(claims.user_id, node.cores);
+                    if home != self.core.id {
+                        return PassEnd::HandOff { home, claims, request_id };
+                    }
+                    self.accept_login(claims, request_id);
+                }
+            }
+        }
+    }
+
+    fn accept_login(&mut self, claims: TokenClaims, request_id: u32) {
+        let session_id = self.core.register_session(self.key, claims.user_id, claims.device_id);
+        self.device = Some((claims.user_id, claims.device_id));
+        self.session.login_accepted(claims);
+        self.core.metrics().frame(Some(MessageType::Login), Outcome::Ok);
+        self.pass.note(Some(MessageType::Login));
+        Response::LoginOk {
+            user_id: claims.user_id,
+            device_id: claims.device_id,
+            home_core: self.core.id as u16,
+            session_id,
+        }
+        .encode(request_id, &mut self.out);
+    }
+
+    /// Moves the session to its home core. `Err(None)`: the queue was full and
+    /// Busy was answered; `Err(Some(_))`: the connection must close.
+    async fn hand_off(
+        &mut self,
+        home: usize,
+        claims: TokenClaims,
+        request_id: u32,
+        received_at: Instant,
+    ) -> Result<(), Option<CloseReason>> {
+        // Responses to frames before the Login (e.g. HelloOk) must reach the
+        // client before anything the home core sends.
+        self.flush(received_at).await.map_err(|_| Some(CloseReason::Io))?;
+        // SAFETY: the fd is open for as long as `self.stream` lives.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
+            .try_clone_to_owned()
+            .map_err(|_| Some(CloseReason::Io))?;
+        let h = Handoff {
+            fd,
+            tls: self.tls.take(),
+            claims,
+            login_request_id: request_id,
+            inbound: std::mem::take(&mut self.inbound),
+            received_at,
+        };
+        let metrics = self.core.metrics();
+        match self.core.node.handoffs.queue(self.core.id, home).push(h) {
+            Ok(()) => {
+                self.core.ring(home);
+                metrics.handoffs_sent_total.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(h) => {
+                self.tls = h.tls;
+                self.inbound = h.inbound;
+                metrics.handoff_queue_full_total.fetch_add(1, Relaxed);
+                metrics.frame(Some(MessageType::Login), Outcome::System);
+                metrics.rejected(ErrorCode::Busy);
+                Response::error(ErrorCode::Busy, HANDOFF_BUSY_RETRY_AFTER_MS, "home core hand-off queue full")
+                    .encode(request_id, &mut self.out);
+                Err(None)
+            }
+        }
+    }
+
+    /// Waits for inbound bytes (decrypting TLS into `inbound`) or a kick.
+    async fn read(&mut self) -> ReadEvent {
+        let Conn { core, stream, tls, ctl, inbound, .. } = self;
+        let frame_bytes_max = core.node.config.frame_bytes_max as usize;
+        futures_lite::future::poll_fn(|cx| {
+            if let Some(code) = ctl.close_requested() {
+                return Poll::Ready(ReadEvent::Kicked(code));
+            }
+            ctl.park(cx.waker());
+            let mut scratch = core.scratch.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(0)) => Poll::Ready(ReadEvent::Eof),
+                Poll::Ready(Ok(n)) => {
+                    core.metrics().bytes_received_total.fetch_add(n as u64, Relaxed);
+                    let data = &scratch[..n];
+                    match tls {
+                        None => inbound.extend_from_slice(data),
+                        Some(tls) => {
+                            if absorb_tls(tls, data, inbound, frame_bytes_max + super::READ_SCRATCH_BYTES).is_err() {
+                                return Poll::Ready(ReadEvent::Failed(CloseReason::Tls));
+                            }
+                        }
+                    }
+                    Poll::Ready(ReadEvent::Data)
+                }
+                Poll::Ready(Err(_)) => Poll::Ready(ReadEvent::Failed(CloseReason::Io)),
+            }
+        })
+        .await
+    }
+
+    /// Writes everything produced in this pass in one socket write.
+    async fn flush(&mut self, received_at: Instant) -> std::io::Result<()> {
+        let plain_bytes = self.out.len();
+        if let Some(tls) = self.tls.as_mut() {
+            if !self.tls_handshake_counted && !tls.is_handshaking() {
+                self.tls_handshake_counted = true;
+                self.core.metrics().tls_handshakes_total.fetch_add(1, Relaxed);
+            }
+            let mut written = 0;
+            loop {
+                if written < self.out.len() {
+                    written += tls.writer().write(&self.out[written..])?;
+                }
+                while tls.wants_write() {
+                    tls.write_tls(&mut self.wire)?;
+                }
+                if !self.wire.is_empty() {
+                    self.stream.write_all(&self.wire).await?;
+                    self.core.metrics().writes_total.fetch_add(1, Relaxed);
+                    self.wire.clear();
+                }
+                if written >= self.out.len() {
+                    break;
+                }
+            }
+        } else if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.core.metrics().writes_total.fetch_add(1, Relaxed);
+        }
+        self.out.clear();
+        if self.out.capacity() > IDLE_BUFFER_BYTES_MAX {
+            self.out = Vec::new();
+        }
+        if self.wire.capacity() > IDLE_BUFFER_BYTES_MAX {
+            self.wire = Vec::new();
+        }
+        if plain_bytes > 0 {
+            self.core.metrics().bytes_sent_total.fetch_add(plain_bytes as u64, Relaxed);
+            self.pass.record_and_reset(self.core.metrics(), received_at.elapsed().as_micros() as u64);
+        }
+        Ok(())
+    }
+
+    /// Flushes the last frames (bounded in time), closes, and unregisters.
+    async fn finish(mut self, reason: Option<CloseReason>) {
+        let device = self.device;
+        match reason {
+            None => self.core.metrics().closed(CloseReason::HandedOff),
+            Some(reason) => {
+                self.core.metrics().closed(reason);
+                if matches!(reason, CloseReason::Error | CloseReason::Tls) {
+                    if let Some(tls) = self.tls.as_mut() {
+                        tls.send_close_notify();
+                    }
+                    let _ = self.stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
+                    let _ = self.flush(Instant::now()).await;
+                }
+            }
+        }
+        self.core.unregister_conn(self.key, device);
+    }
+}
+
+impl Core {
+    /// A resumed session needs a slot; its own registration already counts,
+    /// so the core is full only when it exceeds the limit.
+    fn is_full_for_resume(&self) -> bool {
+        self.connections() > self.node.sessions_per_core_max
+    }
+}
+
+/// Feeds ciphertext to rustls and appends the plaintext to `inbound`.
+fn absorb_tls(
+    tls: &mut rustls::ServerConnection,
+    mut data: &[u8],
+    inbound: &mut Vec<u8>,
+    inbound_bytes_max: usize,
+) -> Result<(), ()> {
+    while !data.is_empty() {
+        let n = tls.read_tls(&mut data).map_err(|_| ())?;
+        let state = tls.process_new_packets().map_err(|_| ())?;
+        let available = state.plaintext_bytes_to_read();
+        if available > 0 {
+            if inbound.len() + available > inbound_bytes_max {
+                return Err(());
+            }
+            let start = inbound.len();
+            inbound.resize(start + available, 0);
+            tls.reader().read_exact(&mut inbound[start..]).map_err(|_| ())?;
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn closing_text(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Replaced => "a newer login of this device replaced this session",
+        ErrorCode::IdleTimeout => "no frame within the idle timeout",
+        ErrorCode::ShuttingDown => "node shutting down; reconnect",
+        _ => "closing",
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,254 @@
+//! One pinned core (shard) of the node and everything it owns.
+//!
+//! A [`Core`] owns its listeners' accept loops, its connections, the registry of
+//! the sessions homed on it, its read scratch buffer and its metrics block. It
+//! is `!Send` and lives on one glommio executor; other cores reach it only via
+//! the hand-off queues in [`handoff`]. The node-wide, immutable or atomic state
+//! every core reads is [`NodeShared`].
+
+pub mod accept;
+pub mod conn;
+pub mod handoff;
+
+use crate::auth::TokenKeys;
+use crate::config::Config;
+use crate::metrics::CoreMetrics;
+use crate::session::SessionLimits;
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
+use handoff::HandoffQueues;
+use redrain_net::ErrorCode;
+use slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+/// Size of each core's read scratch buffer. Connections read into it and keep
+/// only unprocessed bytes, so an idle connection holds no read buffer at all.
+pub const READ_SCRATCH_BYTES: usize = 64 * 1024;
+/// Housekeeping tick: idle sweeps and the shutdown check run this often.
+pub const HOUSEKEEPING_TICK: Duration = Duration::from_millis(100);
+/// Idle sweeps run every this many ticks.
+pub const SWEEP_EVERY_TICKS: u32 = 10;
+
+/// State every core reads; created before the executors start.
+pub struct NodeShared {
+    pub config: Config,
+    pub cores: usize,
+    pub keys: TokenKeys,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub metrics: Vec<CoreMetrics>,
+    pub handoffs: HandoffQueues,
+    pub shutdown: AtomicBool,
+    pub started: Instant,
+    pub fd_limit: u64,
+    /// Connections one core may hold (configured, and capped by the fd limit).
+    pub sessions_per_core_max: usize,
+}
+
+impl NodeShared {
+    pub fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            frame_bytes_max: self.config.frame_bytes_max,
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            idle_timeout_ms: self.config.idle_timeout_ms,
+        }
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// The registry entry of one connection on its core; lets housekeeping and
+/// newer logins close it from outside its task.
+#[derive(Debug, Default)]
+pub struct ConnCtl {
+    close: Cell<Option<ErrorCode>>,
+    waker: RefCell<Option<Waker>>,
+    /// Milliseconds since node start of the last inbound bytes.
+    pub last_activity_ms: Cell<u64>,
+    pub logged_in: Cell<bool>,
+}
+
+impl ConnCtl {
+    /// Asks the connection's task to send `Closing(code)` and close.
+    pub fn kick(&self, code: ErrorCode) {
+        if self.close.get().is_none() {
+            self.close.set(Some(code));
+        }
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub fn close_requested(&self) -> Option<ErrorCode> {
+        self.close.get()
+    }
+
+    fn park(&self, waker: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+}
+
+/// Per-core state.
+pub struct Core {
+    pub id: usize,
+    pub node: Arc<NodeShared>,
+    conns: RefCell<Slab<Rc<ConnCtl>>>,
+    by_device: RefCell<HashMap<(u64, u32), usize>>,
+    scratch: RefCell<Box<[u8]>>,
+    doorbells: RefCell<Vec<Option<ConnectedSender<()>>>>,
+    next_session_seq: Cell<u64>,
+}
+
+impl Core {
+    pub fn new(id: usize, node: Arc<NodeShared>) -> Self {
+        Self {
+            id,
+            node,
+            conns: RefCell::new(Slab::new()),
+            by_device: RefCell::new(HashMap::new()),
+            scratch: RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice()),
+            doorbells: RefCell::new(Vec::new()),
+            next_session_seq: Cell::new(1),
+        }
+    }
+
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.node.metrics[self.id]
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.node.started.elapsed().as_millis() as u64
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.connections() >= self.node.sessions_per_core_max
+    }
+
+    /// Adds a connection to the registry; returns its key and control block.
+    pub fn register_conn(&self) -> (usize, Rc<ConnCtl>) {
+        let ctl = Rc::new(ConnCtl::default());
+        ctl.last_activity_ms.set(self.now_ms());
+        let key = self.conns.borrow_mut().insert(ctl.clone());
+        self.metrics().connections_open.store(self.connections() as u64, Ordering::Relaxed);
+        (key, ctl)
+    }
+
+    /// Removes a connection (and its session, if it still owns the device slot).
+    pub fn unregister_conn(&self, key: usize, device: Option<(u64, u32)>) {
+        let ctl = self.conns.borrow_mut().try_remove(key);
+        if let (Some(ctl), Some(device)) = (ctl, device) {
+            let mut by_device = self.by_device.borrow_mut();
+            if by_device.get(&device) == Some(&key) {
+                by_device.remove(&device);
+            }
+            if ctl.logged_in.get() {
+                self.metrics().sessions_active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.metrics().connections_open.store(self.connections() as u64, Ordering::Relaxed);
+    }
+
+    /// Registers a logged-in session on this (its home) core, replacing and
+    /// kicking an older session of the same (user, device). Returns the new
+    /// session id.
+    pub fn register_session(&self, key: usize, user_id: u64, device_id: u32) -> u64 {
+        let previous = self.by_device.borrow_mut().insert((user_id, device_id), key);
+        if let Some(old) = previous.filter(|old| *old != key) {
+            if let Some(old_ctl) = self.conns.borrow().get(old) {
+                old_ctl.kick(ErrorCode::Replaced);
+                self.metrics().sessions_replaced_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(ctl) = self.conns.borrow().get(key) {
+            if !ctl.logged_in.replace(true) {
+                self.metrics().sessions_active.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.metrics().logins_total.fetch_add(1, Ordering::Relaxed);
+        let seq = self.next_session_seq.get();
+        self.next_session_seq.set(seq + 1);
+        ((self.id as u64) << 48) | (seq & ((1 << 48) - 1))
+    }
+
+    /// Closes connections that were silent for too long.
+    pub fn sweep_idle(&self) {
+        let now = self.now_ms();
+        let idle_ms = u64::from(self.node.config.idle_timeout_ms);
+        let login_ms = u64::from(self.node.config.login_timeout_ms);
+        for (_, ctl) in self.conns.borrow().iter() {
+            let limit = if ctl.logged_in.get() { idle_ms } else { login_ms };
+            if now.saturating_sub(ctl.last_activity_ms.get()) > limit {
+                ctl.kick(ErrorCode::IdleTimeout);
+            }
+        }
+    }
+
+    /// Tells every connection to close (shutdown).
+    pub fn kick_all(&self, code: ErrorCode) {
+        for (_, ctl) in self.conns.borrow().iter() {
+            ctl.kick(code);
+        }
+    }
+
+    /// Wakes core `to` after a hand-off was pushed to its queue.
+    pub fn ring(&self, to: usize) {
+        if let Some(Some(bell)) = self.doorbells.borrow().get(to) {
+            // A full doorbell means a wake-up is already pending.
+            let _ = bell.try_send(());
+        }
+    }
+
+    /// Connects this core's doorbell senders (one per other core).
+    pub async fn connect_doorbells(&self, senders: Vec<Option<SharedSender<()>>>) {
+        let connected = futures::future::join_all(senders.into_iter().map(|s| async move {
+            match s {
+                Some(s) => Some(s.connect().await),
+                None => None,
+            }
+        }))
+        .await;
+        *self.doorbells.borrow_mut() = connected;
+    }
+
+    /// Spawns one task per source core that drains hand-offs when rung.
+    pub fn spawn_handoff_receivers(self: &Rc<Self>, receivers: Vec<(usize, SharedReceiver<()>)>) {
+        for (from, rx) in receivers {
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                let rx = rx.connect().await;
+                while rx.recv().await.is_some() {
+                    core.drain_handoffs(from).await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    async fn drain_handoffs(self: &Rc<Self>, from: usize) {
+        let batch_max = self.node.config.handoff_batch_max;
+        let queue = self.node.handoffs.queue(from, self.id);
+        loop {
+            let mut taken = 0;
+            while taken < batch_max {
+                let Some(h) = queue.pop() else { return };
+                taken += 1;
+                self.metrics().handoffs_received_total.fetch_add(1, Ordering::Relaxed);
+                conn::spawn_resumed(self.clone(), h);
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Test harness: starts the real `redrain serve` binary on ephemeral ports
+//! with its own data directory, and kills it (by pid) when dropped.
+#![allow(dead_code)]
+
+use redrain_engine::auth::{now_unix_s, TokenClaims, TokenKeys};
+use redrain_net::client::BlockingClient;
+use redrain_net::message::TOKEN_BYTES;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Node {
+    pub child: Child,
+    pub client: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub keys: TokenKeys,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Node {
+    pub fn start(extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Node {
+        Self::start_env(dir, extra, &[])
+    }
+
+    pub fn start_env(dir: tempfile::TempDir, extra: &[&str], envs: &[(&str, &str)]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn redrain serve");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        {
+            let mut err = child.stderr.take().unwrap();
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("redrain ready:"),
+            "unexpected first line {line:?}; stderr: {}",
+            stderr.lock().unwrap()
+        );
+        let field = |name: &str| -> Option<SocketAddr> {
+            line.split_whitespace().find_map(|kv| kv.strip_prefix(name)).and_then(|v| v.parse().ok())
+        };
+        let secret = std::fs::read_to_string(dir.path().join("data/auth.secret")).unwrap();
+        let keys = TokenKeys::new(&hex::decode(secret.trim()).unwrap(), None).unwrap();
+        Node {
+            client: field("client=").unwrap(),
+            tls: field("tls="),
+            admin: field("admin=").unwrap(),
+            child,
+            dir,
+            keys,
+            stderr,
+        }
+    }
+
+    pub fn token(&self, user_id: u64, device_id: u32) -> [u8; TOKEN_BYTES] {
+        self.keys.mint(TokenClaims { user_id, device_id, expires_at_unix_s: now_unix_s() + 3600 })
+    }
+
+    pub fn connect(&self) -> BlockingClient {
+        BlockingClient::connect(self.client, TIMEOUT).expect("connect + hello")
+    }
+
+    pub fn login(&self, user_id: u64, device_id: u32) -> BlockingClient {
+        let mut c = self.connect();
+        c.login(&self.token(user_id, device_id)).expect("login");
+        c
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.admin).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn metrics(&self) -> String {
+        self.http_get("/metrics").1
+    }
+
+    /// Sum of a metric over all series whose labels contain every `needle`.
+    pub fn metric_sum(&self, name: &str, needles: &[&str]) -> f64 {
+        metric_sum(&self.metrics(), name, needles)
+    }
+
+    /// Polls until the metric reaches at least `want` (or panics after TIMEOUT).
+    pub fn wait_metric(&self, name: &str, needles: &[&str], want: f64) -> f64 {
+        let until = Instant::now() + TIMEOUT;
+        loop {
+            let v = self.metric_sum(name, needles);
+            if v >= want || Instant::now() > until {
+                assert!(v >= want, "{name}{needles:?} = {v}, wanted >= {want}");
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+pub fn metric_sum(text: &str, name: &str, needles: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

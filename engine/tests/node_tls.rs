@@ -1,0 +1,114 @@
+//! TLS port: a TLS client that is not ours (Python's ssl module) completes a
+//! handshake, login, ping and pipelined pings against the real node.
+
+mod common;
+
+use common::Node;
+use std::process::Command;
+
+const PY_CLIENT: &str = r#"
+import socket, ssl, struct, sys
+port, cafile, token = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
+ctx = ssl.create_default_context(cafile=cafile)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
+def frame(kind, rid, body=b""):
+    return struct.pack(">IBBI", 6 + len(body), kind, 0, rid) + body
+buf = b""
+def recv_frame():
+    global buf
+    while True:
+        if len(buf) >= 4:
+            (n,) = struct.unpack(">I", buf[:4])
+            if len(buf) >= 4 + n:
+                f, buf = buf[:4 + n], buf[4 + n:]
+                return f[4], struct.unpack(">I", f[6:10])[0], f[10:]
+        chunk = s.recv(65536)
+        if not chunk:
+            raise SystemExit("closed")
+        buf += chunk
+s.sendall(frame(0x01, 1, struct.pack(">HH", 1, 1)))
+kind, rid, body = recv_frame(); assert (kind, rid) == (0x81, 1), (kind, rid)
+s.sendall(frame(0x02, 2, token))
+kind, rid, body = recv_frame(); assert (kind, rid) == (0x82, 2), (kind, rid, body)
+user = struct.unpack(">Q", body[:8])[0]
+s.sendall(b"".join(frame(0x03, 100 + i, b"tls%d" % i) for i in range(20)))
+for i in range(20):
+    kind, rid, body = recv_frame()
+    assert (kind, rid, body) == (0x83, 100 + i, b"tls%d" % i), (kind, rid, body)
+print("OK user=%d version=%s" % (user, s.version()))
+"#;
+
+/// A temp dir holding a fresh self-signed certificate for "localhost" and its key.
+fn self_signed_localhost() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    (dir, cert_path, key_path)
+}
+
+#[test]
+fn python_ssl_client_logs_in_and_pings_over_tls() {
+    let (dir, cert_path, key_path) = self_signed_localhost();
+    let node = Node::start_in(
+        dir,
+        &[
+            "--cores",
+            "2",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    let tls = node.tls.expect("tls port");
+    // Several users so that some sessions move to the other core with their TLS state.
+    for user in [101u64, 102, 103, 104] {
+        let out = Command::new("python3")
+            .args(["-c", PY_CLIENT, &tls.port().to_string(), cert_path.to_str().unwrap()])
+            .arg(hex::encode(node.token(user, 1)))
+            .output()
+            .expect("python3 must be installed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.starts_with(&format!("OK user={user} version=TLSv1.3")),
+            "python client failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    node.wait_metric("redrain_tls_handshakes_total", &[], 4.0);
+    assert!(node.metric_sum("redrain_handoffs_sent_total", &[]) >= 1.0, "a TLS session moved cores");
+}
+
+#[test]
+fn plaintext_on_the_tls_port_is_a_tls_error_and_the_node_keeps_serving() {
+    let (dir, cert_path, key_path) = self_signed_localhost();
+    let node = Node::start_in(
+        dir,
+        &[
+            "--cores",
+            "1",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    // Plain protocol bytes on the TLS port: a TLS error, the connection closes.
+    let mut s = std::net::TcpStream::connect(node.tls.unwrap()).unwrap();
+    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let mut hello = Vec::new();
+    redrain_net::message::Request::Hello { version_min: 1, version_max: 1 }.encode(1, &mut hello);
+    std::io::Write::write_all(&mut s, &hello).unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    node.wait_metric("redrain_connections_closed_total", &["reason=\"tls_error\""], 1.0);
+    // The node still serves plain clients.
+    node.login(5, 0).call(&redrain_net::message::Request::Ping { payload: b"" }).unwrap();
+}

@@ -13,6 +13,14 @@ use redrain_loadgen::RunSummary;
 use std::process::Command;
 use std::time::Duration;
 
+/// Tests run one at a time: each starts a node, and timing assertions should
+/// not compete with each other for the machine's two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn start_node() -> (tempfile::TempDir, NodeProcess) {
     let bin = find_node_binary().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
@@ -45,6 +53,7 @@ fn assert_clean(s: &RunSummary) {
 
 #[test]
 fn open_loop_keeps_its_schedule_at_a_moderate_rate() {
+    let _serial = serial();
     let (_dir, node) = start_node();
     let cfg = ping_config(&node, 2000.0, Duration::from_secs(3));
     let out = redrain_loadgen::run(cfg, PingScenario::new(16)).unwrap();
@@ -61,6 +70,7 @@ fn open_loop_keeps_its_schedule_at_a_moderate_rate() {
 
 #[test]
 fn a_paused_node_shows_up_as_a_one_second_tail() {
+    let _serial = serial();
     let (_dir, node) = start_node();
     let cfg = ping_config(&node, 2000.0, Duration::from_secs(4));
     let pid = node.pid();
@@ -86,6 +96,7 @@ fn a_paused_node_shows_up_as_a_one_second_tail() {
 
 #[test]
 fn closed_loop_keeps_k_requests_in_flight_and_matches_every_answer() {
+    let _serial = serial();
     let (_dir, node) = start_node();
     let mut cfg = ping_config(&node, 1.0, Duration::from_secs(1));
     cfg.mode = LoadMode::ClosedLoop { in_flight_per_connection: 8 };
@@ -98,6 +109,7 @@ fn closed_loop_keeps_k_requests_in_flight_and_matches_every_answer() {
 
 #[test]
 fn connect_ramps_holds_and_reports_memory_per_session() {
+    let _serial = serial();
     let (_dir, node) = start_node();
     let mut cfg = RunConfig::with_defaults(node.client, node.secret.clone());
     cfg.admin = Some(node.admin);
@@ -123,6 +135,7 @@ fn connect_ramps_holds_and_reports_memory_per_session() {
 
 #[test]
 fn binary_writes_json_hgrm_svg_and_compare_reads_them() {
+    let _serial = serial();
     let (dir, node) = start_node();
     let exe = env!("CARGO_BIN_EXE_redrain-loadgen");
     let secret = node.data_dir.join("auth.secret");

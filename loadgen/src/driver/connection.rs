@@ -184,6 +184,7 @@ async fn run_load<S: Scenario>(ctx: &ThreadCtx<S>, index: u64, est: Established,
     });
     let room = Notify::new();
     let stop_reader = Notify::new();
+    let closed_notify = Notify::new();
     let writer_done = Cell::new(false);
     let connections = u64::from(cfg.connections);
     let writer = async {
@@ -201,12 +202,24 @@ async fn run_load<S: Scenario>(ctx: &ThreadCtx<S>, index: u64, est: Established,
                 closed_loop_writer(ctx, &stream, &state, &room, in_flight_per_connection as usize, &tl).await
             }
         }
+        // Sessions are held for the whole window even when the schedule has
+        // nothing more to send (heartbeats are sparse).
+        if !state.borrow().closed {
+            let end = ctx.instant(tl.measure_end_ns);
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => {}
+                _ = closed_notify.notified() => {}
+            }
+        }
         writer_done.set(true);
         if state.borrow().pending.outstanding() == 0 {
             stop_reader.notify_one();
         }
     };
-    let reader = reader(ctx, &stream, &state, &room, &stop_reader, &writer_done, &tl);
+    let reader = async {
+        reader(ctx, &stream, &state, &room, &stop_reader, &writer_done, &tl).await;
+        closed_notify.notify_one();
+    };
     tokio::join!(writer, reader);
 
     let mut st = state.borrow_mut();

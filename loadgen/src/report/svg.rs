@@ -10,11 +10,12 @@ use std::fmt::Write;
 const WIDTH: f64 = 860.0;
 const PANEL_HEIGHT: f64 = 230.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 40.0;
+const RIGHT: f64 = 40.0;
+const TOP: f64 = 70.0;
 const GAP: f64 = 60.0;
-/// Deepest percentile plotted: 1/(1-p) up to 10^6 (99.9999%).
-const INVERSE_MAX_LOG10: f64 = 6.0;
+/// Deepest percentile plotted: 1/(1-p) up to 10^6 (99.9999%); fewer decades
+/// when the histogram holds fewer values.
+const INVERSE_DECADES_MAX: u32 = 6;
 
 fn nice_max(v: f64) -> f64 {
     if v <= 0.0 {
@@ -93,7 +94,9 @@ impl Panel {
 }
 
 fn format_value(v: f64) -> String {
-    if v >= 1000.0 {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 1000.0 {
         format!("{:.0}", v)
     } else if v >= 10.0 {
         format!("{:.1}", v)
@@ -137,12 +140,19 @@ pub fn render(summary: &RunSummary, h: &Histogram<u64>) -> String {
     let flag = if summary.generator.limited { " - GENERATOR-LIMITED" } else { "" };
     let _ = writeln!(
         out,
-        r##"<text x="{LEFT}" y="18" font-size="14">redrain-loadgen {} ({} latency): {} connections, {load}, {:.1}s measured, {:.0} ok/s{flag}</text>"##,
+        r##"<text x="{LEFT}" y="20" font-size="14" font-weight="bold">redrain-loadgen {}: {} latency{flag}</text>"##,
         escape(&summary.scenario),
         escape(&summary.headline),
+    );
+    let _ = writeln!(
+        out,
+        r##"<text x="{LEFT}" y="38" font-size="12">{} connections, {load}, {:.1}s measured after {:.1}s warm-up, {:.0} ok/s, p99 {:.3} ms, max {:.3} ms</text>"##,
         c.connections,
         summary.measured_s,
-        summary.throughput_per_s
+        c.warmup_s,
+        summary.throughput_per_s,
+        summary.latency.p99_ms,
+        summary.latency.max_ms,
     );
 
     // Panel 1: percentile distribution.
@@ -150,11 +160,12 @@ pub fn render(summary: &RunSummary, h: &Histogram<u64>) -> String {
     let max_ms = h.max() as f64 / 1000.0;
     let y_max = nice_max(max_ms);
     p1.frame(&mut out, "Latency by percentile", "latency (ms)", y_max);
+    let decades = f64::from(((h.len().max(10) as f64).log10().ceil() as u32).clamp(1, INVERSE_DECADES_MAX));
     let mut points = Vec::new();
     if !h.is_empty() {
         for v in h.iter_quantiles(super::hgrm::TICKS_PER_HALF_DISTANCE) {
             let q = v.quantile_iterated_to();
-            let x = if q >= 1.0 { 1.0 } else { ((1.0 / (1.0 - q)).log10() / INVERSE_MAX_LOG10).min(1.0) };
+            let x = if q >= 1.0 { 1.0 } else { ((1.0 / (1.0 - q)).log10() / decades).min(1.0) };
             points.push((x, v.value_iterated_to() as f64 / 1000.0 / y_max));
             if q >= 1.0 {
                 break;
@@ -162,8 +173,9 @@ pub fn render(summary: &RunSummary, h: &Histogram<u64>) -> String {
         }
     }
     p1.polyline(&mut out, &points, "#1f77b4");
-    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"].iter().enumerate() {
-        let x = LEFT + p1.width() * i as f64 / INVERSE_MAX_LOG10;
+    let labels = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"];
+    for (i, label) in labels.iter().take(decades as usize + 1).enumerate() {
+        let x = LEFT + p1.width() * i as f64 / decades;
         let _ = writeln!(
             out,
             r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{label}</text>"##,

@@ -115,6 +115,9 @@ pub struct ThreadStats {
     /// CPU time and wall time of this thread over the measured window.
     pub cpu_ns: u64,
     pub wall_ns: u64,
+    /// Busy fraction of the CPU this thread is pinned to over the window
+    /// (all tasks, softirq and steal; `None` when unpinned or unreadable).
+    pub core_busy: Option<f64>,
     pub cpu: usize,
 }
 
@@ -131,6 +134,7 @@ impl ThreadStats {
                 .collect(),
             cpu_ns: 0,
             wall_ns: 0,
+            core_busy: None,
             cpu,
         }
     }
@@ -163,6 +167,8 @@ pub struct MergedStats {
     pub intervals: Vec<IntervalStats>,
     /// (cpu, busy fraction of the measured window) per thread.
     pub thread_utilization: Vec<(usize, f64)>,
+    /// Busy fraction of each thread's pinned CPU (see [`ThreadStats::core_busy`]).
+    pub core_busy: Vec<Option<f64>>,
 }
 
 /// Merges per-thread stats (all built with the same interval count).
@@ -180,6 +186,7 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
             .map(|_| IntervalStats { completed_ok: 0, errors: 0, latency_us: new_interval_histogram() })
             .collect(),
         thread_utilization: Vec::new(),
+        core_busy: Vec::new(),
     };
     for t in threads {
         m.counters.merge(&t.counters);
@@ -197,6 +204,7 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
         }
         let util = if t.wall_ns == 0 { 0.0 } else { t.cpu_ns as f64 / t.wall_ns as f64 };
         m.thread_utilization.push((t.cpu, util));
+        m.core_busy.push(t.core_busy);
     }
     m
 }

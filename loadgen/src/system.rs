@@ -99,9 +99,41 @@ pub fn process_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
+/// (busy, total) jiffies of one CPU from /proc/stat. Busy is everything but
+/// idle and iowait: our threads, other processes, interrupts, softirq (where
+/// much of loopback TCP runs, not charged to any thread) and steal.
+pub fn cpu_jiffies(cpu: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let label = format!("cpu{cpu}");
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(label.as_str()))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|x| x.parse().ok()).collect();
+    if v.len() < 8 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    let idle = v[3] + v[4];
+    Some((total - idle, total))
+}
+
+/// Busy fraction of a CPU between two [`cpu_jiffies`] samples.
+pub fn busy_fraction(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let total = after.1.checked_sub(before.1)?;
+    let busy = after.0.checked_sub(before.0)?;
+    (total > 0).then(|| busy as f64 / total as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_busy_fraction_comes_from_proc_stat() {
+        let cpu = allowed_cpus()[0];
+        let a = cpu_jiffies(cpu).unwrap();
+        assert!(a.0 <= a.1);
+        assert_eq!(busy_fraction((10, 100), (40, 200)), Some(0.3));
+        assert_eq!(busy_fraction((10, 100), (10, 100)), None);
+    }
 
     #[test]
     fn fd_budget_names_the_number_of_processes_needed() {

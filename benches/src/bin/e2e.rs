@@ -87,6 +87,13 @@ struct RunRecord {
     generator_cpu_max: f64,
     /// Busy fraction of the server's core over the run (node runs only).
     server_cpu_utilization: Option<f64>,
+    /// CPU seconds (user + system) over the whole run, warm-up included.
+    server_cpu_s: Option<f64>,
+    generator_cpu_s: f64,
+    /// Requests answered over the whole run, warm-up included.
+    requests_total: u64,
+    /// Busy fraction of the generator's core (all tasks, softirq, steal).
+    generator_core_busy: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -149,10 +156,11 @@ impl Runner<'_> {
         let cpu0 = node.and_then(|n| n.cpu_seconds());
         let wall0 = std::time::Instant::now();
         let out = redrain_loadgen::run(cfg, PingScenario::new(PAYLOAD_BYTES)).with_context(|| format!("run {name}"))?;
-        let server_cpu = match (node.and_then(|n| n.cpu_seconds()), cpu0) {
-            (Some(c1), Some(c0)) => Some((c1 - c0) / wall0.elapsed().as_secs_f64()),
+        let server_cpu_s = match (node.and_then(|n| n.cpu_seconds()), cpu0) {
+            (Some(c1), Some(c0)) => Some(c1 - c0),
             _ => None,
         };
+        let server_cpu = server_cpu_s.map(|c| c / wall0.elapsed().as_secs_f64());
         println!("== {name}");
         print!("{}", table::render(&out.summary));
         if let Some(u) = server_cpu {
@@ -176,6 +184,10 @@ impl Runner<'_> {
             generator_limited: s.generator.limited,
             generator_cpu_max: s.generator.cpu_utilization_max,
             server_cpu_utilization: server_cpu,
+            server_cpu_s,
+            generator_cpu_s: s.generator.process_cpu_s,
+            requests_total: s.requests.ok + s.requests.warmup_sent,
+            generator_core_busy: s.generator.core_busy.first().copied().flatten(),
         });
         if s.sessions.established == 0 {
             bail!("run {name}: no session established");
@@ -240,8 +252,22 @@ fn main() -> anyhow::Result<ExitCode> {
         info.insert("node_max_throughput_per_s".into(), node_tp);
         info.insert("node_max_generator_cpu".into(), max.summary.generator.cpu_utilization_max);
         info.insert("generator_drive_over_node_max".into(), ref_tp / node_tp);
-        if let Some(u) = runner.runs.iter().find(|r| r.name == "node_max").and_then(|r| r.server_cpu_utilization) {
-            info.insert("node_max_server_cpu".into(), u);
+        if let Some(r) = runner.runs.iter().find(|r| r.name == "node_max") {
+            // CPU cost per ping on each side (softirq time is charged to
+            // neither); their quotient is how many node cores' worth of pings
+            // one generator core can drive.
+            let requests = r.requests_total.max(1) as f64;
+            let gen_us = r.generator_cpu_s * 1e6 / requests;
+            info.insert("node_max_generator_cpu_us_per_ping".into(), gen_us);
+            if let (Some(u), Some(node_s)) = (r.server_cpu_utilization, r.server_cpu_s) {
+                let node_us = node_s * 1e6 / requests;
+                info.insert("node_max_server_cpu".into(), u);
+                info.insert("node_max_node_cpu_us_per_ping".into(), node_us);
+                info.insert("generator_cores_needed_per_node_core".into(), gen_us / node_us);
+            }
+            if let Some(b) = r.generator_core_busy {
+                info.insert("node_max_generator_core_busy".into(), b);
+            }
         }
         info.insert("node_p99_ms_at_10pct".into(), low.summary.latency.p99_ms);
         info.insert("node_p99_ms_at_50pct".into(), mid.summary.latency.p99_ms);

@@ -186,13 +186,16 @@ pub fn thread_main<S: Scenario>(
         let _ = timeline_tx.send(Some(timeline));
         // Self-check: this thread's CPU time over the measured window.
         tokio::time::sleep_until(ctx.instant(timeline.measure_start_ns)).await;
+        let core0 = if pinned { system::cpu_jiffies(cpu) } else { None };
         let (cpu0, wall0) = (system::thread_cpu_ns(), ctx.now_ns());
         tokio::time::sleep_until(ctx.instant(timeline.measure_end_ns)).await;
         let (cpu1, wall1) = (system::thread_cpu_ns(), ctx.now_ns());
+        let core1 = if pinned { system::cpu_jiffies(cpu) } else { None };
         {
             let mut s = ctx.stats.borrow_mut();
             s.cpu_ns = cpu1.saturating_sub(cpu0);
             s.wall_ns = wall1.saturating_sub(wall0);
+            s.core_busy = core0.zip(core1).and_then(|(a, b)| system::busy_fraction(a, b));
         }
         for t in tasks {
             let _ = t.await;

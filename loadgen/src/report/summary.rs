@@ -127,6 +127,9 @@ pub struct GeneratorHealth {
     pub thread_cpu_utilization: Vec<f64>,
     pub thread_cpus: Vec<i64>,
     pub cpu_utilization_max: f64,
+    /// Busy fraction of each generator thread's pinned CPU over the window,
+    /// counting other processes, softirq (loopback TCP) and steal too.
+    pub core_busy: Vec<Option<f64>>,
     /// CPU seconds of the whole loadgen process, ramp and drain included.
     pub process_cpu_s: f64,
 }
@@ -245,6 +248,19 @@ pub fn build_summary(
             send_lag.p99_ms, lag_threshold_ms, send_lag.max_ms
         ));
     }
+    // In closed loop there is no schedule to fall behind; a saturated core
+    // (whoever saturates it) is the evidence that the generator held back.
+    if matches!(cfg.mode, LoadMode::ClosedLoop { .. }) && info.load_shape == LoadShape::Requests {
+        for ((cpu, _), busy) in m.thread_utilization.iter().zip(&m.core_busy) {
+            if let Some(b) = busy.filter(|b| *b > cfg.cpu_saturation_threshold) {
+                reasons.push(format!(
+                    "cpu {cpu} running a generator thread was {:.0}% busy (all tasks, softirq, steal) > {:.0}%",
+                    b * 100.0,
+                    cfg.cpu_saturation_threshold * 100.0
+                ));
+            }
+        }
+    }
     for (cpu, u) in &m.thread_utilization {
         if *u > cfg.cpu_saturation_threshold {
             let cpu = if *cpu == usize::MAX { "unpinned".to_owned() } else { format!("cpu {cpu}") };
@@ -348,6 +364,7 @@ pub fn build_summary(
                 .map(|(c, _)| if *c == usize::MAX { -1 } else { *c as i64 })
                 .collect(),
             cpu_utilization_max: cpu_max,
+            core_busy: m.core_busy.clone(),
             process_cpu_s: process_cpu_ns as f64 / 1e9,
         },
         interval_s: cfg.interval.as_secs_f64(),

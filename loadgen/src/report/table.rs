@@ -76,10 +76,13 @@ pub fn render(s: &RunSummary) -> String {
     let g = &s.generator;
     let utils: Vec<String> = g.thread_cpu_utilization.iter().map(|u| format!("{:.0}%", u * 100.0)).collect();
     let verdict = if g.limited { "GENERATOR-LIMITED" } else { "ok" };
+    let busy: Vec<String> =
+        g.core_busy.iter().map(|b| b.map(|b| format!("{:.0}%", b * 100.0)).unwrap_or_else(|| "?".into())).collect();
     let _ = writeln!(
         out,
-        "  generator  {verdict}: thread cpu [{}], send lag p99 {:.3} ms max {:.3} ms (threshold {:.1} ms), process cpu {:.2}s",
+        "  generator  {verdict}: thread cpu [{}], its core busy [{}], send lag p99 {:.3} ms max {:.3} ms (threshold {:.1} ms), process cpu {:.2}s",
         utils.join(" "),
+        busy.join(" "),
         g.send_lag_ms.p99_ms,
         g.send_lag_ms.max_ms,
         g.lag_threshold_ms,

@@ -10,6 +10,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Fewest sessions gained for a memory-per-session figure (below, RSS noise
+/// of a few pages dominates).
+pub const MEMORY_PER_SESSION_SESSIONS_MIN: f64 = 100.0;
+
 /// Format identifier written into every JSON summary.
 pub const SCHEMA: &str = "redrain-loadgen/1";
 
@@ -110,7 +114,8 @@ pub struct NodeSummary {
     pub sessions_before: Option<f64>,
     pub sessions_held: Option<f64>,
     pub connections_open_held: Option<f64>,
-    /// (RSS held - RSS before) / (sessions held - sessions before).
+    /// (RSS held - RSS before) / (sessions held - sessions before), when at
+    /// least [`MEMORY_PER_SESSION_SESSIONS_MIN`] sessions were gained.
     pub memory_per_session_bytes: Option<f64>,
 }
 
@@ -199,7 +204,7 @@ fn node_summary(node: &NodeReadings) -> Option<NodeSummary> {
     if let (Some(r0), Some(r1), Some(s0), Some(s1)) =
         (n.rss_bytes_before, n.rss_bytes_held, n.sessions_before, n.sessions_held)
     {
-        if s1 > s0 {
+        if s1 - s0 >= MEMORY_PER_SESSION_SESSIONS_MIN {
             n.memory_per_session_bytes = Some((r1 - r0) / (s1 - s0));
         }
     }

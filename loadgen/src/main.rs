@@ -39,8 +39,18 @@ fn finish(args: &RunArgs, out: RunOutput) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("redrain-loadgen: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cpus = system::allowed_cpus().len();
     match cli.command {
         Command::Connect(args) => {

@@ -24,6 +24,8 @@ const INBOUND_BYTES_MAX: usize = 2 * FRAME_BYTES_MAX as usize;
 /// A running reference server; stopped and joined on drop.
 pub struct ReferenceServer {
     pub addr: SocketAddr,
+    /// Kernel thread id of the serving thread (for its CPU time).
+    tid: i32,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -36,7 +38,10 @@ impl ReferenceServer {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_thread = stop.clone();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("reference-server".into()).spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = tid_tx.send(unsafe { libc::gettid() });
             let _ = redrain_loadgen::system::pin_current_thread(cpu);
             tokio_uring::builder().entries(256).start(async move {
                 let listener = tokio_uring::net::TcpListener::from_std(listener);
@@ -50,7 +55,13 @@ impl ReferenceServer {
                 }
             });
         })?;
-        Ok(Self { addr, stop, thread: Some(thread) })
+        let tid = tid_rx.recv()?;
+        Ok(Self { addr, tid, stop, thread: Some(thread) })
+    }
+
+    /// CPU seconds (user + system) the serving thread has used.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        redrain_loadgen::node_process::own_thread_cpu_seconds(self.tid)
     }
 }
 

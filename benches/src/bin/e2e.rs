@@ -151,12 +151,12 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn run(&mut self, name: &str, cfg: RunConfig, node: Option<&NodeProcess>) -> anyhow::Result<RunOutput> {
+    fn run(&mut self, name: &str, cfg: RunConfig, server_cpu_s: &dyn Fn() -> Option<f64>) -> anyhow::Result<RunOutput> {
         let target = cfg.target.to_string();
-        let cpu0 = node.and_then(|n| n.cpu_seconds());
+        let cpu0 = server_cpu_s();
         let wall0 = std::time::Instant::now();
         let out = redrain_loadgen::run(cfg, PingScenario::new(PAYLOAD_BYTES)).with_context(|| format!("run {name}"))?;
-        let server_cpu_s = match (node.and_then(|n| n.cpu_seconds()), cpu0) {
+        let server_cpu_s = match (server_cpu_s(), cpu0) {
             (Some(c1), Some(c0)) => Some(c1 - c0),
             _ => None,
         };
@@ -228,27 +228,35 @@ fn main() -> anyhow::Result<ExitCode> {
 
     let secret: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
     let reference = ReferenceServer::start(args.node_cpu, &secret)?;
-    let ref_max = runner.run("reference_max", max_config(reference.addr, &secret, duration, warmup), None)?;
+    let ref_max = runner.run("reference_max", max_config(reference.addr, &secret, duration, warmup), &|| {
+        reference.cpu_seconds()
+    })?;
     drop(reference);
+    let ref_cpu_us_per_ping = runner.runs.last().and_then(|r| r.server_cpu_s.map(|s| s * 1e6 / r.requests_total.max(1) as f64));
+    if let Some(us) = ref_cpu_us_per_ping {
+        info.insert("reference_cpu_us_per_ping".into(), us);
+    }
     let ref_tp = ref_max.summary.throughput_per_s;
     info.insert("reference_max_throughput_per_s".into(), ref_tp);
     info.insert("reference_max_generator_cpu".into(), ref_max.summary.generator.cpu_utilization_max);
 
     if let Some(bin) = node_bin {
         let node = NodeProcess::start(&bin, work.path(), 1, Some(&[args.node_cpu]))?;
-        let max = runner.run("node_max", max_config(node.client, &node.secret, duration, warmup), Some(&node))?;
+        let node_cpu = || node.cpu_seconds();
+        let max = runner.run("node_max", max_config(node.client, &node.secret, duration, warmup), &node_cpu)?;
         let node_tp = max.summary.throughput_per_s;
         let mut low = None;
         let mut mid = None;
         for (pct, slot) in [(10u32, &mut low), (50, &mut mid)] {
             let rate = node_tp * f64::from(pct) / 100.0;
             let cfg = rate_config(node.client, &node.secret, duration, warmup, rate);
-            *slot = Some(runner.run(&format!("node_rate_{pct}pct"), cfg, Some(&node))?);
+            *slot = Some(runner.run(&format!("node_rate_{pct}pct"), cfg, &node_cpu)?);
         }
         let (low, mid) = (low.expect("ran"), mid.expect("ran"));
         ratios.insert("node_over_reference_max_throughput".into(), node_tp / ref_tp);
-        ratios.insert("p99_at_50pct_over_p99_at_10pct".into(), mid.summary.latency.p99_ms / low.summary.latency.p99_ms);
         ratios.insert("p50_at_50pct_over_p50_at_10pct".into(), mid.summary.latency.p50_ms / low.summary.latency.p50_ms);
+        // Reported, not gated: it swung from 0.1 to 2 between runs on the development VM.
+        info.insert("p99_at_50pct_over_p99_at_10pct".into(), mid.summary.latency.p99_ms / low.summary.latency.p99_ms);
         info.insert("node_max_throughput_per_s".into(), node_tp);
         info.insert("node_max_generator_cpu".into(), max.summary.generator.cpu_utilization_max);
         info.insert("generator_drive_over_node_max".into(), ref_tp / node_tp);
@@ -263,7 +271,10 @@ fn main() -> anyhow::Result<ExitCode> {
                 let node_us = node_s * 1e6 / requests;
                 info.insert("node_max_server_cpu".into(), u);
                 info.insert("node_max_node_cpu_us_per_ping".into(), node_us);
-                info.insert("generator_cores_needed_per_node_core".into(), gen_us / node_us);
+                ratios.insert("generator_cores_needed_per_node_core".into(), gen_us / node_us);
+                if let Some(ref_us) = ref_cpu_us_per_ping {
+                    ratios.insert("node_cpu_per_ping_over_reference".into(), node_us / ref_us);
+                }
             }
             if let Some(b) = r.generator_core_busy {
                 info.insert("node_max_generator_core_busy".into(), b);

@@ -88,7 +88,7 @@ pub fn scrape(addr: SocketAddr) -> Result<NodeMetrics, ScrapeError> {
     let text = String::from_utf8_lossy(&page);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.lines().next().unwrap_or("").to_owned();
-    if !status.split_whitespace().nth(1).is_some_and(|code| code == "200") {
+    if status.split_whitespace().nth(1).is_none_or(|code| code != "200") {
         return Err(ScrapeError::Status { addr, status });
     }
     Ok(NodeMetrics::parse(body))

@@ -66,8 +66,9 @@ pub fn ensure_fd_limit(connections: u64, threads: u64) -> Result<u64, SystemErro
             lim.rlim_cur = lim.rlim_max;
         }
     }
-    check_fd_budget(connections, threads, lim.rlim_cur as u64)?;
-    Ok(lim.rlim_cur as u64)
+    let limit: u64 = lim.rlim_cur;
+    check_fd_budget(connections, threads, limit)?;
+    Ok(limit)
 }
 
 /// Pure part of [`ensure_fd_limit`]: do `connections` fit under `limit`?

@@ -228,11 +228,11 @@ fn main() -> anyhow::Result<ExitCode> {
 
     let secret: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
     let reference = ReferenceServer::start(args.node_cpu, &secret)?;
-    let ref_max = runner.run("reference_max", max_config(reference.addr, &secret, duration, warmup), &|| {
-        reference.cpu_seconds()
-    })?;
+    let ref_max = runner
+        .run("reference_max", max_config(reference.addr, &secret, duration, warmup), &|| reference.cpu_seconds())?;
     drop(reference);
-    let ref_cpu_us_per_ping = runner.runs.last().and_then(|r| r.server_cpu_s.map(|s| s * 1e6 / r.requests_total.max(1) as f64));
+    let ref_cpu_us_per_ping =
+        runner.runs.last().and_then(|r| r.server_cpu_s.map(|s| s * 1e6 / r.requests_total.max(1) as f64));
     if let Some(us) = ref_cpu_us_per_ping {
         info.insert("reference_cpu_us_per_ping".into(), us);
     }

@@ -357,10 +357,8 @@ async fn reader<S: Scenario>(
         let n = tokio::select! {
             (read, b) = stream.read(buf) => {
                 buf = b;
-                match read {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                }
+                // A read error ends the connection like an orderly close.
+                read.unwrap_or_default()
             }
             _ = stop.notified() => break,
             _ = tokio::time::sleep_until(drain_end) => break,

@@ -153,9 +153,10 @@ fn binary_writes_json_hgrm_svg_and_compare_reads_them() {
             .arg(base.with_extension("hgrm"))
             .arg("--svg")
             .arg(base.with_extension("svg"))
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success());
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        assert!(String::from_utf8_lossy(&status.stdout).contains("redrain-loadgen ping"));
         // JSON: parses back into the summary type, and its counters add up.
         let s = compare::load(&base.with_extension("json")).unwrap();
         let raw: serde_json::Value =

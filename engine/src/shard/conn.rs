@@ -77,9 +77,13 @@ pub fn spawn_resumed(core: Rc<Core>, h: Handoff) {
 }
 
 /// Answers a connection the core cannot take (per-core limit) and closes it.
-pub fn spawn_refusal(core: Rc<Core>, mut stream: TcpStream) {
+/// `answer` is false on the TLS port, where the connection is just closed.
+pub fn spawn_refusal(core: Rc<Core>, mut stream: TcpStream, answer: bool) {
     core.metrics().connections_refused_full_total.fetch_add(1, Relaxed);
     core.metrics().rejected(ErrorCode::SessionLimit);
+    if !answer {
+        return;
+    }
     glommio::spawn_local(async move {
         let mut out = Vec::with_capacity(64);
         Response::error(ErrorCode::SessionLimit, 1_000, "this core is at its session limit").encode(0, &mut out);

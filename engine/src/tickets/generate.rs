@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use super::budget::{LoadedBudget, PacketKind};
-use super::format::{seal_record, Ticket, AMOUNT_FEN_MAX, RECORD_BYTES};
+use super::format::{seal_record_into, Ticket, AMOUNT_FEN_MAX, RECORD_BYTES};
 use super::keyring::{cipher_for, derive_key, KeyEntry, Keyring, KEYRING_FORMAT};
 use super::manifest::*;
 use super::placement::{park_of, peers_of, NodePlacement};
@@ -630,11 +630,13 @@ fn flush_chunk(
         return Ok(());
     }
     key.cipher.encrypt_blocks(&mut buffers.blocks);
+    let first_index = u32::try_from(first_index).expect("plan limits files to u32 records");
     buffers.records.clear();
-    for (offset, block) in buffers.blocks.iter().enumerate() {
-        let ciphertext: [u8; 16] = (*block).into();
-        let index = u32::try_from(first_index + offset as u64).expect("manifest limits files to u32 records");
-        buffers.records.extend_from_slice(&seal_record(&ciphertext, key.entry.key_id, index, crc_seed));
+    buffers.records.resize(buffers.blocks.len() * RECORD_BYTES, 0);
+    for (offset, (block, record)) in buffers.blocks.iter().zip(buffers.records.chunks_exact_mut(RECORD_BYTES)).enumerate() {
+        let ciphertext: &[u8; 16] = block.as_slice().try_into().expect("AES blocks are 16 bytes");
+        let record: &mut [u8; RECORD_BYTES] = record.try_into().expect("chunks_exact gives whole records");
+        seal_record_into(record, ciphertext, key.entry.key_id, first_index + offset as u32, crc_seed);
     }
     output.write_all(&buffers.records).map_err(io_error(path))?;
     *file_crc = crc32c::crc32c_append(*file_crc, &buffers.records);

@@ -34,7 +34,11 @@ fn keyring() -> Keyring {
 
 fn ticket_crypto(c: &mut Criterion) {
     let cipher = cipher_for(&[0x5a; 16]);
-    let tag = FileTag { node: 1, core: 0, slot: 2 };
+    let tag = FileTag {
+        node: 1,
+        core: 0,
+        slot: 2,
+    };
     let crc_seed = tag.crc_seed();
     let ticket = Ticket {
         packet_id: 123_456_789,
@@ -45,20 +49,33 @@ fn ticket_crypto(c: &mut Criterion) {
     let mut group = c.benchmark_group("ticket");
     group.throughput(Throughput::Elements(1));
     group.bench_function("encrypt_and_seal_one", |b| {
-        b.iter(|| seal_record(&black_box(ticket).encrypt(&cipher), 7, black_box(42), crc_seed))
+        b.iter(|| {
+            seal_record(
+                &black_box(ticket).encrypt(&cipher),
+                7,
+                black_box(42),
+                crc_seed,
+            )
+        })
     });
     let record = seal_record(&ticket.encrypt(&cipher), 7, 42, crc_seed);
     let keyring = keyring();
     let opener = keyring.opener();
     group.bench_function("check_and_decrypt_one", |b| {
-        b.iter(|| opener.open_record(black_box(&record), 42, crc_seed).unwrap())
+        b.iter(|| {
+            opener
+                .open_record(black_box(&record), 42, crc_seed)
+                .unwrap()
+        })
     });
     group.finish();
 }
 
 fn split_packets(packets: u64) -> u64 {
     let split = AmountSplit::new(packets, 10, 8_888, packets * 200).unwrap();
-    AmountStream::new(split, 0, packets, ChaCha8Rng::seed_from_u64(1)).map(u64::from).sum()
+    AmountStream::new(split, 0, packets, ChaCha8Rng::seed_from_u64(1))
+        .map(u64::from)
+        .sum()
 }
 
 fn amount_split(c: &mut Criterion) {
@@ -140,7 +157,8 @@ fn generation(c: &mut Criterion) {
                         threads: 2,
                         overwrite: false,
                     };
-                    let report = generate(&loaded, Topology { nodes: 3, cores: 2 }, &options).unwrap();
+                    let report =
+                        generate(&loaded, Topology { nodes: 3, cores: 2 }, &options).unwrap();
                     assert_eq!(report.manifest.packets_total, packets);
                     root
                 },

@@ -38,7 +38,10 @@ fn generated_tickets_sum_exactly_stay_in_bounds_and_verify() {
             let batch = &manifest.batches[usize::from(ticket.batch_id)];
             assert_eq!(batch.slot, file.slot, "tickets sit in their slot's file");
             let merchant = &manifest.merchants[batch.merchant_index as usize];
-            assert!(ticket.amount_fen >= merchant.min_amount_fen && ticket.amount_fen <= merchant.max_amount_fen);
+            assert!(
+                ticket.amount_fen >= merchant.min_amount_fen
+                    && ticket.amount_fen <= merchant.max_amount_fen
+            );
             assert!(packet_ids.insert(ticket.packet_id), "packet ids are unique");
             let totals = &mut per_merchant[batch.merchant_index as usize];
             totals.0 += 1;
@@ -46,17 +49,37 @@ fn generated_tickets_sum_exactly_stay_in_bounds_and_verify() {
         }
     }
     assert_eq!(packet_ids.len() as u64, manifest.packets_total);
-    assert_eq!(packet_ids.iter().max().copied(), Some(manifest.packets_total - 1), "ids are dense");
+    assert_eq!(
+        packet_ids.iter().max().copied(),
+        Some(manifest.packets_total - 1),
+        "ids are dense"
+    );
     for (merchant, (packets, amount_fen)) in manifest.merchants.iter().zip(per_merchant) {
         assert_eq!(packets, merchant.packets, "{}", merchant.id);
-        assert_eq!(amount_fen, merchant.budget_fen, "{} sums to the fen", merchant.id);
+        assert_eq!(
+            amount_fen, merchant.budget_fen,
+            "{} sums to the fen",
+            merchant.id
+        );
     }
     // Many keys, each under the cap.
     assert!(keyring.keys.len() > 10, "{} keys", keyring.keys.len());
-    assert!(keyring.keys.iter().all(|key| key.coverage_fen <= manifest.key_coverage_cap_fen));
-    assert_eq!(keyring.keys.iter().map(|key| key.coverage_fen).sum::<u64>(), manifest.amount_fen_total);
+    assert!(keyring
+        .keys
+        .iter()
+        .all(|key| key.coverage_fen <= manifest.key_coverage_cap_fen));
+    assert_eq!(
+        keyring.keys.iter().map(|key| key.coverage_fen).sum::<u64>(),
+        manifest.amount_fen_total
+    );
 
-    let report = verify(&generated.dir, &keyring, Some(&small_budget()), &verify_options()).unwrap();
+    let report = verify(
+        &generated.dir,
+        &keyring,
+        Some(&small_budget()),
+        &verify_options(),
+    )
+    .unwrap();
     assert!(report.ok, "{}", report.render());
     assert_eq!(report.records, 23_000);
     // The instant-credit threshold takes about the top 10%.
@@ -71,7 +94,10 @@ fn same_seed_gives_byte_identical_output_whatever_the_thread_count() {
     let first = generate_into(a.path(), 5, 0, 1);
     let second = generate_into(b.path(), 5, 0, 2);
     assert_eq!(read_dir_bytes(&first.dir), read_dir_bytes(&second.dir));
-    assert_eq!(std::fs::read(&first.keyring).unwrap(), std::fs::read(&second.keyring).unwrap());
+    assert_eq!(
+        std::fs::read(&first.keyring).unwrap(),
+        std::fs::read(&second.keyring).unwrap()
+    );
 }
 
 #[test]
@@ -82,19 +108,40 @@ fn another_variant_or_seed_gives_another_plan_with_the_same_totals() {
     let base = generate_into(a.path(), 5, 0, 2);
     let variant = generate_into(b.path(), 5, 1, 2);
     let other_seed = generate_into(c.path(), 6, 0, 2);
-    let name = FileTag { node: 0, core: 0, slot: 0 }.file_name();
+    let name = FileTag {
+        node: 0,
+        core: 0,
+        slot: 0,
+    }
+    .file_name();
     let base_bytes = std::fs::read(base.dir.join(&name)).unwrap();
     assert_ne!(base_bytes, std::fs::read(variant.dir.join(&name)).unwrap());
-    assert_ne!(base_bytes, std::fs::read(other_seed.dir.join(&name)).unwrap());
+    assert_ne!(
+        base_bytes,
+        std::fs::read(other_seed.dir.join(&name)).unwrap()
+    );
     // Same cut: the plan's totals do not depend on the variant.
-    let totals = |manifest: &Manifest| manifest.files.iter().map(|f| (f.records, f.amount_fen)).collect::<Vec<_>>();
-    assert_eq!(totals(&base.report.manifest), totals(&variant.report.manifest));
+    let totals = |manifest: &Manifest| {
+        manifest
+            .files
+            .iter()
+            .map(|f| (f.records, f.amount_fen))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        totals(&base.report.manifest),
+        totals(&variant.report.manifest)
+    );
     assert_eq!(variant.report.manifest.variant, 1);
     // Amounts differ, not only the keys: decrypt both and compare the amount sequences.
     let amounts = |generated: &Generated| {
         let keyring = Keyring::load(&generated.keyring).unwrap();
         let opener = keyring.opener();
-        let tag = FileTag { node: 0, core: 0, slot: 0 };
+        let tag = FileTag {
+            node: 0,
+            core: 0,
+            slot: 0,
+        };
         let mut reader = ShardReader::open(&generated.dir.join(tag.file_name()), tag).unwrap();
         let mut amounts = Vec::new();
         while let Some(issued) = reader.next_ticket(&opener).unwrap() {
@@ -112,13 +159,21 @@ fn keyring_is_private_and_separate_from_tickets_and_manifest() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&generated.keyring).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&generated.keyring)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let keyring = Keyring::load(&generated.keyring).unwrap();
     let manifest_text = std::fs::read_to_string(generated.dir.join("manifest.json")).unwrap();
     let files = read_dir_bytes(&generated.dir);
-    assert!(files.iter().all(|(name, _)| name.ends_with(".tickets") || name == "manifest.json"), "only tickets and manifest in the directory");
+    assert!(
+        files
+            .iter()
+            .all(|(name, _)| name.ends_with(".tickets") || name == "manifest.json"),
+        "only tickets and manifest in the directory"
+    );
     for key in &keyring.keys {
         assert!(!manifest_text.contains(&hex::encode(key.key)));
         for (_, bytes) in &files {
@@ -134,7 +189,10 @@ fn keyring_is_private_and_separate_from_tickets_and_manifest() {
         threads: 1,
         overwrite: false,
     };
-    assert!(matches!(generate(&small_budget(), SMALL_TOPOLOGY, &options), Err(GenerateError::Options(_))));
+    assert!(matches!(
+        generate(&small_budget(), SMALL_TOPOLOGY, &options),
+        Err(GenerateError::Options(_))
+    ));
     // An existing generation is not overwritten by accident.
     let again = GenerateOptions {
         out_dir: generated.dir.clone(),
@@ -144,7 +202,10 @@ fn keyring_is_private_and_separate_from_tickets_and_manifest() {
         threads: 1,
         overwrite: false,
     };
-    assert!(matches!(generate(&small_budget(), SMALL_TOPOLOGY, &again), Err(GenerateError::Options(_))));
+    assert!(matches!(
+        generate(&small_budget(), SMALL_TOPOLOGY, &again),
+        Err(GenerateError::Options(_))
+    ));
 }
 
 #[test]

@@ -8,7 +8,11 @@ use redrain_engine::tickets::keyring::Keyring;
 use redrain_engine::tickets::shard::{ShardError, ShardReader, SHARD_BUFFER_RECORDS};
 use tickets_common::*;
 
-const TAG: FileTag = FileTag { node: 0, core: 1, slot: 1 };
+const TAG: FileTag = FileTag {
+    node: 0,
+    core: 1,
+    slot: 1,
+};
 
 #[test]
 fn restart_from_a_cursor_continues_exactly_where_it_stopped() {
@@ -38,11 +42,25 @@ fn restart_from_a_cursor_continues_exactly_where_it_stopped() {
 
     let mut reader = ShardReader::open(&path, TAG).unwrap();
     reader.seek(5).unwrap();
-    assert_eq!(reader.next_ticket(&opener).unwrap().unwrap().ticket, Ok(all[5]));
+    assert_eq!(
+        reader.next_ticket(&opener).unwrap().unwrap().ticket,
+        Ok(all[5])
+    );
     assert_eq!(reader.ticket_at(17, &opener).unwrap(), Ok(all[17]));
     assert_eq!(reader.cursor(), 6, "ticket_at does not move the cursor");
-    assert!(matches!(reader.seek(reader.len() + 1), Err(ShardError::CursorOutOfRange { .. })));
-    assert!(matches!(ShardReader::open(&path, FileTag { slot: 0, ..TAG }).unwrap().next_ticket(&opener).unwrap().unwrap().ticket, Err(TicketError::Corrupt { .. })));
+    assert!(matches!(
+        reader.seek(reader.len() + 1),
+        Err(ShardError::CursorOutOfRange { .. })
+    ));
+    assert!(matches!(
+        ShardReader::open(&path, FileTag { slot: 0, ..TAG })
+            .unwrap()
+            .next_ticket(&opener)
+            .unwrap()
+            .unwrap()
+            .ticket,
+        Err(TicketError::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -59,7 +77,10 @@ fn refused_tickets_are_typed_and_still_advance_the_cursor() {
     let opener = keyring.opener();
     let mut reader = ShardReader::open(&path, TAG).unwrap();
     let first = reader.next_ticket(&opener).unwrap().unwrap();
-    assert_eq!(first.ticket, Err(TicketError::Blacklisted { key_id: first_key }));
+    assert_eq!(
+        first.ticket,
+        Err(TicketError::Blacklisted { key_id: first_key })
+    );
     let second = reader.next_ticket(&opener).unwrap().unwrap();
     assert!(matches!(second.ticket, Err(TicketError::Corrupt { .. })));
     assert_eq!(reader.cursor(), 2);
@@ -72,5 +93,8 @@ fn truncated_shard_is_refused_at_open() {
     let path = generated.dir.join(TAG.file_name());
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
-    assert!(matches!(ShardReader::open(&path, TAG), Err(ShardError::Truncated { .. })));
+    assert!(matches!(
+        ShardReader::open(&path, TAG),
+        Err(ShardError::Truncated { .. })
+    ));
 }

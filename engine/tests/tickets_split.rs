@@ -7,15 +7,20 @@ use rand_chacha::ChaCha8Rng;
 use redrain_engine::tickets::split::{split_amounts, AmountSplit, AmountStream};
 
 fn feasible() -> impl Strategy<Value = (u64, u32, u32, u64, u64)> {
-    (1u64..20_000, 1u32..100_000, 0u32..200_000, 0.0f64..=1.0, any::<u64>()).prop_map(
-        |(packets, min_fen, width_fen, fraction, seed)| {
+    (
+        1u64..20_000,
+        1u32..100_000,
+        0u32..200_000,
+        0.0f64..=1.0,
+        any::<u64>(),
+    )
+        .prop_map(|(packets, min_fen, width_fen, fraction, seed)| {
             let max_fen = (min_fen + width_fen).min(16_777_215);
             let low = packets * u64::from(min_fen);
             let high = packets * u64::from(max_fen);
             let budget_fen = low + ((high - low) as f64 * fraction) as u64;
             (packets, min_fen, max_fen, budget_fen.min(high), seed)
-        },
-    )
+        })
 }
 
 proptest! {
@@ -63,9 +68,18 @@ fn distribution_is_skewed_with_the_requested_mean_and_reaches_both_ends() {
     sorted.sort_unstable();
     let median = sorted[sorted.len() / 2];
     let p99 = sorted[sorted.len() * 99 / 100];
-    assert!(median < 200, "median {median} fen should sit below the 200 fen mean");
-    assert!(p99 > 1_500, "p99 {p99} fen: the tail should reach far above the mean");
-    assert!(sorted[0] <= 12 && *sorted.last().unwrap() >= 8_000, "both ends reached");
+    assert!(
+        median < 200,
+        "median {median} fen should sit below the 200 fen mean"
+    );
+    assert!(
+        p99 > 1_500,
+        "p99 {p99} fen: the tail should reach far above the mean"
+    );
+    assert!(
+        sorted[0] <= 12 && *sorted.last().unwrap() >= 8_000,
+        "both ends reached"
+    );
 }
 
 #[test]

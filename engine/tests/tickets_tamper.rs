@@ -8,7 +8,9 @@ mod tickets_common;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redrain_engine::tickets::format::{record_ciphertext, record_index, record_key_id, seal_record, FileTag, TicketError, RECORD_BYTES};
+use redrain_engine::tickets::format::{
+    record_ciphertext, record_index, record_key_id, seal_record, FileTag, TicketError, RECORD_BYTES,
+};
 use redrain_engine::tickets::keyring::Keyring;
 use tickets_common::*;
 
@@ -20,9 +22,16 @@ fn a_million_random_mutations_are_all_refused() {
     let generated = generate_into(root.path(), 41, 0, 2);
     let keyring = Keyring::load(&generated.keyring).unwrap();
     let opener = keyring.opener();
-    let tag = FileTag { node: 2, core: 0, slot: 1 };
+    let tag = FileTag {
+        node: 2,
+        core: 0,
+        slot: 1,
+    };
     let bytes = std::fs::read(generated.dir.join(tag.file_name())).unwrap();
-    let records: Vec<[u8; RECORD_BYTES]> = bytes.chunks_exact(RECORD_BYTES).map(|c| c.try_into().unwrap()).collect();
+    let records: Vec<[u8; RECORD_BYTES]> = bytes
+        .chunks_exact(RECORD_BYTES)
+        .map(|c| c.try_into().unwrap())
+        .collect();
     let crc_seed = tag.crc_seed();
     for (index, record) in records.iter().enumerate() {
         assert!(opener.open_record(record, index as u64, crc_seed).is_ok());
@@ -46,7 +55,12 @@ fn a_million_random_mutations_are_all_refused() {
             }
         }
         if round % 2 == 1 {
-            mutated = seal_record(&record_ciphertext(&mutated), record_key_id(&mutated), record_index(&mutated), crc_seed);
+            mutated = seal_record(
+                &record_ciphertext(&mutated),
+                record_key_id(&mutated),
+                record_index(&mutated),
+                crc_seed,
+            );
         }
         if mutated == records[index] {
             continue; // the mutation undid itself: nothing to refuse

@@ -380,7 +380,12 @@ impl Budget {
                     id: merchant.id.clone(),
                 });
             }
-            check_range(&format!("{field}.packets"), merchant.packets, 1, PACKETS_MAX)?;
+            check_range(
+                &format!("{field}.packets"),
+                merchant.packets,
+                1,
+                PACKETS_MAX,
+            )?;
             check_range(
                 &format!("{field}.min_amount_fen"),
                 u64::from(merchant.min_amount_fen),

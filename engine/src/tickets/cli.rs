@@ -165,7 +165,11 @@ pub struct KeyringArgs {
 }
 
 fn default_threads(threads: Option<usize>) -> usize {
-    threads.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1))
+    threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    })
 }
 
 fn load_budget(path: &Path) -> Result<super::budget::LoadedBudget, i32> {
@@ -259,7 +263,10 @@ fn run_gen(args: GenArgs) -> anyhow::Result<i32> {
         manifest.instant_credit_packets
     );
     println!("tickets and manifest: {}", options.out_dir.display());
-    println!("keyring (mode 0600, keep apart): {}", report.keyring_path.display());
+    println!(
+        "keyring (mode 0600, keep apart): {}",
+        report.keyring_path.display()
+    );
     Ok(EXIT_OK)
 }
 
@@ -316,8 +323,16 @@ fn run_reconcile(args: ReconcileArgs) -> anyhow::Result<i32> {
 
 fn run_keyring(args: KeyringArgs) -> anyhow::Result<i32> {
     let mut keyring = Keyring::load(&args.keyring)?;
-    let edits = !args.blacklist.is_empty() || !args.unblacklist.is_empty() || !args.whitelist.is_empty() || args.clear_whitelist;
-    for key_id in args.blacklist.iter().chain(&args.unblacklist).chain(&args.whitelist) {
+    let edits = !args.blacklist.is_empty()
+        || !args.unblacklist.is_empty()
+        || !args.whitelist.is_empty()
+        || args.clear_whitelist;
+    for key_id in args
+        .blacklist
+        .iter()
+        .chain(&args.unblacklist)
+        .chain(&args.whitelist)
+    {
         if keyring.key(*key_id).is_none() {
             eprintln!("refused: key {key_id} is not in the keyring");
             return Ok(EXIT_REFUSED);
@@ -331,12 +346,20 @@ fn run_keyring(args: KeyringArgs) -> anyhow::Result<i32> {
         keyring.whitelist = None;
     }
     if !args.whitelist.is_empty() {
-        keyring.whitelist.get_or_insert_with(Default::default).extend(args.whitelist.iter().copied());
+        keyring
+            .whitelist
+            .get_or_insert_with(Default::default)
+            .extend(args.whitelist.iter().copied());
     }
     if edits {
         keyring.save(&args.keyring)?;
     }
-    let coverage_max = keyring.keys.iter().map(|key| key.coverage_fen).max().unwrap_or(0);
+    let coverage_max = keyring
+        .keys
+        .iter()
+        .map(|key| key.coverage_fen)
+        .max()
+        .unwrap_or(0);
     println!(
         "keyring for {:?}: {} keys (ids {}..={}), largest coverage {} yuan (cap {} yuan)",
         keyring.event_name,

@@ -135,7 +135,10 @@ impl FileTag {
 
     /// File name of this shard inside a ticket directory.
     pub fn file_name(&self) -> String {
-        format!("n{:04}-c{:03}-s{:03}.tickets", self.node, self.core, self.slot)
+        format!(
+            "n{:04}-c{:03}-s{:03}.tickets",
+            self.node, self.core, self.slot
+        )
     }
 }
 
@@ -187,7 +190,12 @@ pub enum TicketError {
 }
 
 /// Builds a record from a ciphertext.
-pub fn seal_record(ciphertext: &[u8; 16], key_id: u16, record_index: u32, crc_seed: u32) -> [u8; RECORD_BYTES] {
+pub fn seal_record(
+    ciphertext: &[u8; 16],
+    key_id: u16,
+    record_index: u32,
+    crc_seed: u32,
+) -> [u8; RECORD_BYTES] {
     let mut record = [0u8; RECORD_BYTES];
     seal_record_into(&mut record, ciphertext, key_id, record_index, crc_seed);
     record
@@ -195,7 +203,13 @@ pub fn seal_record(ciphertext: &[u8; 16], key_id: u16, record_index: u32, crc_se
 
 /// Builds a record in place (the generator writes straight into its output buffer).
 #[inline]
-pub fn seal_record_into(record: &mut [u8; RECORD_BYTES], ciphertext: &[u8; 16], key_id: u16, record_index: u32, crc_seed: u32) {
+pub fn seal_record_into(
+    record: &mut [u8; RECORD_BYTES],
+    ciphertext: &[u8; 16],
+    key_id: u16,
+    record_index: u32,
+    crc_seed: u32,
+) {
     record[0..16].copy_from_slice(ciphertext);
     record[16..18].copy_from_slice(&key_id.to_le_bytes());
     record[18..22].copy_from_slice(&record_index.to_le_bytes());
@@ -255,7 +269,11 @@ pub fn record_ciphertext(record: &[u8; RECORD_BYTES]) -> [u8; 16] {
 
 /// Checks the keyless parts of a record read from `position` in a file whose tag has the
 /// CRC seed `crc_seed`: the CRC, then the stored index.
-pub fn check_record(record: &[u8; RECORD_BYTES], position: u64, crc_seed: u32) -> Result<(), TicketError> {
+pub fn check_record(
+    record: &[u8; RECORD_BYTES],
+    position: u64,
+    crc_seed: u32,
+) -> Result<(), TicketError> {
     let computed = record_crc(crc_seed, record[0..22].try_into().expect("22 bytes"));
     let stored = u32::from_le_bytes([record[22], record[23], record[24], record[25]]);
     if computed != stored {
@@ -297,7 +315,10 @@ mod tests {
                 *byte = (round.wrapping_mul(2_654_435_761).rotate_left(index as u32) >> 7) as u8;
             }
             let seed = round.wrapping_mul(40_503);
-            assert_eq!(record_crc(seed, &bytes), crc32c::crc32c_append(seed, &bytes));
+            assert_eq!(
+                record_crc(seed, &bytes),
+                crc32c::crc32c_append(seed, &bytes)
+            );
         }
     }
 
@@ -310,13 +331,28 @@ mod tests {
             batch_id: 3,
             key_id: 9,
         };
-        let tag = FileTag { node: 1, core: 2, slot: 3 };
+        let tag = FileTag {
+            node: 1,
+            core: 2,
+            slot: 3,
+        };
         let record = seal_record(&ticket.encrypt(&cipher), 9, 5, tag.crc_seed());
         assert_eq!(check_record(&record, 5, tag.crc_seed()), Ok(()));
-        assert!(matches!(check_record(&record, 6, tag.crc_seed()), Err(TicketError::Misplaced { .. })));
-        let other = FileTag { node: 1, core: 2, slot: 4 };
-        assert!(matches!(check_record(&record, 5, other.crc_seed()), Err(TicketError::Corrupt { .. })));
-        let decrypted = Ticket::decrypt(&record_ciphertext(&record), record_key_id(&record), &cipher);
+        assert!(matches!(
+            check_record(&record, 6, tag.crc_seed()),
+            Err(TicketError::Misplaced { .. })
+        ));
+        let other = FileTag {
+            node: 1,
+            core: 2,
+            slot: 4,
+        };
+        assert!(matches!(
+            check_record(&record, 5, other.crc_seed()),
+            Err(TicketError::Corrupt { .. })
+        ));
+        let decrypted =
+            Ticket::decrypt(&record_ciphertext(&record), record_key_id(&record), &cipher);
         assert_eq!(decrypted, Ok(ticket));
     }
 }

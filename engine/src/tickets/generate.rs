@@ -127,7 +127,8 @@ impl MasterSecret {
 
     /// An independent random stream for `(label, a, b)`.
     fn stream(&self, label: &[u8], a: u64, b: u64) -> ChaCha8Rng {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(label);
         mac.update(&a.to_le_bytes());
         mac.update(&b.to_le_bytes());
@@ -251,9 +252,15 @@ struct FileOutcome {
 }
 
 /// Generates a whole event. See the module docs for the scheme.
-pub fn generate(loaded: &LoadedBudget, topology: Topology, options: &GenerateOptions) -> Result<GenerateReport, GenerateError> {
+pub fn generate(
+    loaded: &LoadedBudget,
+    topology: Topology,
+    options: &GenerateOptions,
+) -> Result<GenerateReport, GenerateError> {
     if options.threads == 0 || options.threads > THREADS_MAX {
-        return Err(GenerateError::Options(format!("--threads must be in 1..={THREADS_MAX}")));
+        return Err(GenerateError::Options(format!(
+            "--threads must be in 1..={THREADS_MAX}"
+        )));
     }
     let plan = Plan::new(&loaded.budget, topology)?;
     let out_dir = &options.out_dir;
@@ -263,7 +270,9 @@ pub fn generate(loaded: &LoadedBudget, topology: Topology, options: &GenerateOpt
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let keyring_parent = keyring_parent.canonicalize().map_err(io_error(&keyring_parent))?;
+    let keyring_parent = keyring_parent
+        .canonicalize()
+        .map_err(io_error(&keyring_parent))?;
     if keyring_parent.starts_with(&out_canonical) {
         return Err(GenerateError::Options(format!(
             "the keyring {} must not be inside the ticket directory {}",
@@ -284,7 +293,12 @@ pub fn generate(loaded: &LoadedBudget, topology: Topology, options: &GenerateOpt
     }
 
     let master = MasterSecret::new(options.seed, options.variant, &loaded.sha256_hex);
-    let amount_fen_max = plan.merchants.iter().map(|m| m.split.max_fen()).max().unwrap_or(0);
+    let amount_fen_max = plan
+        .merchants
+        .iter()
+        .map(|m| m.split.max_fen())
+        .max()
+        .unwrap_or(0);
     let next_file = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let outcomes: Mutex<Vec<FileOutcome>> = Mutex::new(Vec::with_capacity(plan.files.len()));
@@ -301,15 +315,31 @@ pub fn generate(loaded: &LoadedBudget, topology: Topology, options: &GenerateOpt
                     let Some(file) = plan.files.get(index) else {
                         break;
                     };
-                    match generate_file(&plan, file, &master, out_dir, &mut local_histogram, &mut buffers) {
-                        Ok(outcome) => outcomes.lock().expect("no panics while locked").push(outcome),
+                    match generate_file(
+                        &plan,
+                        file,
+                        &master,
+                        out_dir,
+                        &mut local_histogram,
+                        &mut buffers,
+                    ) {
+                        Ok(outcome) => outcomes
+                            .lock()
+                            .expect("no panics while locked")
+                            .push(outcome),
                         Err(error) => {
                             failed.store(true, Ordering::Relaxed);
-                            first_error.lock().expect("no panics while locked").get_or_insert(error);
+                            first_error
+                                .lock()
+                                .expect("no panics while locked")
+                                .get_or_insert(error);
                         }
                     }
                 }
-                histogram.lock().expect("no panics while locked").merge(&local_histogram);
+                histogram
+                    .lock()
+                    .expect("no panics while locked")
+                    .merge(&local_histogram);
             });
         }
     });
@@ -327,7 +357,10 @@ pub fn generate(loaded: &LoadedBudget, topology: Topology, options: &GenerateOpt
         None => histogram.top_threshold(event.instant_credit_top_percent),
     };
 
-    let mut keys: Vec<KeyEntry> = outcomes.iter().flat_map(|outcome| outcome.keys.iter().cloned()).collect();
+    let mut keys: Vec<KeyEntry> = outcomes
+        .iter()
+        .flat_map(|outcome| outcome.keys.iter().cloned())
+        .collect();
     keys.sort_by_key(|key| key.key_id);
     let keyring = Keyring {
         format: KEYRING_FORMAT.into(),
@@ -340,7 +373,15 @@ pub fn generate(loaded: &LoadedBudget, topology: Topology, options: &GenerateOpt
     };
     keyring.save(&options.keyring_path)?;
 
-    let manifest = build_manifest(&plan, loaded, options.variant, &outcomes, threshold_fen, instant_packets, keyring.keys.len());
+    let manifest = build_manifest(
+        &plan,
+        loaded,
+        options.variant,
+        &outcomes,
+        threshold_fen,
+        instant_packets,
+        keyring.keys.len(),
+    );
     let mut json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     json.push(b'\n');
     let temporary = out_dir.join(format!("{MANIFEST_FILE_NAME}.partial"));
@@ -371,7 +412,8 @@ fn build_manifest(
         .enumerate()
         .map(|(index, slot)| {
             let in_slot = plan.batches.iter().filter(|batch| batch.slot == index);
-            let (packets, amount_fen) = in_slot.fold((0, 0), |(p, a), b| (p + b.packets, a + b.amount_fen));
+            let (packets, amount_fen) =
+                in_slot.fold((0, 0), |(p, a), b| (p + b.packets, a + b.amount_fen));
             SlotSummary {
                 index: index as u16,
                 id: slot.id.clone(),
@@ -450,7 +492,11 @@ fn build_manifest(
             node,
             park: park_of(node),
             backup_peers: peers_of(node, plan.topology.nodes),
-            files: files.iter().filter(|file| file.node == node).map(|file| file.name.clone()).collect(),
+            files: files
+                .iter()
+                .filter(|file| file.node == node)
+                .map(|file| file.name.clone())
+                .collect(),
         })
         .collect();
     Manifest {
@@ -534,7 +580,11 @@ fn generate_file(
             AmountStream::new(merchant.split, part.sequence_start, part.sequence_end, rng)
         })
         .collect();
-    let counts: Vec<u64> = file.parts.iter().map(|part| part.sequence_end - part.sequence_start).collect();
+    let counts: Vec<u64> = file
+        .parts
+        .iter()
+        .map(|part| part.sequence_end - part.sequence_start)
+        .collect();
     let mut fenwick = Fenwick::new(&counts);
     let mut interleave = master.stream(b"interleave", file.index as u64, 0);
     let mut batches: Vec<FileBatch> = file
@@ -568,7 +618,15 @@ fn generate_file(
         let packet_id = plan.merchants[part.merchant].packet_id_base + sequence;
 
         if key.entry.coverage_fen + u64::from(amount_fen) > cap_fen {
-            flush_chunk(buffers, &key, chunk_first_index, crc_seed, &mut output, &mut file_crc, &partial_path)?;
+            flush_chunk(
+                buffers,
+                &key,
+                chunk_first_index,
+                crc_seed,
+                &mut output,
+                &mut file_crc,
+                &partial_path,
+            )?;
             chunk_first_index = record_index;
             let next_key_id = u32::from(key.entry.key_id) + 1;
             assert!(next_key_id < key_id_end, "plan reserved too few key ids");
@@ -582,18 +640,36 @@ fn generate_file(
             batch_id: part.batch_id,
             key_id: key.entry.key_id,
         };
-        buffers.blocks.push(GenericArray::from(ticket.encode_plaintext()));
+        buffers
+            .blocks
+            .push(GenericArray::from(ticket.encode_plaintext()));
         histogram.record(amount_fen);
         batches[part_index].packets += 1;
         batches[part_index].amount_fen += u64::from(amount_fen);
         amount_fen_total += u64::from(amount_fen);
         record_index += 1;
         if buffers.blocks.len() == CHUNK_RECORDS {
-            flush_chunk(buffers, &key, chunk_first_index, crc_seed, &mut output, &mut file_crc, &partial_path)?;
+            flush_chunk(
+                buffers,
+                &key,
+                chunk_first_index,
+                crc_seed,
+                &mut output,
+                &mut file_crc,
+                &partial_path,
+            )?;
             chunk_first_index = record_index;
         }
     }
-    flush_chunk(buffers, &key, chunk_first_index, crc_seed, &mut output, &mut file_crc, &partial_path)?;
+    flush_chunk(
+        buffers,
+        &key,
+        chunk_first_index,
+        crc_seed,
+        &mut output,
+        &mut file_crc,
+        &partial_path,
+    )?;
     if key.entry.packets > 0 {
         keys.push(key.entry);
     }
@@ -602,10 +678,20 @@ fn generate_file(
     std::fs::rename(&partial_path, &final_path).map_err(io_error(&final_path))?;
 
     // Totals are fixed by the plan: a mismatch is a bug in the splitter, never input.
-    assert_eq!(amount_fen_total, file.amount_fen, "file {} money", file.tag.file_name());
+    assert_eq!(
+        amount_fen_total,
+        file.amount_fen,
+        "file {} money",
+        file.tag.file_name()
+    );
     for (batch, part) in batches.iter().zip(&file.parts) {
         let merchant = &plan.merchants[part.merchant];
-        assert_eq!(batch.amount_fen, merchant.split.range_fen(part.sequence_start, part.sequence_end));
+        assert_eq!(
+            batch.amount_fen,
+            merchant
+                .split
+                .range_fen(part.sequence_start, part.sequence_end)
+        );
     }
     Ok(FileOutcome {
         file_index: file.index,
@@ -632,11 +718,28 @@ fn flush_chunk(
     key.cipher.encrypt_blocks(&mut buffers.blocks);
     let first_index = u32::try_from(first_index).expect("plan limits files to u32 records");
     buffers.records.clear();
-    buffers.records.resize(buffers.blocks.len() * RECORD_BYTES, 0);
-    for (offset, (block, record)) in buffers.blocks.iter().zip(buffers.records.chunks_exact_mut(RECORD_BYTES)).enumerate() {
-        let ciphertext: &[u8; 16] = block.as_slice().try_into().expect("AES blocks are 16 bytes");
-        let record: &mut [u8; RECORD_BYTES] = record.try_into().expect("chunks_exact gives whole records");
-        seal_record_into(record, ciphertext, key.entry.key_id, first_index + offset as u32, crc_seed);
+    buffers
+        .records
+        .resize(buffers.blocks.len() * RECORD_BYTES, 0);
+    for (offset, (block, record)) in buffers
+        .blocks
+        .iter()
+        .zip(buffers.records.chunks_exact_mut(RECORD_BYTES))
+        .enumerate()
+    {
+        let ciphertext: &[u8; 16] = block
+            .as_slice()
+            .try_into()
+            .expect("AES blocks are 16 bytes");
+        let record: &mut [u8; RECORD_BYTES] =
+            record.try_into().expect("chunks_exact gives whole records");
+        seal_record_into(
+            record,
+            ciphertext,
+            key.entry.key_id,
+            first_index + offset as u32,
+            crc_seed,
+        );
     }
     output.write_all(&buffers.records).map_err(io_error(path))?;
     *file_crc = crc32c::crc32c_append(*file_crc, &buffers.records);

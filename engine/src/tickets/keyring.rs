@@ -17,7 +17,9 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::format::{check_record, record_ciphertext, record_key_id, Ticket, TicketError, RECORD_BYTES};
+use super::format::{
+    check_record, record_ciphertext, record_key_id, Ticket, TicketError, RECORD_BYTES,
+};
 
 /// Format string of the keyring file.
 pub const KEYRING_FORMAT: &str = "redrain-keyring/1";
@@ -26,7 +28,8 @@ pub const KEY_IDS_MAX: usize = 1 << 16;
 
 /// Derives the AES-128 key of `key_id` from a generation's master secret.
 pub fn derive_key(master_secret: &[u8; 32], key_id: u16) -> [u8; 16] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master_secret).expect("HMAC takes keys of any length");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master_secret)
+        .expect("HMAC takes keys of any length");
     mac.update(b"redrain/ticket-key/v1");
     mac.update(&key_id.to_le_bytes());
     let digest = mac.finalize().into_bytes();
@@ -133,14 +136,18 @@ impl Keyring {
         if metadata.len() > KEYRING_BYTES_MAX {
             return Err(KeyringError::Invalid {
                 path: path.to_path_buf(),
-                reason: format!("file is {} bytes, limit {KEYRING_BYTES_MAX}", metadata.len()),
+                reason: format!(
+                    "file is {} bytes, limit {KEYRING_BYTES_MAX}",
+                    metadata.len()
+                ),
             });
         }
         let bytes = std::fs::read(path).map_err(io)?;
-        let keyring: Keyring = serde_json::from_slice(&bytes).map_err(|source| KeyringError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let keyring: Keyring =
+            serde_json::from_slice(&bytes).map_err(|source| KeyringError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
         keyring.check().map_err(|reason| KeyringError::Invalid {
             path: path.to_path_buf(),
             reason,
@@ -150,7 +157,10 @@ impl Keyring {
 
     fn check(&self) -> Result<(), String> {
         if self.format != KEYRING_FORMAT {
-            return Err(format!("format is {:?}, expected {KEYRING_FORMAT:?}", self.format));
+            return Err(format!(
+                "format is {:?}, expected {KEYRING_FORMAT:?}",
+                self.format
+            ));
         }
         let mut seen = BTreeSet::new();
         for entry in &self.keys {
@@ -195,7 +205,8 @@ impl Keyring {
             // The mode given at creation is masked by the umask and ignored for an existing
             // file; set it explicitly.
             use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
         }
         file.write_all(&json).map_err(io)?;
         file.sync_all().map_err(io)?;
@@ -297,7 +308,12 @@ impl TicketOpener {
 
     /// Checks a whole record read at `position` of a file with CRC seed `crc_seed` (see
     /// [`super::format::FileTag::crc_seed`]) and decrypts it.
-    pub fn open_record(&self, record: &[u8; RECORD_BYTES], position: u64, crc_seed: u32) -> Result<Ticket, TicketError> {
+    pub fn open_record(
+        &self,
+        record: &[u8; RECORD_BYTES],
+        position: u64,
+        crc_seed: u32,
+    ) -> Result<Ticket, TicketError> {
         check_record(record, position, crc_seed)?;
         self.decrypt(&record_ciphertext(record), record_key_id(record))
     }

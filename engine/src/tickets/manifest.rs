@@ -215,12 +215,18 @@ impl Manifest {
         };
         let length = std::fs::metadata(&path).map_err(io)?.len();
         if length > MANIFEST_BYTES_MAX {
-            return Err(invalid(format!("{length} bytes, limit {MANIFEST_BYTES_MAX}")));
+            return Err(invalid(format!(
+                "{length} bytes, limit {MANIFEST_BYTES_MAX}"
+            )));
         }
         let bytes = std::fs::read(&path).map_err(io)?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|error| invalid(error.to_string()))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|error| invalid(error.to_string()))?;
         if manifest.format != MANIFEST_FORMAT {
-            return Err(invalid(format!("format {:?}, expected {MANIFEST_FORMAT:?}", manifest.format)));
+            return Err(invalid(format!(
+                "format {:?}, expected {MANIFEST_FORMAT:?}",
+                manifest.format
+            )));
         }
         if manifest.record_bytes as usize != super::format::RECORD_BYTES {
             return Err(invalid(format!("record_bytes {}", manifest.record_bytes)));
@@ -230,7 +236,10 @@ impl Manifest {
                 return Err(invalid(format!("batch {index} has id {}", batch.batch_id)));
             }
             if batch.merchant_index as usize >= manifest.merchants.len() {
-                return Err(invalid(format!("batch {index} names merchant index {}", batch.merchant_index)));
+                return Err(invalid(format!(
+                    "batch {index} names merchant index {}",
+                    batch.merchant_index
+                )));
             }
             if usize::from(batch.slot) >= manifest.slots.len() {
                 return Err(invalid(format!("batch {index} names slot {}", batch.slot)));
@@ -238,13 +247,26 @@ impl Manifest {
         }
         for file in &manifest.files {
             if file.name != file.tag().file_name() {
-                return Err(invalid(format!("file {:?} does not match its tag", file.name)));
+                return Err(invalid(format!(
+                    "file {:?} does not match its tag",
+                    file.name
+                )));
             }
-            if file.batches.iter().any(|batch| usize::from(batch.batch_id) >= manifest.batches.len()) {
-                return Err(invalid(format!("file {:?} names an unknown batch", file.name)));
+            if file
+                .batches
+                .iter()
+                .any(|batch| usize::from(batch.batch_id) >= manifest.batches.len())
+            {
+                return Err(invalid(format!(
+                    "file {:?} names an unknown batch",
+                    file.name
+                )));
             }
             if file.records > u64::from(u32::MAX) {
-                return Err(invalid(format!("file {:?} has too many records", file.name)));
+                return Err(invalid(format!(
+                    "file {:?} has too many records",
+                    file.name
+                )));
             }
         }
         if manifest.packets_total > super::format::PACKET_ID_MAX {

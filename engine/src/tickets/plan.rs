@@ -135,7 +135,10 @@ impl Plan {
     /// Cuts a validated budget for a topology.
     pub fn new(budget: &Budget, topology: Topology) -> Result<Plan, BudgetError> {
         budget.validate()?;
-        for (field, value, max) in [("--nodes", topology.nodes, NODES_MAX), ("--cores", topology.cores, CORES_MAX)] {
+        for (field, value, max) in [
+            ("--nodes", topology.nodes, NODES_MAX),
+            ("--cores", topology.cores, CORES_MAX),
+        ] {
             if value == 0 || value > max {
                 return Err(BudgetError::OutOfRange {
                     field: field.into(),
@@ -175,7 +178,8 @@ impl Plan {
             let mut cumulative_weight = 0u64;
             for slot in &budget.event.slots {
                 slot_starts.push(portion(merchant.packets, cumulative_weight, 100));
-                cumulative_weight += u64::from(merchant.slot_weights.get(&slot.id).copied().unwrap_or(0));
+                cumulative_weight +=
+                    u64::from(merchant.slot_weights.get(&slot.id).copied().unwrap_or(0));
             }
             debug_assert_eq!(cumulative_weight, 100);
             slot_starts.push(merchant.packets);
@@ -224,18 +228,22 @@ impl Plan {
         for slot in 0..slot_count {
             for node in 0..topology.nodes {
                 for core in 0..topology.cores {
-                    let file_in_slot = u64::from(node) * u64::from(topology.cores) + u64::from(core);
+                    let file_in_slot =
+                        u64::from(node) * u64::from(topology.cores) + u64::from(core);
                     let mut parts = Vec::new();
                     let (mut packets, mut amount_fen, mut amount_fen_max) = (0u64, 0u64, 0u32);
                     for (merchant_index, merchant) in merchants.iter().enumerate() {
                         let (start, end) = merchant.slot_range(slot);
                         let count = end - start;
-                        let part_start = start + portion(count, file_in_slot, files_per_slot as u64);
-                        let part_end = start + portion(count, file_in_slot + 1, files_per_slot as u64);
+                        let part_start =
+                            start + portion(count, file_in_slot, files_per_slot as u64);
+                        let part_end =
+                            start + portion(count, file_in_slot + 1, files_per_slot as u64);
                         if part_start == part_end {
                             continue;
                         }
-                        let batch_id = batch_of[merchant_index * slot_count + slot].expect("non-empty slot has a batch");
+                        let batch_id = batch_of[merchant_index * slot_count + slot]
+                            .expect("non-empty slot has a batch");
                         packets += part_end - part_start;
                         amount_fen += merchant.split.range_fen(part_start, part_end);
                         amount_fen_max = amount_fen_max.max(merchant.split.max_fen());
@@ -287,7 +295,10 @@ impl Plan {
                 max: KEY_IDS_MAX as u64,
             });
         }
-        let amount_fen_total = merchants.iter().map(|merchant| merchant.split.budget_fen()).sum();
+        let amount_fen_total = merchants
+            .iter()
+            .map(|merchant| merchant.split.budget_fen())
+            .sum();
         Ok(Plan {
             budget: budget.clone(),
             topology,
@@ -305,7 +316,11 @@ impl Plan {
         if packet_id >= self.packets_total {
             return None;
         }
-        Some(self.merchants.partition_point(|merchant| merchant.packet_id_base <= packet_id) - 1)
+        Some(
+            self.merchants
+                .partition_point(|merchant| merchant.packet_id_base <= packet_id)
+                - 1,
+        )
     }
 
     /// Renders the fund script: totals per merchant, slot, kind, and per node and core.
@@ -364,7 +379,9 @@ impl Plan {
                 .batches
                 .iter()
                 .filter(|batch| batch.slot == slot_index)
-                .fold((0, 0), |(p, a), batch| (p + batch.packets, a + batch.amount_fen));
+                .fold((0, 0), |(p, a), batch| {
+                    (p + batch.packets, a + batch.amount_fen)
+                });
             let _ = writeln!(
                 out,
                 "  {:<12} {}-{}  {:>12} packets {:>16} yuan",
@@ -383,7 +400,13 @@ impl Plan {
             entry.1 += merchant.split.budget_fen();
         }
         for (kind, (packets, amount_fen)) in kinds {
-            let _ = writeln!(out, "  {:<12} {:>12} packets {:>16} yuan", kind.name(), packets, yuan(amount_fen));
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>12} packets {:>16} yuan",
+                kind.name(),
+                packets,
+                yuan(amount_fen)
+            );
         }
         if per_node {
             let topology = self.topology;
@@ -396,14 +419,17 @@ impl Plan {
                 self.key_ids_reserved_total
             );
             // One pass over the files, then print: the fleet can have thousands of cores.
-            let mut per_core = vec![(0u64, 0u64); usize::from(topology.nodes) * usize::from(topology.cores)];
+            let mut per_core =
+                vec![(0u64, 0u64); usize::from(topology.nodes) * usize::from(topology.cores)];
             for file in &self.files {
-                let entry = &mut per_core[usize::from(file.tag.node) * usize::from(topology.cores) + usize::from(file.tag.core)];
+                let entry = &mut per_core[usize::from(file.tag.node) * usize::from(topology.cores)
+                    + usize::from(file.tag.core)];
                 entry.0 += file.packets;
                 entry.1 += file.amount_fen;
             }
             for (node, cores) in per_core.chunks(usize::from(topology.cores)).enumerate() {
-                let (packets, amount_fen) = cores.iter().fold((0, 0), |(p, a), c| (p + c.0, a + c.1));
+                let (packets, amount_fen) =
+                    cores.iter().fold((0, 0), |(p, a), c| (p + c.0, a + c.1));
                 let _ = writeln!(
                     out,
                     "  node {node:<4} park {}  {:>12} packets {:>16} yuan",

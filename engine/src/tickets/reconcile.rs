@@ -212,7 +212,12 @@ struct CreditLine<'a> {
 }
 
 /// Reconciles `opened` against the tickets of `dir`.
-pub fn reconcile(dir: &Path, keyring: &Keyring, opened: &Path, options: &ReconcileOptions) -> Result<ReconcileReport, ReconcileError> {
+pub fn reconcile(
+    dir: &Path,
+    keyring: &Keyring,
+    opened: &Path,
+    options: &ReconcileOptions,
+) -> Result<ReconcileReport, ReconcileError> {
     let manifest = Manifest::load(dir)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -258,7 +263,12 @@ pub fn reconcile(dir: &Path, keyring: &Keyring, opened: &Path, options: &Reconci
                 // Skip the rest of the long line.
                 while !line.ends_with(b"\n") {
                     line.clear();
-                    if (&mut reader).take(OPENED_LINE_BYTES_MAX).read_until(b'\n', &mut line).map_err(io(opened))? == 0 {
+                    if (&mut reader)
+                        .take(OPENED_LINE_BYTES_MAX)
+                        .read_until(b'\n', &mut line)
+                        .map_err(io(opened))?
+                        == 0
+                    {
                         break;
                     }
                 }
@@ -308,7 +318,10 @@ pub fn reconcile(dir: &Path, keyring: &Keyring, opened: &Path, options: &Reconci
     let unreadable = AtomicU64::new(0);
     let next_file = AtomicUsize::new(0);
     let read_errors: Mutex<Vec<ReconcileError>> = Mutex::new(Vec::new());
-    let threads = options.threads.clamp(1, 256).min(manifest.files.len().max(1));
+    let threads = options
+        .threads
+        .clamp(1, 256)
+        .min(manifest.files.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -320,24 +333,33 @@ pub fn reconcile(dir: &Path, keyring: &Keyring, opened: &Path, options: &Reconci
                     };
                     let path = dir.join(&file.name);
                     let crc_seed = file.tag().crc_seed();
-                    let result = super::shard::for_each_chunk(&path, 32_768, |first_index, bytes| {
-                        for (offset, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
-                            let record: &[u8; RECORD_BYTES] = chunk.try_into().expect("whole records");
-                            match opener.open_record(record, first_index + offset as u64, crc_seed) {
-                                Ok(ticket) => {
-                                    if let Some(&open) = first_open_of.get(&ticket.packet_id) {
-                                        hits.push((open, ticket));
+                    let result =
+                        super::shard::for_each_chunk(&path, 32_768, |first_index, bytes| {
+                            for (offset, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
+                                let record: &[u8; RECORD_BYTES] =
+                                    chunk.try_into().expect("whole records");
+                                match opener.open_record(
+                                    record,
+                                    first_index + offset as u64,
+                                    crc_seed,
+                                ) {
+                                    Ok(ticket) => {
+                                        if let Some(&open) = first_open_of.get(&ticket.packet_id) {
+                                            hits.push((open, ticket));
+                                        }
+                                    }
+                                    Err(_) => {
+                                        unreadable.fetch_add(1, Ordering::Relaxed);
                                     }
                                 }
-                                Err(_) => {
-                                    unreadable.fetch_add(1, Ordering::Relaxed);
-                                }
                             }
-                        }
-                        true
-                    });
+                            true
+                        });
                     if let Err(source) = result {
-                        read_errors.lock().expect("no panics while locked").push(ReconcileError::Io { path, source });
+                        read_errors
+                            .lock()
+                            .expect("no panics while locked")
+                            .push(ReconcileError::Io { path, source });
                     }
                 }
                 let mut found = found_lock.lock().expect("no panics while locked");
@@ -367,7 +389,9 @@ pub fn reconcile(dir: &Path, keyring: &Keyring, opened: &Path, options: &Reconci
         })
         .collect();
     let mut credit_writer = match &options.credit_out {
-        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path).map_err(io(path))?)),
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(io(path))?,
+        )),
         None => None,
     };
     let threshold = manifest.instant_credit_threshold_fen;
@@ -375,23 +399,41 @@ pub fn reconcile(dir: &Path, keyring: &Keyring, opened: &Path, options: &Reconci
         let first = first_open_of[&record.packet_id] as usize;
         let ticket = found[first];
         let (verdict, detail) = match (duplicate_of[index], ticket) {
-            (Some(first_line), _) => (Verdict::Duplicate, format!("already opened on line {first_line}")),
-            (None, None) => (Verdict::Unknown, "no pre-generated ticket has this packet id".to_string()),
+            (Some(first_line), _) => (
+                Verdict::Duplicate,
+                format!("already opened on line {first_line}"),
+            ),
+            (None, None) => (
+                Verdict::Unknown,
+                "no pre-generated ticket has this packet id".to_string(),
+            ),
             (None, Some(ticket)) if ticket.amount_fen != record.amount_fen => (
                 Verdict::AmountMismatch,
-                format!("record says {} fen, ticket holds {} fen", record.amount_fen, ticket.amount_fen),
+                format!(
+                    "record says {} fen, ticket holds {} fen",
+                    record.amount_fen, ticket.amount_fen
+                ),
             ),
             (None, Some(ticket)) if ticket.key_id != record.key_id => (
                 Verdict::KeyMismatch,
-                format!("record says key {}, ticket is under key {}", record.key_id, ticket.key_id),
+                format!(
+                    "record says key {}, ticket is under key {}",
+                    record.key_id, ticket.key_id
+                ),
             ),
-            (None, Some(ticket)) if keyring.opener_refuses(ticket.key_id) => {
-                (Verdict::BlacklistedKey, format!("key {} is refused by the keyring lists", ticket.key_id))
+            (None, Some(ticket)) if keyring.opener_refuses(ticket.key_id) => (
+                Verdict::BlacklistedKey,
+                format!("key {} is refused by the keyring lists", ticket.key_id),
+            ),
+            (None, Some(ticket)) if ticket.amount_fen >= threshold => {
+                (Verdict::Instant, String::new())
             }
-            (None, Some(ticket)) if ticket.amount_fen >= threshold => (Verdict::Instant, String::new()),
             (None, Some(_)) => (Verdict::AfterReconciliation, String::new()),
         };
-        verdicts.entry(verdict.name()).or_default().add(record.amount_fen);
+        verdicts
+            .entry(verdict.name())
+            .or_default()
+            .add(record.amount_fen);
         if verdict.creditable() {
             let ticket = ticket.expect("creditable opens have a ticket");
             let merchant_index = manifest
@@ -419,9 +461,11 @@ pub fn reconcile(dir: &Path, keyring: &Keyring, opened: &Path, options: &Reconci
                     credit: verdict.name(),
                 };
                 let path = options.credit_out.as_deref().expect("writer implies path");
-                serde_json::to_writer(&mut *writer, &credit).map_err(|error| ReconcileError::Io {
-                    path: path.to_path_buf(),
-                    source: error.into(),
+                serde_json::to_writer(&mut *writer, &credit).map_err(|error| {
+                    ReconcileError::Io {
+                        path: path.to_path_buf(),
+                        source: error.into(),
+                    }
                 })?;
                 writer.write_all(b"\n").map_err(io(path))?;
             }
@@ -458,7 +502,11 @@ pub fn reconcile(dir: &Path, keyring: &Keyring, opened: &Path, options: &Reconci
 impl Keyring {
     /// Whether the whitelist/blacklist refuse a key id.
     pub fn opener_refuses(&self, key_id: u16) -> bool {
-        self.blacklist.contains(&key_id) || self.whitelist.as_ref().is_some_and(|list| !list.contains(&key_id))
+        self.blacklist.contains(&key_id)
+            || self
+                .whitelist
+                .as_ref()
+                .is_some_and(|list| !list.contains(&key_id))
     }
 }
 
@@ -496,7 +544,12 @@ impl ReconcileReport {
         let mut kinds: Vec<_> = self.verdicts.iter().collect();
         kinds.sort_by_key(|(kind, _)| **kind);
         for (kind, tally) in kinds {
-            let _ = writeln!(out, "  {kind:<22} {:>10} packets {:>14} yuan", tally.packets, yuan(tally.amount_fen));
+            let _ = writeln!(
+                out,
+                "  {kind:<22} {:>10} packets {:>14} yuan",
+                tally.packets,
+                yuan(tally.amount_fen)
+            );
         }
         let _ = writeln!(out, "opened per merchant:");
         for merchant in &self.merchants {
@@ -511,13 +564,29 @@ impl ReconcileReport {
             );
         }
         if self.tickets_unreadable > 0 {
-            let _ = writeln!(out, "{} ticket records could not be opened (run verify)", self.tickets_unreadable);
+            let _ = writeln!(
+                out,
+                "{} ticket records could not be opened (run verify)",
+                self.tickets_unreadable
+            );
         }
         if !self.problems.is_empty() {
-            let _ = writeln!(out, "{} problems (first {} listed):", self.problems_total, self.problems.len());
+            let _ = writeln!(
+                out,
+                "{} problems (first {} listed):",
+                self.problems_total,
+                self.problems.len()
+            );
             for problem in &self.problems {
-                let packet = problem.packet_id.map(|id| format!(" packet {id}")).unwrap_or_default();
-                let _ = writeln!(out, "  line {}{packet}: {}: {}", problem.line, problem.kind, problem.detail);
+                let packet = problem
+                    .packet_id
+                    .map(|id| format!(" packet {id}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  line {}{packet}: {}: {}",
+                    problem.line, problem.kind, problem.detail
+                );
             }
         }
         out

@@ -198,7 +198,10 @@ impl ShardReader {
 
     /// The next record, checked and decrypted with `opener`, advancing the cursor; `None` at
     /// the end. A refused record still advances the cursor: it is never handed out.
-    pub fn next_ticket(&mut self, opener: &TicketOpener) -> Result<Option<IssuedRecord>, ShardError> {
+    pub fn next_ticket(
+        &mut self,
+        opener: &TicketOpener,
+    ) -> Result<Option<IssuedRecord>, ShardError> {
         Ok(self.next_record()?.map(|(index, record)| IssuedRecord {
             index,
             ticket: opener.open_record(&record, index, self.crc_seed),
@@ -207,7 +210,11 @@ impl ShardReader {
 
     /// The record at `index`, checked and decrypted, without moving the cursor (one positioned
     /// read; for audits and tests, not the hot path).
-    pub fn ticket_at(&self, index: u64, opener: &TicketOpener) -> Result<Result<Ticket, TicketError>, ShardError> {
+    pub fn ticket_at(
+        &self,
+        index: u64,
+        opener: &TicketOpener,
+    ) -> Result<Result<Ticket, TicketError>, ShardError> {
         if index >= self.records {
             return Err(ShardError::CursorOutOfRange {
                 path: self.path.clone(),
@@ -216,9 +223,11 @@ impl ShardReader {
             });
         }
         let mut record = [0u8; RECORD_BYTES];
-        read_exact_at(&self.file, &mut record, index * RECORD_BYTES as u64).map_err(|source| ShardError::Io {
-            path: self.path.clone(),
-            source,
+        read_exact_at(&self.file, &mut record, index * RECORD_BYTES as u64).map_err(|source| {
+            ShardError::Io {
+                path: self.path.clone(),
+                source,
+            }
         })?;
         Ok(opener.open_record(&record, index, self.crc_seed))
     }
@@ -226,7 +235,11 @@ impl ShardReader {
     fn refill(&mut self) -> Result<(), ShardError> {
         let records = (self.records - self.cursor).min(SHARD_BUFFER_RECORDS as u64) as usize;
         self.buffer.resize(records * RECORD_BYTES, 0);
-        let result = read_exact_at(&self.file, &mut self.buffer, self.cursor * RECORD_BYTES as u64);
+        let result = read_exact_at(
+            &self.file,
+            &mut self.buffer,
+            self.cursor * RECORD_BYTES as u64,
+        );
         if let Err(source) = result {
             self.buffer.clear();
             return Err(ShardError::Io {

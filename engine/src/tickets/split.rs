@@ -119,7 +119,12 @@ enum Shape {
 
 impl AmountSplit {
     /// Checks feasibility and fixes the distribution.
-    pub fn new(packets: u64, min_fen: u32, max_fen: u32, budget_fen: u64) -> Result<AmountSplit, SplitError> {
+    pub fn new(
+        packets: u64,
+        min_fen: u32,
+        max_fen: u32,
+        budget_fen: u64,
+    ) -> Result<AmountSplit, SplitError> {
         if packets == 0 {
             return Err(SplitError::NoPackets);
         }
@@ -204,9 +209,19 @@ impl AmountSplit {
     /// Fills `amounts` (its length is the block size) with the amounts of packets
     /// `start..start + amounts.len()`: each in `[min, max]`, summing to `range_fen`.
     /// `table` is this split's [`AmountSplit::power_table`].
-    pub fn fill_block(&self, start: u64, amounts: &mut [u32], rng: &mut ChaCha8Rng, table: &PowerTable) {
+    pub fn fill_block(
+        &self,
+        start: u64,
+        amounts: &mut [u32],
+        rng: &mut ChaCha8Rng,
+        table: &PowerTable,
+    ) {
         let end = start + amounts.len() as u64;
-        assert!(end <= self.packets, "block {start}..{end} beyond {} packets", self.packets);
+        assert!(
+            end <= self.packets,
+            "block {start}..{end} beyond {} packets",
+            self.packets
+        );
         if amounts.is_empty() {
             return;
         }
@@ -260,7 +275,10 @@ fn correct_to_sum(excesses: &mut [u32], width: u32, drawn: u64, target: u64, rng
         }
     };
     let room_total: u64 = excesses.iter().map(|&excess| room(excess)).sum();
-    assert!(room_total >= missing, "correction needs {missing}, room {room_total}");
+    assert!(
+        room_total >= missing,
+        "correction needs {missing}, room {room_total}"
+    );
     // Proportional pass: products stay below 2^61 (missing <= 2^12 * 2^24, room <= 2^24),
     // so u64 arithmetic is exact.
     debug_assert!(length <= SPLIT_BLOCK_PACKETS);
@@ -308,7 +326,10 @@ pub struct AmountStream {
 impl AmountStream {
     /// A stream over `start..end` (`end <= split.packets()`).
     pub fn new(split: AmountSplit, start: u64, end: u64, rng: ChaCha8Rng) -> AmountStream {
-        assert!(start <= end && end <= split.packets(), "range {start}..{end} outside the split");
+        assert!(
+            start <= end && end <= split.packets(),
+            "range {start}..{end} outside the split"
+        );
         AmountStream {
             split,
             table: split.power_table(),
@@ -343,7 +364,8 @@ impl Iterator for AmountStream {
             let length = (self.end - start).min(SPLIT_BLOCK_PACKETS as u64) as usize;
             self.block.clear();
             self.block.resize(length, 0);
-            self.split.fill_block(start, &mut self.block, &mut self.rng, &self.table);
+            self.split
+                .fill_block(start, &mut self.block, &mut self.rng, &self.table);
             self.block_start = start;
             self.block_position = 0;
         }
@@ -385,13 +407,22 @@ mod tests {
     #[test]
     fn ranges_telescope() {
         let split = AmountSplit::new(1_000, 10, 500, 123_457).unwrap();
-        assert_eq!(split.range_fen(0, 400) + split.range_fen(400, 1_000), 123_457);
+        assert_eq!(
+            split.range_fen(0, 400) + split.range_fen(400, 1_000),
+            123_457
+        );
     }
 
     #[test]
     fn infeasible_budgets_are_refused() {
-        assert_eq!(AmountSplit::new(10, 5, 9, 49), Err(SplitError::Infeasible { budget_fen: 49 }));
-        assert_eq!(AmountSplit::new(10, 5, 9, 91), Err(SplitError::Infeasible { budget_fen: 91 }));
+        assert_eq!(
+            AmountSplit::new(10, 5, 9, 49),
+            Err(SplitError::Infeasible { budget_fen: 49 })
+        );
+        assert_eq!(
+            AmountSplit::new(10, 5, 9, 91),
+            Err(SplitError::Infeasible { budget_fen: 91 })
+        );
         assert_eq!(AmountSplit::new(0, 5, 9, 0), Err(SplitError::NoPackets));
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use super::budget::LoadedBudget;
-use super::format::{RECORD_BYTES, TicketError};
+use super::format::{TicketError, RECORD_BYTES};
 use super::keyring::{Keyring, KEY_IDS_MAX};
 use super::manifest::{FileSummary, Manifest, ManifestError};
 use super::plan::{Plan, Topology};
@@ -158,13 +158,20 @@ struct Shared<'a> {
 }
 
 /// Verifies `dir` against its manifest, the keyring and, when given, the budget.
-pub fn verify(dir: &Path, keyring: &Keyring, budget: Option<&LoadedBudget>, options: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+pub fn verify(
+    dir: &Path,
+    keyring: &Keyring,
+    budget: Option<&LoadedBudget>,
+    options: &VerifyOptions,
+) -> Result<VerifyReport, VerifyError> {
     let manifest = Manifest::load(dir)?;
     let shared = Shared {
         dir,
         manifest: &manifest,
         opener: keyring.opener(),
-        seen_packets: (0..manifest.packets_total.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        seen_packets: (0..manifest.packets_total.div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect(),
         key_packets: (0..KEY_IDS_MAX).map(|_| AtomicU64::new(0)).collect(),
         key_coverage_fen: (0..KEY_IDS_MAX).map(|_| AtomicU64::new(0)).collect(),
         problems: Problems::new(options.problems_listed_max),
@@ -178,25 +185,32 @@ pub fn verify(dir: &Path, keyring: &Keyring, budget: Option<&LoadedBudget>, opti
     if keyring.budget_sha256 != manifest.budget_sha256 {
         problems.global(
             "keyring_mismatch",
-            format!("keyring is for budget {}, manifest for {}", keyring.budget_sha256, manifest.budget_sha256),
+            format!(
+                "keyring is for budget {}, manifest for {}",
+                keyring.budget_sha256, manifest.budget_sha256
+            ),
         );
     }
     check_directory_listing(dir, &manifest, problems)?;
 
     let next_file = AtomicUsize::new(0);
     let totals: Mutex<Vec<(usize, FileTotals)>> = Mutex::new(Vec::new());
-    let threads = options.threads.clamp(1, 256).min(manifest.files.len().max(1));
+    let threads = options
+        .threads
+        .clamp(1, 256)
+        .min(manifest.files.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    let index = next_file.fetch_add(1, Ordering::Relaxed);
-                    let Some(file) = manifest.files.get(index) else {
-                        break;
-                    };
-                    let file_totals = verify_file(&shared, file);
-                    totals.lock().expect("no panics while locked").push((index, file_totals));
-                }
+            scope.spawn(|| loop {
+                let index = next_file.fetch_add(1, Ordering::Relaxed);
+                let Some(file) = manifest.files.get(index) else {
+                    break;
+                };
+                let file_totals = verify_file(&shared, file);
+                totals
+                    .lock()
+                    .expect("no panics while locked")
+                    .push((index, file_totals));
             });
         }
     });
@@ -276,11 +290,18 @@ pub fn verify(dir: &Path, keyring: &Keyring, budget: Option<&LoadedBudget>, opti
             );
         }
     }
-    let seen: u64 = shared.seen_packets.iter().map(|word| u64::from(word.load(Ordering::Relaxed).count_ones())).sum();
+    let seen: u64 = shared
+        .seen_packets
+        .iter()
+        .map(|word| u64::from(word.load(Ordering::Relaxed).count_ones()))
+        .sum();
     if seen != manifest.packets_total {
         problems.global(
             "missing_packets",
-            format!("{seen} distinct packet ids found, manifest has {}", manifest.packets_total),
+            format!(
+                "{seen} distinct packet ids found, manifest has {}",
+                manifest.packets_total
+            ),
         );
     }
     if instant != manifest.instant_credit_packets {
@@ -330,7 +351,11 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
                 Some(name),
                 Some(metadata.len().min(expected_length)),
                 kind,
-                format!("{} bytes, manifest expects {} records = {expected_length} bytes", metadata.len(), file.records),
+                format!(
+                    "{} bytes, manifest expects {} records = {expected_length} bytes",
+                    metadata.len(),
+                    file.records
+                ),
             );
         }
         Ok(_) => {}
@@ -354,11 +379,17 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
             let index = first_index + offset_in_chunk as u64;
             let offset = index * RECORD_BYTES as u64;
             totals.records += 1;
-            let record: &[u8; RECORD_BYTES] = chunk.try_into().expect("chunks_exact gives whole records");
+            let record: &[u8; RECORD_BYTES] =
+                chunk.try_into().expect("chunks_exact gives whole records");
             let ticket = match shared.opener.open_record(record, index, crc_seed) {
                 Ok(ticket) => ticket,
                 Err(error) => {
-                    problems.add(Some(name), Some(offset), ticket_error_kind(&error), error.to_string());
+                    problems.add(
+                        Some(name),
+                        Some(offset),
+                        ticket_error_kind(&error),
+                        error.to_string(),
+                    );
                     continue;
                 }
             };
@@ -367,11 +398,19 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
                     Some(name),
                     Some(offset),
                     "key_out_of_file_range",
-                    format!("key {} outside the file's key ids {key_id_range:?}", ticket.key_id),
+                    format!(
+                        "key {} outside the file's key ids {key_id_range:?}",
+                        ticket.key_id
+                    ),
                 );
             }
             let Some(batch) = manifest.batches.get(usize::from(ticket.batch_id)) else {
-                problems.add(Some(name), Some(offset), "unknown_batch", format!("batch {}", ticket.batch_id));
+                problems.add(
+                    Some(name),
+                    Some(offset),
+                    "unknown_batch",
+                    format!("batch {}", ticket.batch_id),
+                );
                 continue;
             };
             if batch.slot != file.slot {
@@ -379,17 +418,26 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
                     Some(name),
                     Some(offset),
                     "wrong_slot",
-                    format!("batch {} is for slot {}, file is slot {}", batch.batch_id, batch.slot, file.slot),
+                    format!(
+                        "batch {} is for slot {}, file is slot {}",
+                        batch.batch_id, batch.slot, file.slot
+                    ),
                 );
             }
             let merchant = &manifest.merchants[batch.merchant_index as usize];
-            let packet_range = merchant.packet_id_first..merchant.packet_id_first + merchant.packets;
-            if !packet_range.contains(&ticket.packet_id) || ticket.packet_id >= manifest.packets_total {
+            let packet_range =
+                merchant.packet_id_first..merchant.packet_id_first + merchant.packets;
+            if !packet_range.contains(&ticket.packet_id)
+                || ticket.packet_id >= manifest.packets_total
+            {
                 problems.add(
                     Some(name),
                     Some(offset),
                     "packet_id_out_of_range",
-                    format!("packet {} outside merchant {}'s ids {packet_range:?}", ticket.packet_id, merchant.id),
+                    format!(
+                        "packet {} outside merchant {}'s ids {packet_range:?}",
+                        ticket.packet_id, merchant.id
+                    ),
                 );
                 continue;
             }
@@ -404,14 +452,20 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
                 );
                 continue;
             }
-            if ticket.amount_fen < merchant.min_amount_fen || ticket.amount_fen > merchant.max_amount_fen {
+            if ticket.amount_fen < merchant.min_amount_fen
+                || ticket.amount_fen > merchant.max_amount_fen
+            {
                 problems.add(
                     Some(name),
                     Some(offset),
                     "amount_out_of_bounds",
                     format!(
                         "packet {} amount {} fen outside merchant {}'s [{}, {}]",
-                        ticket.packet_id, ticket.amount_fen, merchant.id, merchant.min_amount_fen, merchant.max_amount_fen
+                        ticket.packet_id,
+                        ticket.amount_fen,
+                        merchant.id,
+                        merchant.min_amount_fen,
+                        merchant.max_amount_fen
                     ),
                 );
             }
@@ -428,7 +482,11 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
                     *coverage += u64::from(ticket.amount_fen);
                 }
                 _ => {
-                    flush_key(current_key.replace((ticket.key_id, 1, u64::from(ticket.amount_fen))));
+                    flush_key(current_key.replace((
+                        ticket.key_id,
+                        1,
+                        u64::from(ticket.amount_fen),
+                    )));
                 }
             }
         }
@@ -476,7 +534,10 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
             Some(name),
             None,
             "file_batch_totals",
-            format!("per-batch totals {:?} differ from manifest {:?}", totals.batches, manifest_batches),
+            format!(
+                "per-batch totals {:?} differ from manifest {:?}",
+                totals.batches, manifest_batches
+            ),
         );
     }
     totals
@@ -495,22 +556,35 @@ fn check_manifest_consistency(manifest: &Manifest, problems: &Problems) {
             ),
         );
     }
-    let budget_total: u64 = manifest.merchants.iter().map(|merchant| merchant.budget_fen).sum();
+    let budget_total: u64 = manifest
+        .merchants
+        .iter()
+        .map(|merchant| merchant.budget_fen)
+        .sum();
     if budget_total != manifest.amount_fen_total {
         problems.global(
             "manifest_totals",
-            format!("merchant budgets add up to {budget_total} fen, manifest total {}", manifest.amount_fen_total),
+            format!(
+                "merchant budgets add up to {budget_total} fen, manifest total {}",
+                manifest.amount_fen_total
+            ),
         );
     }
     let mut key_ids = BTreeSet::new();
     for file in &manifest.files {
         for key_id in file.key_id_first..file.key_id_first + file.key_ids_used {
             if !key_ids.insert(key_id) {
-                problems.global("manifest_keys", format!("key {key_id} assigned to more than one file"));
+                problems.global(
+                    "manifest_keys",
+                    format!("key {key_id} assigned to more than one file"),
+                );
             }
         }
         if file.key_ids_used > file.key_ids_reserved {
-            problems.global("manifest_keys", format!("file {} uses more key ids than reserved", file.name));
+            problems.global(
+                "manifest_keys",
+                format!("file {} uses more key ids than reserved", file.name),
+            );
         }
     }
 }
@@ -521,7 +595,10 @@ fn check_against_budget(manifest: &Manifest, budget: &LoadedBudget, problems: &P
     if budget.sha256_hex != manifest.budget_sha256 {
         problems.global(
             "budget_hash",
-            format!("budget SHA-256 {} differs from manifest {}", budget.sha256_hex, manifest.budget_sha256),
+            format!(
+                "budget SHA-256 {} differs from manifest {}",
+                budget.sha256_hex, manifest.budget_sha256
+            ),
         );
     }
     let plan = match Plan::new(
@@ -538,7 +615,10 @@ fn check_against_budget(manifest: &Manifest, budget: &LoadedBudget, problems: &P
         }
     };
     if plan.merchants.len() != manifest.merchants.len() {
-        problems.global("budget_merchants", "merchant count differs from the budget".into());
+        problems.global(
+            "budget_merchants",
+            "merchant count differs from the budget".into(),
+        );
     }
     for (planned, listed) in plan.merchants.iter().zip(&manifest.merchants) {
         if planned.id != listed.id
@@ -547,19 +627,29 @@ fn check_against_budget(manifest: &Manifest, budget: &LoadedBudget, problems: &P
             || planned.split.min_fen() != listed.min_amount_fen
             || planned.split.max_fen() != listed.max_amount_fen
         {
-            problems.global("budget_merchants", format!("merchant {} differs from the budget", listed.id));
+            problems.global(
+                "budget_merchants",
+                format!("merchant {} differs from the budget", listed.id),
+            );
         }
     }
     if plan.files.len() != manifest.files.len() {
         problems.global("budget_files", "file count differs from the plan".into());
     }
     for (planned, listed) in plan.files.iter().zip(&manifest.files) {
-        if planned.tag != listed.tag() || planned.packets != listed.records || planned.amount_fen != listed.amount_fen {
+        if planned.tag != listed.tag()
+            || planned.packets != listed.records
+            || planned.amount_fen != listed.amount_fen
+        {
             problems.global(
                 "budget_files",
                 format!(
                     "file {}: plan {} packets / {} fen, manifest {} / {}",
-                    listed.name, planned.packets, planned.amount_fen, listed.records, listed.amount_fen
+                    listed.name,
+                    planned.packets,
+                    planned.amount_fen,
+                    listed.records,
+                    listed.amount_fen
                 ),
             );
         }
@@ -567,8 +657,16 @@ fn check_against_budget(manifest: &Manifest, budget: &LoadedBudget, problems: &P
 }
 
 /// Ticket files on disk must be exactly those of the manifest.
-fn check_directory_listing(dir: &Path, manifest: &Manifest, problems: &Problems) -> Result<(), VerifyError> {
-    let listed: BTreeSet<&str> = manifest.files.iter().map(|file| file.name.as_str()).collect();
+fn check_directory_listing(
+    dir: &Path,
+    manifest: &Manifest,
+    problems: &Problems,
+) -> Result<(), VerifyError> {
+    let listed: BTreeSet<&str> = manifest
+        .files
+        .iter()
+        .map(|file| file.name.as_str())
+        .collect();
     let entries = std::fs::read_dir(dir).map_err(|source| VerifyError::Io {
         path: dir.to_path_buf(),
         source,
@@ -579,8 +677,15 @@ fn check_directory_listing(dir: &Path, manifest: &Manifest, problems: &Problems)
             source,
         })?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if (name.ends_with(".tickets") || name.ends_with(".partial")) && !listed.contains(name.as_str()) {
-            problems.add(Some(&name), None, "unlisted_file", "ticket file not in the manifest".into());
+        if (name.ends_with(".tickets") || name.ends_with(".partial"))
+            && !listed.contains(name.as_str())
+        {
+            problems.add(
+                Some(&name),
+                None,
+                "unlisted_file",
+                "ticket file not in the manifest".into(),
+            );
         }
     }
     Ok(())
@@ -598,7 +703,10 @@ fn check_keys(shared: &Shared, keyring: &Keyring) {
         if coverage > cap {
             problems.global(
                 "key_coverage",
-                format!("key {} covers {coverage} fen, above the cap {cap}", entry.key_id),
+                format!(
+                    "key {} covers {coverage} fen, above the cap {cap}",
+                    entry.key_id
+                ),
             );
         }
         if (packets, coverage) != (entry.packets, entry.coverage_fen) {
@@ -615,7 +723,10 @@ fn check_keys(shared: &Shared, keyring: &Keyring) {
     if keys_used != shared.manifest.keys_total as usize {
         problems.global(
             "key_count",
-            format!("keyring has {keys_used} keys, manifest says {}", shared.manifest.keys_total),
+            format!(
+                "keyring has {keys_used} keys, manifest says {}",
+                shared.manifest.keys_total
+            ),
         );
     }
 }
@@ -635,10 +746,18 @@ impl VerifyReport {
             self.instant_credit_packets
         );
         if !self.ok {
-            let _ = writeln!(out, "{} problems (first {} listed):", self.problems_total, self.problems.len());
+            let _ = writeln!(
+                out,
+                "{} problems (first {} listed):",
+                self.problems_total,
+                self.problems.len()
+            );
             for problem in &self.problems {
                 let place = match (&problem.file, problem.offset) {
-                    (Some(file), Some(offset)) => format!("{file} @ byte {offset} (record {})", offset / RECORD_BYTES as u64),
+                    (Some(file), Some(offset)) => format!(
+                        "{file} @ byte {offset} (record {})",
+                        offset / RECORD_BYTES as u64
+                    ),
                     (Some(file), None) => file.clone(),
                     _ => "(global)".into(),
                 };

@@ -78,7 +78,11 @@ pub fn generate_into(root: &Path, seed: u64, variant: u32, threads: usize) -> Ge
         overwrite: false,
     };
     let report = generate(&small_budget(), SMALL_TOPOLOGY, &options).expect("generation succeeds");
-    Generated { dir, keyring, report }
+    Generated {
+        dir,
+        keyring,
+        report,
+    }
 }
 
 /// All files of a directory, name -> bytes, sorted.
@@ -87,7 +91,10 @@ pub fn read_dir_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|entry| {
             let entry = entry.unwrap();
-            (entry.file_name().to_string_lossy().into_owned(), std::fs::read(entry.path()).unwrap())
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).unwrap(),
+            )
         })
         .collect();
     files.sort();

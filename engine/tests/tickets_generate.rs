@@ -224,3 +224,57 @@ fn placement_puts_each_node_backup_in_the_two_other_parks() {
         assert_eq!(node.files.len(), 2 * 2, "cores x slots files per node");
     }
 }
+
+#[test]
+fn explicit_instant_threshold_is_counted_exactly_and_verifies() {
+    let root = tempfile::tempdir().unwrap();
+    let text = SMALL_BUDGET.replace(
+        "instant_credit_top_percent = 10",
+        "instant_credit_top_percent = 10\ninstant_credit_threshold_fen = 1_234",
+    );
+    let loaded = redrain_engine::tickets::budget::Budget::parse_with_hash(&text).unwrap();
+    let options = GenerateOptions {
+        out_dir: root.path().join("tickets"),
+        keyring_path: root.path().join("keys.json"),
+        seed: Some(8),
+        variant: 0,
+        threads: 2,
+        overwrite: false,
+    };
+    let report = generate(&loaded, SMALL_TOPOLOGY, &options).unwrap();
+    assert_eq!(report.manifest.instant_credit_threshold_fen, 1_234);
+    let keyring = Keyring::load(&options.keyring_path).unwrap();
+    let verified = verify(&options.out_dir, &keyring, Some(&loaded), &verify_options()).unwrap();
+    assert!(verified.ok, "{}", verified.render());
+    assert_eq!(
+        verified.instant_credit_packets,
+        report.manifest.instant_credit_packets
+    );
+    assert!(verified.instant_credit_packets > 0);
+}
+
+#[test]
+fn overwrite_replaces_a_generation_of_another_topology_completely() {
+    let root = tempfile::tempdir().unwrap();
+    let generated = generate_into(root.path(), 4, 0, 2);
+    let options = GenerateOptions {
+        out_dir: generated.dir.clone(),
+        keyring_path: generated.keyring.clone(),
+        seed: Some(4),
+        variant: 0,
+        threads: 2,
+        overwrite: true,
+    };
+    let smaller = redrain_engine::tickets::plan::Topology { nodes: 2, cores: 1 };
+    generate(&small_budget(), smaller, &options).unwrap();
+    let keyring = Keyring::load(&generated.keyring).unwrap();
+    let report = verify(
+        &generated.dir,
+        &keyring,
+        Some(&small_budget()),
+        &verify_options(),
+    )
+    .unwrap();
+    assert!(report.ok, "{}", report.render());
+    assert_eq!(report.files, 2 * 2);
+}

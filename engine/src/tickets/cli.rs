@@ -44,6 +44,28 @@ pub enum TicketsCommand {
     Reconcile(ReconcileArgs),
     /// Show the keyring or edit its whitelist and blacklist.
     Keyring(KeyringArgs),
+    /// Print decrypted tickets of one file as NDJSON (audits, test data).
+    Dump(DumpArgs),
+}
+
+/// `tickets dump`.
+#[derive(clap::Args, Debug)]
+pub struct DumpArgs {
+    /// Generated ticket directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Keyring file.
+    #[arg(long)]
+    pub keyring: PathBuf,
+    /// Ticket file name (as in the manifest, e.g. n0000-c000-s000.tickets).
+    #[arg(long)]
+    pub file: String,
+    /// First record index.
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// Records to print.
+    #[arg(long, default_value_t = 10)]
+    pub count: u64,
 }
 
 /// `tickets plan`.
@@ -177,7 +199,9 @@ fn load_budget(path: &Path) -> Result<super::budget::LoadedBudget, i32> {
 }
 
 fn report_budget_error(error: &BudgetError) -> i32 {
-    eprintln!("budget refused: field `{}`: {error}", error.field());
+    // Every variant's message starts with its field (`BudgetError::field`), except parse and
+    // read errors, whose messages carry the TOML position or the path.
+    eprintln!("budget refused: {error}");
     EXIT_REFUSED
 }
 
@@ -189,6 +213,7 @@ pub fn run(args: TicketsArgs) -> anyhow::Result<i32> {
         TicketsCommand::Verify(args) => run_verify(args),
         TicketsCommand::Reconcile(args) => run_reconcile(args),
         TicketsCommand::Keyring(args) => run_keyring(args),
+        TicketsCommand::Dump(args) => run_dump(args),
     }
 }
 
@@ -374,5 +399,41 @@ fn run_keyring(args: KeyringArgs) -> anyhow::Result<i32> {
         Some(whitelist) => println!("whitelist: {whitelist:?}"),
         None => println!("whitelist: none (every key not blacklisted is accepted)"),
     }
+    Ok(EXIT_OK)
+}
+
+fn run_dump(args: DumpArgs) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let keyring = Keyring::load(&args.keyring)?;
+    let manifest = super::manifest::Manifest::load(&args.dir)?;
+    let Some(file) = manifest.files.iter().find(|file| file.name == args.file) else {
+        eprintln!("refused: {} is not a file of the manifest", args.file);
+        return Ok(EXIT_REFUSED);
+    };
+    let opener = keyring.opener();
+    let mut reader = super::shard::ShardReader::open_at(
+        &args.dir.join(&file.name),
+        file.tag(),
+        args.from.min(file.records),
+    )?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for _ in 0..args.count {
+        let Some(issued) = reader.next_ticket(&opener)? else {
+            break;
+        };
+        let line = match issued.ticket {
+            Ok(ticket) => serde_json::json!({
+                "index": issued.index,
+                "packet_id": ticket.packet_id,
+                "amount_fen": ticket.amount_fen,
+                "batch_id": ticket.batch_id,
+                "key_id": ticket.key_id,
+            }),
+            Err(error) => serde_json::json!({ "index": issued.index, "error": error.to_string() }),
+        };
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
     Ok(EXIT_OK)
 }

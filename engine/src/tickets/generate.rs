@@ -233,12 +233,6 @@ impl AmountHistogram {
         }
         (0, total)
     }
-
-    fn count_at_or_above(&self, threshold_fen: u32) -> u64 {
-        // Exact only on bucket boundaries; an explicit threshold is counted by verify.
-        let first = (threshold_fen >> self.shift) as usize;
-        self.counts.iter().skip(first).sum()
-    }
 }
 
 /// What one file came out as.
@@ -249,6 +243,8 @@ struct FileOutcome {
     /// (batch id, packets, money), in part order.
     batches: Vec<FileBatch>,
     amount_fen: u64,
+    /// Packets at or above an explicit instant-credit threshold (0 without one).
+    instant_packets: u64,
 }
 
 /// Generates a whole event. See the module docs for the scheme.
@@ -287,9 +283,20 @@ pub fn generate(
             out_dir.display()
         )));
     }
-    // A half-replaced directory must not look complete.
+    // A half-replaced directory must not look complete, and files of an earlier topology
+    // must not linger next to the new ones.
     if manifest_path.exists() {
         std::fs::remove_file(&manifest_path).map_err(io_error(&manifest_path))?;
+    }
+    for entry in std::fs::read_dir(out_dir).map_err(io_error(out_dir))? {
+        let path = entry.map_err(io_error(out_dir))?.path();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.ends_with(".tickets") || name.ends_with(".partial") {
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        }
     }
 
     let master = MasterSecret::new(options.seed, options.variant, &loaded.sha256_hex);
@@ -353,7 +360,11 @@ pub fn generate(
 
     let event = &plan.budget.event;
     let (threshold_fen, instant_packets) = match event.instant_credit_threshold_fen {
-        Some(threshold) => (threshold, histogram.count_at_or_above(threshold)),
+        // Counted exactly per packet: the histogram is exact only on its bucket boundaries.
+        Some(threshold) => (
+            threshold,
+            outcomes.iter().map(|outcome| outcome.instant_packets).sum(),
+        ),
         None => histogram.top_threshold(event.instant_credit_top_percent),
     };
 
@@ -566,6 +577,12 @@ fn generate_file(
     buffers: &mut Buffers,
 ) -> Result<FileOutcome, GenerateError> {
     let cap_fen = plan.budget.event.key_coverage_cap_fen;
+    let instant_threshold_fen = plan
+        .budget
+        .event
+        .instant_credit_threshold_fen
+        .unwrap_or(u32::MAX);
+    let mut instant_packets = 0u64;
     let final_path = out_dir.join(file.tag.file_name());
     let partial_path = out_dir.join(format!("{}.partial", file.tag.file_name()));
     let mut output = std::fs::File::create(&partial_path).map_err(io_error(&partial_path))?;
@@ -644,6 +661,7 @@ fn generate_file(
             .blocks
             .push(GenericArray::from(ticket.encode_plaintext()));
         histogram.record(amount_fen);
+        instant_packets += u64::from(amount_fen >= instant_threshold_fen);
         batches[part_index].packets += 1;
         batches[part_index].amount_fen += u64::from(amount_fen);
         amount_fen_total += u64::from(amount_fen);
@@ -699,6 +717,7 @@ fn generate_file(
         keys,
         batches,
         amount_fen: amount_fen_total,
+        instant_packets,
     })
 }
 

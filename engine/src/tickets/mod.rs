@@ -14,7 +14,7 @@
 //! - [`shard`]: the reader a node uses to hand out the tickets of one (node, core, slot) file;
 //! - [`verify`]: full check of a generated directory;
 //! - [`reconcile`]: opened-packet records against the pre-generated data;
-//! - [`cli`]: the `redrain tickets ...` subcommands.
+//! - [`cli`]: the `redrain tickets ...` subcommands (plan, gen, verify, reconcile, keyring, dump).
 //!
 //! The formats and the reasoning behind them are documented in `docs/tickets.md`.
 

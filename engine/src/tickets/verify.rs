@@ -366,6 +366,8 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
     let mut file_crc = 0u32;
     let mut trailing_bytes = 0usize;
     let mut current_key: Option<(u16, u64, u64)> = None;
+    // Indexed by batch id: a map lookup per record cost a fifth of the verify time.
+    let mut batch_totals = vec![(0u64, 0u64); manifest.batches.len()];
     let flush_key = |key: Option<(u16, u64, u64)>| {
         if let Some((key_id, packets, coverage)) = key {
             shared.key_packets[usize::from(key_id)].fetch_add(packets, Ordering::Relaxed);
@@ -473,7 +475,7 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
             if ticket.amount_fen >= threshold {
                 totals.instant += 1;
             }
-            let entry = totals.batches.entry(ticket.batch_id).or_default();
+            let entry = &mut batch_totals[usize::from(ticket.batch_id)];
             entry.0 += 1;
             entry.1 += u64::from(ticket.amount_fen);
             match &mut current_key {
@@ -493,6 +495,12 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
         true
     });
     flush_key(current_key);
+    totals.batches = batch_totals
+        .iter()
+        .enumerate()
+        .filter(|(_, (packets, _))| *packets > 0)
+        .map(|(batch_id, &totals)| (batch_id as u16, totals))
+        .collect();
     if let Err(error) = result {
         problems.add(Some(name), None, "read_error", error.to_string());
         return totals;

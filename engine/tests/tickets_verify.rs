@@ -366,3 +366,43 @@ fn wrong_budget_is_caught() {
     );
     assert!(has(&report, "budget_merchants", None, None));
 }
+
+#[test]
+fn damaged_manifest_is_refused_or_reported_never_trusted() {
+    use redrain_engine::tickets::verify::VerifyError;
+    let fixture = Fixture::new();
+    let path = fixture.generated.dir.join("manifest.json");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&original).unwrap();
+
+    // A packet total far beyond the data: reported, and the bitmap stays sized by the files.
+    manifest["packets_total"] = serde_json::json!(1u64 << 39);
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let report = fixture.verify();
+    assert!(
+        has(&report, "manifest_totals", None, None),
+        "{}",
+        report.render()
+    );
+
+    // Key ids beyond the 16-bit space: the manifest is refused as a whole.
+    let mut manifest: serde_json::Value = serde_json::from_str(&original).unwrap();
+    manifest["files"][0]["key_id_first"] = serde_json::json!(u32::MAX);
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let keyring = fixture.keyring();
+    let options = VerifyOptions {
+        threads: 1,
+        problems_listed_max: 10,
+    };
+    assert!(matches!(
+        verify(&fixture.generated.dir, &keyring, None, &options),
+        Err(VerifyError::Manifest(_))
+    ));
+
+    // Not JSON at all.
+    std::fs::write(&path, "{ not json").unwrap();
+    assert!(matches!(
+        verify(&fixture.generated.dir, &keyring, None, &options),
+        Err(VerifyError::Manifest(_))
+    ));
+}

@@ -245,7 +245,28 @@ impl Manifest {
                 return Err(invalid(format!("batch {index} names slot {}", batch.slot)));
             }
         }
+        for merchant in &manifest.merchants {
+            let within = match merchant.packet_id_first.checked_add(merchant.packets) {
+                Some(end) => end <= super::format::PACKET_ID_MAX + 1,
+                None => false,
+            };
+            if !within {
+                return Err(invalid(format!(
+                    "merchant {:?} packet ids beyond the id space",
+                    merchant.id
+                )));
+            }
+        }
         for file in &manifest.files {
+            let key_end = u64::from(file.key_id_first) + u64::from(file.key_ids_reserved);
+            if key_end > super::keyring::KEY_IDS_MAX as u64
+                || file.key_ids_used > file.key_ids_reserved
+            {
+                return Err(invalid(format!(
+                    "file {:?} has key ids beyond 65,536 or above its reservation",
+                    file.name
+                )));
+            }
             if file.name != file.tag().file_name() {
                 return Err(invalid(format!(
                     "file {:?} does not match its tag",
@@ -282,6 +303,6 @@ impl Manifest {
             .partition_point(|merchant| merchant.packet_id_first <= packet_id)
             .checked_sub(1)?;
         let merchant = &self.merchants[index];
-        (packet_id < merchant.packet_id_first + merchant.packets).then_some(index)
+        (packet_id < merchant.packet_id_first.saturating_add(merchant.packets)).then_some(index)
     }
 }

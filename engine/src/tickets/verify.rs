@@ -151,6 +151,8 @@ struct Shared<'a> {
     dir: &'a Path,
     manifest: &'a Manifest,
     opener: super::keyring::TicketOpener,
+    /// Packet ids `0..packet_ids_checked` have a bit in `seen_packets`.
+    packet_ids_checked: u64,
     seen_packets: Vec<AtomicU64>,
     key_packets: Vec<AtomicU64>,
     key_coverage_fen: Vec<AtomicU64>,
@@ -165,11 +167,21 @@ pub fn verify(
     options: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
     let manifest = Manifest::load(dir)?;
+    // The bitmap is sized by the records really on disk, never by a number read from the
+    // manifest alone: a damaged manifest must not make verify allocate without bound.
+    let mut records_on_disk = 0u64;
+    for file in &manifest.files {
+        if let Ok(metadata) = std::fs::metadata(dir.join(&file.name)) {
+            records_on_disk = records_on_disk.saturating_add(metadata.len() / RECORD_BYTES as u64);
+        }
+    }
+    let packet_ids_checked = manifest.packets_total.min(records_on_disk);
     let shared = Shared {
         dir,
         manifest: &manifest,
         opener: keyring.opener(),
-        seen_packets: (0..manifest.packets_total.div_ceil(64))
+        packet_ids_checked,
+        seen_packets: (0..packet_ids_checked.div_ceil(64))
             .map(|_| AtomicU64::new(0))
             .collect(),
         key_packets: (0..KEY_IDS_MAX).map(|_| AtomicU64::new(0)).collect(),
@@ -428,9 +440,9 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
             }
             let merchant = &manifest.merchants[batch.merchant_index as usize];
             let packet_range =
-                merchant.packet_id_first..merchant.packet_id_first + merchant.packets;
+                merchant.packet_id_first..merchant.packet_id_first.saturating_add(merchant.packets);
             if !packet_range.contains(&ticket.packet_id)
-                || ticket.packet_id >= manifest.packets_total
+                || ticket.packet_id >= shared.packet_ids_checked
             {
                 problems.add(
                     Some(name),
@@ -553,8 +565,15 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
 
 /// Internal sums of the manifest: files add up to batches, batches to merchants and slots.
 fn check_manifest_consistency(manifest: &Manifest, problems: &Problems) {
-    let records: u64 = manifest.files.iter().map(|file| file.records).sum();
-    let money: u64 = manifest.files.iter().map(|file| file.amount_fen).sum();
+    // Saturating sums: the manifest is input, its numbers may be anything.
+    let records = manifest
+        .files
+        .iter()
+        .fold(0u64, |sum, file| sum.saturating_add(file.records));
+    let money = manifest
+        .files
+        .iter()
+        .fold(0u64, |sum, file| sum.saturating_add(file.amount_fen));
     if records != manifest.packets_total || money != manifest.amount_fen_total {
         problems.global(
             "manifest_totals",
@@ -564,11 +583,9 @@ fn check_manifest_consistency(manifest: &Manifest, problems: &Problems) {
             ),
         );
     }
-    let budget_total: u64 = manifest
-        .merchants
-        .iter()
-        .map(|merchant| merchant.budget_fen)
-        .sum();
+    let budget_total = manifest.merchants.iter().fold(0u64, |sum, merchant| {
+        sum.saturating_add(merchant.budget_fen)
+    });
     if budget_total != manifest.amount_fen_total {
         problems.global(
             "manifest_totals",

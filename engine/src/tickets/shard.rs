@@ -5,7 +5,7 @@
 //! the persisted issuance cursor. Records are read sequentially through a bounded buffer
 //! ([`SHARD_BUFFER_RECORDS`] records, refilled with one read), so each ticket costs O(1) and
 //! no syscall in the common case. Decryption and all checks go through a
-//! [`TicketOpener`](super::keyring::TicketOpener), which applies the keyring's whitelist and
+//! [`TicketOpener`], which applies the keyring's whitelist and
 //! blacklist.
 //!
 //! ```no_run

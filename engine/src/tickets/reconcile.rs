@@ -14,7 +14,7 @@
 //! Memory grows with the number of opened records (bounded by `opened_max`), never with the
 //! number of tickets: the tickets are streamed and looked up in a hash map of the opens.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -145,7 +145,7 @@ pub struct ReconcileReport {
     /// Lines that are not valid records.
     pub malformed: u64,
     /// Count per verdict.
-    pub verdicts: HashMap<&'static str, Tally>,
+    pub verdicts: BTreeMap<&'static str, Tally>,
     /// Creditable at once.
     pub instant: Tally,
     /// Creditable after reconciliation.
@@ -374,7 +374,7 @@ pub fn reconcile(
     }
 
     // 3. Judge each open.
-    let mut verdicts: HashMap<&'static str, Tally> = HashMap::new();
+    let mut verdicts: BTreeMap<&'static str, Tally> = BTreeMap::new();
     let mut instant = Tally::default();
     let mut after_reconciliation = Tally::default();
     let mut refused = Tally::default();
@@ -541,8 +541,8 @@ impl ReconcileReport {
             self.refused.packets,
             yuan(self.refused.amount_fen)
         );
-        let mut kinds: Vec<_> = self.verdicts.iter().collect();
-        kinds.sort_by_key(|(kind, _)| **kind);
+        // BTreeMap: verdicts print in a stable order.
+        let kinds = self.verdicts.iter();
         for (kind, tally) in kinds {
             let _ = writeln!(
                 out,

@@ -48,6 +48,9 @@ fn ticket_crypto(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("ticket");
     group.throughput(Throughput::Elements(1));
+    group.bench_function("encrypt_one", |b| {
+        b.iter(|| black_box(ticket).encrypt(&cipher))
+    });
     group.bench_function("encrypt_and_seal_one", |b| {
         b.iter(|| {
             seal_record(
@@ -61,6 +64,10 @@ fn ticket_crypto(c: &mut Criterion) {
     let record = seal_record(&ticket.encrypt(&cipher), 7, 42, crc_seed);
     let keyring = keyring();
     let opener = keyring.opener();
+    let ciphertext = ticket.encrypt(&cipher);
+    group.bench_function("decrypt_one", |b| {
+        b.iter(|| opener.decrypt(black_box(&ciphertext), 7).unwrap())
+    });
     group.bench_function("check_and_decrypt_one", |b| {
         b.iter(|| {
             opener

@@ -90,7 +90,10 @@ pub fn scan_segment(bytes: &[u8], expected_first_lsn: Option<Lsn>) -> SegmentSca
                 scan.damage = Some(Damage {
                     offset: offset as u64,
                     kind: DamageKind::Truncated,
-                    valid_batch_after: false,
+                    // A damaged length field also looks like "the file ends
+                    // inside this batch": only a torn tail if nothing valid
+                    // follows.
+                    valid_batch_after: valid_batch_after(bytes, offset + 1),
                 });
                 return scan;
             }

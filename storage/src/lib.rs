@@ -17,8 +17,10 @@ pub mod config;
 pub mod error;
 pub mod file_io;
 pub mod log;
+pub mod metrics;
 pub mod record;
 pub mod recovery;
+pub mod replication;
 
 /// Log sequence number: 1 for the first record of a log, +1 per record.
 pub type Lsn = u64;
@@ -27,3 +29,7 @@ pub use config::{DamagePolicy, LogConfig};
 pub use error::{DamageKind, IoFailure, Result, StorageError};
 pub use file_io::{FaultSwitches, FaultyFileSystem, FileSystem, GlommioFileSystem};
 pub use log::{Log, LogStats};
+pub use metrics::StorageMetrics;
+pub use replication::{
+    NoQuorumPolicy, ReplicaServer, ReplicaServerConfig, ReplicatedLog, ReplicationConfig, StreamId,
+};

@@ -77,6 +77,8 @@ pub struct LogStats {
     pub batch_records_peak: u64,
     /// Bytes cut from a torn tail at open.
     pub torn_tail_bytes_truncated: u64,
+    /// 1 when open cut the log at damage for a repair from a peer.
+    pub damage_cuts_total: u64,
 }
 
 struct Slot {
@@ -346,6 +348,7 @@ impl Log {
                 closed: false,
                 stats: LogStats {
                     torn_tail_bytes_truncated: torn_bytes,
+                    damage_cuts_total: cut_at.is_some() as u64,
                     ..LogStats::default()
                 },
             }),

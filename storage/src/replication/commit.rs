@@ -82,13 +82,9 @@ impl CommitTracker {
         self.local_durable_lsn = self.local_durable_lsn.max(lsn);
     }
 
-    /// Peer `peer` (0 or 1) holds everything up to `lsn` durably. A peer
-    /// never holds more than the origin shipped, so the value is clamped to
-    /// the local durable LSN (a peer ahead of us means we lost data, and
-    /// does not count toward commits of new records).
+    /// Peer `peer` (0 or 1) holds everything up to `lsn` durably.
     pub fn peer_acked(&mut self, peer: usize, lsn: Lsn) {
         assert!(peer < 2, "two peers per node");
-        let lsn = lsn.min(self.local_durable_lsn);
         self.peer_acked_lsn[peer] = self.peer_acked_lsn[peer].max(lsn);
     }
 
@@ -101,8 +97,10 @@ impl CommitTracker {
     /// Highest LSN durable on at least two of the three copies.
     pub fn commit_lsn(&self) -> Lsn {
         let best_peer = self.peer_acked_lsn[0].max(self.peer_acked_lsn[1]);
-        // Local is always at least as far as any peer (clamped above), so
-        // the second-highest of the three copies is the better peer.
+        // The origin ships only what is durable locally, so the local copy is
+        // normally the furthest and the second-highest of the three copies is
+        // the better peer. The min guards against a peer reporting more than
+        // we hold (our data was lost): that never commits new records.
         best_peer.min(self.local_durable_lsn)
     }
 

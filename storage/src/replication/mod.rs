@@ -46,6 +46,9 @@ pub struct ReplicationConfig {
     /// Bound on connecting to, writing to and hearing back from a peer;
     /// a peer that stops reading is declared down after it.
     pub peer_io_timeout: Duration,
+    /// An idle stream sends an empty append this often, so a dead peer is
+    /// marked down before the next write needs it.
+    pub peer_heartbeat_interval: Duration,
     /// First reconnect delay; doubles up to `reconnect_backoff_max`.
     pub reconnect_backoff_min: Duration,
     /// Longest reconnect delay.
@@ -69,6 +72,7 @@ impl ReplicationConfig {
             ship_bytes_max: 1 << 20,
             frame_bytes_max: 8 << 20,
             peer_io_timeout: Duration::from_secs(2),
+            peer_heartbeat_interval: Duration::from_millis(500),
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
             repair_damage_from_peers: false,

@@ -194,11 +194,20 @@ impl ReplicatedLog {
     /// of the three copies (or per the no-quorum policy), or with a typed
     /// error: `NoQuorum` (both peers down, fail-fast), `CommitTimeout`, or
     /// a local log error.
-    pub async fn append(&self, kind: RecordKind, payload: &[u8]) -> Result<Lsn> {
+    /// The payload is copied into the log's queue before this returns, so
+    /// the future does not borrow it.
+    pub fn append(
+        &self,
+        kind: RecordKind,
+        payload: &[u8],
+    ) -> impl std::future::Future<Output = Result<Lsn>> + '_ {
         let started = Instant::now();
-        let lsn = self.log.append(kind, payload).await?;
-        self.shared.tracker.borrow_mut().local_durable(lsn);
-        self.wait_commit(lsn, started).await
+        let local = self.log.append(kind, payload);
+        async move {
+            let lsn = local.await?;
+            self.shared.tracker.borrow_mut().local_durable(lsn);
+            self.wait_commit(lsn, started).await
+        }
     }
 
     async fn wait_commit(&self, lsn: Lsn, started: Instant) -> Result<Lsn> {
@@ -405,9 +414,33 @@ async fn ship_session(
     reached_up.set(true);
     loop {
         if acked >= log.durable_lsn() {
-            log.wait_durable_beyond(acked).await;
+            let new_records = futures_lite::future::or(
+                async {
+                    log.wait_durable_beyond(acked).await;
+                    true
+                },
+                async {
+                    glommio::timer::sleep(config.peer_heartbeat_interval).await;
+                    false
+                },
+            )
+            .await;
             if shared.closed.get() {
                 return Err(StorageError::Closed);
+            }
+            if !new_records {
+                // Idle: an empty append is the heartbeat, so a dead peer is
+                // noticed (and marked down) before the next write needs it.
+                framed.send(&Message::Append { batches: Vec::new() }).await?;
+                match framed.recv().await? {
+                    Message::Ack { durable_lsn } => acked = acked.max(durable_lsn),
+                    other => {
+                        return Err(StorageError::Protocol(format!(
+                            "expected heartbeat Ack, got {other:?}"
+                        )))
+                    }
+                }
+                continue;
             }
         }
         let from = if acked == 0 {
@@ -439,7 +472,11 @@ async fn ship_session(
             counters.peers[peer].batches_sent_total += 1;
             counters.ship_batch_records.record(records);
         }
-        shared.tracker.borrow_mut().peer_acked(peer, acked);
+        {
+            let mut tracker = shared.tracker.borrow_mut();
+            tracker.local_durable(log.durable_lsn());
+            tracker.peer_acked(peer, acked);
+        }
         shared.wake_committed(false);
     }
 }

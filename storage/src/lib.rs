@@ -13,6 +13,7 @@
 //! state machines ([`record`], [`recovery`], [`replication::commit`],
 //! [`replication::wire`]) are plain code with no I/O.
 
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod file_io;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod record;
 pub mod recovery;
 pub mod replication;
+pub mod table;
 
 /// Log sequence number: 1 for the first record of a log, +1 per record.
 pub type Lsn = u64;
@@ -33,3 +35,5 @@ pub use metrics::StorageMetrics;
 pub use replication::{
     NoQuorumPolicy, ReplicaServer, ReplicaServerConfig, ReplicatedLog, ReplicationConfig, StreamId,
 };
+pub use check::{check_log_dir, CheckReport};
+pub use table::{Table, TableConfig};

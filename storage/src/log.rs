@@ -661,18 +661,34 @@ async fn write_local_batch(inner: &Rc<Inner>, builder: &mut BatchBuilder) {
     }
 }
 
-async fn write_import(inner: &Rc<Inner>, bytes: Vec<u8>) -> Result<Lsn> {
-    let (batches, damage) = split_batches(&bytes);
+/// What to write for an import: the accepted bytes, each batch's (first LSN,
+/// offset in `bytes`), and the LSN range they cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportPlan {
+    /// Batches to append, overlaps already cut off.
+    pub bytes: Vec<u8>,
+    /// (first LSN, offset) of each batch in `bytes`.
+    pub batch_offsets: Vec<(Lsn, u64)>,
+    /// First LSN written.
+    pub first_lsn: Lsn,
+    /// Last LSN written.
+    pub last_lsn: Lsn,
+}
+
+/// Decides what of `incoming` (concatenated batches) continues a log whose
+/// next LSN is `next_lsn` (sans-IO; shared by the log and the simulation).
+/// Records already held are dropped (resends are normal), a batch that
+/// overlaps is cut, a gap is an error, and an empty log (`log_is_empty`)
+/// accepts any first LSN. `Ok(None)` means nothing new.
+pub fn plan_import(incoming: &[u8], next_lsn: Lsn, log_is_empty: bool) -> Result<Option<ImportPlan>> {
+    let (batches, damage) = split_batches(incoming);
     if let Some((offset, kind)) = damage {
         return Err(StorageError::Protocol(format!(
             "imported batch damaged at offset {offset}: {kind}"
         )));
     }
-    let (mut next, empty_log) = {
-        let state = inner.state.borrow();
-        (state.next_lsn, state.durable_lsn == 0)
-    };
-    let mut out = Vec::with_capacity(bytes.len());
+    let mut next = next_lsn;
+    let mut out = Vec::with_capacity(incoming.len());
     let mut offsets = Vec::new();
     let mut first_written = None;
     for batch in &batches {
@@ -680,7 +696,7 @@ async fn write_import(inner: &Rc<Inner>, bytes: Vec<u8>) -> Result<Lsn> {
             continue; // duplicate from a resend
         }
         if batch.first_lsn > next {
-            if empty_log && first_written.is_none() {
+            if log_is_empty && first_written.is_none() {
                 next = batch.first_lsn;
             } else {
                 return Err(StorageError::LsnGap {
@@ -699,13 +715,26 @@ async fn write_import(inner: &Rc<Inner>, bytes: Vec<u8>) -> Result<Lsn> {
         }
         next = batch.last_lsn() + 1;
     }
-    let Some(first_lsn) = first_written else {
+    Ok(first_written.map(|first_lsn| ImportPlan {
+        bytes: out,
+        batch_offsets: offsets,
+        first_lsn,
+        last_lsn: next - 1,
+    }))
+}
+
+async fn write_import(inner: &Rc<Inner>, bytes: Vec<u8>) -> Result<Lsn> {
+    let (next, empty_log) = {
+        let state = inner.state.borrow();
+        (state.next_lsn, state.durable_lsn == 0)
+    };
+    let Some(plan) = plan_import(&bytes, next, empty_log)? else {
         return Ok(inner.state.borrow().durable_lsn);
     };
     if empty_log {
-        inner.state.borrow_mut().next_lsn = first_lsn;
+        inner.state.borrow_mut().next_lsn = plan.first_lsn;
     }
-    persist(inner, out, offsets, first_lsn, next - 1).await?;
+    persist(inner, plan.bytes, plan.batch_offsets, plan.first_lsn, plan.last_lsn).await?;
     Ok(inner.state.borrow().durable_lsn)
 }
 

@@ -57,7 +57,9 @@ pub struct ReplicationConfig {
     /// (otherwise open refuses with `Corruption`).
     pub repair_damage_from_peers: bool,
     /// When the local log lost data (empty or cut at damage), refuse to open
-    /// unless at least one peer answered the catch-up.
+    /// (with `NoQuorum`) unless both peers answered the catch-up: a committed
+    /// record may be on only one of them. A brand-new node counts as having
+    /// lost data, so the first start needs both peers up (or this off).
     pub require_peer_after_data_loss: bool,
 }
 

@@ -159,8 +159,10 @@ impl ReplicatedLog {
         }
         report.durable_lsn = log.durable_lsn();
         report.records_fetched = report.durable_lsn - report.local_durable_lsn;
+        // After losing data, a committed record may sit on only one peer:
+        // both must answer before we serve, or we could reuse its LSN.
         if report.local_data_lost
-            && report.peers_reached == 0
+            && report.peers_reached < 2
             && config.require_peer_after_data_loss
             && config.no_quorum == NoQuorumPolicy::FailFast
         {

@@ -21,6 +21,7 @@ pub mod log;
 pub mod metrics;
 pub mod record;
 pub mod recovery;
+pub mod replica_cli;
 pub mod replication;
 pub mod table;
 

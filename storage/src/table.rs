@@ -71,15 +71,86 @@ struct Entry {
     value: Option<Vec<u8>>,
 }
 
+/// The in-memory index of a table: key -> newest durable value and its LSN.
+/// Changes apply only if newer than what is held, so replaying a record
+/// twice (snapshot overlap, compaction catch-up) is harmless.
+#[derive(Debug, Default)]
+pub struct TableIndex {
+    map: HashMap<Vec<u8>, Entry>,
+    live: usize,
+    dead_records: u64,
+}
+
+impl TableIndex {
+    /// Applies a durable put (`Some(value)`) or delete (`None`) at `lsn`.
+    pub fn apply(&mut self, key: &[u8], lsn: Lsn, value: Option<&[u8]>) {
+        let is_put = value.is_some();
+        match self.map.get_mut(key) {
+            Some(entry) if entry.lsn >= lsn => {
+                // Older than what we hold: it is dead on arrival.
+                self.dead_records += 1;
+            }
+            Some(entry) => {
+                let was_live = entry.value.is_some();
+                entry.lsn = lsn;
+                match (&mut entry.value, value) {
+                    // Reuse the allocation when overwriting a value.
+                    (Some(old), Some(new)) => {
+                        old.clear();
+                        old.extend_from_slice(new);
+                    }
+                    (slot, new) => *slot = new.map(<[u8]>::to_vec),
+                }
+                self.dead_records += 1;
+                match (was_live, is_put) {
+                    (true, false) => self.live -= 1,
+                    (false, true) => self.live += 1,
+                    _ => {}
+                }
+            }
+            None => {
+                self.map.insert(
+                    key.to_vec(),
+                    Entry {
+                        lsn,
+                        value: value.map(<[u8]>::to_vec),
+                    },
+                );
+                if is_put {
+                    self.live += 1;
+                }
+            }
+        }
+    }
+
+    /// The current value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.map.get(key).and_then(|e| e.value.as_deref())
+    }
+
+    /// Live keys.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// True when no key is live.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Records superseded so far.
+    pub fn dead_records(&self) -> u64 {
+        self.dead_records
+    }
+}
+
 /// A bitcask-style keyed table over its own log.
 pub struct Table {
     dir: PathBuf,
     config: TableConfig,
     fs: Rc<dyn FileSystem>,
     log: Log,
-    index: RefCell<HashMap<Vec<u8>, Entry>>,
-    live: Cell<usize>,
-    dead_records: Cell<u64>,
+    index: RefCell<TableIndex>,
     snapshot_lsn: Cell<Lsn>,
     compacting: Cell<bool>,
 }
@@ -148,14 +219,14 @@ impl Table {
     /// Opens the table in `dir`: newest valid snapshot, then the log after it.
     pub async fn open(dir: &Path, config: TableConfig, fs: Rc<dyn FileSystem>) -> Result<Table> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create table directory", &e))?;
-        let mut index = HashMap::new();
+        let mut index = TableIndex::default();
         let mut snapshot_lsn = 0;
         for (lsn, path) in snapshot_files(dir) {
             let bytes = std::fs::read(&path).map_err(|e| StorageError::io("read snapshot", &e))?;
             match parse_snapshot(&bytes) {
                 Some((covered, entries)) if covered == lsn => {
                     for (key, value) in entries {
-                        index.insert(key, Entry { lsn: covered, value: Some(value) });
+                        index.apply(&key, covered, Some(&value));
                     }
                     snapshot_lsn = covered;
                     break;
@@ -177,14 +248,10 @@ impl Table {
             fs,
             log,
             index: RefCell::new(index),
-            live: Cell::new(0),
-            dead_records: Cell::new(0),
             snapshot_lsn: Cell::new(snapshot_lsn),
             compacting: Cell::new(false),
         };
         table.replay_from(snapshot_lsn + 1).await?;
-        let live = table.index.borrow().values().filter(|e| e.value.is_some()).count();
-        table.live.set(live);
         Ok(table)
     }
 
@@ -217,33 +284,8 @@ impl Table {
         }
     }
 
-    /// Applies a durable change if it is newer than what the index holds.
     fn apply(&self, key: &[u8], lsn: Lsn, value: Option<Vec<u8>>) {
-        let mut index = self.index.borrow_mut();
-        let is_put = value.is_some();
-        match index.get_mut(key) {
-            Some(entry) if entry.lsn >= lsn => {
-                // Older than what we hold: it is dead on arrival.
-                self.dead_records.set(self.dead_records.get() + 1);
-            }
-            Some(entry) => {
-                let was_live = entry.value.is_some();
-                entry.lsn = lsn;
-                entry.value = value;
-                self.dead_records.set(self.dead_records.get() + 1);
-                match (was_live, is_put) {
-                    (true, false) => self.live.set(self.live.get() - 1),
-                    (false, true) => self.live.set(self.live.get() + 1),
-                    _ => {}
-                }
-            }
-            None => {
-                index.insert(key.to_vec(), Entry { lsn, value });
-                if is_put {
-                    self.live.set(self.live.get() + 1);
-                }
-            }
-        }
+        self.index.borrow_mut().apply(key, lsn, value.as_deref());
     }
 
     /// Sets `key` to `value`; durable when it resolves.
@@ -254,9 +296,12 @@ impl Table {
         if value.len() > self.config.value_bytes_max {
             return Err(StorageError::RecordTooLarge { size: value.len(), limit: self.config.value_bytes_max });
         }
-        let is_new = !self.index.borrow().get(key).is_some_and(|e| e.value.is_some());
-        if is_new && self.live.get() >= self.config.entries_max {
-            return Err(StorageError::Overloaded { pending: self.live.get(), limit: self.config.entries_max });
+        let (is_new, live) = {
+            let index = self.index.borrow();
+            (index.get(key).is_none(), index.len())
+        };
+        if is_new && live >= self.config.entries_max {
+            return Err(StorageError::Overloaded { pending: live, limit: self.config.entries_max });
         }
         let lsn = self.log.append(TABLE_PUT, &encode_put(key, value)).await?;
         self.apply(key, lsn, Some(value.to_vec()));
@@ -275,22 +320,22 @@ impl Table {
 
     /// The current value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.index.borrow().get(key).and_then(|e| e.value.clone())
+        self.index.borrow().get(key).map(<[u8]>::to_vec)
     }
 
     /// Live keys.
     pub fn len(&self) -> usize {
-        self.live.get()
+        self.index.borrow().len()
     }
 
     /// True when no key is live.
     pub fn is_empty(&self) -> bool {
-        self.live.get() == 0
+        self.index.borrow().is_empty()
     }
 
     /// Records superseded since open (a compaction trigger).
     pub fn dead_records(&self) -> u64 {
-        self.dead_records.get()
+        self.index.borrow().dead_records()
     }
 
     /// LSN covered by the newest snapshot.
@@ -327,7 +372,7 @@ impl Table {
         body.extend_from_slice(&0u64.to_le_bytes());
         let mut count = 0u64;
         {
-            let mut index = self.index.borrow_mut();
+            let index = &mut self.index.borrow_mut().map;
             // Tombstones at or below `covered` are no longer needed: the
             // snapshot simply does not contain the key.
             index.retain(|_, e| e.value.is_some() || e.lsn > covered);

@@ -70,12 +70,9 @@ impl Target {
     fn append(&self, payload: &'static [u8]) -> AppendFut {
         match self {
             Target::Local(log) => Box::pin(log.append(1, payload)),
-            Target::Replicated(log) => {
-                let log = log.clone();
-                // ReplicatedLog::append copies the payload when called; the
-                // returned future borrows the log, so keep the Rc alive.
-                Box::pin(async move { log.append(1, payload).await })
-            }
+            // append_rc queues the record now (like Log::append), so the
+            // group commit sees every issued append at once.
+            Target::Replicated(log) => Box::pin(log.append_rc(1, payload)),
         }
     }
     fn log(&self) -> &Log {
@@ -309,7 +306,7 @@ async fn commit_probe(dir: &Path, size: usize, secs: f64) {
 fn bench_log_config() -> LogConfig {
     LogConfig {
         segment_bytes_target: 1 << 30,
-        batch_bytes_max: 8 << 20,
+        batch_bytes_max: 4 << 20,
         batch_records_max: 100_000,
         appends_pending_max: 4_000_000,
         retention_bytes_max: 1 << 40,

@@ -216,7 +216,22 @@ impl Log {
         policy: DamagePolicy,
     ) -> Result<Log> {
         config.validate()?;
+        // Directories we create must be durable too, or a power loss could
+        // drop the whole log: fsync the parent of each new directory.
+        let mut created = Vec::new();
+        let mut probe = Some(dir);
+        while let Some(path) = probe.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+            created.push(path.to_path_buf());
+            probe = path.parent();
+        }
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create log directory", &e))?;
+        for path in created.iter().rev() {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent)
+                    .await
+                    .map_err(|e| StorageError::io("sync parent directory", &e))?;
+            }
+        }
         let mut names: Vec<(Lsn, PathBuf)> = std::fs::read_dir(dir)
             .map_err(|e| StorageError::io("list log directory", &e))?
             .filter_map(|entry| entry.ok())
@@ -474,7 +489,11 @@ impl Log {
             if state.durable_lsn > lsn || state.closed {
                 Poll::Ready(state.durable_lsn)
             } else {
-                state.durable_wakers.push(cx.waker().clone());
+                // One registration per task: glommio counts waker clones
+                // per task in 16 bits.
+                if !state.durable_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.durable_wakers.push(cx.waker().clone());
+                }
                 Poll::Pending
             }
         })
@@ -521,12 +540,19 @@ impl Log {
                 .partition_point(|(first, _)| *first <= from_lsn)
                 .saturating_sub(1);
             let start = segment.batches[index].1;
+            // The longest run of whole batches within `bytes_max`, but at
+            // least one batch.
             let mut end = segment.len;
-            for &(_, next_offset) in &segment.batches[index + 1..] {
-                if next_offset - start > bytes_max as u64 {
-                    end = next_offset;
+            let mut previous_boundary = None;
+            for &(_, boundary) in &segment.batches[index + 1..] {
+                if boundary - start > bytes_max as u64 {
+                    end = previous_boundary.unwrap_or(boundary);
                     break;
                 }
+                previous_boundary = Some(boundary);
+            }
+            if end == segment.len && end - start > bytes_max as u64 {
+                end = previous_boundary.unwrap_or(end);
             }
             (segment.file.clone(), start, (end - start) as usize)
         };

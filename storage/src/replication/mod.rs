@@ -41,7 +41,8 @@ pub struct ReplicationConfig {
     /// 100-byte records: one peer round trip per frame keeps up with
     /// several hundred thousand records per second.
     pub ship_bytes_max: usize,
-    /// Largest frame accepted from a peer.
+    /// Largest frame accepted from a peer. Must exceed the log's
+    /// `batch_bytes_max` (a fetch reply carries at least one whole batch).
     pub frame_bytes_max: usize,
     /// Bound on connecting to, writing to and hearing back from a peer;
     /// a peer that stops reading is declared down after it.

@@ -212,6 +212,23 @@ impl ReplicatedLog {
         }
     }
 
+    /// Like [`append`](Self::append), but the future owns an `Rc` of the log
+    /// instead of borrowing it, so it can be stored or spawned.
+    pub fn append_rc(
+        self: &Rc<Self>,
+        kind: RecordKind,
+        payload: &[u8],
+    ) -> impl std::future::Future<Output = Result<Lsn>> + 'static {
+        let started = Instant::now();
+        let local = self.log.append(kind, payload);
+        let this = self.clone();
+        async move {
+            let lsn = local.await?;
+            this.shared.tracker.borrow_mut().local_durable(lsn);
+            this.wait_commit(lsn, started).await
+        }
+    }
+
     async fn wait_commit(&self, lsn: Lsn, started: Instant) -> Result<Lsn> {
         let shared = &self.shared;
         let timeout = shared.config.commit_timeout;
@@ -249,6 +266,16 @@ impl ReplicatedLog {
                     let mut waiters = shared.waiters.borrow_mut();
                     // Keep waiters sorted by LSN so commits wake a prefix.
                     let at = waiters.partition_point(|w| w.lsn <= lsn);
+                    // A re-poll of the same append must not add a second
+                    // waker clone (glommio counts them per task in 16 bits).
+                    let already = waiters
+                        .range(..at)
+                        .rev()
+                        .take_while(|w| w.lsn == lsn)
+                        .any(|w| w.waker.will_wake(cx.waker()));
+                    if already {
+                        return Poll::Pending;
+                    }
                     waiters.insert(
                         at,
                         CommitWaiter {

@@ -76,6 +76,16 @@ struct Shared {
     wakers: RefCell<Vec<Waker>>,
 }
 
+/// Registers `waker` unless the same task is already registered: glommio
+/// counts waker clones per task in 16 bits, so a waker must never be cloned
+/// once per poll into a list that is drained only rarely.
+fn register(wakers: &RefCell<Vec<Waker>>, waker: &Waker) {
+    let mut wakers = wakers.borrow_mut();
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
+    }
+}
+
 impl Shared {
     fn wake_all(&self) {
         for waker in self.wakers.borrow_mut().drain(..) {
@@ -89,7 +99,7 @@ impl Shared {
             if self.shut_down.get() {
                 Poll::Ready(false)
             } else if self.paused.get() {
-                self.wakers.borrow_mut().push(cx.waker().clone());
+                register(&self.wakers, cx.waker());
                 Poll::Pending
             } else {
                 Poll::Ready(true)
@@ -103,7 +113,7 @@ impl Shared {
             if self.shut_down.get() {
                 Poll::Ready(())
             } else {
-                self.wakers.borrow_mut().push(cx.waker().clone());
+                register(&self.wakers, cx.waker());
                 Poll::Pending
             }
         })

@@ -53,9 +53,15 @@ fn index(c: &mut Criterion) {
     let mut group = c.benchmark_group("table_index");
     let mut index = TableIndex::default();
     for k in 0..KEYS {
-        index.apply(format!("cursor/{k}").as_bytes(), k + 1, Some(&k.to_le_bytes()));
+        index.apply(
+            format!("cursor/{k}").as_bytes(),
+            k + 1,
+            Some(&k.to_le_bytes()),
+        );
     }
-    let keys: Vec<Vec<u8>> = (0..KEYS).map(|k| format!("cursor/{k}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..KEYS)
+        .map(|k| format!("cursor/{k}").into_bytes())
+        .collect();
     let mut i = 0usize;
     let mut lsn = KEYS + 1;
     group.bench_function("put_overwrite_100k_keys", |b| {

@@ -39,7 +39,11 @@ struct Args {
     #[arg(long, default_value = "/var/tmp/redrain-append-bench")]
     dir: PathBuf,
     /// Offered rates (records/s) for the open-loop steps.
-    #[arg(long, value_delimiter = ',', default_value = "20000,100000,400000,1000000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "20000,100000,400000,1000000"
+    )]
     rates: Vec<u64>,
     /// Seconds per step.
     #[arg(long, default_value_t = 3.0)]
@@ -118,7 +122,14 @@ impl StepReport {
 
 /// Open loop at `rate` (or closed loop with `window` in flight if `rate` is
 /// None) for `secs`.
-async fn run_step(target: Target, label: &str, rate: Option<u64>, window: usize, secs: f64, payload: &'static [u8]) -> StepReport {
+async fn run_step(
+    target: Target,
+    label: &str,
+    rate: Option<u64>,
+    window: usize,
+    secs: f64,
+    payload: &'static [u8],
+) -> StepReport {
     let queue: Rc<RefCell<VecDeque<(Instant, AppendFut)>>> = Rc::new(RefCell::new(VecDeque::new()));
     let consumer_waker: Rc<Cell<Option<Waker>>> = Rc::new(Cell::new(None));
     let generator_waker: Rc<Cell<Option<Waker>>> = Rc::new(Cell::new(None));
@@ -175,7 +186,9 @@ async fn run_step(target: Target, label: &str, rate: Option<u64>, window: usize,
                 let due = (elapsed.as_secs_f64() * rate as f64) as u64;
                 while issued < due {
                     let intended = start + Duration::from_secs_f64(issued as f64 / rate as f64);
-                    queue.borrow_mut().push_back((intended, target.append(payload)));
+                    queue
+                        .borrow_mut()
+                        .push_back((intended, target.append(payload)));
                     issued += 1;
                 }
                 if let Some(w) = consumer_waker.take() {
@@ -232,10 +245,14 @@ async fn seq_bandwidth(dir: &Path, mib: u64) -> (f64, f64) {
     let chunk = 4usize << 20;
     let chunks = (mib << 20) as usize / chunk;
     let path = dir.join("seq-buffered");
-    let file = BufferedFile::create(&path).await.expect("create probe file");
+    let file = BufferedFile::create(&path)
+        .await
+        .expect("create probe file");
     let start = Instant::now();
     for i in 0..chunks {
-        file.write_at(vec![0xabu8; chunk], (i * chunk) as u64).await.expect("write");
+        file.write_at(vec![0xabu8; chunk], (i * chunk) as u64)
+            .await
+            .expect("write");
     }
     file.fdatasync().await.expect("fdatasync");
     let buffered = (chunks * chunk) as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
@@ -274,7 +291,10 @@ async fn commit_probe(dir: &Path, size: usize, secs: f64) {
     let mib_s = pos as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
     println!(
         "commit probe buffered  {:>8} B write+fdatasync: {:>7.1} MiB/s  p50 {:>6} us  p99 {:>6} us",
-        size, mib_s, h.quantile(0.5), h.quantile(0.99)
+        size,
+        mib_s,
+        h.quantile(0.5),
+        h.quantile(0.99)
     );
     file.close().await.ok();
     let _ = std::fs::remove_file(&path);
@@ -297,7 +317,10 @@ async fn commit_probe(dir: &Path, size: usize, secs: f64) {
     let mib_s = pos as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
     println!(
         "commit probe O_DIRECT  {:>8} B write+fdatasync: {:>7.1} MiB/s  p50 {:>6} us  p99 {:>6} us",
-        aligned, mib_s, h.quantile(0.5), h.quantile(0.99)
+        aligned,
+        mib_s,
+        h.quantile(0.5),
+        h.quantile(0.99)
     );
     file.close().await.ok();
     let _ = std::fs::remove_file(&path);
@@ -330,9 +353,12 @@ fn start_peer(dir: PathBuf, stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::
         })
         .expect("peer executor");
     let addr = rx.recv().expect("peer address");
-    (addr, std::thread::spawn(move || {
-        let _ = handle.join();
-    }))
+    (
+        addr,
+        std::thread::spawn(move || {
+            let _ = handle.join();
+        }),
+    )
 }
 
 fn main() {

@@ -71,7 +71,11 @@ impl std::fmt::Display for CheckReport {
             writeln!(
                 f,
                 "{}: {} at {} offset {}",
-                if finding.torn_tail { "torn tail" } else { "DAMAGE" },
+                if finding.torn_tail {
+                    "torn tail"
+                } else {
+                    "DAMAGE"
+                },
                 finding.kind,
                 finding.file.display(),
                 finding.offset

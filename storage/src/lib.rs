@@ -28,6 +28,7 @@ pub mod table;
 /// Log sequence number: 1 for the first record of a log, +1 per record.
 pub type Lsn = u64;
 
+pub use check::{check_log_dir, CheckReport};
 pub use config::{DamagePolicy, LogConfig};
 pub use error::{DamageKind, IoFailure, Result, StorageError};
 pub use file_io::{FaultSwitches, FaultyFileSystem, FileSystem, GlommioFileSystem};
@@ -36,5 +37,4 @@ pub use metrics::StorageMetrics;
 pub use replication::{
     NoQuorumPolicy, ReplicaServer, ReplicaServerConfig, ReplicatedLog, ReplicationConfig, StreamId,
 };
-pub use check::{check_log_dir, CheckReport};
 pub use table::{Table, TableConfig};

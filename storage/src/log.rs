@@ -316,9 +316,9 @@ impl Log {
             let last_lsn = scan
                 .batches
                 .iter()
-                .filter(|b| b.offset + b.len <= valid_len)
+                .rev()
+                .find(|b| b.offset + b.len <= valid_len)
                 .map(|b| b.last_lsn)
-                .last()
                 .unwrap_or(first_lsn - 1);
             segments.push_back(Segment {
                 path: path.clone(),
@@ -706,7 +706,11 @@ pub struct ImportPlan {
 /// Records already held are dropped (resends are normal), a batch that
 /// overlaps is cut, a gap is an error, and an empty log (`log_is_empty`)
 /// accepts any first LSN. `Ok(None)` means nothing new.
-pub fn plan_import(incoming: &[u8], next_lsn: Lsn, log_is_empty: bool) -> Result<Option<ImportPlan>> {
+pub fn plan_import(
+    incoming: &[u8],
+    next_lsn: Lsn,
+    log_is_empty: bool,
+) -> Result<Option<ImportPlan>> {
     let (batches, damage) = split_batches(incoming);
     if let Some((offset, kind)) = damage {
         return Err(StorageError::Protocol(format!(
@@ -760,7 +764,14 @@ async fn write_import(inner: &Rc<Inner>, bytes: Vec<u8>) -> Result<Lsn> {
     if empty_log {
         inner.state.borrow_mut().next_lsn = plan.first_lsn;
     }
-    persist(inner, plan.bytes, plan.batch_offsets, plan.first_lsn, plan.last_lsn).await?;
+    persist(
+        inner,
+        plan.bytes,
+        plan.batch_offsets,
+        plan.first_lsn,
+        plan.last_lsn,
+    )
+    .await?;
     Ok(inner.state.borrow().durable_lsn)
 }
 
@@ -799,7 +810,10 @@ async fn persist(
         }
         Err(err) => {
             state.stats.batch_failures_total += 1;
-            log::warn!("log {}: batch {first_lsn}..={last_lsn} failed: {err}", inner.dir.display());
+            log::warn!(
+                "log {}: batch {first_lsn}..={last_lsn} failed: {err}",
+                inner.dir.display()
+            );
             Err(err.clone())
         }
     }

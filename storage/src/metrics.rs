@@ -126,40 +126,109 @@ impl StorageMetrics {
             let _ = writeln!(out, "# TYPE redrain_storage_{name} counter");
             let _ = writeln!(out, "redrain_storage_{name}{{{s}}} {value}");
         };
-        counter("log_batches_total", "Group commits made durable.", self.log.batches_total);
-        counter("log_records_total", "Records made durable locally.", self.log.records_total);
-        counter("log_bytes_total", "Bytes written in durable batches.", self.log.bytes_total);
-        counter("log_batch_failures_total", "Group commits that failed.", self.log.batch_failures_total);
+        counter(
+            "log_batches_total",
+            "Group commits made durable.",
+            self.log.batches_total,
+        );
+        counter(
+            "log_records_total",
+            "Records made durable locally.",
+            self.log.records_total,
+        );
+        counter(
+            "log_bytes_total",
+            "Bytes written in durable batches.",
+            self.log.bytes_total,
+        );
+        counter(
+            "log_batch_failures_total",
+            "Group commits that failed.",
+            self.log.batch_failures_total,
+        );
         counter(
             "log_overload_rejections_total",
             "Appends rejected because the pending queue was full.",
             self.log.overload_rejections_total,
         );
-        counter("commits_total", "Appends committed on two of three copies.", self.commits_total);
+        counter(
+            "commits_total",
+            "Appends committed on two of three copies.",
+            self.commits_total,
+        );
         counter(
             "local_only_commits_total",
             "Appends acknowledged on local durability alone (both peers down).",
             self.local_only_commits_total,
         );
-        counter("no_quorum_failures_total", "Appends failed because both peers were down.", self.no_quorum_failures_total);
-        counter("commit_timeouts_total", "Appends failed waiting for a peer.", self.commit_timeouts_total);
+        counter(
+            "no_quorum_failures_total",
+            "Appends failed because both peers were down.",
+            self.no_quorum_failures_total,
+        );
+        counter(
+            "commit_timeouts_total",
+            "Appends failed waiting for a peer.",
+            self.commit_timeouts_total,
+        );
         let _ = writeln!(out, "# TYPE redrain_storage_durable_lsn gauge");
-        let _ = writeln!(out, "redrain_storage_durable_lsn{{{s}}} {}", self.local_durable_lsn);
+        let _ = writeln!(
+            out,
+            "redrain_storage_durable_lsn{{{s}}} {}",
+            self.local_durable_lsn
+        );
         let _ = writeln!(out, "# TYPE redrain_storage_commit_lsn gauge");
         let _ = writeln!(out, "redrain_storage_commit_lsn{{{s}}} {}", self.commit_lsn);
-        render_summary(out, "commit_latency_seconds", &s, &self.commit_latency_us, 1e-6);
+        render_summary(
+            out,
+            "commit_latency_seconds",
+            &s,
+            &self.commit_latency_us,
+            1e-6,
+        );
         render_summary(out, "ship_batch_records", &s, &self.ship_batch_records, 1.0);
         let _ = writeln!(out, "# TYPE redrain_storage_peer_state gauge");
-        let _ = writeln!(out, "# HELP redrain_storage_peer_state 0 down, 1 connecting, 2 up.");
+        let _ = writeln!(
+            out,
+            "# HELP redrain_storage_peer_state 0 down, 1 connecting, 2 up."
+        );
         for (i, peer) in self.peers.iter().enumerate() {
             let p = format!("{s},peer=\"{i}\",address=\"{}\"", peer.address);
-            let _ = writeln!(out, "redrain_storage_peer_state{{{p}}} {}", peer.state.gauge());
-            let _ = writeln!(out, "redrain_storage_peer_acked_lsn{{{p}}} {}", peer.acked_lsn);
-            let _ = writeln!(out, "redrain_storage_replication_lag_records{{{p}}} {}", peer.lag_records);
-            let _ = writeln!(out, "redrain_storage_peer_bytes_sent_total{{{p}}} {}", peer.bytes_sent_total);
-            let _ = writeln!(out, "redrain_storage_peer_batches_sent_total{{{p}}} {}", peer.batches_sent_total);
-            let _ = writeln!(out, "redrain_storage_peer_disconnects_total{{{p}}} {}", peer.disconnects_total);
-            let _ = writeln!(out, "redrain_storage_peer_diverged_total{{{p}}} {}", peer.diverged_total);
+            let _ = writeln!(
+                out,
+                "redrain_storage_peer_state{{{p}}} {}",
+                peer.state.gauge()
+            );
+            let _ = writeln!(
+                out,
+                "redrain_storage_peer_acked_lsn{{{p}}} {}",
+                peer.acked_lsn
+            );
+            let _ = writeln!(
+                out,
+                "redrain_storage_replication_lag_records{{{p}}} {}",
+                peer.lag_records
+            );
+            let _ = writeln!(
+                out,
+                "redrain_storage_peer_bytes_sent_total{{{p}}} {}",
+                peer.bytes_sent_total
+            );
+            let _ = writeln!(
+                out,
+                "redrain_storage_peer_batches_sent_total{{{p}}} {}",
+                peer.batches_sent_total
+            );
+            let _ = writeln!(
+                out,
+                "redrain_storage_peer_disconnects_total{{{p}}} {}",
+                peer.disconnects_total
+            );
+            let _ = writeln!(
+                out,
+                "redrain_storage_peer_diverged_total{{{p}}} {}",
+                peer.diverged_total
+            );
         }
     }
 }
@@ -178,5 +247,9 @@ fn render_summary(out: &mut String, name: &str, labels: &str, h: &ValueHistogram
         "redrain_storage_{name}_sum{{{labels}}} {}",
         h.mean() * h.count() as f64 * scale
     );
-    let _ = writeln!(out, "redrain_storage_{name}_count{{{labels}}} {}", h.count());
+    let _ = writeln!(
+        out,
+        "redrain_storage_{name}_count{{{labels}}} {}",
+        h.count()
+    );
 }

@@ -13,8 +13,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::replication::fetch::{fetch_from_peer, FetchLimits};
 use crate::replication::server::replica_dir;
 use crate::{
-    check_log_dir, GlommioFileSystem, Log, LogConfig, ReplicaServer, ReplicaServerConfig,
-    StreamId, Table,
+    check_log_dir, GlommioFileSystem, Log, LogConfig, ReplicaServer, ReplicaServerConfig, StreamId,
+    Table,
 };
 
 /// io_memory of the CLI's executor: small, it registers nothing large.
@@ -143,7 +143,11 @@ async fn run_on_executor(command: ReplicaCommand) -> anyhow::Result<i32> {
                 core,
             };
             let dir = replica_dir(&data_dir, stream);
-            anyhow::ensure!(dir.exists(), "no replica of {stream} in {}", data_dir.display());
+            anyhow::ensure!(
+                dir.exists(),
+                "no replica of {stream} in {}",
+                data_dir.display()
+            );
             let replica = Log::open(&dir, LogConfig::default(), fs.clone())
                 .await
                 .with_context(|| format!("opening replica {}", dir.display()))?;
@@ -214,7 +218,11 @@ async fn run_on_executor(command: ReplicaCommand) -> anyhow::Result<i32> {
                 log.first_lsn(),
                 log.durable_lsn()
             );
-            Ok(if log.durable_lsn() == peer_durable { 0 } else { 1 })
+            Ok(if log.durable_lsn() == peer_durable {
+                0
+            } else {
+                1
+            })
         }
         ReplicaCommand::Check { .. } => unreachable!("handled before the executor starts"),
     }

@@ -181,16 +181,23 @@ fn snapshot_files(dir: &Path) -> Vec<(Lsn, PathBuf)> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_str()?.to_string();
-            let lsn = name.strip_prefix("snapshot-")?.strip_suffix(".hint")?.parse().ok()?;
+            let lsn = name
+                .strip_prefix("snapshot-")?
+                .strip_suffix(".hint")?
+                .parse()
+                .ok()?;
             Some((lsn, e.path()))
         })
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     files
 }
 
+/// A (key, value) pair stored in a snapshot.
+type SnapshotEntry = (Vec<u8>, Vec<u8>);
+
 /// Parses and verifies a snapshot; `None` if damaged.
-fn parse_snapshot(bytes: &[u8]) -> Option<(Lsn, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn parse_snapshot(bytes: &[u8]) -> Option<(Lsn, Vec<SnapshotEntry>)> {
     if bytes.len() < 28 || &bytes[0..8] != SNAPSHOT_MAGIC {
         return None;
     }
@@ -231,7 +238,11 @@ impl Table {
                     snapshot_lsn = covered;
                     break;
                 }
-                _ => log::warn!("table {}: snapshot {} damaged, trying an older one", dir.display(), path.display()),
+                _ => log::warn!(
+                    "table {}: snapshot {} damaged, trying an older one",
+                    dir.display(),
+                    path.display()
+                ),
             }
         }
         let log = Log::open(&dir.join("log"), config.log.clone(), fs.clone()).await?;
@@ -291,17 +302,26 @@ impl Table {
     /// Sets `key` to `value`; durable when it resolves.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<Lsn> {
         if key.len() > self.config.key_bytes_max.min(u16::MAX as usize) {
-            return Err(StorageError::RecordTooLarge { size: key.len(), limit: self.config.key_bytes_max });
+            return Err(StorageError::RecordTooLarge {
+                size: key.len(),
+                limit: self.config.key_bytes_max,
+            });
         }
         if value.len() > self.config.value_bytes_max {
-            return Err(StorageError::RecordTooLarge { size: value.len(), limit: self.config.value_bytes_max });
+            return Err(StorageError::RecordTooLarge {
+                size: value.len(),
+                limit: self.config.value_bytes_max,
+            });
         }
         let (is_new, live) = {
             let index = self.index.borrow();
             (index.get(key).is_none(), index.len())
         };
         if is_new && live >= self.config.entries_max {
-            return Err(StorageError::Overloaded { pending: live, limit: self.config.entries_max });
+            return Err(StorageError::Overloaded {
+                pending: live,
+                limit: self.config.entries_max,
+            });
         }
         let lsn = self.log.append(TABLE_PUT, &encode_put(key, value)).await?;
         self.apply(key, lsn, Some(value.to_vec()));
@@ -311,7 +331,10 @@ impl Table {
     /// Removes `key`; durable when it resolves.
     pub async fn delete(&self, key: &[u8]) -> Result<Lsn> {
         if key.len() > self.config.key_bytes_max.min(u16::MAX as usize) {
-            return Err(StorageError::RecordTooLarge { size: key.len(), limit: self.config.key_bytes_max });
+            return Err(StorageError::RecordTooLarge {
+                size: key.len(),
+                limit: self.config.key_bytes_max,
+            });
         }
         let lsn = self.log.append(TABLE_DELETE, &encode_put(key, &[])).await?;
         self.apply(key, lsn, None);
@@ -399,16 +422,32 @@ impl Table {
         let final_path = self.dir.join(snapshot_name(covered));
         let tmp_path = self.dir.join(format!("{}.tmp", snapshot_name(covered)));
         let _ = std::fs::remove_file(&tmp_path);
-        let file = self.fs.create(&tmp_path).await.map_err(|e| StorageError::io("create snapshot", &e))?;
+        let file = self
+            .fs
+            .create(&tmp_path)
+            .await
+            .map_err(|e| StorageError::io("create snapshot", &e))?;
         let len = body.len();
-        let written = file.write_at(body, 0).await.map_err(|e| StorageError::io("write snapshot", &e))?;
+        let written = file
+            .write_at(body, 0)
+            .await
+            .map_err(|e| StorageError::io("write snapshot", &e))?;
         if written != len {
             let _ = std::fs::remove_file(&tmp_path);
-            return Err(StorageError::io("write snapshot", &std::io::Error::from_raw_os_error(libc::ENOSPC)));
+            return Err(StorageError::io(
+                "write snapshot",
+                &std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
         }
-        file.fdatasync().await.map_err(|e| StorageError::io("sync snapshot", &e))?;
-        std::fs::rename(&tmp_path, &final_path).map_err(|e| StorageError::io("publish snapshot", &e))?;
-        self.fs.sync_dir(&self.dir).await.map_err(|e| StorageError::io("sync table directory", &e))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| StorageError::io("sync snapshot", &e))?;
+        std::fs::rename(&tmp_path, &final_path)
+            .map_err(|e| StorageError::io("publish snapshot", &e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| StorageError::io("sync table directory", &e))?;
         self.snapshot_lsn.set(covered);
         for (lsn, path) in snapshot_files(&self.dir) {
             if lsn < covered {

@@ -53,7 +53,10 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_append() {
     let mut acked_max = 0u64;
     let mut acked_total = 0usize;
     for iteration in 0..ITERATIONS {
-        assert!(Instant::now() < deadline, "crash test exceeded its time bound");
+        assert!(
+            Instant::now() < deadline,
+            "crash test exceeded its time bound"
+        );
         let mut child = Command::new(env!("CARGO_BIN_EXE_storage-crash-child"))
             .arg(dir.path())
             .stdout(Stdio::piped())
@@ -85,7 +88,11 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_append() {
         let records = read_log(dir.path());
         // In order, no duplicates, no holes: LSNs are exactly 1..=n.
         for (i, (lsn, payload)) in records.iter().enumerate() {
-            assert_eq!(*lsn, i as u64 + 1, "iteration {iteration}: LSN sequence broken");
+            assert_eq!(
+                *lsn,
+                i as u64 + 1,
+                "iteration {iteration}: LSN sequence broken"
+            );
             assert_eq!(
                 payload,
                 format!("rec-{lsn}").as_bytes(),
@@ -98,6 +105,8 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_append() {
             "iteration {iteration}: acknowledged up to {acked_max} but only {durable} recovered"
         );
     }
-    println!("{ITERATIONS} SIGKILLs, {acked_total} acknowledged appends, last acked LSN {acked_max}");
+    println!(
+        "{ITERATIONS} SIGKILLs, {acked_total} acknowledged appends, last acked LSN {acked_max}"
+    );
     assert!(acked_max > 0, "the child never acknowledged anything");
 }

@@ -275,10 +275,7 @@ fn disk_full_fails_the_append_keeps_the_log_consistent_and_recovers() {
         drop(log);
         let log = Log::open(&path, LogConfig::default(), fs()).await.unwrap();
         let records = read_all(&log).await;
-        assert_eq!(
-            records,
-            vec![(1, b"one".to_vec()), (2, b"two".to_vec())]
-        );
+        assert_eq!(records, vec![(1, b"one".to_vec()), (2, b"two".to_vec())]);
     });
 }
 
@@ -346,7 +343,10 @@ fn import_keeps_lsns_and_ignores_duplicates() {
         gap.finish();
         assert!(matches!(
             replica.import(gap.take()).await,
-            Err(StorageError::LsnGap { expected: 51, got: 60 })
+            Err(StorageError::LsnGap {
+                expected: 51,
+                got: 60
+            })
         ));
     });
 }

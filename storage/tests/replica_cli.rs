@@ -145,7 +145,10 @@ fn a_served_replica_can_be_fetched_by_a_takeover_node() {
     BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.starts_with("serving replicas on"), "server said {line:?}");
+    assert!(
+        line.starts_with("serving replicas on"),
+        "server said {line:?}"
+    );
 
     let into = root.path().join("takeover");
     let fetched = run(ReplicaArgs {

@@ -113,7 +113,9 @@ async fn records_of(log: &Log) -> Vec<(u64, Vec<u8>)> {
 /// Everything `peer` serves for the origin's stream, fetched into a scratch log.
 async fn fetch_all(peer: SocketAddr, scratch: &Path) -> Vec<(u64, Vec<u8>)> {
     let _ = std::fs::remove_dir_all(scratch);
-    let log = Log::open(scratch, LogConfig::default(), fs()).await.unwrap();
+    let log = Log::open(scratch, LogConfig::default(), fs())
+        .await
+        .unwrap();
     fetch_from_peer(peer, ORIGIN, &log, FetchLimits::default())
         .await
         .expect("fetch from peer");
@@ -123,13 +125,21 @@ async fn fetch_all(peer: SocketAddr, scratch: &Path) -> Vec<(u64, Vec<u8>)> {
 /// Acknowledged LSNs are exactly 1..=n with the payload written for each.
 fn assert_contains_acked(records: &[(u64, Vec<u8>)], acked: &[u64], who: &str) {
     for (i, (lsn, _)) in records.iter().enumerate() {
-        assert_eq!(*lsn, i as u64 + 1, "{who}: LSNs not contiguous (duplicate or hole)");
+        assert_eq!(
+            *lsn,
+            i as u64 + 1,
+            "{who}: LSNs not contiguous (duplicate or hole)"
+        );
     }
     for &lsn in acked {
         let (_, body) = records
             .get(lsn as usize - 1)
             .unwrap_or_else(|| panic!("{who}: acknowledged record {lsn} missing"));
-        assert_eq!(body, &payload(lsn - 1), "{who}: record {lsn} has wrong content");
+        assert_eq!(
+            body,
+            &payload(lsn - 1),
+            "{who}: record {lsn} has wrong content"
+        );
     }
 }
 
@@ -250,10 +260,16 @@ fn both_peers_unreachable_fails_fast_with_a_typed_error_then_recovers() {
             }
         };
         acked.push(next);
-        wait_until("peers to catch up", || origin.metrics().peers[0].acked_lsn >= next).await;
+        wait_until("peers to catch up", || {
+            origin.metrics().peers[0].acked_lsn >= next
+        })
+        .await;
         let replica = fetch_all(cluster.peer_addrs[0], &root.join("scratch")).await;
         for &lsn in &acked {
-            assert!(replica.iter().any(|(l, _)| *l == lsn), "acked {lsn} missing on peer");
+            assert!(
+                replica.iter().any(|(l, _)| *l == lsn),
+                "acked {lsn} missing on peer"
+            );
         }
         drop(peers);
     });
@@ -281,7 +297,8 @@ fn local_only_policy_commits_without_peers_and_counts_it_loudly() {
         assert_eq!(metrics.local_only_commits_total, 1);
         let mut text = String::new();
         metrics.render_prometheus(&mut text);
-        assert!(text.contains("redrain_storage_local_only_commits_total{origin_node=\"0\",core=\"0\"} 1"));
+        assert!(text
+            .contains("redrain_storage_local_only_commits_total{origin_node=\"0\",core=\"0\"} 1"));
         assert!(text.contains("redrain_storage_peer_state{origin_node=\"0\",core=\"0\",peer=\"0\""));
         assert!(text.contains("redrain_storage_commit_latency_seconds{"));
     });

@@ -54,11 +54,7 @@ impl Disk {
             return Vec::new();
         }
         let lo = self.index[start].2;
-        let hi = self
-            .index
-            .get(end)
-            .map(|b| b.2)
-            .unwrap_or(self.bytes.len());
+        let hi = self.index.get(end).map(|b| b.2).unwrap_or(self.bytes.len());
         self.bytes[lo..hi].to_vec()
     }
     fn records(&self) -> Vec<(Lsn, Vec<u8>)> {
@@ -156,7 +152,7 @@ impl Sim {
         self.steps += 1;
         // A full check decodes every copy; every few steps keeps runs fast
         // while still catching a violation close to its cause.
-        if self.steps % 16 == 0 {
+        if self.steps.is_multiple_of(16) {
             self.check();
         }
     }
@@ -275,7 +271,10 @@ impl Sim {
         for (&lsn, &id) in &self.waiting {
             match self.tracker.verdict(lsn) {
                 Verdict::Committed | Verdict::CommittedLocalOnly => {
-                    assert!(self.acked.insert(lsn, id).is_none(), "LSN {lsn} acknowledged twice");
+                    assert!(
+                        self.acked.insert(lsn, id).is_none(),
+                        "LSN {lsn} acknowledged twice"
+                    );
                     self.acks_total += 1;
                     done.push(lsn);
                 }
@@ -355,7 +354,10 @@ impl Sim {
             };
             let copies = on(&origin) as u32 + on(&replicas[0]) as u32 + on(&replicas[1]) as u32;
             let needed = if lost_disk { 1 } else { 2 };
-            assert!(copies >= needed, "acknowledged LSN {lsn} on only {copies} copies");
+            assert!(
+                copies >= needed,
+                "acknowledged LSN {lsn} on only {copies} copies"
+            );
         }
         // Replicas never disagree with the origin or each other.
         for records in &replicas {
@@ -407,7 +409,9 @@ fn random_interleavings_of_appends_crashes_and_peer_failures_keep_every_ack() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
-    let fixed: Option<u64> = std::env::var("STORAGE_SIM_SEED").ok().and_then(|s| s.parse().ok());
+    let fixed: Option<u64> = std::env::var("STORAGE_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
     let base: u64 = fixed.unwrap_or_else(|| rand::thread_rng().gen());
     let mut acks = 0;
     let mut failures = 0;

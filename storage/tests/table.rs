@@ -62,7 +62,10 @@ fn compaction_drops_dead_entries_and_startup_uses_the_snapshot() {
             for round in 0..50u32 {
                 for key in 0..20u32 {
                     let value = format!("value-{round}-{key}");
-                    table.put(format!("k{key}").as_bytes(), value.as_bytes()).await.unwrap();
+                    table
+                        .put(format!("k{key}").as_bytes(), value.as_bytes())
+                        .await
+                        .unwrap();
                 }
             }
             table.delete(b"k0").await.unwrap();
@@ -96,13 +99,19 @@ fn writes_continue_while_compaction_runs() {
     run_on_glommio(LIMIT, move || async move {
         let table = Rc::new(open(&path).await);
         for i in 0..300u32 {
-            table.put(format!("k{}", i % 10).as_bytes(), &i.to_le_bytes()).await.unwrap();
+            table
+                .put(format!("k{}", i % 10).as_bytes(), &i.to_le_bytes())
+                .await
+                .unwrap();
         }
         let writer = {
             let table = table.clone();
             glommio::spawn_local(async move {
                 for i in 300..600u32 {
-                    table.put(format!("k{}", i % 10).as_bytes(), &i.to_le_bytes()).await.unwrap();
+                    table
+                        .put(format!("k{}", i % 10).as_bytes(), &i.to_le_bytes())
+                        .await
+                        .unwrap();
                 }
             })
         };
@@ -116,7 +125,15 @@ fn writes_continue_while_compaction_runs() {
         for key in 0..10u32 {
             let value = table.get(format!("k{key}").as_bytes()).unwrap();
             assert_eq!(u32::from_le_bytes(value.try_into().unwrap()) % 10, key);
-            assert!(u32::from_le_bytes(table.get(format!("k{key}").as_bytes()).unwrap().try_into().unwrap()) >= 590);
+            assert!(
+                u32::from_le_bytes(
+                    table
+                        .get(format!("k{key}").as_bytes())
+                        .unwrap()
+                        .try_into()
+                        .unwrap()
+                ) >= 590
+            );
         }
         drop(table);
         let table = open(&path).await;
@@ -135,7 +152,10 @@ fn full_scan_check_reports_a_damaged_snapshot_and_open_refuses_partial_state() {
     run_on_glommio(LIMIT, move || async move {
         let table = open(&inner).await;
         for i in 0..200u32 {
-            table.put(format!("k{}", i % 30).as_bytes(), b"v").await.unwrap();
+            table
+                .put(format!("k{}", i % 30).as_bytes(), b"v")
+                .await
+                .unwrap();
         }
         table.compact().await.unwrap();
         table.put(b"late", b"value").await.unwrap();
@@ -158,9 +178,14 @@ fn full_scan_check_reports_a_damaged_snapshot_and_open_refuses_partial_state() {
     assert_eq!(report.findings[0].file, snapshot);
     let reopened = path.clone();
     let outcome = run_on_glommio(LIMIT, move || async move {
-        Table::open(&reopened, config(), Rc::new(GlommioFileSystem)).await.map(|t| t.len())
+        Table::open(&reopened, config(), Rc::new(GlommioFileSystem))
+            .await
+            .map(|t| t.len())
     });
     // The log before the snapshot was released, so without the snapshot the
     // table cannot be rebuilt: open says so instead of serving partial state.
-    assert!(outcome.is_err(), "opened with a damaged snapshot and a released log");
+    assert!(
+        outcome.is_err(),
+        "opened with a damaged snapshot and a released log"
+    );
 }

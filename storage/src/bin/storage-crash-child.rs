@@ -14,7 +14,9 @@ use redrain_storage::{GlommioFileSystem, Log, LogConfig};
 const IN_FLIGHT_MAX: usize = 256;
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: storage-crash-child <dir>");
+    let dir = std::env::args()
+        .nth(1)
+        .expect("usage: storage-crash-child <dir>");
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(512 << 10)
         .spawn(move || async move {

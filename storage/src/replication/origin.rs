@@ -419,7 +419,11 @@ async fn ship_session(
         .await?;
     let mut acked = match framed.recv().await? {
         Message::HelloAck { durable_lsn } => durable_lsn,
-        other => return Err(StorageError::Protocol(format!("expected HelloAck, got {other:?}"))),
+        other => {
+            return Err(StorageError::Protocol(format!(
+                "expected HelloAck, got {other:?}"
+            )))
+        }
     };
     if acked > log.durable_lsn() {
         // The peer holds records we do not: our log lost data and was not
@@ -460,7 +464,11 @@ async fn ship_session(
             if !new_records {
                 // Idle: an empty append is the heartbeat, so a dead peer is
                 // noticed (and marked down) before the next write needs it.
-                framed.send(&Message::Append { batches: Vec::new() }).await?;
+                framed
+                    .send(&Message::Append {
+                        batches: Vec::new(),
+                    })
+                    .await?;
                 match framed.recv().await? {
                     Message::Ack { durable_lsn } => acked = acked.max(durable_lsn),
                     other => {
@@ -493,7 +501,11 @@ async fn ship_session(
                 acked = acked.max(durable_lsn);
             }
             Message::Error { message } => return Err(StorageError::Protocol(message)),
-            other => return Err(StorageError::Protocol(format!("expected Ack, got {other:?}"))),
+            other => {
+                return Err(StorageError::Protocol(format!(
+                    "expected Ack, got {other:?}"
+                )))
+            }
         }
         {
             let mut counters = shared.counters.borrow_mut();

@@ -216,13 +216,10 @@ impl ReplicaServer {
 
 async fn accept_loop(shared: Rc<Shared>, listener: TcpListener) {
     loop {
-        let accepted = futures_lite::future::or(
-            async { Some(listener.accept().await) },
-            async {
-                shared.until_shut_down().await;
-                None
-            },
-        )
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shared.until_shut_down().await;
+            None
+        })
         .await;
         let stream = match accepted {
             None => return,

@@ -137,7 +137,10 @@ impl Message {
 
     /// Decodes one frame from the start of `buf`. `Ok(None)` means more bytes
     /// are needed; the returned size is how many bytes the frame used.
-    pub fn decode(buf: &[u8], frame_bytes_max: usize) -> Result<Option<(Message, usize)>, StorageError> {
+    pub fn decode(
+        buf: &[u8],
+        frame_bytes_max: usize,
+    ) -> Result<Option<(Message, usize)>, StorageError> {
         if buf.len() < FRAME_HEADER_BYTES {
             return Ok(None);
         }
@@ -182,7 +185,9 @@ impl Message {
                 message: String::from_utf8_lossy(body).into_owned(),
             },
             other => {
-                return Err(StorageError::Protocol(format!("unknown frame type {other}")));
+                return Err(StorageError::Protocol(format!(
+                    "unknown frame type {other}"
+                )));
             }
         };
         Ok(Some((message, 4 + len)))

@@ -25,7 +25,9 @@ use std::time::SystemTime;
 use crate::config::{DamagePolicy, LogConfig};
 use crate::error::{DamageKind, StorageError};
 use crate::file_io::{FileSystem, SegmentFile};
-use crate::record::{rebatch_from, split_batches, BatchBuilder, RecordKind, RECORD_HEADER_BYTES};
+use crate::record::{
+    rebatch_from, split_batches, BatchBuilder, RecordKind, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES,
+};
 use crate::recovery::scan_segment;
 use crate::{Lsn, Result};
 
@@ -103,9 +105,9 @@ impl Slot {
 }
 
 struct PendingAppend {
-    kind: RecordKind,
-    payload: Vec<u8>,
     slot: Rc<Slot>,
+    /// Encoded size in the pending batch.
+    encoded_bytes: u32,
 }
 
 struct PendingImport {
@@ -117,8 +119,13 @@ struct State {
     segments: VecDeque<Segment>,
     next_lsn: Lsn,
     durable_lsn: Lsn,
+    /// Appends waiting for the writer, in order.
     pending: VecDeque<PendingAppend>,
-    pending_bytes: usize,
+    /// Their records, already encoded with tentative LSNs continuing
+    /// `next_lsn`: encoding happens in `append`, overlapping the disk work of
+    /// the batch in flight, and the writer only seals the header. If a batch
+    /// fails, its LSNs are handed back and these records are renumbered.
+    pending_batch: BatchBuilder,
     imports: VecDeque<PendingImport>,
     writer_waker: Option<Waker>,
     durable_wakers: Vec<Waker>,
@@ -354,7 +361,7 @@ impl Log {
                 next_lsn,
                 durable_lsn: next_lsn - 1,
                 pending: VecDeque::new(),
-                pending_bytes: 0,
+                pending_batch: BatchBuilder::new(next_lsn),
                 imports: VecDeque::new(),
                 writer_waker: None,
                 durable_wakers: Vec::new(),
@@ -404,11 +411,10 @@ impl Log {
             };
         }
         let slot = Slot::new();
-        state.pending_bytes += payload.len() + RECORD_HEADER_BYTES;
+        state.pending_batch.push(kind, payload);
         state.pending.push_back(PendingAppend {
-            kind,
-            payload: payload.to_vec(),
             slot: slot.clone(),
+            encoded_bytes: (payload.len() + RECORD_HEADER_BYTES) as u32,
         });
         if let Some(waker) = state.writer_waker.take() {
             waker.wake();
@@ -603,7 +609,6 @@ impl Log {
 
 /// The writer task: one batch at a time, forever (until the log is dropped).
 async fn writer_loop(inner: Rc<Inner>) {
-    let mut builder = BatchBuilder::default();
     loop {
         let had_to_wait = Cell::new(false);
         let open = std::future::poll_fn(|cx| {
@@ -636,7 +641,7 @@ async fn writer_loop(inner: Rc<Inner>) {
             let outcome = write_import(&inner, import.bytes).await;
             import.slot.resolve(outcome);
         } else {
-            write_local_batch(&inner, &mut builder).await;
+            write_local_batch(&inner).await;
         }
         if inner.state.borrow().segments.len() > 1 {
             if let Err(err) = enforce_retention(&inner).await {
@@ -646,32 +651,35 @@ async fn writer_loop(inner: Rc<Inner>) {
     }
 }
 
-async fn write_local_batch(inner: &Rc<Inner>, builder: &mut BatchBuilder) {
+async fn write_local_batch(inner: &Rc<Inner>) {
     let mut slots = Vec::new();
-    {
+    let (bytes, first_lsn) = {
         let mut state = inner.state.borrow_mut();
-        builder.reset(state.next_lsn);
-        while let Some(front) = state.pending.front() {
-            let size = front.payload.len() + RECORD_HEADER_BYTES;
-            if !builder.is_empty()
-                && (builder.len() >= inner.config.batch_records_max
-                    || builder.encoded_len() + size > inner.config.batch_bytes_max)
+        let state = &mut *state;
+        let mut body_bytes = 0usize;
+        for entry in &state.pending {
+            let size = entry.encoded_bytes as usize;
+            if !slots.is_empty()
+                && (slots.len() >= inner.config.batch_records_max
+                    || BATCH_HEADER_BYTES + body_bytes + size > inner.config.batch_bytes_max)
             {
                 break;
             }
-            let pending = state.pending.pop_front().expect("front exists");
-            state.pending_bytes -= size;
-            builder.push(pending.kind, &pending.payload);
-            slots.push(pending.slot);
+            body_bytes += size;
+            slots.push(entry.slot.clone());
         }
-    }
-    if slots.is_empty() {
-        return;
-    }
-    let first_lsn = inner.state.borrow().next_lsn;
+        if slots.is_empty() {
+            return;
+        }
+        state.pending.drain(..slots.len());
+        let first_lsn = state.pending_batch.first_lsn();
+        debug_assert_eq!(first_lsn, state.next_lsn, "tentative LSNs continue the log");
+        let rest = state.pending_batch.split_off(slots.len(), body_bytes);
+        let mut batch = std::mem::replace(&mut state.pending_batch, rest);
+        batch.finish();
+        (batch.take(), first_lsn)
+    };
     let last_lsn = first_lsn + slots.len() as u64 - 1;
-    builder.finish();
-    let bytes = builder.take();
     let outcome = persist(inner, bytes, vec![(first_lsn, 0)], first_lsn, last_lsn).await;
     match outcome {
         Ok(()) => {
@@ -680,6 +688,9 @@ async fn write_local_batch(inner: &Rc<Inner>, builder: &mut BatchBuilder) {
             }
         }
         Err(err) => {
+            // The failed batch's LSNs are free again: records queued behind
+            // it move down to keep the sequence gap-free.
+            inner.state.borrow_mut().pending_batch.renumber(first_lsn);
             for slot in &slots {
                 slot.resolve(Err(err.clone()));
             }
@@ -764,15 +775,26 @@ async fn write_import(inner: &Rc<Inner>, bytes: Vec<u8>) -> Result<Lsn> {
     if empty_log {
         inner.state.borrow_mut().next_lsn = plan.first_lsn;
     }
-    persist(
+    let persisted = persist(
         inner,
         plan.bytes,
         plan.batch_offsets,
         plan.first_lsn,
         plan.last_lsn,
     )
-    .await?;
-    Ok(inner.state.borrow().durable_lsn)
+    .await;
+    if let Err(err) = persisted {
+        if empty_log {
+            inner.state.borrow_mut().next_lsn = next;
+        }
+        return Err(err);
+    }
+    // Local appends queued meanwhile (not expected on a replica, possible
+    // during a repair) continue after the imported records.
+    let mut state = inner.state.borrow_mut();
+    let next = state.next_lsn;
+    state.pending_batch.renumber(next);
+    Ok(state.durable_lsn)
 }
 
 /// Writes one buffer of whole batches at the end of the active segment and

@@ -137,6 +137,42 @@ impl BatchBuilder {
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
     }
+
+    /// LSN of the first record.
+    pub fn first_lsn(&self) -> Lsn {
+        self.first_lsn
+    }
+
+    /// Keeps the first `records` records (`body_bytes` bytes of body) and
+    /// returns the rest as a new builder continuing the LSN sequence.
+    pub fn split_off(&mut self, records: usize, body_bytes: usize) -> BatchBuilder {
+        assert!(records <= self.count as usize, "split beyond the batch");
+        let mut rest = BatchBuilder::new(self.first_lsn + records as u64);
+        rest.buf
+            .extend_from_slice(&self.buf[BATCH_HEADER_BYTES + body_bytes..]);
+        rest.count = self.count - records as u32;
+        self.buf.truncate(BATCH_HEADER_BYTES + body_bytes);
+        self.count = records as u32;
+        rest
+    }
+
+    /// Gives the records new LSNs from `first_lsn` on, rewriting each
+    /// record's LSN and CRC (after a failed batch handed its LSNs back).
+    pub fn renumber(&mut self, first_lsn: Lsn) {
+        self.first_lsn = first_lsn;
+        let mut at = BATCH_HEADER_BYTES;
+        let mut lsn = first_lsn;
+        while at < self.buf.len() {
+            let len =
+                u32::from_le_bytes(self.buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+            self.buf[at + 5..at + 13].copy_from_slice(&lsn.to_le_bytes());
+            let payload = &self.buf[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + len];
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&self.buf[at..at + 13]), payload);
+            self.buf[at + 13..at + 17].copy_from_slice(&crc.to_le_bytes());
+            at += RECORD_HEADER_BYTES + len;
+            lsn += 1;
+        }
+    }
 }
 
 /// A verified batch borrowing from the buffer it was decoded from.
@@ -337,6 +373,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn split_and_renumber_keep_batches_valid() {
+        let mut b = BatchBuilder::new(10);
+        for p in [&b"a"[..], b"bb", b"ccc"] {
+            b.push(1, p);
+        }
+        let first_body = RECORD_HEADER_BYTES + 1;
+        let mut rest = b.split_off(1, first_body);
+        b.finish();
+        let BatchDecode::Complete(head) = decode_batch(b.finish()) else {
+            panic!("head invalid")
+        };
+        assert_eq!((head.first_lsn, head.last_lsn()), (10, 10));
+        rest.renumber(4);
+        let BatchDecode::Complete(tail) = decode_batch(rest.finish()) else {
+            panic!("renumbered tail invalid")
+        };
+        assert_eq!((tail.first_lsn, tail.last_lsn()), (4, 5));
+        assert_eq!(tail.records().nth(1).unwrap().payload, b"ccc");
     }
 
     #[test]

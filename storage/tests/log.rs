@@ -350,3 +350,34 @@ fn import_keeps_lsns_and_ignores_duplicates() {
         ));
     });
 }
+
+#[test]
+fn appends_queued_behind_a_failed_batch_take_over_its_lsns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let switches = Rc::new(FaultSwitches::default());
+        let faulty = Rc::new(FaultyFileSystem::new(fs(), switches.clone()));
+        let log = Log::open(&path, LogConfig::default(), faulty)
+            .await
+            .unwrap();
+        assert_eq!(log.append(1, b"zero").await.unwrap(), 1);
+        switches.short_write_bytes.set(Some(5)); // the next write comes up short, once
+        let doomed = log.append(1, b"doomed");
+        // Let the writer pick up the doomed batch, then queue more behind it.
+        futures_lite::future::yield_now().await;
+        let behind: Vec<_> = (0..3u64).map(|i| log.append(1, &payload(i))).collect();
+        assert!(matches!(doomed.await, Err(StorageError::DiskFull(_))));
+        let mut lsns = Vec::new();
+        for f in behind {
+            lsns.push(f.await.expect("queued appends succeed"));
+        }
+        assert_eq!(lsns, vec![2, 3, 4], "LSN 2 is reused, no hole");
+        drop(log);
+        let log = Log::open(&path, LogConfig::default(), fs()).await.unwrap();
+        let records = read_all(&log).await;
+        assert_eq!(records.len(), 4);
+        assert_eq!(records[1], (2, payload(0)));
+        assert_eq!(records[3], (4, payload(2)));
+    });
+}

@@ -60,6 +60,11 @@ struct Args {
     /// local, replicated or both.
     #[arg(long, default_value = "both")]
     mode: String,
+    /// Microseconds the bench executor spins before parking (0 = park at
+    /// once). Parking adds wake-up delay to the load generator's timer,
+    /// which the open-loop measurement then counts as latency.
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
 }
 
 type AppendFut = Pin<Box<dyn Future<Output = redrain_storage::Result<u64>>>>;
@@ -94,6 +99,8 @@ struct StepReport {
     errors: u64,
     secs: f64,
     latency_us: ValueHistogram,
+    /// How late the generator issued appends versus their intended time.
+    issue_lateness_us: ValueHistogram,
     batches: u64,
     bytes: u64,
 }
@@ -117,6 +124,13 @@ impl StepReport {
             100.0 * mib_s / seq_mib_s,
             self.errors
         );
+        if self.offered.is_some() {
+            println!(
+                "             generator lateness p50 {} us p99 {} us (included in the latencies above)",
+                self.issue_lateness_us.quantile(0.5),
+                self.issue_lateness_us.quantile(0.99)
+            );
+        }
     }
 }
 
@@ -176,6 +190,7 @@ async fn run_step(
     };
 
     let mut issued = 0u64;
+    let mut issue_lateness_us = ValueHistogram::default();
     loop {
         let elapsed = start.elapsed();
         if elapsed >= duration {
@@ -184,8 +199,10 @@ async fn run_step(
         match rate {
             Some(rate) => {
                 let due = (elapsed.as_secs_f64() * rate as f64) as u64;
+                let now = Instant::now();
                 while issued < due {
                     let intended = start + Duration::from_secs_f64(issued as f64 / rate as f64);
+                    issue_lateness_us.record(now.saturating_duration_since(intended).as_micros() as u64);
                     queue
                         .borrow_mut()
                         .push_back((intended, target.append(payload)));
@@ -236,6 +253,7 @@ async fn run_step(
         errors,
         secs,
         latency_us,
+        issue_lateness_us,
         batches: after.batches_total - before.batches_total,
         bytes: after.bytes_total - before.bytes_total,
     }
@@ -379,6 +397,7 @@ fn main() {
     let run_args = args.clone();
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(2 << 20)
+        .spin_before_park(Duration::from_micros(args.spin_us))
         .spawn(move || async move {
             let args = run_args;
             let (buffered, direct) = seq_bandwidth(&args.dir, args.seq_mib).await;

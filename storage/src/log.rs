@@ -135,6 +135,8 @@ struct State {
     retention_watermark: Lsn,
     closed: bool,
     stats: LogStats,
+    /// Time of each successful batch write + fdatasync, in microseconds.
+    batch_write_us: crate::metrics::ValueHistogram,
 }
 
 struct Inner {
@@ -368,6 +370,7 @@ impl Log {
                 tail_dirty: false,
                 retention_watermark: 0,
                 closed: false,
+                batch_write_us: crate::metrics::ValueHistogram::default(),
                 stats: LogStats {
                     torn_tail_bytes_truncated: torn_bytes,
                     damage_cuts_total: cut_at.is_some() as u64,
@@ -471,6 +474,12 @@ impl Log {
     /// Appends queued and not yet durable.
     pub fn pending_appends(&self) -> usize {
         self.inner.state.borrow().pending.len()
+    }
+
+    /// Histogram of batch write + fdatasync times (microseconds): the disk
+    /// part of commit latency.
+    pub fn batch_write_histogram(&self) -> crate::metrics::ValueHistogram {
+        self.inner.state.borrow().batch_write_us.clone()
     }
 
     /// A copy of the counters.
@@ -806,10 +815,14 @@ async fn persist(
     first_lsn: Lsn,
     last_lsn: Lsn,
 ) -> Result<()> {
+    let started = std::time::Instant::now();
     let result = persist_inner(inner, bytes, &batch_offsets, first_lsn, last_lsn).await;
     let mut state = inner.state.borrow_mut();
     match &result {
         Ok(len) => {
+            state
+                .batch_write_us
+                .record(started.elapsed().as_micros() as u64);
             let segment = state.segments.back_mut().expect("active segment exists");
             let base = segment.len;
             segment

@@ -204,7 +204,8 @@ async fn run_step(
                 let now = Instant::now();
                 while issued < due {
                     let intended = start + Duration::from_secs_f64(issued as f64 / rate as f64);
-                    issue_lateness_us.record(now.saturating_duration_since(intended).as_micros() as u64);
+                    issue_lateness_us
+                        .record(now.saturating_duration_since(intended).as_micros() as u64);
                     queue
                         .borrow_mut()
                         .push_back((intended, target.append(payload)));

@@ -149,16 +149,33 @@ fn killed_peer_restarts_and_catches_up_while_commits_continue() {
     let root = dir.path().to_path_buf();
     run_on_glommio(LIMIT, move || async move {
         let (cluster, [peer_a, peer_b]) = cluster(&root);
-        let origin = cluster.open_origin(NoQuorumPolicy::FailFast).await;
-        let mut acked = append_many(&origin, 0, 500).await;
-
+        let origin = Rc::new(cluster.open_origin(NoQuorumPolicy::FailFast).await);
+        const TOTAL: u64 = 3000;
+        // A writer keeps appending in windows of 50 while the peer dies and
+        // comes back underneath it.
+        let writer = {
+            let origin = origin.clone();
+            glommio::spawn_local(async move {
+                let mut acked = Vec::new();
+                for window in 0..TOTAL / 50 {
+                    let futures: Vec<_> = (window * 50..(window + 1) * 50)
+                        .map(|i| origin.append_rc(1, &payload(i)))
+                        .collect();
+                    for f in futures {
+                        acked.push(f.await.expect("commits continue with one peer down"));
+                    }
+                }
+                acked
+            })
+        };
+        glommio::timer::sleep(Duration::from_millis(5)).await;
         drop(peer_a); // kill a peer during writes
-        acked.extend(append_many(&origin, 500, 500).await);
-        assert_eq!(origin.commit_lsn(), 1000);
-
+        glommio::timer::sleep(Duration::from_millis(30)).await;
         let peer_a = cluster.start_peer(0);
+        let acked = writer.await;
+        assert_eq!(acked.len() as u64, TOTAL);
         wait_until("restarted peer to catch up", || {
-            origin.metrics().peers[0].acked_lsn == 1000
+            origin.metrics().peers[0].acked_lsn == TOTAL
         })
         .await;
         assert!(origin.metrics().peers[0].disconnects_total >= 1);

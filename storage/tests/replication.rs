@@ -112,14 +112,19 @@ async fn records_of(log: &Log) -> Vec<(u64, Vec<u8>)> {
 
 /// Everything `peer` serves for the origin's stream, fetched into a scratch log.
 async fn fetch_all(peer: SocketAddr, scratch: &Path) -> Vec<(u64, Vec<u8>)> {
+    try_fetch_all(peer, scratch).await.expect("fetch from peer")
+}
+
+async fn try_fetch_all(
+    peer: SocketAddr,
+    scratch: &Path,
+) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
     let _ = std::fs::remove_dir_all(scratch);
     let log = Log::open(scratch, LogConfig::default(), fs())
         .await
         .unwrap();
-    fetch_from_peer(peer, ORIGIN, &log, FetchLimits::default())
-        .await
-        .expect("fetch from peer");
-    records_of(&log).await
+    fetch_from_peer(peer, ORIGIN, &log, FetchLimits::default()).await?;
+    Ok(records_of(&log).await)
 }
 
 /// Acknowledged LSNs are exactly 1..=n with the payload written for each.
@@ -417,5 +422,74 @@ fn corrupt_local_log_is_repaired_from_peers_when_allowed() {
         assert!(report.records_fetched > 0);
         assert_contains_acked(&records_of(origin.log()).await, &acked, "repaired origin");
         drop(peers);
+    });
+}
+
+#[test]
+fn released_records_are_dropped_by_the_peers_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let small_segments = LogConfig {
+            segment_bytes_target: 4096,
+            retention_bytes_max: 0,
+            ..LogConfig::default()
+        };
+        let start = |name: &str| {
+            let mut config = ReplicaServerConfig::new(any, root.join(name));
+            config.log = small_segments.clone();
+            ReplicaServer::start(config, fs()).unwrap()
+        };
+        let peers = [start("peer-a"), start("peer-b")];
+        let mut config =
+            ReplicationConfig::new(ORIGIN, [peers[0].local_addr(), peers[1].local_addr()]);
+        config.peer_heartbeat_interval = Duration::from_millis(20);
+        let (origin, _) =
+            ReplicatedLog::open(&root.join("origin"), small_segments.clone(), config, fs())
+                .await
+                .unwrap();
+        for round in 0..10 {
+            append_many(&origin, round * 50, 50).await;
+        }
+        wait_until("both peers to acknowledge", || {
+            origin.metrics().peers.iter().all(|p| p.acked_lsn == 500)
+        })
+        .await;
+        origin.set_retention_watermark(400);
+        origin.log().enforce_retention().await.unwrap();
+        assert!(
+            origin.log().first_lsn() > 1,
+            "origin kept released segments"
+        );
+        for (i, peer) in peers.iter().enumerate() {
+            let scratch = root.join(format!("scratch{i}"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let replica = loop {
+                // A fetch racing the peer's retention may see a gap (a typed
+                // LsnGap error): retry until the release has been applied.
+                let fetched = try_fetch_all(peer.local_addr(), &scratch).await;
+                if let Ok(replica) = fetched {
+                    if replica.first().is_some_and(|(lsn, _)| *lsn > 1) {
+                        break replica;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "peer {i} never dropped released records"
+                );
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            };
+            let first = replica.first().unwrap().0;
+            assert!(
+                first > 1 && first <= 400,
+                "peer {i} replica starts at {first}"
+            );
+            assert_eq!(
+                replica.last().unwrap().0,
+                500,
+                "peer {i} lost needed records"
+            );
+        }
     });
 }

@@ -76,6 +76,8 @@ struct Shared {
     waiters: RefCell<VecDeque<CommitWaiter>>,
     counters: RefCell<Counters>,
     closed: Cell<bool>,
+    /// The owner's retention watermark, forwarded to the peers.
+    released_below: Cell<Lsn>,
 }
 
 impl Shared {
@@ -176,6 +178,7 @@ impl ReplicatedLog {
             waiters: RefCell::new(VecDeque::new()),
             counters: RefCell::new(Counters::default()),
             closed: Cell::new(false),
+            released_below: Cell::new(0),
         });
         let tasks = vec![
             glommio::spawn_local(ship_to_peer(shared.clone(), log.clone(), 0)),
@@ -303,10 +306,13 @@ impl ReplicatedLog {
 
     /// Releases records below `lsn` for retention, but never what a peer
     /// has not acknowledged yet (it needs them to catch up).
+    /// The peers are told too (they apply their own size/age bounds).
     pub fn set_retention_watermark(&self, lsn: Lsn) {
         let tracker = self.shared.tracker.borrow();
         let peers_min = tracker.peer_acked_lsn(0).min(tracker.peer_acked_lsn(1));
         self.log.set_retention_watermark(lsn.min(peers_min + 1));
+        let released = &self.shared.released_below;
+        released.set(released.get().max(lsn));
     }
 
     /// A snapshot of the counters, gauges and histograms.
@@ -445,7 +451,25 @@ async fn ship_session(
     shared.set_peer_state(peer, PeerState::Up);
     shared.wake_committed(false);
     reached_up.set(true);
+    let mut released_sent = 0;
     loop {
+        let released = shared.released_below.get();
+        if released > released_sent {
+            framed
+                .send(&Message::Release {
+                    below_lsn: released,
+                })
+                .await?;
+            match framed.recv().await? {
+                Message::Ack { durable_lsn } => acked = acked.max(durable_lsn),
+                other => {
+                    return Err(StorageError::Protocol(format!(
+                        "expected Ack to Release, got {other:?}"
+                    )))
+                }
+            }
+            released_sent = released;
+        }
         if acked >= log.durable_lsn() {
             let new_records = futures_lite::future::or(
                 async {

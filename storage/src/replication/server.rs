@@ -295,6 +295,22 @@ async fn serve_connection(shared: &Rc<Shared>, stream: TcpStream) -> Result<()> 
                     },
                 },
             },
+            Message::Release { below_lsn } => match &shipping {
+                None => Message::Error {
+                    message: "release before hello".into(),
+                },
+                Some(log) => {
+                    log.set_retention_watermark(below_lsn);
+                    match log.enforce_retention().await {
+                        Ok(_) => Message::Ack {
+                            durable_lsn: log.durable_lsn(),
+                        },
+                        Err(err) => Message::Error {
+                            message: err.to_string(),
+                        },
+                    }
+                }
+            },
             Message::Fetch {
                 stream,
                 from_lsn,

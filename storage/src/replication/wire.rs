@@ -70,6 +70,13 @@ pub enum Message {
         /// Batches starting with the one holding `from_lsn`.
         batches: Vec<u8>,
     },
+    /// Origin's owner no longer needs records below `below_lsn`; the peer
+    /// may drop them from its replica by its retention bounds. Answered by
+    /// `Ack`.
+    Release {
+        /// First LSN still needed.
+        below_lsn: Lsn,
+    },
     /// The other side refused a request.
     Error {
         /// Why.
@@ -84,6 +91,7 @@ const ACK: u8 = 4;
 const FETCH: u8 = 5;
 const FETCH_REPLY: u8 = 6;
 const ERROR: u8 = 7;
+const RELEASE: u8 = 8;
 
 impl Message {
     /// Appends the encoded frame to `out`.
@@ -128,6 +136,10 @@ impl Message {
             Message::Error { message } => {
                 out.extend_from_slice(message.as_bytes());
                 ERROR
+            }
+            Message::Release { below_lsn } => {
+                out.extend_from_slice(&below_lsn.to_le_bytes());
+                RELEASE
             }
         };
         let len = (out.len() - start - 4) as u32;
@@ -183,6 +195,9 @@ impl Message {
             },
             ERROR => Message::Error {
                 message: String::from_utf8_lossy(body).into_owned(),
+            },
+            RELEASE => Message::Release {
+                below_lsn: get_u64(body, 0).ok_or_else(short)?,
             },
             other => {
                 return Err(StorageError::Protocol(format!(
@@ -303,6 +318,7 @@ mod tests {
         round_trip(Message::Error {
             message: "no".into(),
         });
+        round_trip(Message::Release { below_lsn: 42 });
     }
 
     #[test]

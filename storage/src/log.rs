@@ -86,6 +86,7 @@ pub struct LogStats {
 struct Slot {
     outcome: RefCell<Option<Result<Lsn>>>,
     waker: Cell<Option<Waker>>,
+    resolved: Cell<bool>,
 }
 
 impl Slot {
@@ -93,13 +94,30 @@ impl Slot {
         Rc::new(Self {
             outcome: RefCell::new(None),
             waker: Cell::new(None),
+            resolved: Cell::new(false),
         })
     }
 
     fn resolve(&self, outcome: Result<Lsn>) {
+        if self.resolved.replace(true) {
+            return;
+        }
         *self.outcome.borrow_mut() = Some(outcome);
         if let Some(waker) = self.waker.take() {
             waker.wake();
+        }
+    }
+}
+
+/// Slots taken by the writer for a batch in flight. If the writer is
+/// cancelled mid-batch (the log was dropped), the guard answers `Closed`
+/// so no append future waits forever.
+struct InFlight(Vec<Rc<Slot>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for slot in &self.0 {
+            slot.resolve(Err(StorageError::Closed));
         }
     }
 }
@@ -647,8 +665,9 @@ async fn writer_loop(inner: Rc<Inner>) {
         }
         let import = inner.state.borrow_mut().imports.pop_front();
         if let Some(import) = import {
+            let guard = InFlight(vec![import.slot]);
             let outcome = write_import(&inner, import.bytes).await;
-            import.slot.resolve(outcome);
+            guard.0[0].resolve(outcome);
         } else {
             write_local_batch(&inner).await;
         }
@@ -688,11 +707,12 @@ async fn write_local_batch(inner: &Rc<Inner>) {
         batch.finish();
         (batch.take(), first_lsn)
     };
-    let last_lsn = first_lsn + slots.len() as u64 - 1;
+    let slots = InFlight(slots);
+    let last_lsn = first_lsn + slots.0.len() as u64 - 1;
     let outcome = persist(inner, bytes, vec![(first_lsn, 0)], first_lsn, last_lsn).await;
     match outcome {
         Ok(()) => {
-            for (i, slot) in slots.iter().enumerate() {
+            for (i, slot) in slots.0.iter().enumerate() {
                 slot.resolve(Ok(first_lsn + i as u64));
             }
         }
@@ -700,7 +720,7 @@ async fn write_local_batch(inner: &Rc<Inner>) {
             // The failed batch's LSNs are free again: records queued behind
             // it move down to keep the sequence gap-free.
             inner.state.borrow_mut().pending_batch.renumber(first_lsn);
-            for slot in &slots {
+            for slot in &slots.0 {
                 slot.resolve(Err(err.clone()));
             }
         }

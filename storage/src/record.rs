@@ -148,6 +148,9 @@ impl BatchBuilder {
     pub fn split_off(&mut self, records: usize, body_bytes: usize) -> BatchBuilder {
         assert!(records <= self.count as usize, "split beyond the batch");
         let mut rest = BatchBuilder::new(self.first_lsn + records as u64);
+        // The batch being taken predicts the size of the next one: reserve
+        // it now instead of growing (and copying) by doubling.
+        rest.buf.reserve(self.buf.len());
         rest.buf
             .extend_from_slice(&self.buf[BATCH_HEADER_BYTES + body_bytes..]);
         rest.count = self.count - records as u32;

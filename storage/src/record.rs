@@ -87,6 +87,17 @@ impl BatchBuilder {
         builder
     }
 
+    /// An empty batch with room for `bytes_capacity` encoded bytes.
+    pub fn with_capacity(first_lsn: Lsn, bytes_capacity: usize) -> Self {
+        let mut builder = Self {
+            buf: Vec::with_capacity(bytes_capacity.max(BATCH_HEADER_BYTES)),
+            first_lsn,
+            count: 0,
+        };
+        builder.reset(first_lsn);
+        builder
+    }
+
     /// Clears the builder for a new batch starting at `first_lsn`.
     pub fn reset(&mut self, first_lsn: Lsn) {
         self.buf.clear();

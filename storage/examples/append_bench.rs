@@ -62,6 +62,11 @@ struct Args {
     spin_us: u64,
 }
 
+// The project's allocator for every binary: large batch buffers are reused
+// instead of being mmapped and faulted in again for every group commit.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type AppendFut = Pin<Box<dyn Future<Output = redrain_storage::Result<u64>>>>;
 
 #[derive(Clone)]

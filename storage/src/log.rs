@@ -25,7 +25,11 @@ use std::time::SystemTime;
 use crate::config::{DamagePolicy, LogConfig};
 use crate::error::{DamageKind, StorageError};
 use crate::file_io::{FileSystem, SegmentFile};
+<<<<<<< HEAD
 use crate::record::{rebatch_from, split_batches, BatchBuilder, RecordKind, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
+=======
+use crate::record::{rebatch_from, split_batches, BatchBuilder, RecordKind, RECORD_HEADER_BYTES};
+>>>>>>> storage
 use crate::recovery::scan_segment;
 use crate::{Lsn, Result};
 
@@ -84,14 +88,26 @@ pub struct LogStats {
 struct Slot {
     outcome: RefCell<Option<Result<Lsn>>>,
     waker: Cell<Option<Waker>>,
+    resolved: Cell<bool>,
 }
 
 impl Slot {
     fn new() -> Rc<Self> {
+<<<<<<< HEAD
         Rc::new(Self { outcome: RefCell::new(None), waker: Cell::new(None) })
+=======
+        Rc::new(Self {
+            outcome: RefCell::new(None),
+            waker: Cell::new(None),
+            resolved: Cell::new(false),
+        })
+>>>>>>> storage
     }
 
     fn resolve(&self, outcome: Result<Lsn>) {
+        if self.resolved.replace(true) {
+            return;
+        }
         *self.outcome.borrow_mut() = Some(outcome);
         if let Some(waker) = self.waker.take() {
             waker.wake();
@@ -99,10 +115,21 @@ impl Slot {
     }
 }
 
+/// Slots taken by the writer for a batch in flight. If the writer is
+/// cancelled mid-batch (the log was dropped), the guard answers `Closed`
+/// so no append future waits forever.
+struct InFlight(Vec<Rc<Slot>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for slot in &self.0 {
+            slot.resolve(Err(StorageError::Closed));
+        }
+    }
+}
+
 struct PendingAppend {
     slot: Rc<Slot>,
-    /// Encoded size in the pending batch.
-    encoded_bytes: u32,
 }
 
 struct PendingImport {
@@ -116,11 +143,16 @@ struct State {
     durable_lsn: Lsn,
     /// Appends waiting for the writer, in order.
     pending: VecDeque<PendingAppend>,
-    /// Their records, already encoded with tentative LSNs continuing
-    /// `next_lsn`: encoding happens in `append`, overlapping the disk work of
-    /// the batch in flight, and the writer only seals the header. If a batch
-    /// fails, its LSNs are handed back and these records are renumbered.
-    pending_batch: BatchBuilder,
+    /// Their records, already encoded as ready-made batches (each within
+    /// `batch_records_max` / `batch_bytes_max`) with tentative LSNs: encoding
+    /// happens in `append`, overlapping the disk work of the batch in flight,
+    /// and the writer only seals the front batch's header - no copying. If a
+    /// batch fails, its LSNs are handed back and these are renumbered.
+    pending_batches: VecDeque<BatchBuilder>,
+    /// Tentative LSN of the next append.
+    pending_next_lsn: Lsn,
+    /// Size of the last batch taken: the capacity to reserve for the next.
+    batch_bytes_hint: usize,
     imports: VecDeque<PendingImport>,
     writer_waker: Option<Waker>,
     durable_wakers: Vec<Waker>,
@@ -342,7 +374,9 @@ impl Log {
                 next_lsn,
                 durable_lsn: next_lsn - 1,
                 pending: VecDeque::new(),
-                pending_batch: BatchBuilder::new(next_lsn),
+                pending_batches: VecDeque::new(),
+                pending_next_lsn: next_lsn,
+                batch_bytes_hint: 0,
                 imports: VecDeque::new(),
                 writer_waker: None,
                 durable_wakers: Vec::new(),
@@ -381,11 +415,27 @@ impl Log {
             return AppendFuture { slot: None, early: Some(err) };
         }
         let slot = Slot::new();
-        state.pending_batch.push(kind, payload);
-        state.pending.push_back(PendingAppend {
-            slot: slot.clone(),
-            encoded_bytes: (payload.len() + RECORD_HEADER_BYTES) as u32,
+        let size = payload.len() + RECORD_HEADER_BYTES;
+        let full = state.pending_batches.back().is_none_or(|batch| {
+            batch.len() >= config.batch_records_max
+                || batch.encoded_len() + size > config.batch_bytes_max
         });
+        if full {
+            let capacity = state.batch_bytes_hint.clamp(4096, config.batch_bytes_max);
+            let first = state.pending_next_lsn;
+            state
+                .pending_batches
+                .push_back(BatchBuilder::with_capacity(first, capacity));
+        }
+        state
+            .pending_batches
+            .back_mut()
+            .expect("pushed above")
+            .push(kind, payload);
+        state.pending_next_lsn += 1;
+        state
+            .pending
+            .push_back(PendingAppend { slot: slot.clone() });
         if let Some(waker) = state.writer_waker.take() {
             waker.wake();
         }
@@ -583,8 +633,9 @@ async fn writer_loop(inner: Rc<Inner>) {
         }
         let import = inner.state.borrow_mut().imports.pop_front();
         if let Some(import) = import {
+            let guard = InFlight(vec![import.slot]);
             let outcome = write_import(&inner, import.bytes).await;
-            import.slot.resolve(outcome);
+            guard.0[0].resolve(outcome);
         } else {
             write_local_batch(&inner).await;
         }
@@ -596,47 +647,46 @@ async fn writer_loop(inner: Rc<Inner>) {
     }
 }
 
+/// Gives the queued records consecutive LSNs from `first_lsn` (after a
+/// failed batch handed its LSNs back, or an import moved the log on).
+fn renumber_pending(state: &mut State, first_lsn: Lsn) {
+    let mut next = first_lsn;
+    for batch in state.pending_batches.iter_mut() {
+        batch.renumber(next);
+        next += batch.len() as u64;
+    }
+    state.pending_next_lsn = next;
+}
+
 async fn write_local_batch(inner: &Rc<Inner>) {
-    let mut slots = Vec::new();
-    let (bytes, first_lsn) = {
+    let (slots, bytes, first_lsn) = {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
-        let mut body_bytes = 0usize;
-        for entry in &state.pending {
-            let size = entry.encoded_bytes as usize;
-            if !slots.is_empty()
-                && (slots.len() >= inner.config.batch_records_max
-                    || BATCH_HEADER_BYTES + body_bytes + size > inner.config.batch_bytes_max)
-            {
-                break;
-            }
-            body_bytes += size;
-            slots.push(entry.slot.clone());
-        }
-        if slots.is_empty() {
+        let Some(mut batch) = state.pending_batches.pop_front() else {
             return;
-        }
-        state.pending.drain(..slots.len());
-        let first_lsn = state.pending_batch.first_lsn();
+        };
+        let slots: Vec<Rc<Slot>> = state.pending.drain(..batch.len()).map(|p| p.slot).collect();
+        let first_lsn = batch.first_lsn();
         debug_assert_eq!(first_lsn, state.next_lsn, "tentative LSNs continue the log");
-        let rest = state.pending_batch.split_off(slots.len(), body_bytes);
-        let mut batch = std::mem::replace(&mut state.pending_batch, rest);
+        debug_assert!(!slots.is_empty() && batch.encoded_len() <= inner.config.batch_bytes_max);
+        state.batch_bytes_hint = batch.encoded_len();
         batch.finish();
-        (batch.take(), first_lsn)
+        (slots, batch.take(), first_lsn)
     };
-    let last_lsn = first_lsn + slots.len() as u64 - 1;
+    let slots = InFlight(slots);
+    let last_lsn = first_lsn + slots.0.len() as u64 - 1;
     let outcome = persist(inner, bytes, vec![(first_lsn, 0)], first_lsn, last_lsn).await;
     match outcome {
         Ok(()) => {
-            for (i, slot) in slots.iter().enumerate() {
+            for (i, slot) in slots.0.iter().enumerate() {
                 slot.resolve(Ok(first_lsn + i as u64));
             }
         }
         Err(err) => {
             // The failed batch's LSNs are free again: records queued behind
             // it move down to keep the sequence gap-free.
-            inner.state.borrow_mut().pending_batch.renumber(first_lsn);
-            for slot in &slots {
+            renumber_pending(&mut inner.state.borrow_mut(), first_lsn);
+            for slot in &slots.0 {
                 slot.resolve(Err(err.clone()));
             }
         }
@@ -717,7 +767,7 @@ async fn write_import(inner: &Rc<Inner>, bytes: Vec<u8>) -> Result<Lsn> {
     // during a repair) continue after the imported records.
     let mut state = inner.state.borrow_mut();
     let next = state.next_lsn;
-    state.pending_batch.renumber(next);
+    renumber_pending(&mut state, next);
     Ok(state.durable_lsn)
 }
 

@@ -325,3 +325,19 @@ fn appends_queued_behind_a_failed_batch_take_over_its_lsns() {
         assert_eq!(records[3], (4, payload(2)));
     });
 }
+
+#[test]
+fn dropping_the_log_answers_every_waiting_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let log = Log::open(&path, LogConfig::default(), fs()).await.unwrap();
+        let in_flight = log.append(1, b"in flight");
+        futures_lite::future::yield_now().await; // the writer takes it
+        let queued = log.append(1, b"queued");
+        drop(log);
+        // Neither future may hang: each is durable or told the log closed.
+        assert!(matches!(in_flight.await, Ok(1) | Err(StorageError::Closed)));
+        assert!(matches!(queued.await, Ok(_) | Err(StorageError::Closed)));
+    });
+}

@@ -3,6 +3,9 @@
 //! (flushed) as each append resolves, until it is killed. The payload of
 //! record `lsn` is `rec-<lsn>` so the test can check every record's content.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::VecDeque;
 use std::io::Write;
 use std::rc::Rc;

@@ -1,6 +1,9 @@
 //! Stand-alone `replica` tool (the same code as `redrain replica`), used by
 //! the storage tests and handy before the engine binary wires it in.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use redrain_storage::replica_cli::{run, ReplicaArgs};
 

@@ -25,11 +25,7 @@ use std::time::SystemTime;
 use crate::config::{DamagePolicy, LogConfig};
 use crate::error::{DamageKind, StorageError};
 use crate::file_io::{FileSystem, SegmentFile};
-<<<<<<< HEAD
-use crate::record::{rebatch_from, split_batches, BatchBuilder, RecordKind, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
-=======
 use crate::record::{rebatch_from, split_batches, BatchBuilder, RecordKind, RECORD_HEADER_BYTES};
->>>>>>> storage
 use crate::recovery::scan_segment;
 use crate::{Lsn, Result};
 
@@ -93,15 +89,7 @@ struct Slot {
 
 impl Slot {
     fn new() -> Rc<Self> {
-<<<<<<< HEAD
-        Rc::new(Self { outcome: RefCell::new(None), waker: Cell::new(None) })
-=======
-        Rc::new(Self {
-            outcome: RefCell::new(None),
-            waker: Cell::new(None),
-            resolved: Cell::new(false),
-        })
->>>>>>> storage
+        Rc::new(Self { outcome: RefCell::new(None), waker: Cell::new(None), resolved: Cell::new(false) })
     }
 
     fn resolve(&self, outcome: Result<Lsn>) {
@@ -417,25 +405,16 @@ impl Log {
         let slot = Slot::new();
         let size = payload.len() + RECORD_HEADER_BYTES;
         let full = state.pending_batches.back().is_none_or(|batch| {
-            batch.len() >= config.batch_records_max
-                || batch.encoded_len() + size > config.batch_bytes_max
+            batch.len() >= config.batch_records_max || batch.encoded_len() + size > config.batch_bytes_max
         });
         if full {
             let capacity = state.batch_bytes_hint.clamp(4096, config.batch_bytes_max);
             let first = state.pending_next_lsn;
-            state
-                .pending_batches
-                .push_back(BatchBuilder::with_capacity(first, capacity));
+            state.pending_batches.push_back(BatchBuilder::with_capacity(first, capacity));
         }
-        state
-            .pending_batches
-            .back_mut()
-            .expect("pushed above")
-            .push(kind, payload);
+        state.pending_batches.back_mut().expect("pushed above").push(kind, payload);
         state.pending_next_lsn += 1;
-        state
-            .pending
-            .push_back(PendingAppend { slot: slot.clone() });
+        state.pending.push_back(PendingAppend { slot: slot.clone() });
         if let Some(waker) = state.writer_waker.take() {
             waker.wake();
         }

@@ -89,11 +89,7 @@ impl BatchBuilder {
 
     /// An empty batch with room for `bytes_capacity` encoded bytes.
     pub fn with_capacity(first_lsn: Lsn, bytes_capacity: usize) -> Self {
-        let mut builder = Self {
-            buf: Vec::with_capacity(bytes_capacity.max(BATCH_HEADER_BYTES)),
-            first_lsn,
-            count: 0,
-        };
+        let mut builder = Self { buf: Vec::with_capacity(bytes_capacity.max(BATCH_HEADER_BYTES)), first_lsn, count: 0 };
         builder.reset(first_lsn);
         builder
     }
@@ -156,15 +152,10 @@ impl BatchBuilder {
     pub fn split_off(&mut self, records: usize, body_bytes: usize) -> BatchBuilder {
         assert!(records <= self.count as usize, "split beyond the batch");
         let mut rest = BatchBuilder::new(self.first_lsn + records as u64);
-<<<<<<< HEAD
-        rest.buf.extend_from_slice(&self.buf[BATCH_HEADER_BYTES + body_bytes..]);
-=======
         // The batch being taken predicts the size of the next one: reserve
         // it now instead of growing (and copying) by doubling.
         rest.buf.reserve(self.buf.len());
-        rest.buf
-            .extend_from_slice(&self.buf[BATCH_HEADER_BYTES + body_bytes..]);
->>>>>>> storage
+        rest.buf.extend_from_slice(&self.buf[BATCH_HEADER_BYTES + body_bytes..]);
         rest.count = self.count - records as u32;
         self.buf.truncate(BATCH_HEADER_BYTES + body_bytes);
         self.count = records as u32;

@@ -109,8 +109,10 @@ impl Config {
         if self.sessions_per_core_max == 0 {
             return invalid("sessions_per_core_max", "must be at least 1");
         }
-        if self.frame_bytes_max < 512 || self.frame_bytes_max > redrain_net::frame::FRAME_BYTES_LIMIT {
-            return invalid("frame_bytes_max", "must be within 512..=16777216");
+        // The largest frame a v1 node sends is an Error with a 512-byte text
+        // (530 bytes); clients are told frame_bytes_max, so it must cover that.
+        if self.frame_bytes_max < 1024 || self.frame_bytes_max > redrain_net::frame::FRAME_BYTES_LIMIT {
+            return invalid("frame_bytes_max", "must be within 1024..=16777216");
         }
         if self.heartbeat_interval_ms == 0 || self.idle_timeout_ms <= self.heartbeat_interval_ms {
             return invalid("idle_timeout_ms", "must exceed heartbeat_interval_ms (> 0)");

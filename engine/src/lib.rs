@@ -6,6 +6,8 @@
 //! - [`node`]: start-up, executors, signals, admin, profiling.
 //! - [`shard`]: one pinned core: connections, hand-off, accept loops.
 //! - [`session`]: the per-connection protocol state machine (sans-IO).
+//! - [`tickets`]: the red-packet ticket toolchain (budget, generation, verification,
+//!   reconciliation) and the ticket shard reader the node uses.
 
 pub mod auth;
 pub mod config;
@@ -13,3 +15,4 @@ pub mod metrics;
 pub mod node;
 pub mod session;
 pub mod shard;
+pub mod tickets;

@@ -28,6 +28,10 @@ enum Command {
     Token(TokenArgs),
     /// Check (and optionally apply) host settings for a target session count.
     Tune(redrain_tuning::TuneArgs),
+    /// Red-packet ticket preparation (plan, gen, verify, reconcile, keyring, dump).
+    Tickets(redrain_engine::tickets::cli::TicketsArgs),
+    /// Peer-park replicas: serve, export, fetch and check a node's replicated logs.
+    Replica(redrain_storage::replica_cli::ReplicaArgs),
 }
 
 /// Where configuration comes from: defaults < --config file < REDRAIN_* env < flags.
@@ -180,6 +184,8 @@ fn main() {
         Command::Serve(a) => serve(*a).map(|()| 0),
         Command::Token(a) => token(a).map(|()| 0),
         Command::Tune(a) => redrain_tuning::run(a),
+        Command::Tickets(a) => redrain_engine::tickets::cli::run(a),
+        Command::Replica(a) => redrain_storage::replica_cli::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

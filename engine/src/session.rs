@@ -10,7 +10,7 @@
 use crate::auth::{TokenClaims, TokenError, TokenKeys};
 use crate::metrics::{CoreMetrics, Outcome, PassKinds};
 use redrain_net::frame::{FrameDecoder, FrameError, FrameRef};
-use redrain_net::message::{BodyError, Request, Response};
+use redrain_net::message::{Request, Response};
 use redrain_net::{ErrorCode, MessageType, PROTOCOL_VERSION};
 
 /// Where a connection is in its life.
@@ -144,8 +144,9 @@ impl Session {
                 let code = e.code();
                 env.count(kind, Outcome::from(code));
                 let step = self.fail(rid, code, &e.to_string(), env, out);
-                // A client that has not completed the handshake gets no second chance.
-                if self.phase == Phase::AwaitHello && !matches!(e, BodyError::UnknownType { .. }) {
+                // Before a successful Hello every error closes: the peer has
+                // not shown it speaks this protocol.
+                if self.phase == Phase::AwaitHello {
                     self.phase = Phase::Closed;
                     return Step::Close(code);
                 }

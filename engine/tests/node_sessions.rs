@@ -245,12 +245,17 @@ fn silent_clients_are_closed_by_login_and_idle_timeouts() {
     silent.set_read_timeout(Some(TIMEOUT)).unwrap();
     // Logged in, then silent.
     let mut idle = node.login(8, 0);
+    // Pings before login do not extend the login timeout.
+    let mut pinger = node.connect();
     // Logged in and heartbeating: stays.
     let mut alive = node.login(9, 0);
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(150));
         alive.call(&Request::Ping { payload: b"" }).unwrap();
+        let _ = pinger.send(&Request::Ping { payload: b"" });
     }
+    let closing = read_until_closed(&mut pinger).into_iter().filter_map(|f| error_code(&f)).collect::<Vec<_>>();
+    assert_eq!(closing, vec![ErrorCode::IdleTimeout], "pinging without login is closed too");
     let mut rest = Vec::new();
     silent.read_to_end(&mut rest).unwrap();
     let mut codec = redrain_net::client::ClientCodec::new(1 << 20);

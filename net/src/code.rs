@@ -134,7 +134,8 @@ impl ErrorCode {
         }
     }
 
-    /// Whether the connection is closed after this error is sent.
+    /// Whether the connection is always closed after this error is sent.
+    /// (Before a successful Hello, every error closes the connection.)
     pub fn closes_connection(self) -> bool {
         matches!(
             self,

@@ -373,7 +373,12 @@ impl<'a> Response<'a> {
                     session_id: be_u64(&body[14..]),
                 }
             }
-            MessageType::Pong => Response::Pong { payload: body },
+            MessageType::Pong => {
+                if body.len() > PING_PAYLOAD_BYTES_MAX {
+                    return Err(BodyError::BadLength { kind, actual: body.len(), expected: "0..=256" });
+                }
+                Response::Pong { payload: body }
+            }
             MessageType::LogoutOk => {
                 expect_len(kind, body, 0, "0")?;
                 Response::LogoutOk
@@ -383,6 +388,9 @@ impl<'a> Response<'a> {
                     return Err(BodyError::BadLength { kind, actual: body.len(), expected: ">= 8" });
                 }
                 let text_len = be_u16(&body[6..]) as usize;
+                if text_len > ERROR_MESSAGE_BYTES_MAX {
+                    return Err(BodyError::BadField { kind, field: "text longer than 512 bytes" });
+                }
                 if body.len() != 8 + text_len {
                     return Err(BodyError::BadLength { kind, actual: body.len(), expected: "8 + text length" });
                 }
@@ -395,6 +403,9 @@ impl<'a> Response<'a> {
                     return Err(BodyError::BadLength { kind, actual: body.len(), expected: ">= 4" });
                 }
                 let text_len = be_u16(&body[2..]) as usize;
+                if text_len > ERROR_MESSAGE_BYTES_MAX {
+                    return Err(BodyError::BadField { kind, field: "text longer than 512 bytes" });
+                }
                 if body.len() != 4 + text_len {
                     return Err(BodyError::BadLength { kind, actual: body.len(), expected: "4 + text length" });
                 }
@@ -534,7 +545,7 @@ mod tests {
         }
 
         #[test]
-        fn responses_round_trip(x in any::<u64>(), y in any::<u32>(), z in any::<u16>(), text in "\\PC{0,100}", payload in proptest::collection::vec(any::<u8>(), 0..300), pick in 0u8..6, rid in any::<u32>()) {
+        fn responses_round_trip(x in any::<u64>(), y in any::<u32>(), z in any::<u16>(), text in "\\PC{0,100}", payload in proptest::collection::vec(any::<u8>(), 0..=256), pick in 0u8..6, rid in any::<u32>()) {
             let resp = match pick {
                 0 => Response::HelloOk { version: z, frame_bytes_max: y, heartbeat_interval_ms: y / 2, idle_timeout_ms: y / 3, server_time_ms: x },
                 1 => Response::LoginOk { user_id: x, device_id: y, home_core: z, session_id: x ^ 5 },

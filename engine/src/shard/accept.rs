@@ -26,7 +26,9 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, tl
             return;
         }
         if core.is_full() {
-            conn::spawn_refusal(core.clone(), stream);
+            // On the TLS port a plaintext error frame would only be a TLS
+            // record error to the client; closing at once says the same.
+            conn::spawn_refusal(core.clone(), stream, !tls);
             continue;
         }
         let tls_conn = match (tls, core.node.tls.as_ref()) {

@@ -77,16 +77,45 @@ pub fn spawn_resumed(core: Rc<Core>, h: Handoff) {
 }
 
 /// Answers a connection the core cannot take (per-core limit) and closes it.
-pub fn spawn_refusal(core: Rc<Core>, mut stream: TcpStream) {
+/// `answer` is false on the TLS port, where the connection is just closed.
+pub fn spawn_refusal(core: Rc<Core>, mut stream: TcpStream, answer: bool) {
     core.metrics().connections_refused_full_total.fetch_add(1, Relaxed);
     core.metrics().rejected(ErrorCode::SessionLimit);
+    if !answer {
+        return;
+    }
     glommio::spawn_local(async move {
         let mut out = Vec::with_capacity(64);
         Response::error(ErrorCode::SessionLimit, 1_000, "this core is at its session limit").encode(0, &mut out);
         let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
-        let _ = stream.write_all(&out).await;
+        if stream.write_all(&out).await.is_ok() {
+            linger_close(&mut stream).await;
+        }
     })
     .detach();
+}
+
+/// Upper bound of bytes read and discarded while lingering on close.
+const LINGER_BYTES_MAX: usize = 64 * 1024;
+
+/// Half-closes and reads what the client still sends, briefly, before the
+/// socket is dropped: closing a socket with unread input makes the kernel send
+/// a reset, which can destroy the error frame we just wrote before the client
+/// reads it.
+async fn linger_close(stream: &mut TcpStream) {
+    use futures_lite::AsyncReadExt;
+    if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(CLOSE_FLUSH_TIMEOUT));
+    let mut sink = [0u8; 512];
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES_MAX {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
+        }
+    }
 }
 
 async fn run(
@@ -372,9 +401,9 @@ impl Conn {
         Ok(())
     }
 
-    /// Flushes the last frames (bounded in time), closes, and unregisters.
+    /// Flushes the last frames (bounded in time), unregisters, and closes.
     async fn finish(mut self, reason: Option<CloseReason>) {
-        let device = self.device;
+        let mut linger = false;
         match reason {
             None => self.core.metrics().closed(CloseReason::HandedOff),
             Some(reason) => {
@@ -384,11 +413,14 @@ impl Conn {
                         tls.send_close_notify();
                     }
                     let _ = self.stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
-                    let _ = self.flush(Instant::now()).await;
+                    linger = self.flush(Instant::now()).await.is_ok() && reason == CloseReason::Error;
                 }
             }
         }
-        self.core.unregister_conn(self.key, device);
+        self.core.unregister_conn(self.key, self.device);
+        if linger {
+            linger_close(&mut self.stream).await;
+        }
     }
 }
 

@@ -71,6 +71,8 @@ pub struct ConnCtl {
     waker: RefCell<Option<Waker>>,
     /// Milliseconds since node start of the last inbound bytes.
     pub last_activity_ms: Cell<u64>,
+    /// Milliseconds since node start when the connection arrived on this core.
+    pub connected_at_ms: Cell<u64>,
     pub logged_in: Cell<bool>,
 }
 
@@ -141,6 +143,7 @@ impl Core {
     pub fn register_conn(&self) -> (usize, Rc<ConnCtl>) {
         let ctl = Rc::new(ConnCtl::default());
         ctl.last_activity_ms.set(self.now_ms());
+        ctl.connected_at_ms.set(self.now_ms());
         let key = self.conns.borrow_mut().insert(ctl.clone());
         self.metrics().connections_open.store(self.connections() as u64, Ordering::Relaxed);
         (key, ctl)
@@ -183,14 +186,20 @@ impl Core {
         ((self.id as u64) << 48) | (seq & ((1 << 48) - 1))
     }
 
-    /// Closes connections that were silent for too long.
+    /// Closes sessions silent for longer than the idle timeout, and
+    /// connections not logged in within the login timeout of connecting (pings
+    /// before login do not extend it).
     pub fn sweep_idle(&self) {
         let now = self.now_ms();
         let idle_ms = u64::from(self.node.config.idle_timeout_ms);
         let login_ms = u64::from(self.node.config.login_timeout_ms);
         for (_, ctl) in self.conns.borrow().iter() {
-            let limit = if ctl.logged_in.get() { idle_ms } else { login_ms };
-            if now.saturating_sub(ctl.last_activity_ms.get()) > limit {
+            let expired = if ctl.logged_in.get() {
+                now.saturating_sub(ctl.last_activity_ms.get()) > idle_ms
+            } else {
+                now.saturating_sub(ctl.connected_at_ms.get()) > login_ms
+            };
+            if expired {
                 ctl.kick(ErrorCode::IdleTimeout);
             }
         }

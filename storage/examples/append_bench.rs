@@ -1,0 +1,458 @@
+//! Histogram benchmark of durable appends (open loop, coordinated omission
+//! corrected: latency counts from each append's intended send time).
+//!
+//! ```text
+//! cargo run --release -p redrain-storage --example append_bench -- \
+//!     --dir /var/tmp/redrain-bench --rates 50000,200000,800000 --step-secs 3
+//! ```
+//!
+//! In one run it measures: the disk's sequential write bandwidth (buffered
+//! and O_DIRECT), group-commit-shaped writes (write + fdatasync, buffered vs
+//! O_DIRECT), then the local log and the replicated log (two peers on
+//! loopback, in their own executor threads) at increasing offered rates and
+//! at saturation (closed loop with a large window).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use glommio::io::{BufferedFile, DmaFile};
+use glommio::{LocalExecutorBuilder, Placement};
+use redrain_storage::metrics::ValueHistogram;
+use redrain_storage::{
+    GlommioFileSystem, Log, LogConfig, ReplicaServer, ReplicaServerConfig, ReplicatedLog, ReplicationConfig, StreamId,
+};
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Scratch directory on the disk under test (emptied first).
+    #[arg(long, default_value = "/var/tmp/redrain-append-bench")]
+    dir: PathBuf,
+    /// Offered rates (records/s) for the open-loop steps.
+    #[arg(long, value_delimiter = ',', default_value = "20000,100000,400000,1000000")]
+    rates: Vec<u64>,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 3.0)]
+    step_secs: f64,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 100)]
+    record_bytes: usize,
+    /// MiB written by the sequential-bandwidth probe.
+    #[arg(long, default_value_t = 512)]
+    seq_mib: u64,
+    /// Appends in flight in the saturation (closed-loop) step.
+    #[arg(long, default_value_t = 400_000)]
+    window: usize,
+    /// local, replicated or both.
+    #[arg(long, default_value = "both")]
+    mode: String,
+    /// Microseconds the bench executor spins before parking (0 = park at
+    /// once). Parking adds wake-up delay to the load generator's timer,
+    /// which the open-loop measurement then counts as latency.
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
+}
+
+// The project's allocator for every binary: large batch buffers are reused
+// instead of being mmapped and faulted in again for every group commit.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type AppendFut = Pin<Box<dyn Future<Output = redrain_storage::Result<u64>>>>;
+
+#[derive(Clone)]
+enum Target {
+    Local(Rc<Log>),
+    Replicated(Rc<ReplicatedLog>),
+}
+
+impl Target {
+    fn append(&self, payload: &'static [u8]) -> AppendFut {
+        match self {
+            Target::Local(log) => Box::pin(log.append(1, payload)),
+            // append_rc queues the record now (like Log::append), so the
+            // group commit sees every issued append at once.
+            Target::Replicated(log) => Box::pin(log.append_rc(1, payload)),
+        }
+    }
+    fn log(&self) -> &Log {
+        match self {
+            Target::Local(log) => log,
+            Target::Replicated(log) => log.log(),
+        }
+    }
+}
+
+struct StepReport {
+    label: String,
+    offered: Option<u64>,
+    completed: u64,
+    errors: u64,
+    secs: f64,
+    latency_us: ValueHistogram,
+    /// How late the generator issued appends versus their intended time.
+    issue_lateness_us: ValueHistogram,
+    /// Write + fdatasync time per batch (the log is fresh for each step).
+    batch_write_us: ValueHistogram,
+    batches: u64,
+    bytes: u64,
+}
+
+impl StepReport {
+    fn print(&self, seq_mib_s: f64) {
+        let rate = self.completed as f64 / self.secs;
+        let mib_s = self.bytes as f64 / self.secs / (1 << 20) as f64;
+        println!(
+            "{:<12} offered {:>9} achieved {:>9.0} rec/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  max {:>7} us  batches {:>6} (avg {:>6.0} rec)  log {:>6.1} MiB/s = {:>5.1}% of seq  errors {}",
+            self.label,
+            self.offered.map(|r| r.to_string()).unwrap_or_else(|| "closed".into()),
+            rate,
+            self.latency_us.quantile(0.5),
+            self.latency_us.quantile(0.99),
+            self.latency_us.quantile(0.999),
+            self.latency_us.max(),
+            self.batches,
+            self.completed as f64 / self.batches.max(1) as f64,
+            mib_s,
+            100.0 * mib_s / seq_mib_s,
+            self.errors
+        );
+        println!(
+            "             batch write+fdatasync p50 {} us p99 {} us; generator lateness p50 {} us p99 {} us (included in the latencies above)",
+            self.batch_write_us.quantile(0.5),
+            self.batch_write_us.quantile(0.99),
+            self.issue_lateness_us.quantile(0.5),
+            self.issue_lateness_us.quantile(0.99)
+        );
+    }
+}
+
+/// Open loop at `rate` (or closed loop with `window` in flight if `rate` is
+/// None) for `secs`.
+async fn run_step(
+    target: Target,
+    label: &str,
+    rate: Option<u64>,
+    window: usize,
+    secs: f64,
+    payload: &'static [u8],
+) -> StepReport {
+    let queue: Rc<RefCell<VecDeque<(Instant, AppendFut)>>> = Rc::new(RefCell::new(VecDeque::new()));
+    let consumer_waker: Rc<Cell<Option<Waker>>> = Rc::new(Cell::new(None));
+    let generator_waker: Rc<Cell<Option<Waker>>> = Rc::new(Cell::new(None));
+    let done = Rc::new(Cell::new(false));
+    let before = target.log().stats();
+    let start = Instant::now();
+    let duration = Duration::from_secs_f64(secs);
+
+    let consumer = {
+        let queue = queue.clone();
+        let consumer_waker = consumer_waker.clone();
+        let generator_waker = generator_waker.clone();
+        let done = done.clone();
+        glommio::spawn_local(async move {
+            let mut histogram = ValueHistogram::default();
+            let (mut completed, mut errors) = (0u64, 0u64);
+            loop {
+                let next = std::future::poll_fn(|cx| {
+                    let item = queue.borrow_mut().pop_front();
+                    match item {
+                        Some(item) => Poll::Ready(Some(item)),
+                        None if done.get() => Poll::Ready(None),
+                        None => {
+                            consumer_waker.set(Some(cx.waker().clone()));
+                            Poll::Pending
+                        }
+                    }
+                })
+                .await;
+                let Some((intended, fut)) = next else { break };
+                match fut.await {
+                    Ok(_) => {
+                        completed += 1;
+                        histogram.record(intended.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+                if let Some(w) = generator_waker.take() {
+                    w.wake();
+                }
+            }
+            (histogram, completed, errors)
+        })
+    };
+
+    let mut issued = 0u64;
+    let mut issue_lateness_us = ValueHistogram::default();
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= duration {
+            break;
+        }
+        match rate {
+            Some(rate) => {
+                let due = (elapsed.as_secs_f64() * rate as f64) as u64;
+                let now = Instant::now();
+                while issued < due {
+                    let intended = start + Duration::from_secs_f64(issued as f64 / rate as f64);
+                    issue_lateness_us.record(now.saturating_duration_since(intended).as_micros() as u64);
+                    queue.borrow_mut().push_back((intended, target.append(payload)));
+                    issued += 1;
+                }
+                if let Some(w) = consumer_waker.take() {
+                    w.wake();
+                }
+                glommio::timer::sleep(Duration::from_micros(100)).await;
+            }
+            None => {
+                let free = window.saturating_sub(queue.borrow().len());
+                let now = Instant::now();
+                for _ in 0..free.min(65_536) {
+                    queue.borrow_mut().push_back((now, target.append(payload)));
+                    issued += 1;
+                }
+                if let Some(w) = consumer_waker.take() {
+                    w.wake();
+                }
+                // Wait until the consumer made room (or a short while).
+                futures_lite::future::or(
+                    std::future::poll_fn(|cx| {
+                        if queue.borrow().len() < window / 2 {
+                            Poll::Ready(())
+                        } else {
+                            generator_waker.set(Some(cx.waker().clone()));
+                            Poll::Pending
+                        }
+                    }),
+                    glommio::timer::sleep(Duration::from_millis(1)),
+                )
+                .await;
+            }
+        }
+    }
+    done.set(true);
+    if let Some(w) = consumer_waker.take() {
+        w.wake();
+    }
+    let (latency_us, completed, errors) = consumer.await;
+    let secs = start.elapsed().as_secs_f64();
+    let after = target.log().stats();
+    let batch_write_us = target.log().batch_write_histogram();
+    StepReport {
+        label: label.to_string(),
+        offered: rate,
+        completed,
+        errors,
+        secs,
+        latency_us,
+        issue_lateness_us,
+        batch_write_us,
+        batches: after.batches_total - before.batches_total,
+        bytes: after.bytes_total - before.bytes_total,
+    }
+}
+
+async fn seq_bandwidth(dir: &Path, mib: u64) -> (f64, f64) {
+    let chunk = 4usize << 20;
+    let chunks = (mib << 20) as usize / chunk;
+    let path = dir.join("seq-buffered");
+    let file = BufferedFile::create(&path).await.expect("create probe file");
+    let start = Instant::now();
+    for i in 0..chunks {
+        file.write_at(vec![0xabu8; chunk], (i * chunk) as u64).await.expect("write");
+    }
+    file.fdatasync().await.expect("fdatasync");
+    let buffered = (chunks * chunk) as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
+    file.close().await.ok();
+    let _ = std::fs::remove_file(&path);
+
+    let path = dir.join("seq-direct");
+    let file = DmaFile::create(&path).await.expect("create probe file");
+    let start = Instant::now();
+    for i in 0..chunks {
+        let mut buf = file.alloc_dma_buffer(chunk);
+        buf.as_bytes_mut().fill(0xcd);
+        file.write_at(buf, (i * chunk) as u64).await.expect("write");
+    }
+    file.fdatasync().await.expect("fdatasync");
+    let direct = (chunks * chunk) as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
+    file.close().await.ok();
+    let _ = std::fs::remove_file(&path);
+    (buffered, direct)
+}
+
+/// Group-commit-shaped writes: append `size` bytes + fdatasync, repeatedly.
+async fn commit_probe(dir: &Path, size: usize, secs: f64) {
+    let path = dir.join("commit-buffered");
+    let file = BufferedFile::create(&path).await.expect("create");
+    let mut h = ValueHistogram::default();
+    let start = Instant::now();
+    let mut pos = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        file.write_at(vec![1u8; size], pos).await.expect("write");
+        file.fdatasync().await.expect("sync");
+        h.record(t.elapsed().as_micros() as u64);
+        pos += size as u64;
+    }
+    let mib_s = pos as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
+    println!(
+        "commit probe buffered  {:>8} B write+fdatasync: {:>7.1} MiB/s  p50 {:>6} us  p99 {:>6} us",
+        size,
+        mib_s,
+        h.quantile(0.5),
+        h.quantile(0.99)
+    );
+    file.close().await.ok();
+    let _ = std::fs::remove_file(&path);
+
+    let path = dir.join("commit-direct");
+    let file = DmaFile::create(&path).await.expect("create");
+    let aligned = size.div_ceil(4096) * 4096;
+    let mut h = ValueHistogram::default();
+    let start = Instant::now();
+    let mut pos = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        let mut buf = file.alloc_dma_buffer(aligned);
+        buf.as_bytes_mut().fill(2);
+        file.write_at(buf, pos).await.expect("write");
+        file.fdatasync().await.expect("sync");
+        h.record(t.elapsed().as_micros() as u64);
+        pos += aligned as u64;
+    }
+    let mib_s = pos as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
+    println!(
+        "commit probe O_DIRECT  {:>8} B write+fdatasync: {:>7.1} MiB/s  p50 {:>6} us  p99 {:>6} us",
+        aligned,
+        mib_s,
+        h.quantile(0.5),
+        h.quantile(0.99)
+    );
+    file.close().await.ok();
+    let _ = std::fs::remove_file(&path);
+}
+
+fn bench_log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_target: 1 << 30,
+        batch_bytes_max: 4 << 20,
+        batch_records_max: 100_000,
+        appends_pending_max: 4_000_000,
+        retention_bytes_max: 1 << 40,
+        ..LogConfig::default()
+    }
+}
+
+/// Starts a replica server on its own executor thread; returns its address.
+fn start_peer(dir: PathBuf, stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 << 10)
+        .spawn(move || async move {
+            let mut config = ReplicaServerConfig::new("127.0.0.1:0".parse().unwrap(), dir);
+            config.log = bench_log_config();
+            let server = ReplicaServer::start(config, Rc::new(GlommioFileSystem)).expect("peer");
+            tx.send(server.local_addr()).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .expect("peer executor");
+    let addr = rx.recv().expect("peer address");
+    (
+        addr,
+        std::thread::spawn(move || {
+            let _ = handle.join();
+        }),
+    )
+}
+
+fn main() {
+    let args = Args::parse();
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir).expect("bench dir");
+    let payload: &'static [u8] = Box::leak(vec![0x42u8; args.record_bytes].into_boxed_slice());
+    let stop = Arc::new(AtomicBool::new(false));
+    let peers = if args.mode != "local" {
+        Some([start_peer(args.dir.join("peer-a"), stop.clone()), start_peer(args.dir.join("peer-b"), stop.clone())])
+    } else {
+        None
+    };
+    let peer_addrs = peers.as_ref().map(|p| [p[0].0, p[1].0]);
+    let run_args = args.clone();
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(2 << 20)
+        .spin_before_park(Duration::from_micros(args.spin_us))
+        .spawn(move || async move {
+            let args = run_args;
+            let (buffered, direct) = seq_bandwidth(&args.dir, args.seq_mib).await;
+            println!("sequential write bandwidth: buffered+fdatasync {buffered:.1} MiB/s, O_DIRECT {direct:.1} MiB/s");
+            let seq = buffered.max(direct);
+            for size in [4096usize, 256 << 10, 4 << 20] {
+                commit_probe(&args.dir, size, 1.0).await;
+            }
+            println!("record payload {} B ({} B on disk)", args.record_bytes, args.record_bytes + 17);
+            let fs = Rc::new(GlommioFileSystem);
+            if args.mode != "replicated" {
+                for (i, rate) in args.rates.iter().copied().map(Some).chain([None]).enumerate() {
+                    let dir = args.dir.join(format!("local-{i}"));
+                    let log = Rc::new(Log::open(&dir, bench_log_config(), fs.clone()).await.expect("log"));
+                    let report =
+                        run_step(Target::Local(log), "local", rate, args.window, args.step_secs, payload).await;
+                    report.print(seq);
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+            if let Some(peers) = peer_addrs {
+                for (i, rate) in args.rates.iter().copied().map(Some).chain([None]).enumerate() {
+                    let dir = args.dir.join(format!("origin-{i}"));
+                    let stream = StreamId { origin_node: 1, core: i as u16 };
+                    let config = ReplicationConfig::new(stream, peers);
+                    let (log, _) = ReplicatedLog::open(&dir, bench_log_config(), config, fs.clone())
+                        .await
+                        .expect("replicated log");
+                    let log = Rc::new(log);
+                    let report = run_step(
+                        Target::Replicated(log.clone()),
+                        "replicated",
+                        rate,
+                        args.window,
+                        args.step_secs,
+                        payload,
+                    )
+                    .await;
+                    report.print(seq);
+                    let m = log.metrics();
+                    println!(
+                        "             ship batches avg {:.0} rec (p99 {}), peers acked {:?}, local {}",
+                        m.ship_batch_records.mean(),
+                        m.ship_batch_records.quantile(0.99),
+                        m.peers.iter().map(|p| p.acked_lsn).collect::<Vec<_>>(),
+                        m.local_durable_lsn
+                    );
+                    drop(log);
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        })
+        .expect("bench executor")
+        .join()
+        .expect("bench run");
+    stop.store(true, Ordering::Relaxed);
+    if let Some(peers) = peers {
+        for (_, handle) in peers {
+            let _ = handle.join();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&args.dir);
+}

@@ -1,0 +1,36 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+/// Runs `make()` on a fresh glommio executor with a small io_memory (the
+/// machine's RLIMIT_MEMLOCK is 8 MiB) and returns its output. Panics if it
+/// takes longer than `limit`.
+pub fn run_on_glommio<F, T>(limit: Duration, make: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 << 10)
+        .spawn(move || async move {
+            let work = make();
+            futures_lite::future::or(async { Some(work.await) }, async {
+                glommio::timer::sleep(limit).await;
+                None
+            })
+            .await
+        })
+        .expect("spawn executor");
+    handle.join().expect("executor thread").expect("test exceeded its time limit")
+}
+
+/// Payload used by tests: recognisable and different per index.
+pub fn payload(i: u64) -> Vec<u8> {
+    let mut p = format!("record-{i:08}-").into_bytes();
+    p.resize(20 + (i % 37) as usize, b'x');
+    p
+}

@@ -1,6 +1,6 @@
 //! Command line: `connect`, `ping` and `compare`.
 
-use crate::config::{LoadMode, RunConfig, SOURCE_IPS_MAX};
+use crate::config::{LoadMode, RunConfig, Runtime, SOURCE_IPS_MAX};
 use crate::duration::parse_duration;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -77,6 +77,9 @@ pub struct RunArgs {
     /// Generator threads, each pinned to one allowed CPU (default: allowed CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Runtime of each generator thread.
+    #[arg(long, value_enum, default_value_t = Runtime::default())]
+    pub runtime: Runtime,
     /// Spread connections over 127.0.0.1..=127.0.0.N (default: one address per 20,000
     /// connections to a loopback target; 0 = kernel's choice).
     #[arg(long)]
@@ -144,6 +147,7 @@ impl RunArgs {
         cfg.connect_rate_per_s = self.connect_rate;
         cfg.connect_timeout = self.connect_timeout;
         cfg.drain_timeout = self.drain_timeout;
+        cfg.runtime = self.runtime;
         cfg.threads = self.threads.unwrap_or(allowed_cpus.min(self.connections.max(1) as usize)).max(1);
         cfg.source_ips = self.source_ips.unwrap_or_else(|| {
             if self.target.ip().is_loopback() {

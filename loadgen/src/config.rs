@@ -45,6 +45,25 @@ impl LoadMode {
     }
 }
 
+/// The runtime each generator thread runs (`--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Runtime {
+    /// A glommio executor (what the node runs).
+    Glommio,
+    /// A tokio-uring current-thread runtime.
+    #[default]
+    TokioUring,
+}
+
+impl Runtime {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Runtime::Glommio => "glommio",
+            Runtime::TokioUring => "tokio-uring",
+        }
+    }
+}
+
 /// Everything the driver needs for one run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -83,6 +102,8 @@ pub struct RunConfig {
     pub interval: Duration,
     /// Largest response frame accepted from the node.
     pub frame_bytes_max: u32,
+    /// The generator threads' runtime.
+    pub runtime: Runtime,
 }
 
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -118,6 +139,7 @@ impl RunConfig {
             cpu_saturation_threshold: 0.9,
             interval: Duration::from_secs(1),
             frame_bytes_max: 1 << 20,
+            runtime: Runtime::default(),
         }
     }
 

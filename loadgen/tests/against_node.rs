@@ -4,7 +4,7 @@
 //! Each test starts its own node on free ports with its own data directory, runs
 //! a short, bounded load and checks what the generator measured.
 
-use redrain_loadgen::config::{LoadMode, RunConfig};
+use redrain_loadgen::config::{LoadMode, RunConfig, Runtime};
 use redrain_loadgen::node_process::{find_node_binary, NodeProcess};
 use redrain_loadgen::report::{compare, hgrm};
 use redrain_loadgen::scenario::connect::ConnectScenario;
@@ -190,4 +190,40 @@ fn binary_writes_json_hgrm_svg_and_compare_reads_them() {
     let line = text.lines().find(|l| l.starts_with("sent_rate_per_s")).expect("sent rate row");
     let ratio: f64 = line.split_whitespace().last().unwrap().parse().unwrap();
     assert!((ratio - 2.0).abs() < 0.1, "1000/s over 500/s: {line}");
+}
+
+#[test]
+fn glommio_runtime_pings_open_and_closed_loop_and_matches_every_answer() {
+    let _serial = serial();
+    let (dir, node) = start_node();
+    let exe = env!("CARGO_BIN_EXE_redrain-loadgen");
+    let secret = node.data_dir.join("auth.secret");
+    // Open loop through the binary, connections spread over two source addresses.
+    let json = dir.path().join("glommio.json");
+    let out = Command::new(exe)
+        .args(["ping", "--runtime", "glommio", "--target", &node.client.to_string()])
+        .args(["--admin", &node.admin.to_string(), "--source-ips", "2"])
+        .args(["--connections", "8", "--threads", "1", "--rate", "1000", "--duration", "1s", "--warmup", "200ms"])
+        .arg("--secret-file")
+        .arg(&secret)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = compare::load(&json).unwrap();
+    assert_eq!(s.config.runtime, "glommio");
+    assert_eq!(s.config.source_ips, 2);
+    assert_clean(&s);
+    assert!((s.sent_rate_per_s - 1000.0).abs() / 1000.0 < 0.05, "sent {:.1}/s", s.sent_rate_per_s);
+    assert!(s.requests.ok > 900, "ok {}", s.requests.ok);
+    // Closed loop with pipelining through the library.
+    let mut cfg = ping_config(&node, 1.0, Duration::from_secs(1));
+    cfg.runtime = Runtime::Glommio;
+    cfg.mode = LoadMode::ClosedLoop { in_flight_per_connection: 8 };
+    let out = redrain_loadgen::run(cfg, PingScenario::new(64)).unwrap();
+    let s = &out.summary;
+    assert_clean(s);
+    assert_eq!(s.config.runtime, "glommio");
+    assert!(s.requests.ok > 1000, "ok {}", s.requests.ok);
 }

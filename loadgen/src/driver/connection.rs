@@ -2,6 +2,7 @@
 //! load phase with a writer (schedule or closed loop) and a reader (match
 //! responses by request id, check them, record latency) joined in one task.
 
+use super::backend::Backend;
 use super::pending::{Miss, Pending, PendingWindow};
 use super::socket;
 use super::thread::{ThreadCtx, Timeline};
@@ -16,7 +17,6 @@ use redrain_net::{Response, PROTOCOL_VERSION};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use tokio::sync::Notify;
-use tokio_uring::net::TcpStream;
 
 /// Bytes of one socket read during the load phase.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -55,8 +55,8 @@ pub fn code_name(code: u16) -> String {
     }
 }
 
-struct Established {
-    stream: TcpStream,
+struct Established<T> {
+    stream: T,
     codec: ClientCodec,
     heartbeat_interval_ms: u32,
 }
@@ -71,10 +71,13 @@ fn io_kind(e: &std::io::Error) -> String {
     }
 }
 
-async fn establish<S: Scenario>(ctx: &ThreadCtx<S>, index: u64) -> Result<Established, SessionFailure> {
+async fn establish<S: Scenario, B: Backend>(
+    ctx: &ThreadCtx<S>,
+    index: u64,
+) -> Result<Established<B::Stream>, SessionFailure> {
     let cfg = &ctx.cfg;
     let source = socket::source_ip(index, cfg.source_ips);
-    let stream = socket::connect(cfg.target, source).await.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
+    let stream = B::connect(cfg.target, source).await.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
     let mut codec = ClientCodec::new(cfg.frame_bytes_max);
     let mut out = Vec::with_capacity(128);
     let hello_id =
@@ -85,14 +88,14 @@ async fn establish<S: Scenario>(ctx: &ThreadCtx<S>, index: u64) -> Result<Establ
         expires_at_unix_s: redrain_engine::auth::now_unix_s() + cfg.token_ttl.as_secs(),
     });
     let login_id = codec.encode(&Request::Login { token: &token }, &mut out);
-    let (written, _) = stream.write_all(out).await;
+    let (written, _) = B::write_all(&stream, out).await;
     written.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
 
     let mut buf = vec![0u8; HANDSHAKE_READ_BYTES];
     let mut heartbeat_interval_ms = None;
     let mut logged_in = false;
     loop {
-        let (read, b) = stream.read(buf).await;
+        let (read, b) = B::read(&stream, buf).await;
         buf = b;
         let n = read.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
         if n == 0 {
@@ -127,18 +130,18 @@ async fn establish<S: Scenario>(ctx: &ThreadCtx<S>, index: u64) -> Result<Establ
 }
 
 /// Runs connection `index` (of the whole run) from its ramp slot to the end.
-pub async fn run_connection<S: Scenario>(ctx: Rc<ThreadCtx<S>>, index: u64) {
+pub async fn run_connection<S: Scenario, B: Backend>(ctx: Rc<ThreadCtx<S>>, index: u64) {
     let cfg = ctx.cfg.clone();
     let intended_ns = ctx.ramp_start_ns + ramp_offset_ns(index, cfg.connect_rate_per_s);
-    tokio::time::sleep_until(ctx.instant(intended_ns)).await;
+    B::sleep_until(ctx.instant(intended_ns)).await;
     let permit = ctx.connect_permits.acquire().await.ok();
     // With a connect rate the latency counts from the intended connect time;
     // without one, from when the attempt got its slot.
     let started_ns = if cfg.connect_rate_per_s.is_some() { intended_ns } else { ctx.now_ns() };
     ctx.stats.borrow_mut().counters.sessions_attempted += 1;
-    let result = match tokio::time::timeout(cfg.connect_timeout, establish(&ctx, index)).await {
-        Ok(r) => r,
-        Err(_) => Err(SessionFailure::Timeout),
+    let result = tokio::select! {
+        r = establish::<S, B>(&ctx, index) => r,
+        _ = B::sleep_until(std::time::Instant::now() + cfg.connect_timeout) => Err(SessionFailure::Timeout),
     };
     drop(permit);
     let established = match result {
@@ -157,7 +160,7 @@ pub async fn run_connection<S: Scenario>(ctx: Rc<ThreadCtx<S>>, index: u64) {
     ctx.handshake_finished();
     let Some(established) = established else { return };
     let timeline = ctx.timeline().await;
-    run_load(&ctx, index, established, timeline).await;
+    run_load::<S, B>(&ctx, index, established, timeline).await;
 }
 
 struct ConnState<C> {
@@ -171,7 +174,7 @@ struct ConnState<C> {
     lost: bool,
 }
 
-async fn run_load<S: Scenario>(ctx: &ThreadCtx<S>, index: u64, est: Established, tl: Timeline) {
+async fn run_load<S: Scenario, B: Backend>(ctx: &ThreadCtx<S>, index: u64, est: Established<B::Stream>, tl: Timeline) {
     let cfg = &ctx.cfg;
     let stream = est.stream;
     let state = RefCell::new(ConnState {
@@ -192,14 +195,14 @@ async fn run_load<S: Scenario>(ctx: &ThreadCtx<S>, index: u64, est: Established,
             (LoadShape::Heartbeat, _) | (LoadShape::Requests, LoadMode::Heartbeat) => {
                 let rate = connections as f64 * 1000.0 / f64::from(est.heartbeat_interval_ms);
                 let sched = OpenLoopSchedule::new(tl.load_start_ns, tl.measure_end_ns, rate, connections, index);
-                open_loop_writer(ctx, &stream, &state, &room, sched, cfg.pipeline_depth as usize, &tl).await
+                open_loop_writer::<S, B>(ctx, &stream, &state, &room, sched, cfg.pipeline_depth as usize, &tl).await
             }
             (LoadShape::Requests, LoadMode::OpenLoop { rate_per_s }) => {
                 let sched = OpenLoopSchedule::new(tl.load_start_ns, tl.measure_end_ns, rate_per_s, connections, index);
-                open_loop_writer(ctx, &stream, &state, &room, sched, cfg.pipeline_depth as usize, &tl).await
+                open_loop_writer::<S, B>(ctx, &stream, &state, &room, sched, cfg.pipeline_depth as usize, &tl).await
             }
             (LoadShape::Requests, LoadMode::ClosedLoop { in_flight_per_connection }) => {
-                closed_loop_writer(ctx, &stream, &state, &room, in_flight_per_connection as usize, &tl).await
+                closed_loop_writer::<S, B>(ctx, &stream, &state, &room, in_flight_per_connection as usize, &tl).await
             }
         }
         // Sessions are held for the whole window even when the schedule has
@@ -207,7 +210,7 @@ async fn run_load<S: Scenario>(ctx: &ThreadCtx<S>, index: u64, est: Established,
         if !state.borrow().closed {
             let end = ctx.instant(tl.measure_end_ns);
             tokio::select! {
-                _ = tokio::time::sleep_until(end) => {}
+                _ = B::sleep_until(end) => {}
                 _ = closed_notify.notified() => {}
             }
         }
@@ -217,7 +220,7 @@ async fn run_load<S: Scenario>(ctx: &ThreadCtx<S>, index: u64, est: Established,
         }
     };
     let reader = async {
-        reader(ctx, &stream, &state, &room, &stop_reader, &writer_done, &tl).await;
+        reader::<S, B>(ctx, &stream, &state, &room, &stop_reader, &writer_done, &tl).await;
         closed_notify.notify_one();
     };
     tokio::join!(writer, reader);
@@ -241,8 +244,8 @@ fn encode_next<C: ScenarioConnection>(st: &mut ConnState<C>, intended_ns: u64, m
     pending.push(id, Pending { sequence, intended_ns, measured });
 }
 
-async fn write_batch<C>(stream: &TcpStream, state: &RefCell<ConnState<C>>, out: Vec<u8>) -> Vec<u8> {
-    let (written, mut out) = stream.write_all(out).await;
+async fn write_batch<B: Backend, C>(stream: &B::Stream, state: &RefCell<ConnState<C>>, out: Vec<u8>) -> Vec<u8> {
+    let (written, mut out) = B::write_all(stream, out).await;
     if written.is_err() {
         let mut st = state.borrow_mut();
         st.lost |= !st.closed;
@@ -252,9 +255,9 @@ async fn write_batch<C>(stream: &TcpStream, state: &RefCell<ConnState<C>>, out: 
     out
 }
 
-async fn open_loop_writer<S: Scenario>(
+async fn open_loop_writer<S: Scenario, B: Backend>(
     ctx: &ThreadCtx<S>,
-    stream: &TcpStream,
+    stream: &B::Stream,
     state: &RefCell<ConnState<S::Connection>>,
     room: &Notify,
     mut sched: OpenLoopSchedule,
@@ -264,7 +267,7 @@ async fn open_loop_writer<S: Scenario>(
     let mut out = Vec::with_capacity(4096);
     while let Some(next_ns) = sched.peek() {
         if ctx.now_ns() < next_ns {
-            tokio::time::sleep_until(ctx.instant(next_ns)).await;
+            B::sleep_until(ctx.instant(next_ns)).await;
         }
         // The node's backlog: wait for room in the pipeline. That wait is part
         // of the requests' latency but not the generator's lag.
@@ -296,21 +299,23 @@ async fn open_loop_writer<S: Scenario>(
                 sched.advance();
             }
         }
-        out = write_batch(stream, state, out).await;
+        out = write_batch::<B, _>(stream, state, out).await;
     }
 }
 
-async fn closed_loop_writer<S: Scenario>(
+async fn closed_loop_writer<S: Scenario, B: Backend>(
     ctx: &ThreadCtx<S>,
-    stream: &TcpStream,
+    stream: &B::Stream,
     state: &RefCell<ConnState<S::Connection>>,
     room: &Notify,
     in_flight: usize,
     tl: &Timeline,
 ) {
     let mut out = Vec::with_capacity(4096);
-    let end = ctx.instant(tl.measure_end_ns);
-    tokio::time::sleep_until(ctx.instant(tl.load_start_ns)).await;
+    B::sleep_until(ctx.instant(tl.load_start_ns)).await;
+    // One timer for the whole loop, not one per batch.
+    let end = B::sleep_until(ctx.instant(tl.measure_end_ns));
+    tokio::pin!(end);
     loop {
         let now_ns = ctx.now_ns();
         if now_ns >= tl.measure_end_ns || state.borrow().closed {
@@ -330,38 +335,40 @@ async fn closed_loop_writer<S: Scenario>(
             }
         }
         if !out.is_empty() {
-            out = write_batch(stream, state, out).await;
+            out = write_batch::<B, _>(stream, state, out).await;
         }
         tokio::select! {
             _ = room.notified() => {}
-            _ = tokio::time::sleep_until(end) => return,
+            _ = &mut end => return,
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn reader<S: Scenario>(
+async fn reader<S: Scenario, B: Backend>(
     ctx: &ThreadCtx<S>,
-    stream: &TcpStream,
+    stream: &B::Stream,
     state: &RefCell<ConnState<S::Connection>>,
     room: &Notify,
     stop: &Notify,
     writer_done: &Cell<bool>,
     tl: &Timeline,
 ) {
-    let drain_end = ctx.instant(tl.drain_end_ns);
+    // One timer for the whole loop, not one per read.
+    let drain_end = B::sleep_until(ctx.instant(tl.drain_end_ns));
+    tokio::pin!(drain_end);
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     loop {
         // A read is cancelled only when nothing more is expected (or at the
         // drain deadline): a cancelled tokio-uring read may swallow bytes.
         let n = tokio::select! {
-            (read, b) = stream.read(buf) => {
+            (read, b) = B::read(stream, buf) => {
                 buf = b;
                 // A read error ends the connection like an orderly close.
                 read.unwrap_or_default()
             }
             _ = stop.notified() => break,
-            _ = tokio::time::sleep_until(drain_end) => break,
+            _ = &mut drain_end => break,
         };
         let now_ns = ctx.now_ns();
         {

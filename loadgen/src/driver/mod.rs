@@ -1,13 +1,14 @@
-//! Runs a scenario: checks limits, starts one pinned tokio-uring thread per
-//! generator thread, reads the node's metrics around the measured window, and
+//! Runs a scenario: checks limits, starts one pinned thread per generator
+//! thread (each running the configured runtime, see [`backend`]), reads the node's metrics around the measured window, and
 //! merges what the threads measured into a [`RunOutput`].
 
+pub mod backend;
 pub mod connection;
 pub mod pending;
 pub mod socket;
 pub mod thread;
 
-use crate::config::{ConfigError, RunConfig};
+use crate::config::{ConfigError, RunConfig, Runtime};
 use crate::node_metrics::{self, NodeMetrics};
 use crate::report::summary::{build_summary, NodeReadings, RunSummary, ScenarioInfo};
 use crate::scenario::{Headline, Scenario};
@@ -93,7 +94,14 @@ pub fn run<S: Scenario>(cfg: RunConfig, scenario: S) -> Result<RunOutput, RunErr
         let (cfg, scenario, shared, keys) = (cfg.clone(), scenario.clone(), shared.clone(), keys.clone());
         let handle = std::thread::Builder::new()
             .name(format!("loadgen-{thread}"))
-            .spawn(move || thread::thread_main(thread, cpu, cfg, scenario, shared, keys))
+            .spawn(move || match cfg.runtime {
+                Runtime::TokioUring => {
+                    thread::thread_main::<S, backend::TokioUring>(thread, cpu, cfg, scenario, shared, keys)
+                }
+                Runtime::Glommio => {
+                    thread::thread_main::<S, backend::Glommio>(thread, cpu, cfg, scenario, shared, keys)
+                }
+            })
             .map_err(|e| RunError::Thread { thread, reason: e.to_string() })?;
         handles.push(handle);
     }

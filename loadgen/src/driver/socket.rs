@@ -7,9 +7,11 @@
 //! choice to connect(), so the kernel picks ports per 4-tuple instead of per
 //! source address.
 //!
-//! The connect itself is non-blocking and awaited through tokio's reactor (the
-//! tokio-uring runtime runs one), then the connected socket is switched back to
-//! blocking mode and handed to tokio-uring, whose operations complete in the ring.
+//! The connect itself is non-blocking. Under tokio-uring it is awaited through
+//! tokio's reactor (the tokio-uring runtime runs one), then the connected socket
+//! is switched back to blocking mode and handed to tokio-uring, whose operations
+//! complete in the ring. Under glommio (see `backend`) the same socket is polled
+//! for writability between short timer sleeps and handed to glommio's `TcpStream`.
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
@@ -46,8 +48,10 @@ fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
     Ok(())
 }
 
-/// Connects to `target`, from `source` if given. Must run inside a tokio-uring runtime.
-pub async fn connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<tokio_uring::net::TcpStream> {
+/// Creates a socket for `target`, binds it to `source` if given and starts a
+/// non-blocking connect. Returns the socket and whether the connect is still
+/// in progress (wait for writability, then [`finish_connect`]).
+pub fn start_connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<(Socket, bool)> {
     let socket = Socket::new(Domain::for_address(target), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
     socket.set_nodelay(true)?;
     if let Some(ip) = source {
@@ -55,28 +59,49 @@ pub async fn connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result
         socket.bind(&SockAddr::from(SocketAddr::new(ip.into(), 0)))?;
     }
     match socket.connect(&SockAddr::from(target)) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-            // SAFETY: the socket owns its fd, which stays open and unchanged until
-            // `into_inner` hands the socket back below.
-            let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::WRITABLE) }?;
-            let _ready = fd.writable().await?;
-            let socket = fd.into_inner();
-            if let Some(e) = socket.take_error()? {
-                return Err(e);
-            }
-            return finish(socket);
-        }
-        Err(e) => return Err(e),
+        Ok(()) => Ok((socket, false)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((socket, true)),
+        Err(e) => Err(e),
     }
-    finish(socket)
 }
 
-fn finish(socket: Socket) -> io::Result<tokio_uring::net::TcpStream> {
+/// Whether a connecting socket is writable now (its connect finished, either way).
+pub fn writable_now(socket: &Socket) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: poll reads and writes one pollfd through a valid pointer, no wait.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc > 0)
+}
+
+/// Checks that the connect succeeded and switches the socket back to blocking
+/// mode (the io_uring runtimes want that; glommio's own connect leaves it so).
+pub fn finish_connect(socket: Socket) -> io::Result<Socket> {
     // A refused connect shows up here when it was not reported through SO_ERROR.
     socket.peer_addr()?;
     socket.set_nonblocking(false)?;
-    let std_stream: std::net::TcpStream = socket.into();
+    Ok(socket)
+}
+
+/// Connects to `target`, from `source` if given. Must run inside a tokio-uring runtime.
+pub async fn connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<tokio_uring::net::TcpStream> {
+    let (socket, in_progress) = start_connect(target, source)?;
+    let socket = if in_progress {
+        // SAFETY: the socket owns its fd, which stays open and unchanged until
+        // `into_inner` hands the socket back below.
+        let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::WRITABLE) }?;
+        let _ready = fd.writable().await?;
+        let socket = fd.into_inner();
+        if let Some(e) = socket.take_error()? {
+            return Err(e);
+        }
+        socket
+    } else {
+        socket
+    };
+    let std_stream: std::net::TcpStream = finish_connect(socket)?.into();
     Ok(tokio_uring::net::TcpStream::from_std(std_stream))
 }
 

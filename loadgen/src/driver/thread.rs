@@ -1,9 +1,10 @@
-//! One generator thread: pinned to a CPU, one tokio-uring runtime, a share of the
+//! One generator thread: pinned to a CPU, one runtime (a [`Backend`]), a share of the
 //! connections (those with `index % threads == thread`), and its own stats.
 //!
 //! Threads agree on one timeline: each reports when all its handshakes have
 //! finished; the last one to do so fixes the load start for everyone.
 
+use super::backend::Backend;
 use super::connection::run_connection;
 use crate::config::RunConfig;
 use crate::scenario::Scenario;
@@ -17,9 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
 
-/// Submission queue entries of each generator thread's ring (small: rings
-/// count against the locked-memory limit on older kernels).
-pub const RING_ENTRIES: u32 = 256;
 /// Handshakes one thread runs at once when no connect rate is given.
 pub const CONNECTS_IN_FLIGHT_PER_THREAD_MAX: usize = 64;
 /// Delay between the last thread finishing its ramp and the load starting.
@@ -116,8 +114,8 @@ impl<S: Scenario> ThreadCtx<S> {
         self.shared.now_ns()
     }
 
-    pub fn instant(&self, ns: u64) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.shared.base + Duration::from_nanos(ns))
+    pub fn instant(&self, ns: u64) -> Instant {
+        self.shared.base + Duration::from_nanos(ns)
     }
 
     pub fn handshake_finished(&self) {
@@ -139,8 +137,8 @@ impl<S: Scenario> ThreadCtx<S> {
     }
 }
 
-/// Body of generator thread `thread`; returns its stats.
-pub fn thread_main<S: Scenario>(
+/// Body of generator thread `thread` on runtime `B`; returns its stats.
+pub fn thread_main<S: Scenario, B: Backend>(
     thread: usize,
     cpu: usize,
     cfg: Arc<RunConfig>,
@@ -167,41 +165,41 @@ pub fn thread_main<S: Scenario>(
         ramp_done: Notify::new(),
         timeline_rx,
     });
-    let mut builder = tokio_uring::builder();
-    builder.entries(RING_ENTRIES);
-    let runtime = tokio_uring::Runtime::new(&builder)?;
-    runtime.block_on(async {
-        let tasks: Vec<_> = mine.iter().map(|i| tokio_uring::spawn(run_connection(ctx.clone(), *i))).collect();
-        if !mine.is_empty() {
-            ctx.ramp_done.notified().await;
-        }
-        shared.thread_ramped();
-        let load_start_ns = loop {
-            if let Some(s) = shared.load_start_ns() {
-                break s;
+    let body = {
+        let (ctx, shared, cfg) = (ctx.clone(), shared.clone(), cfg.clone());
+        async move {
+            let tasks: Vec<_> = mine.iter().map(|i| B::spawn(run_connection::<S, B>(ctx.clone(), *i))).collect();
+            if !mine.is_empty() {
+                ctx.ramp_done.notified().await;
             }
-            tokio::time::sleep(RAMP_POLL).await;
-        };
-        let timeline = Timeline::new(&cfg, load_start_ns);
-        let _ = timeline_tx.send(Some(timeline));
-        // Self-check: this thread's CPU time over the measured window.
-        tokio::time::sleep_until(ctx.instant(timeline.measure_start_ns)).await;
-        let core0 = if pinned { system::cpu_jiffies(cpu) } else { None };
-        let (cpu0, wall0) = (system::thread_cpu_ns(), ctx.now_ns());
-        tokio::time::sleep_until(ctx.instant(timeline.measure_end_ns)).await;
-        let (cpu1, wall1) = (system::thread_cpu_ns(), ctx.now_ns());
-        let core1 = if pinned { system::cpu_jiffies(cpu) } else { None };
-        {
-            let mut s = ctx.stats.borrow_mut();
-            s.cpu_ns = cpu1.saturating_sub(cpu0);
-            s.wall_ns = wall1.saturating_sub(wall0);
-            s.core_busy = core0.zip(core1).and_then(|(a, b)| system::busy_fraction(a, b));
+            shared.thread_ramped();
+            let load_start_ns = loop {
+                if let Some(s) = shared.load_start_ns() {
+                    break s;
+                }
+                B::sleep_until(Instant::now() + RAMP_POLL).await;
+            };
+            let timeline = Timeline::new(&cfg, load_start_ns);
+            let _ = timeline_tx.send(Some(timeline));
+            // Self-check: this thread's CPU time over the measured window.
+            B::sleep_until(ctx.instant(timeline.measure_start_ns)).await;
+            let core0 = if pinned { system::cpu_jiffies(cpu) } else { None };
+            let (cpu0, wall0) = (system::thread_cpu_ns(), ctx.now_ns());
+            B::sleep_until(ctx.instant(timeline.measure_end_ns)).await;
+            let (cpu1, wall1) = (system::thread_cpu_ns(), ctx.now_ns());
+            let core1 = if pinned { system::cpu_jiffies(cpu) } else { None };
+            {
+                let mut s = ctx.stats.borrow_mut();
+                s.cpu_ns = cpu1.saturating_sub(cpu0);
+                s.wall_ns = wall1.saturating_sub(wall0);
+                s.core_busy = core0.zip(core1).and_then(|(a, b)| system::busy_fraction(a, b));
+            }
+            for t in tasks {
+                t.await;
+            }
         }
-        for t in tasks {
-            let _ = t.await;
-        }
-    });
-    drop(runtime);
+    };
+    B::block_on(thread, shared.threads, body)?;
     let ctx = Rc::try_unwrap(ctx).map_err(|_| std::io::Error::other("connection tasks outlived the runtime"))?;
     Ok(ctx.stats.into_inner())
 }

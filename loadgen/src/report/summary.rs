@@ -47,6 +47,9 @@ pub struct ConfigSummary {
     pub warmup_s: f64,
     pub source_ips: u32,
     pub fd_limit: u64,
+    /// The generator threads' runtime (absent in summaries written before it was recorded).
+    #[serde(default)]
+    pub runtime: String,
 }
 
 /// Percentiles of one histogram, in milliseconds.
@@ -319,6 +322,7 @@ pub fn build_summary(
             warmup_s: cfg.warmup.as_secs_f64(),
             source_ips: cfg.source_ips,
             fd_limit,
+            runtime: cfg.runtime.name().to_owned(),
         },
         measured_s,
         requests: RequestCounts {

@@ -38,33 +38,23 @@ for i in range(20):
 print("OK user=%d version=%s" % (user, s.version()))
 "#;
 
-/// A temp dir holding a fresh self-signed certificate for "localhost" and its key.
-fn self_signed_localhost() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+/// Starts a node with a TLS port under a fresh self-signed "localhost"
+/// certificate; returns the node and the certificate's path (the client's CA).
+fn start_tls_node(cores: &str) -> (Node, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    (dir, cert_path, key_path)
+    let args = ["--cores", cores, "--tls-listen", "127.0.0.1:0", "--tls-cert", cert_path.to_str().unwrap()];
+    let node = Node::start_in(dir, &[&args[..], &["--tls-key", key_path.to_str().unwrap()]].concat());
+    (node, cert_path)
 }
 
 #[test]
 fn python_ssl_client_logs_in_and_pings_over_tls() {
-    let (dir, cert_path, key_path) = self_signed_localhost();
-    let node = Node::start_in(
-        dir,
-        &[
-            "--cores",
-            "2",
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            key_path.to_str().unwrap(),
-        ],
-    );
+    let (node, cert_path) = start_tls_node("2");
     let tls = node.tls.expect("tls port");
     // Several users so that some sessions move to the other core with their TLS state.
     for user in [101u64, 102, 103, 104] {
@@ -86,20 +76,7 @@ fn python_ssl_client_logs_in_and_pings_over_tls() {
 
 #[test]
 fn plaintext_on_the_tls_port_is_a_tls_error_and_the_node_keeps_serving() {
-    let (dir, cert_path, key_path) = self_signed_localhost();
-    let node = Node::start_in(
-        dir,
-        &[
-            "--cores",
-            "1",
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            key_path.to_str().unwrap(),
-        ],
-    );
+    let (node, _cert) = start_tls_node("1");
     // Plain protocol bytes on the TLS port: a TLS error, the connection closes.
     let mut s = std::net::TcpStream::connect(node.tls.unwrap()).unwrap();
     s.set_read_timeout(Some(common::TIMEOUT)).unwrap();

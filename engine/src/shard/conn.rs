@@ -9,7 +9,7 @@
 
 use super::handoff::{home_core, Handoff};
 use super::{ConnCtl, Core};
-use crate::auth::{now_unix_s, TokenClaims};
+use crate::auth::TokenClaims;
 use crate::metrics::{CloseReason, Outcome, PassKinds};
 use crate::session::{Env, Session, Step};
 use futures_lite::{AsyncRead, AsyncWriteExt};
@@ -236,13 +236,15 @@ impl Conn {
 
     /// Runs the session state machine over buffered plaintext (no I/O).
     fn process(&mut self) -> PassEnd {
+        // One clock read per pass, shared by every frame in it.
+        let now_unix_ms = unix_ms();
         loop {
             let node = &self.core.node;
             let env = Env {
                 keys: &node.keys,
                 limits: node.limits(),
-                now_unix_s: now_unix_s(),
-                now_unix_ms: unix_ms(),
+                now_unix_s: now_unix_ms / 1000,
+                now_unix_ms,
                 metrics: &node.metrics[self.core.id],
                 pass: &self.pass,
             };
@@ -421,14 +423,6 @@ impl Conn {
         if linger {
             linger_close(&mut self.stream).await;
         }
-    }
-}
-
-impl Core {
-    /// A resumed session needs a slot; its own registration already counts,
-    /// so the core is full only when it exceeds the limit.
-    fn is_full_for_resume(&self) -> bool {
-        self.connections() > self.node.sessions_per_core_max
     }
 }
 

@@ -139,6 +139,12 @@ impl Core {
         self.connections() >= self.node.sessions_per_core_max
     }
 
+    /// A session arriving by hand-off is already registered here, so the core
+    /// is over its limit only when it holds more than the maximum.
+    pub fn is_full_for_resume(&self) -> bool {
+        self.connections() > self.node.sessions_per_core_max
+    }
+
     /// Adds a connection to the registry; returns its key and control block.
     pub fn register_conn(&self) -> (usize, Rc<ConnCtl>) {
         let ctl = Rc::new(ConnCtl::default());

@@ -32,7 +32,7 @@ pub use check::{check_log_dir, CheckReport};
 pub use config::{DamagePolicy, LogConfig};
 pub use error::{DamageKind, IoFailure, Result, StorageError};
 pub use file_io::{FaultSwitches, FaultyFileSystem, FileSystem, GlommioFileSystem};
-pub use log::{Log, LogStats};
+pub use log::{AppendFuture, Log, LogStats};
 pub use metrics::StorageMetrics;
 pub use replication::{NoQuorumPolicy, ReplicaServer, ReplicaServerConfig, ReplicatedLog, ReplicationConfig, StreamId};
 pub use table::{Table, TableConfig};

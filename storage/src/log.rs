@@ -81,62 +81,77 @@ pub struct LogStats {
     pub damage_cuts_total: u64,
 }
 
-struct Slot {
+/// The outcome shared by every append of one batch (they become durable, or
+/// fail, together): one allocation per group commit instead of one per
+/// record. An append's LSN is the batch's first LSN plus its index.
+struct BatchSlot {
+    /// `Ok(first LSN)` once the batch is durable, or the batch's error.
     outcome: RefCell<Option<Result<Lsn>>>,
-    waker: Cell<Option<Waker>>,
-    resolved: Cell<bool>,
+    /// Tasks waiting on the batch, each registered once (glommio counts the
+    /// waker clones of a task in 16 bits).
+    wakers: RefCell<Vec<Waker>>,
 }
 
-impl Slot {
+impl BatchSlot {
     fn new() -> Rc<Self> {
-        Rc::new(Self { outcome: RefCell::new(None), waker: Cell::new(None), resolved: Cell::new(false) })
+        Rc::new(Self { outcome: RefCell::new(None), wakers: RefCell::new(Vec::new()) })
     }
 
     fn resolve(&self, outcome: Result<Lsn>) {
-        if self.resolved.replace(true) {
+        if self.outcome.borrow().is_some() {
             return;
         }
         *self.outcome.borrow_mut() = Some(outcome);
-        if let Some(waker) = self.waker.take() {
+        for waker in self.wakers.take() {
             waker.wake();
         }
     }
-}
 
-/// Slots taken by the writer for a batch in flight. If the writer is
-/// cancelled mid-batch (the log was dropped), the guard answers `Closed`
-/// so no append future waits forever.
-struct InFlight(Vec<Rc<Slot>>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        for slot in &self.0 {
-            slot.resolve(Err(StorageError::Closed));
+    fn register(&self, waker: &Waker) {
+        let mut wakers = self.wakers.borrow_mut();
+        // The common waiters are one task awaiting its appends in turn, or a
+        // few tasks interleaved: looking at the newest entries finds them.
+        if !wakers.iter().rev().take(16).any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
         }
     }
 }
 
-struct PendingAppend {
-    slot: Rc<Slot>,
+/// The slot of a batch (or import) in flight. If the writer is cancelled
+/// mid-batch (the log was dropped), the guard answers `Closed` so no append
+/// future waits forever.
+struct InFlight(Rc<BatchSlot>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.resolve(Err(StorageError::Closed));
+    }
+}
+
+/// Records queued for the writer: one ready-made batch and its slot.
+struct PendingBatch {
+    builder: BatchBuilder,
+    slot: Rc<BatchSlot>,
 }
 
 struct PendingImport {
     bytes: Vec<u8>,
-    slot: Rc<Slot>,
+    slot: Rc<BatchSlot>,
 }
 
 struct State {
     segments: VecDeque<Segment>,
     next_lsn: Lsn,
     durable_lsn: Lsn,
-    /// Appends waiting for the writer, in order.
-    pending: VecDeque<PendingAppend>,
-    /// Their records, already encoded as ready-made batches (each within
-    /// `batch_records_max` / `batch_bytes_max`) with tentative LSNs: encoding
-    /// happens in `append`, overlapping the disk work of the batch in flight,
-    /// and the writer only seals the front batch's header - no copying. If a
-    /// batch fails, its LSNs are handed back and these are renumbered.
-    pending_batches: VecDeque<BatchBuilder>,
+    /// Appends waiting for the writer, already encoded as ready-made batches
+    /// (each within `batch_records_max` / `batch_bytes_max`) with tentative
+    /// LSNs: encoding happens in `append`, overlapping the disk work of the
+    /// batch in flight, and the writer only seals the front batch's header -
+    /// no copying. If a batch fails, its LSNs are handed back and these are
+    /// renumbered.
+    pending_batches: VecDeque<PendingBatch>,
+    /// Records in `pending_batches`.
+    pending_records: usize,
     /// Tentative LSN of the next append.
     pending_next_lsn: Lsn,
     /// Size of the last batch taken: the capacity to reserve for the next.
@@ -181,7 +196,8 @@ impl Drop for Log {
     fn drop(&mut self) {
         let mut state = self.inner.state.borrow_mut();
         state.closed = true;
-        for pending in state.pending.drain(..) {
+        state.pending_records = 0;
+        for pending in state.pending_batches.drain(..) {
             pending.slot.resolve(Err(StorageError::Closed));
         }
         for import in state.imports.drain(..) {
@@ -195,7 +211,9 @@ impl Drop for Log {
 
 /// Future of one append; resolves to the record's LSN once it is durable.
 pub struct AppendFuture {
-    slot: Option<Rc<Slot>>,
+    slot: Option<Rc<BatchSlot>>,
+    /// Position of the record in its batch.
+    index: u32,
     early: Option<StorageError>,
 }
 
@@ -208,17 +226,16 @@ impl Future for AppendFuture {
         let Some(slot) = self.slot.as_ref() else {
             return Poll::Ready(Err(StorageError::Closed));
         };
-        let outcome = slot.outcome.borrow_mut().take();
-        match outcome {
-            Some(outcome) => {
-                self.slot = None;
-                Poll::Ready(outcome)
-            }
+        let ready = match &*slot.outcome.borrow() {
+            Some(Ok(first_lsn)) => Ok(first_lsn + self.index as u64),
+            Some(Err(err)) => Err(err.clone()),
             None => {
-                slot.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
+                slot.register(cx.waker());
+                return Poll::Pending;
             }
-        }
+        };
+        self.slot = None;
+        Poll::Ready(ready)
     }
 }
 
@@ -361,7 +378,7 @@ impl Log {
                 segments,
                 next_lsn,
                 durable_lsn: next_lsn - 1,
-                pending: VecDeque::new(),
+                pending_records: 0,
                 pending_batches: VecDeque::new(),
                 pending_next_lsn: next_lsn,
                 batch_bytes_hint: 0,
@@ -393,32 +410,38 @@ impl Log {
             Some(StorageError::Closed)
         } else if payload.len() > config.record_payload_bytes_max {
             Some(StorageError::RecordTooLarge { size: payload.len(), limit: config.record_payload_bytes_max })
-        } else if state.pending.len() >= config.appends_pending_max {
+        } else if state.pending_records >= config.appends_pending_max {
             state.stats.overload_rejections_total += 1;
-            Some(StorageError::Overloaded { pending: state.pending.len(), limit: config.appends_pending_max })
+            Some(StorageError::Overloaded { pending: state.pending_records, limit: config.appends_pending_max })
         } else {
             None
         };
         if let Some(err) = early {
-            return AppendFuture { slot: None, early: Some(err) };
+            return AppendFuture { slot: None, index: 0, early: Some(err) };
         }
-        let slot = Slot::new();
         let size = payload.len() + RECORD_HEADER_BYTES;
         let full = state.pending_batches.back().is_none_or(|batch| {
-            batch.len() >= config.batch_records_max || batch.encoded_len() + size > config.batch_bytes_max
+            batch.builder.len() >= config.batch_records_max
+                || batch.builder.encoded_len() + size > config.batch_bytes_max
         });
         if full {
             let capacity = state.batch_bytes_hint.clamp(4096, config.batch_bytes_max);
             let first = state.pending_next_lsn;
-            state.pending_batches.push_back(BatchBuilder::with_capacity(first, capacity));
+            state.pending_batches.push_back(PendingBatch {
+                builder: BatchBuilder::with_capacity(first, capacity),
+                slot: BatchSlot::new(),
+            });
         }
-        state.pending_batches.back_mut().expect("pushed above").push(kind, payload);
+        let batch = state.pending_batches.back_mut().expect("pushed above");
+        let index = batch.builder.len() as u32;
+        batch.builder.push(kind, payload);
+        let slot = batch.slot.clone();
         state.pending_next_lsn += 1;
-        state.pending.push_back(PendingAppend { slot: slot.clone() });
+        state.pending_records += 1;
         if let Some(waker) = state.writer_waker.take() {
             waker.wake();
         }
-        AppendFuture { slot: Some(slot), early: None }
+        AppendFuture { slot: Some(slot), index, early: None }
     }
 
     /// Appends batches received from elsewhere (a replica stream, a repair
@@ -427,7 +450,7 @@ impl Log {
     /// Into an empty log the first batch may start at any LSN. Resolves to the
     /// log's durable LSN once the new records are durable.
     pub async fn import(&self, batches: Vec<u8>) -> Result<Lsn> {
-        let slot = Slot::new();
+        let slot = BatchSlot::new();
         {
             let mut state = self.inner.state.borrow_mut();
             if state.closed {
@@ -438,7 +461,7 @@ impl Log {
                 waker.wake();
             }
         }
-        AppendFuture { slot: Some(slot), early: None }.await
+        AppendFuture { slot: Some(slot), index: 0, early: None }.await
     }
 
     /// LSN of the last durable record (0 when the log is empty).
@@ -454,7 +477,7 @@ impl Log {
 
     /// Appends queued and not yet durable.
     pub fn pending_appends(&self) -> usize {
-        self.inner.state.borrow().pending.len()
+        self.inner.state.borrow().pending_records
     }
 
     /// Histogram of batch write + fdatasync times (microseconds): the disk
@@ -590,7 +613,7 @@ async fn writer_loop(inner: Rc<Inner>) {
             if state.closed {
                 return Poll::Ready(false);
             }
-            if !state.pending.is_empty() || !state.imports.is_empty() {
+            if !state.pending_batches.is_empty() || !state.imports.is_empty() {
                 return Poll::Ready(true);
             }
             had_to_wait.set(true);
@@ -604,7 +627,7 @@ async fn writer_loop(inner: Rc<Inner>) {
         let linger = inner.config.batch_linger;
         if !had_to_wait.get()
             && !linger.is_zero()
-            && inner.state.borrow().pending.len() < inner.config.batch_records_max / 2
+            && inner.state.borrow().pending_records < inner.config.batch_records_max / 2
         {
             // The disk is busy (appends queued while the last write ran):
             // wait a bounded moment to make the next batch bigger.
@@ -612,9 +635,9 @@ async fn writer_loop(inner: Rc<Inner>) {
         }
         let import = inner.state.borrow_mut().imports.pop_front();
         if let Some(import) = import {
-            let guard = InFlight(vec![import.slot]);
+            let guard = InFlight(import.slot);
             let outcome = write_import(&inner, import.bytes).await;
-            guard.0[0].resolve(outcome);
+            guard.0.resolve(outcome);
         } else {
             write_local_batch(&inner).await;
         }
@@ -631,43 +654,37 @@ async fn writer_loop(inner: Rc<Inner>) {
 fn renumber_pending(state: &mut State, first_lsn: Lsn) {
     let mut next = first_lsn;
     for batch in state.pending_batches.iter_mut() {
-        batch.renumber(next);
-        next += batch.len() as u64;
+        batch.builder.renumber(next);
+        next += batch.builder.len() as u64;
     }
     state.pending_next_lsn = next;
 }
 
 async fn write_local_batch(inner: &Rc<Inner>) {
-    let (slots, bytes, first_lsn) = {
+    let (slot, bytes, first_lsn, records) = {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
-        let Some(mut batch) = state.pending_batches.pop_front() else {
+        let Some(PendingBatch { mut builder, slot }) = state.pending_batches.pop_front() else {
             return;
         };
-        let slots: Vec<Rc<Slot>> = state.pending.drain(..batch.len()).map(|p| p.slot).collect();
-        let first_lsn = batch.first_lsn();
+        let records = builder.len();
+        state.pending_records -= records;
+        let first_lsn = builder.first_lsn();
         debug_assert_eq!(first_lsn, state.next_lsn, "tentative LSNs continue the log");
-        debug_assert!(!slots.is_empty() && batch.encoded_len() <= inner.config.batch_bytes_max);
-        state.batch_bytes_hint = batch.encoded_len();
-        batch.finish();
-        (slots, batch.take(), first_lsn)
+        debug_assert!(records > 0 && builder.encoded_len() <= inner.config.batch_bytes_max);
+        state.batch_bytes_hint = builder.encoded_len();
+        builder.finish();
+        (slot, builder.take(), first_lsn, records)
     };
-    let slots = InFlight(slots);
-    let last_lsn = first_lsn + slots.0.len() as u64 - 1;
-    let outcome = persist(inner, bytes, vec![(first_lsn, 0)], first_lsn, last_lsn).await;
-    match outcome {
-        Ok(()) => {
-            for (i, slot) in slots.0.iter().enumerate() {
-                slot.resolve(Ok(first_lsn + i as u64));
-            }
-        }
+    let slot = InFlight(slot);
+    let last_lsn = first_lsn + records as u64 - 1;
+    match persist(inner, bytes, vec![(first_lsn, 0)], first_lsn, last_lsn).await {
+        Ok(()) => slot.0.resolve(Ok(first_lsn)),
         Err(err) => {
             // The failed batch's LSNs are free again: records queued behind
             // it move down to keep the sequence gap-free.
             renumber_pending(&mut inner.state.borrow_mut(), first_lsn);
-            for slot in &slots.0 {
-                slot.resolve(Err(err.clone()));
-            }
+            slot.0.resolve(Err(err));
         }
     }
 }

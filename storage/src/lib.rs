@@ -31,7 +31,10 @@ pub type Lsn = u64;
 pub use check::{check_log_dir, CheckReport};
 pub use config::{DamagePolicy, LogConfig};
 pub use error::{DamageKind, IoFailure, Result, StorageError};
-pub use file_io::{FaultSwitches, FaultyFileSystem, FileSystem, GlommioFileSystem};
+pub use file_io::{
+    direct_io_supported, preferred_file_system, FaultSwitches, FaultyFileSystem, FileSystem, GlommioDirectFileSystem,
+    GlommioFileSystem,
+};
 pub use log::{AppendFuture, Log, LogStats};
 pub use metrics::StorageMetrics;
 pub use replication::{NoQuorumPolicy, ReplicaServer, ReplicaServerConfig, ReplicatedLog, ReplicationConfig, StreamId};

@@ -25,7 +25,9 @@ use std::time::SystemTime;
 use crate::config::{DamagePolicy, LogConfig};
 use crate::error::{DamageKind, StorageError};
 use crate::file_io::{FileSystem, SegmentFile};
-use crate::record::{rebatch_from, split_batches, BatchBuilder, RecordKind, RECORD_HEADER_BYTES};
+use crate::record::{
+    pad_to_alignment, rebatch_from, split_batches, strip_padding, BatchBuilder, RecordKind, RECORD_HEADER_BYTES,
+};
 use crate::recovery::scan_segment;
 use crate::{Lsn, Result};
 
@@ -63,8 +65,10 @@ pub struct LogStats {
     pub batches_total: u64,
     /// Records made durable.
     pub records_total: u64,
-    /// Bytes written in durable batches.
+    /// Bytes written in durable batches, padding included.
     pub bytes_total: u64,
+    /// Of those, padding written to keep direct-I/O writes block-aligned.
+    pub pad_bytes_total: u64,
     /// Batches that failed (write, fdatasync or segment creation).
     pub batch_failures_total: u64,
     /// Appends rejected because the pending queue was full.
@@ -173,6 +177,9 @@ struct Inner {
     dir: PathBuf,
     config: LogConfig,
     fs: Rc<dyn FileSystem>,
+    /// The file system's write alignment: every write starts and ends on a
+    /// multiple of it (1 = no constraint).
+    align: u64,
     state: RefCell<State>,
 }
 
@@ -276,6 +283,7 @@ impl Log {
             .collect();
         names.sort_by_key(|(lsn, _)| *lsn);
 
+        let align = fs.write_alignment();
         let mut segments = VecDeque::new();
         let mut expected: Option<Lsn> = None;
         let mut torn_bytes = 0u64;
@@ -333,19 +341,26 @@ impl Log {
                     .and_then(|_| file.sync_all())
                     .map_err(|e| StorageError::io("truncate segment", &e))?;
             }
+            let batch_end = valid_len;
+            if (is_last || cut_at == Some(index)) && valid_len % align != 0 {
+                // The segment that takes the next write must end on a block
+                // boundary (a tail written without alignment, or cut at
+                // damage): pad it now rather than rewrite its last block.
+                valid_len += pad_segment_tail(path, valid_len, align)?;
+            }
             let last_write = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
             let file = fs.open(path).await.map_err(|e| StorageError::io("open segment", &e))?;
             let batches: Vec<(Lsn, u64)> = scan
                 .batches
                 .iter()
-                .filter(|b| b.offset + b.len <= valid_len)
+                .filter(|b| b.offset + b.len <= batch_end)
                 .map(|b| (b.first_lsn, b.offset))
                 .collect();
             let last_lsn = scan
                 .batches
                 .iter()
                 .rev()
-                .find(|b| b.offset + b.len <= valid_len)
+                .find(|b| b.offset + b.len <= batch_end)
                 .map(|b| b.last_lsn)
                 .unwrap_or(first_lsn - 1);
             segments.push_back(Segment {
@@ -374,6 +389,7 @@ impl Log {
             dir: dir.to_path_buf(),
             config,
             fs,
+            align,
             state: RefCell::new(State {
                 segments,
                 next_lsn,
@@ -573,7 +589,8 @@ impl Log {
                 &std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short read"),
             ));
         }
-        Ok(bytes)
+        // Padding stays on this disk: peers and readers get whole batches.
+        Ok(strip_padding(bytes))
     }
 
     /// Visits every durable record from `from_lsn` on, in LSN order.
@@ -780,7 +797,8 @@ async fn persist(
     let result = persist_inner(inner, bytes, &batch_offsets, first_lsn, last_lsn).await;
     let mut state = inner.state.borrow_mut();
     match &result {
-        Ok(len) => {
+        Ok((len, pad)) => {
+            let (len, pad) = (*len, *pad);
             state.batch_write_us.record(started.elapsed().as_micros() as u64);
             let segment = state.segments.back_mut().expect("active segment exists");
             let base = segment.len;
@@ -794,6 +812,7 @@ async fn persist(
             let records = last_lsn + 1 - first_lsn;
             state.stats.records_total += records;
             state.stats.bytes_total += len;
+            state.stats.pad_bytes_total += pad;
             state.stats.batch_records_peak = state.stats.batch_records_peak.max(records);
             for waker in state.durable_wakers.drain(..) {
                 waker.wake();
@@ -808,13 +827,14 @@ async fn persist(
     }
 }
 
+/// Returns the bytes written and, of those, the padding.
 async fn persist_inner(
     inner: &Rc<Inner>,
-    bytes: Vec<u8>,
+    mut bytes: Vec<u8>,
     batch_offsets: &[(Lsn, u64)],
     first_lsn: Lsn,
     last_lsn: Lsn,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     debug_assert!(!batch_offsets.is_empty() && first_lsn <= last_lsn);
     ensure_active_segment(inner, first_lsn).await?;
     let (file, pos, dirty) = {
@@ -826,6 +846,7 @@ async fn persist_inner(
         file.truncate(pos).await.map_err(|e| StorageError::io("truncate failed tail", &e))?;
         inner.state.borrow_mut().tail_dirty = false;
     }
+    let pad = pad_to_alignment(&mut bytes, pos, inner.align);
     let len = bytes.len();
     let written = file.write_at(bytes, pos).await;
     let failure = match written {
@@ -845,7 +866,25 @@ async fn persist_inner(
         inner.state.borrow_mut().tail_dirty = cut.is_err();
         return Err(err);
     }
-    Ok(len as u64)
+    Ok((len as u64, pad as u64))
+}
+
+/// Pads the segment at `path` from `len` to the next multiple of `align`
+/// (at start-up, before the segment is opened for writing); returns the pad
+/// length.
+fn pad_segment_tail(path: &Path, len: u64, align: u64) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut pad = Vec::new();
+    pad_to_alignment(&mut pad, len, align);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StorageError::io("open segment to pad its tail", &e))?;
+    file.write_all_at(&pad, len)
+        .and_then(|_| file.sync_data())
+        .map_err(|e| StorageError::io("pad segment tail", &e))?;
+    log::info!("log {}: padded the tail at {len} with {} bytes to a {align}-byte boundary", path.display(), pad.len());
+    Ok(pad.len() as u64)
 }
 
 /// Makes sure the last segment can take a batch starting at `first_lsn`:

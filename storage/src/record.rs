@@ -6,6 +6,12 @@
 //! `magic u32 | body_len u32 | first_lsn u64 | record_count u32 | crc u32 | body`
 //! where the CRC32C covers the first 20 header bytes and the whole body.
 //!
+//! With direct I/O every write must start and end on a block boundary, so a
+//! batch may be followed by *padding*: `magic u32 | len u32 | crc u32 | zeros`
+//! where `len` counts the whole pad (header included, at least 12 bytes) and
+//! the CRC32C covers its first 8 bytes. Readers skip padding; it never holds
+//! records and is never shipped to peers.
+//!
 //! The batch CRC is what makes a group commit atomic on recovery: a batch that
 //! was only partly written fails its CRC and is dropped as a whole, so no
 //! unacknowledged record of a torn batch becomes half-visible. Record CRCs let
@@ -21,6 +27,12 @@ pub const RECORD_HEADER_BYTES: usize = 17;
 pub const BATCH_HEADER_BYTES: usize = 24;
 /// Marks the start of a batch ("RDB1").
 pub const BATCH_MAGIC: u32 = 0x3142_4452;
+/// Marks padding after a batch ("RDP1").
+pub const PAD_MAGIC: u32 = 0x3150_4452;
+/// Bytes in a padding header (the smallest possible pad).
+pub const PAD_HEADER_BYTES: usize = 12;
+/// Largest pad a reader accepts: the largest write alignment plus a header.
+pub const PAD_BYTES_LIMIT: usize = (64 << 10) + PAD_HEADER_BYTES;
 /// Hard upper bound of a batch body, whatever the configuration says: a
 /// length field above it is damage, never an allocation request.
 pub const BATCH_BODY_BYTES_LIMIT: usize = 64 << 20;
@@ -49,6 +61,60 @@ pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, lsn: Lsn, payload: &[u
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 13]), payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
+}
+
+/// Appends padding to `out` so that `base + out.len()` becomes a multiple of
+/// `alignment` (a power of two, at most 64 KiB); returns the pad's length
+/// (0 when already aligned). A gap smaller than a pad header grows by one
+/// block.
+pub fn pad_to_alignment(out: &mut Vec<u8>, base: u64, alignment: u64) -> usize {
+    debug_assert!(alignment.is_power_of_two() && alignment as usize + PAD_HEADER_BYTES <= PAD_BYTES_LIMIT);
+    let end = base + out.len() as u64;
+    let mut len = (end.next_multiple_of(alignment) - end) as usize;
+    if len == 0 {
+        return 0;
+    }
+    if len < PAD_HEADER_BYTES {
+        len += alignment as usize;
+    }
+    let start = out.len();
+    out.extend_from_slice(&PAD_MAGIC.to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&out[start..start + 8]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.resize(start + len, 0);
+    len
+}
+
+/// Returns `bytes` (whole batches as read from a segment) without the
+/// padding between them. Only headers are read (the batches are verified by
+/// whoever decodes them); at anything that is neither a batch nor valid
+/// padding the rest is kept as is, for the verifying decoder to report.
+pub fn strip_padding(bytes: Vec<u8>) -> Vec<u8> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        if let BatchDecode::Padding(len) = decode_padding_header(rest) {
+            out.get_or_insert_with(|| bytes[..at].to_vec());
+            at += len;
+            continue;
+        }
+        let batch_len = (rest.len() >= BATCH_HEADER_BYTES && rest[0..4] == BATCH_MAGIC.to_le_bytes())
+            .then(|| BATCH_HEADER_BYTES + u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize)
+            .filter(|len| *len <= rest.len());
+        let Some(len) = batch_len else {
+            if let Some(out) = out.as_mut() {
+                out.extend_from_slice(rest);
+            }
+            break;
+        };
+        if let Some(out) = out.as_mut() {
+            out.extend_from_slice(&rest[..len]);
+        }
+        at += len;
+    }
+    out.unwrap_or(bytes)
 }
 
 /// Decodes the record at the start of `buf`; returns it and its encoded size.
@@ -228,6 +294,8 @@ impl<'a> Iterator for RecordIter<'a> {
 pub enum BatchDecode<'a> {
     /// A complete, verified batch.
     Complete(BatchView<'a>),
+    /// Valid padding of this many bytes (skip it).
+    Padding(usize),
     /// The buffer ends before the batch does (torn write, or read more).
     Incomplete,
     /// The bytes are not a valid batch.
@@ -237,6 +305,9 @@ pub enum BatchDecode<'a> {
 /// Decodes and fully verifies the batch at the start of `buf`: header CRC,
 /// every record's CRC, record count, and consecutive LSNs.
 pub fn decode_batch(buf: &[u8]) -> BatchDecode<'_> {
+    if buf.len() >= 4 && buf[0..4] == PAD_MAGIC.to_le_bytes() {
+        return decode_padding_header(buf);
+    }
     if buf.len() < BATCH_HEADER_BYTES {
         return BatchDecode::Incomplete;
     }
@@ -282,9 +353,32 @@ pub fn decode_batch(buf: &[u8]) -> BatchDecode<'_> {
     BatchDecode::Complete(BatchView { first_lsn, record_count, bytes: &buf[..total] })
 }
 
-/// Splits a buffer of concatenated batches into verified batches.
-/// Returns the batches and, if the buffer did not end cleanly, the offset and
-/// kind of the first problem.
+/// Decodes padding at the start of `buf`; anything that does not start with
+/// the pad magic is `Damaged(BadMagic)`.
+fn decode_padding_header(buf: &[u8]) -> BatchDecode<'_> {
+    if buf.len() < 4 || buf[0..4] != PAD_MAGIC.to_le_bytes() {
+        return BatchDecode::Damaged(DamageKind::BadMagic);
+    }
+    if buf.len() < PAD_HEADER_BYTES {
+        return BatchDecode::Incomplete;
+    }
+    let len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&buf[0..8]) != crc {
+        return BatchDecode::Damaged(DamageKind::BatchChecksum);
+    }
+    if !(PAD_HEADER_BYTES..=PAD_BYTES_LIMIT).contains(&len) {
+        return BatchDecode::Damaged(DamageKind::BadLength);
+    }
+    if buf.len() < len {
+        return BatchDecode::Incomplete;
+    }
+    BatchDecode::Padding(len)
+}
+
+/// Splits a buffer of concatenated batches into verified batches, skipping
+/// padding. Returns the batches and, if the buffer did not end cleanly, the
+/// offset and kind of the first problem.
 pub fn split_batches(mut buf: &[u8]) -> (Vec<BatchView<'_>>, Option<(usize, DamageKind)>) {
     let mut out = Vec::new();
     let mut offset = 0usize;
@@ -295,6 +389,10 @@ pub fn split_batches(mut buf: &[u8]) -> (Vec<BatchView<'_>>, Option<(usize, Dama
                 out.push(batch);
                 buf = &buf[used..];
                 offset += used;
+            }
+            BatchDecode::Padding(len) => {
+                buf = &buf[len..];
+                offset += len;
             }
             BatchDecode::Incomplete => return (out, Some((offset, DamageKind::Truncated))),
             BatchDecode::Damaged(kind) => return (out, Some((offset, kind))),
@@ -393,6 +491,46 @@ mod tests {
         assert_eq!(tail.first_lsn, 3);
         assert_eq!(tail.records().next().unwrap().payload, b"c");
         assert!(rebatch_from(&batch, 4).is_none());
+    }
+
+    #[test]
+    fn padding_aligns_writes_and_readers_skip_it() {
+        for base in [0u64, 4096, 8192 - 5, 8192 - 12, 8192 - 13, 8192 - 20] {
+            let mut bytes = batch_of(1, &[b"a", b"bb"]);
+            let batch_len = bytes.len();
+            let pad = pad_to_alignment(&mut bytes, base, 4096);
+            assert_eq!((base + bytes.len() as u64) % 4096, 0, "base {base}");
+            assert!(pad == 0 || pad >= PAD_HEADER_BYTES);
+            bytes.extend_from_slice(&batch_of(3, &[b"ccc"]));
+            pad_to_alignment(&mut bytes, base, 4096);
+            let (batches, damage) = split_batches(&bytes);
+            assert!(damage.is_none(), "base {base}: {damage:?}");
+            assert_eq!(batches.iter().map(|b| b.first_lsn).collect::<Vec<_>>(), vec![1, 3]);
+            let stripped = strip_padding(bytes.clone());
+            assert_eq!(&stripped[..batch_len], &bytes[..batch_len]);
+            assert_eq!(split_batches(&stripped).0.len(), 2);
+            assert!(!stripped.windows(4).any(|w| w == PAD_MAGIC.to_le_bytes()));
+        }
+        let mut aligned = Vec::new();
+        assert_eq!(pad_to_alignment(&mut aligned, 4096, 4096), 0);
+        // A pad shorter than a batch header at the very end is still a pad.
+        let mut short = Vec::new();
+        assert_eq!(pad_to_alignment(&mut short, 4096 - 16, 4096), 16);
+        assert!(matches!(decode_batch(&short), BatchDecode::Padding(16)));
+    }
+
+    #[test]
+    fn damaged_or_cut_padding_is_never_skipped_silently() {
+        let mut pad = Vec::new();
+        pad_to_alignment(&mut pad, 100, 4096);
+        for cut in PAD_HEADER_BYTES..pad.len() {
+            assert!(matches!(decode_batch(&pad[..cut]), BatchDecode::Incomplete), "cut at {cut}");
+        }
+        for byte in 0..PAD_HEADER_BYTES {
+            let mut damaged = pad.clone();
+            damaged[byte] ^= 0x10;
+            assert!(matches!(decode_batch(&damaged), BatchDecode::Damaged(_)), "flip in byte {byte}");
+        }
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub fn scan_segment(bytes: &[u8], expected_first_lsn: Option<Lsn>) -> SegmentSca
                 offset += len;
                 scan.valid_len = offset as u64;
             }
+            BatchDecode::Padding(len) => {
+                offset += len;
+                scan.valid_len = offset as u64;
+            }
             BatchDecode::Incomplete => {
                 scan.damage = Some(Damage {
                     offset: offset as u64,

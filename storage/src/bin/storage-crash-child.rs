@@ -2,6 +2,8 @@
 //! then appends records as fast as it can, printing `acked <lsn>` on stdout
 //! (flushed) as each append resolves, until it is killed. The payload of
 //! record `lsn` is `rec-<lsn>` so the test can check every record's content.
+//! A second argument picks the file backend: `buffered` (default) or
+//! `direct` (O_DIRECT, padded block-aligned batches).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -11,18 +13,28 @@ use std::io::Write;
 use std::rc::Rc;
 
 use glommio::{LocalExecutorBuilder, Placement};
-use redrain_storage::{GlommioFileSystem, Log, LogConfig};
+use redrain_storage::{FileSystem, GlommioDirectFileSystem, GlommioFileSystem, Log, LogConfig};
 
 /// Appends kept in flight at once: enough to form real group commits.
 const IN_FLIGHT_MAX: usize = 256;
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: storage-crash-child <dir>");
+    let dir = std::env::args().nth(1).expect("usage: storage-crash-child <dir> [buffered|direct]");
+    let direct = match std::env::args().nth(2).as_deref() {
+        None | Some("buffered") => false,
+        Some("direct") => true,
+        Some(other) => {
+            eprintln!("unknown backend {other:?}: buffered or direct");
+            std::process::exit(2);
+        }
+    };
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(512 << 10)
         .spawn(move || async move {
             let config = LogConfig { segment_bytes_target: 256 << 10, ..LogConfig::default() };
-            let log = match Log::open(dir.as_ref(), config, Rc::new(GlommioFileSystem)).await {
+            let fs: Rc<dyn FileSystem> =
+                if direct { Rc::new(GlommioDirectFileSystem) } else { Rc::new(GlommioFileSystem) };
+            let log = match Log::open(dir.as_ref(), config, fs).await {
                 Ok(log) => log,
                 Err(err) => {
                     eprintln!("open failed: {err}");

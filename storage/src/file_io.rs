@@ -127,7 +127,7 @@ impl SegmentFile for DirectSegment {
     fn write_at(&self, buf: Vec<u8>, pos: u64) -> IoFuture<'_, usize> {
         Box::pin(async move {
             let align = DIRECT_IO_ALIGNMENT;
-            if pos % align != 0 || buf.len() as u64 % align != 0 || buf.is_empty() {
+            if !pos.is_multiple_of(align) || !(buf.len() as u64).is_multiple_of(align) || buf.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("direct write of {} bytes at {pos} is not {align}-aligned", buf.len()),

@@ -342,7 +342,7 @@ impl Log {
                     .map_err(|e| StorageError::io("truncate segment", &e))?;
             }
             let batch_end = valid_len;
-            if (is_last || cut_at == Some(index)) && valid_len % align != 0 {
+            if (is_last || cut_at == Some(index)) && !valid_len.is_multiple_of(align) {
                 // The segment that takes the next write must end on a block
                 // boundary (a tail written without alignment, or cut at
                 // damage): pad it now rather than rewrite its last block.

@@ -29,7 +29,8 @@ use glommio::io::{BufferedFile, DmaFile};
 use glommio::{LocalExecutorBuilder, Placement};
 use redrain_storage::metrics::ValueHistogram;
 use redrain_storage::{
-    GlommioFileSystem, Log, LogConfig, ReplicaServer, ReplicaServerConfig, ReplicatedLog, ReplicationConfig, StreamId,
+    FileSystem, GlommioDirectFileSystem, GlommioFileSystem, Log, LogConfig, ReplicaServer, ReplicaServerConfig,
+    ReplicatedLog, ReplicationConfig, StreamId,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -55,6 +56,22 @@ struct Args {
     /// local, replicated or both.
     #[arg(long, default_value = "both")]
     mode: String,
+    /// File backend of the logs: direct (O_DIRECT, padded batches),
+    /// buffered (page cache + fdatasync) or both (local steps run twice).
+    #[arg(long, default_value = "both")]
+    io: String,
+    /// glommio preempt timer (microseconds): how long busy tasks may run
+    /// before the reactor submits and reaps I/O (glommio's default is
+    /// 100 ms).
+    #[arg(long, default_value_t = 500)]
+    preempt_us: u64,
+    /// Executors (one pinned per CPU, each with its own log, as in the node)
+    /// for the final node-shaped saturation step; 0 skips it.
+    #[arg(long, default_value_t = 2)]
+    cores: usize,
+    /// Most bytes per group commit (LogConfig::batch_bytes_max), in MiB.
+    #[arg(long, default_value_t = 4)]
+    batch_mib: usize,
     /// Skip the open-loop steps: probes and the saturation step only.
     #[arg(long)]
     closed_only: bool,
@@ -122,15 +139,20 @@ struct StepReport {
     /// Write + fdatasync time per batch (the log is fresh for each step).
     batch_write_us: ValueHistogram,
     batches: u64,
+    /// Bytes written, padding included.
     bytes: u64,
+    /// Padding written (direct I/O keeps every write block-aligned).
+    pad_bytes: u64,
 }
 
 impl StepReport {
     fn print(&self, seq_mib_s: f64) {
         let rate = self.completed as f64 / self.secs;
-        let mib_s = self.bytes as f64 / self.secs / (1 << 20) as f64;
+        // Throughput counts records only; padding is reported apart.
+        let mib_s = (self.bytes - self.pad_bytes) as f64 / self.secs / (1 << 20) as f64;
+        let pad_mib_s = self.pad_bytes as f64 / self.secs / (1 << 20) as f64;
         println!(
-            "{:<12} offered {:>9} achieved {:>9.0} rec/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  max {:>7} us  batches {:>6} (avg {:>6.0} rec)  log {:>6.1} MiB/s = {:>5.1}% of seq  errors {}",
+            "{:<15} offered {:>9} achieved {:>9.0} rec/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  max {:>7} us  batches {:>6} (avg {:>6.0} rec)  records {:>6.1} MiB/s = {:>5.1}% of seq (+{:.1} MiB/s padding)  errors {}",
             self.label,
             self.offered.map(|r| r.to_string()).unwrap_or_else(|| "closed".into()),
             rate,
@@ -142,6 +164,7 @@ impl StepReport {
             self.completed as f64 / self.batches.max(1) as f64,
             mib_s,
             100.0 * mib_s / seq_mib_s,
+            pad_mib_s,
             self.errors
         );
         println!(
@@ -268,10 +291,11 @@ async fn run_step(
                 if let Some(w) = consumer_waker.take() {
                     w.wake();
                 }
-                // Let the reactor reap completions (the writer's) between
-                // chunks: a generator that runs for tens of milliseconds
-                // would delay the next group commit, not measure it.
-                glommio::executor().yield_task_queue_now().await;
+                // Let the reactor submit and reap I/O (the writer's) when the
+                // preempt timer says so: a generator that ran for tens of
+                // milliseconds would delay the next group commit, not
+                // measure it.
+                glommio::yield_if_needed().await;
                 // Wait until the consumer made room (or a short while).
                 futures_lite::future::or(
                     std::future::poll_fn(|cx| {
@@ -307,6 +331,7 @@ async fn run_step(
         batch_write_us,
         batches: after.batches_total - before.batches_total,
         bytes: after.bytes_total - before.bytes_total,
+        pad_bytes: after.pad_bytes_total - before.pad_bytes_total,
     }
 }
 
@@ -394,8 +419,8 @@ async fn commit_probe(dir: &Path, size: usize, secs: f64) {
 fn bench_log_config() -> LogConfig {
     LogConfig {
         segment_bytes_target: 1 << 30,
-        batch_bytes_max: 4 << 20,
-        batch_records_max: 100_000,
+        batch_bytes_max: BATCH_MIB.load(Ordering::Relaxed) << 20,
+        batch_records_max: 1_000_000, // the byte bound binds first
         appends_pending_max: 4_000_000,
         retention_bytes_max: 1 << 40,
         ..LogConfig::default()
@@ -403,14 +428,14 @@ fn bench_log_config() -> LogConfig {
 }
 
 /// Starts a replica server on its own executor thread; returns its address.
-fn start_peer(dir: PathBuf, stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+fn start_peer(dir: PathBuf, backend: &'static str, stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(512 << 10)
         .spawn(move || async move {
             let mut config = ReplicaServerConfig::new("127.0.0.1:0".parse().unwrap(), dir);
             config.log = bench_log_config();
-            let server = ReplicaServer::start(config, Rc::new(GlommioFileSystem)).expect("peer");
+            let server = ReplicaServer::start(config, file_system(backend)).expect("peer");
             tx.send(server.local_addr()).unwrap();
             while !stop.load(Ordering::Relaxed) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
@@ -426,43 +451,133 @@ fn start_peer(dir: PathBuf, stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::
     )
 }
 
+/// The node's shape at saturation: one pinned executor per core, each
+/// appending to its own log (closed loop), all at once; prints each core's
+/// figures and the node's total.
+fn node_saturation(args: &Args, backend: &'static str, payload: &'static [u8], seq_mib_s: f64) {
+    let cpus: Vec<usize> = (0..args.cores).collect();
+    let barrier = Arc::new(std::sync::Barrier::new(cpus.len()));
+    let handles: Vec<_> = cpus
+        .iter()
+        .map(|&cpu| {
+            let dir = args.dir.join(format!("node-{backend}-core{cpu}"));
+            let (barrier, window, secs) = (barrier.clone(), args.window, args.step_secs);
+            LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .io_memory(1 << 20)
+                .preempt_timer(Duration::from_micros(args.preempt_us))
+                .spin_before_park(Duration::from_micros(args.spin_us))
+                .spawn(move || async move {
+                    let log = Rc::new(Log::open(&dir, bench_log_config(), file_system(backend)).await.expect("log"));
+                    barrier.wait();
+                    let label = format!("core{cpu}/{backend}");
+                    let report = run_step(Target::Local(log), &label, None, window, secs, payload).await;
+                    let _ = std::fs::remove_dir_all(&dir);
+                    (
+                        report.completed,
+                        report.bytes - report.pad_bytes,
+                        report.secs,
+                        report.latency_us.quantile(0.5),
+                        report.latency_us.quantile(0.99),
+                        report.batch_write_us.quantile(0.5),
+                    )
+                })
+                .expect("core executor")
+        })
+        .collect();
+    let (mut records, mut bytes, mut secs) = (0u64, 0u64, 0f64);
+    for (cpu, handle) in cpus.iter().zip(handles) {
+        let (completed, record_bytes, took, p50, p99, write_p50) = handle.join().expect("core run");
+        println!(
+            "node core{cpu}/{backend:<8} closed: {:>9.0} rec/s  {:>6.1} MiB/s  p50 {p50} us  p99 {p99} us  batch write+fdatasync p50 {write_p50} us",
+            completed as f64 / took,
+            record_bytes as f64 / took / (1 << 20) as f64
+        );
+        records += completed;
+        bytes += record_bytes;
+        secs = secs.max(took);
+    }
+    let mib_s = bytes as f64 / secs / (1 << 20) as f64;
+    println!(
+        "node {} cores/{backend:<8} closed: {:>9.0} rec/s  records {:>6.1} MiB/s = {:>5.1}% of seq",
+        cpus.len(),
+        records as f64 / secs,
+        mib_s,
+        100.0 * mib_s / seq_mib_s
+    );
+}
+
+fn file_system(backend: &str) -> Rc<dyn FileSystem> {
+    match backend {
+        "direct" => Rc::new(GlommioDirectFileSystem),
+        _ => Rc::new(GlommioFileSystem),
+    }
+}
+
+/// `--batch-mib`, for every log the bench opens (peers included).
+static BATCH_MIB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4);
+
 fn main() {
     let args = Args::parse();
+    BATCH_MIB.store(args.batch_mib, Ordering::Relaxed);
+    let backends: Vec<&'static str> = match args.io.as_str() {
+        "both" => vec!["direct", "buffered"],
+        "direct" => vec!["direct"],
+        "buffered" => vec!["buffered"],
+        other => {
+            eprintln!("--io {other:?}: direct, buffered or both");
+            std::process::exit(2);
+        }
+    };
+    // The replicated steps (origin and both peers) use the first backend.
+    let replicated_backend = backends[0];
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir).expect("bench dir");
     let payload: &'static [u8] = Box::leak(vec![0x42u8; args.record_bytes].into_boxed_slice());
     let stop = Arc::new(AtomicBool::new(false));
     let peers = if args.mode != "local" {
-        Some([start_peer(args.dir.join("peer-a"), stop.clone()), start_peer(args.dir.join("peer-b"), stop.clone())])
+        Some([
+            start_peer(args.dir.join("peer-a"), replicated_backend, stop.clone()),
+            start_peer(args.dir.join("peer-b"), replicated_backend, stop.clone()),
+        ])
     } else {
         None
     };
     let peer_addrs = peers.as_ref().map(|p| [p[0].0, p[1].0]);
     let run_args = args.clone();
+    let run_backends = backends.clone();
+    let seq_measured = Arc::new(std::sync::Mutex::new(0.0f64));
+    let seq_out = seq_measured.clone();
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(2 << 20)
+        .preempt_timer(Duration::from_micros(args.preempt_us))
         .spin_before_park(Duration::from_micros(args.spin_us))
         .spawn(move || async move {
             let args = run_args;
+            let backends = run_backends;
             let (buffered, direct) = seq_bandwidth(&args.dir, args.seq_mib).await;
             println!("sequential write bandwidth: buffered+fdatasync {buffered:.1} MiB/s, O_DIRECT {direct:.1} MiB/s");
             let seq = buffered.max(direct);
+            *seq_out.lock().unwrap() = seq;
             for size in [4096usize, 256 << 10, 4 << 20] {
                 commit_probe(&args.dir, size, 1.0).await;
             }
             println!("record payload {} B ({} B on disk)", args.record_bytes, args.record_bytes + 17);
-            let fs = Rc::new(GlommioFileSystem);
             let open_rates = if args.closed_only { Vec::new() } else { args.rates.clone() };
             if args.mode != "replicated" {
-                for (i, rate) in open_rates.iter().copied().map(Some).chain([None]).enumerate() {
-                    let dir = args.dir.join(format!("local-{i}"));
-                    let log = Rc::new(Log::open(&dir, bench_log_config(), fs.clone()).await.expect("log"));
-                    let report =
-                        run_step(Target::Local(log), "local", rate, args.window, args.step_secs, payload).await;
-                    report.print(seq);
-                    let _ = std::fs::remove_dir_all(&dir);
+                for backend in &backends {
+                    let label = format!("local/{backend}");
+                    for (i, rate) in open_rates.iter().copied().map(Some).chain([None]).enumerate() {
+                        let dir = args.dir.join(format!("local-{backend}-{i}"));
+                        let log =
+                            Rc::new(Log::open(&dir, bench_log_config(), file_system(backend)).await.expect("log"));
+                        let report =
+                            run_step(Target::Local(log), &label, rate, args.window, args.step_secs, payload).await;
+                        report.print(seq);
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
                 }
             }
+            let fs = file_system(replicated_backend);
             if let Some(peers) = peer_addrs {
                 for (i, rate) in open_rates.iter().copied().map(Some).chain([None]).enumerate() {
                     let dir = args.dir.join(format!("origin-{i}"));
@@ -474,7 +589,7 @@ fn main() {
                     let log = Rc::new(log);
                     let report = run_step(
                         Target::Replicated(log.clone()),
-                        "replicated",
+                        &format!("repl/{replicated_backend}"),
                         rate,
                         args.window,
                         args.step_secs,
@@ -499,6 +614,12 @@ fn main() {
         .join()
         .expect("bench run");
     stop.store(true, Ordering::Relaxed);
+    if args.mode != "replicated" && args.cores > 0 {
+        let seq = *seq_measured.lock().unwrap();
+        for backend in &backends {
+            node_saturation(&args, backend, payload, seq);
+        }
+    }
     if let Some(peers) = peers {
         for (_, handle) in peers {
             let _ = handle.join();

@@ -441,7 +441,11 @@ impl Log {
                 || batch.builder.encoded_len() + size > config.batch_bytes_max
         });
         if full {
-            let capacity = state.batch_bytes_hint.clamp(4096, config.batch_bytes_max);
+            // A quarter more than the last batch took, so a batch as big as
+            // the last never regrows (and copies) itself while it fills;
+            // never more than a full batch, which cannot grow past it.
+            let hint = state.batch_bytes_hint;
+            let capacity = (hint + hint / 4).clamp(4096, config.batch_bytes_max);
             let first = state.pending_next_lsn;
             state.pending_batches.push_back(PendingBatch {
                 builder: BatchBuilder::with_capacity(first, capacity),

@@ -261,6 +261,9 @@ pub struct FaultSwitches {
     pub short_write_bytes: Cell<Option<usize>>,
     /// When set, every fdatasync fails with this errno.
     pub sync_errno: Cell<Option<i32>>,
+    /// When set to `Some(n)`, n more fdatasyncs succeed and the next one
+    /// fails with EIO (once; then clears).
+    pub syncs_before_failure: Cell<Option<u32>>,
     /// When set, file creation fails with this errno.
     pub create_errno: Cell<Option<i32>>,
     /// Writes that failed because of a switch.
@@ -273,6 +276,7 @@ impl FaultSwitches {
         self.write_errno.set(None);
         self.short_write_bytes.set(None);
         self.sync_errno.set(None);
+        self.syncs_before_failure.set(None);
         self.create_errno.set(None);
     }
 }
@@ -328,6 +332,15 @@ impl SegmentFile for FaultySegment {
             if let Some(errno) = self.switches.sync_errno.get() {
                 self.switches.injected_failures.set(self.switches.injected_failures.get() + 1);
                 return Err(io::Error::from_raw_os_error(errno));
+            }
+            match self.switches.syncs_before_failure.get() {
+                Some(0) => {
+                    self.switches.syncs_before_failure.set(None);
+                    self.switches.injected_failures.set(self.switches.injected_failures.get() + 1);
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                Some(n) => self.switches.syncs_before_failure.set(Some(n - 1)),
+                None => {}
             }
             self.inner.fdatasync().await
         })

@@ -625,16 +625,31 @@ impl Log {
     }
 }
 
-/// The writer task: one batch at a time, forever (until the log is dropped).
+/// A batch written to the active segment whose fdatasync is in flight: the
+/// writer writes the next batch meanwhile (a two-stage pipeline), and
+/// commits this one - in LSN order - when its fdatasync returns.
+struct Syncing {
+    written: Written,
+    slot: InFlight,
+    sync: Pin<Box<dyn Future<Output = Result<()>>>>,
+}
+
+/// The writer task, forever (until the log is dropped). Local batches go
+/// through a two-stage pipeline: batch N+1 is written while batch N's
+/// fdatasync runs, so the disk is never idle between group commits under
+/// load; a lone append still costs exactly one write and one fdatasync.
+/// Imports, segment rolls and failures drain the pipeline first.
 async fn writer_loop(inner: Rc<Inner>) {
+    let mut syncing: Option<Syncing> = None;
     loop {
         let had_to_wait = Cell::new(false);
+        let in_flight = syncing.is_some();
         let open = std::future::poll_fn(|cx| {
             let mut state = inner.state.borrow_mut();
             if state.closed {
                 return Poll::Ready(false);
             }
-            if !state.pending_batches.is_empty() || !state.imports.is_empty() {
+            if in_flight || !state.pending_batches.is_empty() || !state.imports.is_empty() {
                 return Poll::Ready(true);
             }
             had_to_wait.set(true);
@@ -647,6 +662,7 @@ async fn writer_loop(inner: Rc<Inner>) {
         }
         let linger = inner.config.batch_linger;
         if !had_to_wait.get()
+            && !in_flight
             && !linger.is_zero()
             && inner.state.borrow().pending_records < inner.config.batch_records_max / 2
         {
@@ -654,15 +670,33 @@ async fn writer_loop(inner: Rc<Inner>) {
             // wait a bounded moment to make the next batch bigger.
             glommio::timer::sleep(linger).await;
         }
-        let import = inner.state.borrow_mut().imports.pop_front();
-        if let Some(import) = import {
+        let (local_ready, import_ready) = {
+            let state = inner.state.borrow();
+            (!state.pending_batches.is_empty(), !state.imports.is_empty())
+        };
+        if local_ready && !import_ready {
+            let behind = syncing.as_ref().map_or(0, |s| s.written.len);
+            if behind > 0 && needs_new_segment(&inner, behind) {
+                // A roll must not overtake the batch syncing in the old
+                // segment. With the pipeline empty, retention runs too
+                // (under steady load this is where it gets its turn).
+                finish_sync(&inner, syncing.take()).await;
+                if let Err(err) = enforce_retention(&inner).await {
+                    log::warn!("log {}: retention failed: {err}", inner.dir.display());
+                }
+                continue;
+            }
+            syncing = write_local_batch(&inner, syncing.take()).await;
+        } else if syncing.is_some() {
+            finish_sync(&inner, syncing.take()).await;
+            continue;
+        } else if import_ready {
+            let import = inner.state.borrow_mut().imports.pop_front().expect("checked above");
             let guard = InFlight(import.slot);
             let outcome = write_import(&inner, import.bytes).await;
             guard.0.resolve(outcome);
-        } else {
-            write_local_batch(&inner).await;
         }
-        if inner.state.borrow().segments.len() > 1 {
+        if syncing.is_none() && inner.state.borrow().segments.len() > 1 {
             if let Err(err) = enforce_retention(&inner).await {
                 log::warn!("log {}: retention failed: {err}", inner.dir.display());
             }
@@ -681,31 +715,94 @@ fn renumber_pending(state: &mut State, first_lsn: Lsn) {
     state.pending_next_lsn = next;
 }
 
-async fn write_local_batch(inner: &Rc<Inner>) {
+/// Fails a batch (and everything queued behind it moves down to its LSNs,
+/// keeping the sequence gap-free).
+fn fail_batch(inner: &Rc<Inner>, slot: InFlight, first_lsn: Lsn, last_lsn: Lsn, err: StorageError) {
+    {
+        let mut state = inner.state.borrow_mut();
+        state.stats.batch_failures_total += 1;
+        renumber_pending(&mut state, first_lsn);
+    }
+    log::warn!("log {}: batch {first_lsn}..={last_lsn} failed: {err}", inner.dir.display());
+    slot.0.resolve(Err(err));
+}
+
+/// Waits for the batch in flight to be durable and commits it (or fails it).
+async fn finish_sync(inner: &Rc<Inner>, syncing: Option<Syncing>) {
+    let Some(Syncing { written, slot, sync }) = syncing else {
+        return;
+    };
+    match sync.await {
+        Ok(()) => {
+            let first_lsn = written.first_lsn;
+            commit_written(inner, written);
+            slot.0.resolve(Ok(first_lsn));
+        }
+        Err(err) => {
+            cut_tail(inner, &written.file, written.pos).await;
+            fail_batch(inner, slot, written.first_lsn, written.last_lsn, err);
+        }
+    }
+}
+
+/// Writes the next queued batch behind the one in flight (whose fdatasync
+/// runs meanwhile), commits that one, and returns the new batch with its
+/// fdatasync started.
+async fn write_local_batch(inner: &Rc<Inner>, previous: Option<Syncing>) -> Option<Syncing> {
+    let behind = previous.as_ref().map_or(0, |s| s.written.len);
     let (slot, bytes, first_lsn, records) = {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
-        let Some(PendingBatch { mut builder, slot }) = state.pending_batches.pop_front() else {
-            return;
-        };
+        let PendingBatch { mut builder, slot } = state.pending_batches.pop_front()?;
         let records = builder.len();
         state.pending_records -= records;
         let first_lsn = builder.first_lsn();
-        debug_assert_eq!(first_lsn, state.next_lsn, "tentative LSNs continue the log");
+        debug_assert_eq!(
+            first_lsn,
+            previous.as_ref().map_or(state.next_lsn, |s| s.written.last_lsn + 1),
+            "tentative LSNs continue the log"
+        );
         debug_assert!(records > 0 && builder.encoded_len() <= inner.config.batch_bytes_max);
         state.batch_bytes_hint = builder.encoded_len();
         builder.finish();
-        (slot, builder.take(), first_lsn, records)
+        (InFlight(slot), builder.take(), first_lsn, records)
     };
-    let slot = InFlight(slot);
     let last_lsn = first_lsn + records as u64 - 1;
-    match persist(inner, bytes, vec![(first_lsn, 0)], first_lsn, last_lsn).await {
-        Ok(()) => slot.0.resolve(Ok(first_lsn)),
+    let write = write_at_tail(inner, bytes, vec![(first_lsn, 0)], first_lsn, last_lsn, behind);
+    let (written, previous) = match previous {
+        None => (write.await, None),
+        Some(Syncing { written, slot, sync }) => {
+            let (now, before) = futures_lite::future::zip(write, sync).await;
+            (now, Some((written, slot, before)))
+        }
+    };
+    if let Some((before, before_slot, synced)) = previous {
+        match synced {
+            Ok(()) => {
+                let before_first = before.first_lsn;
+                commit_written(inner, before);
+                before_slot.0.resolve(Ok(before_first));
+            }
+            Err(err) => {
+                // The earlier batch is not durable: cut both (the new one
+                // was written after it) and fail both.
+                cut_tail(inner, &before.file, before.pos).await;
+                fail_batch(inner, slot, first_lsn, last_lsn, err.clone());
+                fail_batch(inner, before_slot, before.first_lsn, before.last_lsn, err);
+                return None;
+            }
+        }
+    }
+    match written {
+        Ok(written) => {
+            let file = written.file.clone();
+            let sync: Pin<Box<dyn Future<Output = Result<()>>>> =
+                Box::pin(async move { file.fdatasync().await.map_err(|e| StorageError::io("fdatasync", &e)) });
+            Some(Syncing { written, slot, sync })
+        }
         Err(err) => {
-            // The failed batch's LSNs are free again: records queued behind
-            // it move down to keep the sequence gap-free.
-            renumber_pending(&mut inner.state.borrow_mut(), first_lsn);
-            slot.0.resolve(Err(err));
+            fail_batch(inner, slot, first_lsn, last_lsn, err);
+            None
         }
     }
 }
@@ -789,7 +886,8 @@ async fn write_import(inner: &Rc<Inner>, bytes: Vec<u8>) -> Result<Lsn> {
 }
 
 /// Writes one buffer of whole batches at the end of the active segment and
-/// makes it durable; on failure the log's state is unchanged.
+/// makes it durable (imports; local batches use the pipeline in
+/// `writer_loop`); on failure the log's state is unchanged.
 async fn persist(
     inner: &Rc<Inner>,
     bytes: Vec<u8>,
@@ -797,80 +895,119 @@ async fn persist(
     first_lsn: Lsn,
     last_lsn: Lsn,
 ) -> Result<()> {
-    let started = std::time::Instant::now();
-    let result = persist_inner(inner, bytes, &batch_offsets, first_lsn, last_lsn).await;
-    let mut state = inner.state.borrow_mut();
-    match &result {
-        Ok((len, pad)) => {
-            let (len, pad) = (*len, *pad);
-            state.batch_write_us.record(started.elapsed().as_micros() as u64);
-            let segment = state.segments.back_mut().expect("active segment exists");
-            let base = segment.len;
-            segment.batches.extend(batch_offsets.iter().map(|(lsn, off)| (*lsn, base + off)));
-            segment.len += len;
-            segment.last_lsn = last_lsn;
-            segment.last_write = SystemTime::now();
-            state.next_lsn = last_lsn + 1;
-            state.durable_lsn = last_lsn;
-            state.stats.batches_total += 1;
-            let records = last_lsn + 1 - first_lsn;
-            state.stats.records_total += records;
-            state.stats.bytes_total += len;
-            state.stats.pad_bytes_total += pad;
-            state.stats.batch_records_peak = state.stats.batch_records_peak.max(records);
-            for waker in state.durable_wakers.drain(..) {
-                waker.wake();
+    let result = match write_at_tail(inner, bytes, batch_offsets, first_lsn, last_lsn, 0).await {
+        Ok(written) => match written.file.fdatasync().await {
+            Ok(()) => {
+                commit_written(inner, written);
+                Ok(())
             }
-            Ok(())
-        }
-        Err(err) => {
-            state.stats.batch_failures_total += 1;
-            log::warn!("log {}: batch {first_lsn}..={last_lsn} failed: {err}", inner.dir.display());
-            Err(err.clone())
-        }
+            Err(e) => {
+                cut_tail(inner, &written.file, written.pos).await;
+                Err(StorageError::io("fdatasync", &e))
+            }
+        },
+        Err(err) => Err(err),
+    };
+    if let Err(err) = &result {
+        inner.state.borrow_mut().stats.batch_failures_total += 1;
+        log::warn!("log {}: batch {first_lsn}..={last_lsn} failed: {err}", inner.dir.display());
     }
+    result
 }
 
-/// Returns the bytes written and, of those, the padding.
-async fn persist_inner(
-    inner: &Rc<Inner>,
-    mut bytes: Vec<u8>,
-    batch_offsets: &[(Lsn, u64)],
+/// Whole batches written to the active segment, not yet known durable.
+struct Written {
+    file: Rc<dyn SegmentFile>,
+    /// Where they start in the segment.
+    pos: u64,
+    /// Bytes written, padding included.
+    len: u64,
+    pad: u64,
+    /// (first LSN, offset from `pos`) of each batch.
+    batch_offsets: Vec<(Lsn, u64)>,
     first_lsn: Lsn,
     last_lsn: Lsn,
-) -> Result<(u64, u64)> {
+    started: std::time::Instant,
+}
+
+/// True when a write behind `behind` bytes still in flight would have to go
+/// to a new segment.
+fn needs_new_segment(inner: &Rc<Inner>, behind: u64) -> bool {
+    let state = inner.state.borrow();
+    state.segments.back().is_none_or(|active| active.len + behind >= inner.config.segment_bytes_target)
+}
+
+/// Cuts the active segment back to `pos` after a failed write or fdatasync,
+/// so the next batch starts on a clean tail; if even that fails, the cut is
+/// retried before the next write.
+async fn cut_tail(inner: &Rc<Inner>, file: &Rc<dyn SegmentFile>, pos: u64) {
+    let cut = file.truncate(pos).await;
+    inner.state.borrow_mut().tail_dirty = cut.is_err();
+}
+
+/// Writes `bytes` (whole batches, padded here to the write alignment) at
+/// the end of the active segment, `behind` bytes after its durable end (the
+/// batch whose fdatasync is in flight). Rolls or creates the segment only
+/// when nothing is in flight.
+async fn write_at_tail(
+    inner: &Rc<Inner>,
+    mut bytes: Vec<u8>,
+    batch_offsets: Vec<(Lsn, u64)>,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    behind: u64,
+) -> Result<Written> {
     debug_assert!(!batch_offsets.is_empty() && first_lsn <= last_lsn);
-    ensure_active_segment(inner, first_lsn).await?;
+    let started = std::time::Instant::now();
+    if behind == 0 {
+        ensure_active_segment(inner, first_lsn).await?;
+    }
     let (file, pos, dirty) = {
         let state = inner.state.borrow();
         let active = state.segments.back().expect("ensured above");
-        (active.file.clone(), active.len, state.tail_dirty)
+        (active.file.clone(), active.len + behind, state.tail_dirty)
     };
     if dirty {
+        debug_assert_eq!(behind, 0, "a failure drains the pipeline");
         file.truncate(pos).await.map_err(|e| StorageError::io("truncate failed tail", &e))?;
         inner.state.borrow_mut().tail_dirty = false;
     }
     let pad = pad_to_alignment(&mut bytes, pos, inner.align);
     let len = bytes.len();
-    let written = file.write_at(bytes, pos).await;
-    let failure = match written {
+    let failure = match file.write_at(bytes, pos).await {
         Ok(n) if n == len => None,
         Ok(_) => Some(StorageError::io("write", &std::io::Error::from_raw_os_error(libc::ENOSPC))),
         Err(e) => Some(StorageError::io("write", &e)),
     };
-    let failure = match failure {
-        None => file.fdatasync().await.err().map(|e| StorageError::io("fdatasync", &e)),
-        some => some,
-    };
     if let Some(err) = failure {
-        // Cut whatever part of the batch reached the file so the next batch
-        // starts on a clean tail; if even that fails, retry before the next
-        // write.
-        let cut = file.truncate(pos).await;
-        inner.state.borrow_mut().tail_dirty = cut.is_err();
+        cut_tail(inner, &file, pos).await;
         return Err(err);
     }
-    Ok((len as u64, pad as u64))
+    Ok(Written { file, pos, len: len as u64, pad: pad as u64, batch_offsets, first_lsn, last_lsn, started })
+}
+
+/// Records durable batches in the log's state (in LSN order).
+fn commit_written(inner: &Rc<Inner>, written: Written) {
+    let mut state = inner.state.borrow_mut();
+    state.batch_write_us.record(written.started.elapsed().as_micros() as u64);
+    let segment = state.segments.back_mut().expect("active segment exists");
+    debug_assert_eq!(segment.len, written.pos, "batches commit in order");
+    let base = segment.len;
+    segment.batches.extend(written.batch_offsets.iter().map(|(lsn, off)| (*lsn, base + off)));
+    segment.len += written.len;
+    segment.last_lsn = written.last_lsn;
+    segment.last_write = SystemTime::now();
+    state.next_lsn = written.last_lsn + 1;
+    state.durable_lsn = written.last_lsn;
+    state.stats.batches_total += 1;
+    let records = written.last_lsn + 1 - written.first_lsn;
+    state.stats.records_total += records;
+    state.stats.bytes_total += written.len;
+    state.stats.pad_bytes_total += written.pad;
+    state.stats.batch_records_peak = state.stats.batch_records_peak.max(records);
+    for waker in state.durable_wakers.drain(..) {
+        waker.wake();
+    }
 }
 
 /// Pads the segment at `path` from `len` to the next multiple of `align`

@@ -379,3 +379,35 @@ fn one_task_polling_a_hundred_thousand_appends_registers_its_waker_once_per_batc
         assert_eq!(log.durable_lsn(), 100_000);
     });
 }
+
+#[test]
+fn a_failed_fdatasync_fails_its_batch_and_the_one_written_behind_it_and_nothing_else() {
+    // Under load batch N+1 is written while batch N's fdatasync runs. When
+    // that fdatasync fails, N is not durable, so N+1 (written after it) is
+    // cut and failed too; everything queued behind takes over their LSNs.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let switches = Rc::new(FaultSwitches::default());
+        let faulty = Rc::new(FaultyFileSystem::new(fs(), switches.clone()));
+        let config = LogConfig { batch_records_max: 10, ..LogConfig::default() };
+        let log = Log::open(&path, config.clone(), faulty).await.unwrap();
+        switches.syncs_before_failure.set(Some(2));
+        let futures: Vec<_> = (0..100u64).map(|i| log.append(1, &payload(i))).collect();
+        let mut kept = Vec::new();
+        let mut failed = Vec::new();
+        for (i, f) in futures.into_iter().enumerate() {
+            match f.await {
+                Ok(lsn) => kept.push((lsn, payload(i as u64))),
+                Err(StorageError::Io(_)) => failed.push(i),
+                Err(other) => panic!("append {i}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!(failed, (20..40).collect::<Vec<_>>(), "batches 3 and 4 fail, no other");
+        assert!(kept.iter().enumerate().all(|(i, (lsn, _))| *lsn == i as u64 + 1), "no LSN hole");
+        assert_eq!(log.stats().batch_failures_total, 2);
+        drop(log);
+        let log = Log::open(&path, config, fs()).await.unwrap();
+        assert_eq!(read_all(&log).await, kept, "exactly the acknowledged records, in order");
+    });
+}

@@ -60,10 +60,10 @@ struct Args {
     /// buffered (page cache + fdatasync) or both (local steps run twice).
     #[arg(long, default_value = "both")]
     io: String,
-    /// glommio preempt timer (microseconds): how long busy tasks may run
-    /// before the reactor submits and reaps I/O (glommio's default is
-    /// 100 ms).
-    #[arg(long, default_value_t = 500)]
+    /// glommio preempt timer in microseconds (0 = glommio's default,
+    /// 100 ms). Short timers make glommio 0.9's lost-park bug likely (an
+    /// executor preempted before running anything can sleep for good).
+    #[arg(long, default_value_t = 0)]
     preempt_us: u64,
     /// Executors (one pinned per CPU, each with its own log, as in the node)
     /// for the final node-shaped saturation step; 0 skips it.
@@ -291,11 +291,14 @@ async fn run_step(
                 if let Some(w) = consumer_waker.take() {
                     w.wake();
                 }
-                // Let the reactor submit and reap I/O (the writer's) when the
-                // preempt timer says so: a generator that ran for tens of
-                // milliseconds would delay the next group commit, not
-                // measure it.
-                glommio::yield_if_needed().await;
+                // Step aside so the reactor submits and reaps I/O (the
+                // writer's) between chunks, as a node core does between
+                // passes: a generator that ran for tens of milliseconds
+                // would delay the next group commit, not measure it. A
+                // short timer, not a shorter preempt timer: glommio 0.9 can
+                // park an executor for good when preempted before running
+                // anything, and a pending timer bounds that.
+                glommio::timer::sleep(Duration::from_micros(20)).await;
                 // Wait until the consumer made room (or a short while).
                 futures_lite::future::or(
                     std::future::poll_fn(|cx| {
@@ -464,7 +467,7 @@ fn node_saturation(args: &Args, backend: &'static str, payload: &'static [u8], s
             let (barrier, window, secs) = (barrier.clone(), args.window, args.step_secs);
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .io_memory(1 << 20)
-                .preempt_timer(Duration::from_micros(args.preempt_us))
+                .preempt_timer(preempt_timer(args.preempt_us))
                 .spin_before_park(Duration::from_micros(args.spin_us))
                 .spawn(move || async move {
                     let log = Rc::new(Log::open(&dir, bench_log_config(), file_system(backend)).await.expect("log"));
@@ -504,6 +507,14 @@ fn node_saturation(args: &Args, backend: &'static str, payload: &'static [u8], s
         mib_s,
         100.0 * mib_s / seq_mib_s
     );
+}
+
+fn preempt_timer(us: u64) -> Duration {
+    if us == 0 {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_micros(us)
+    }
 }
 
 fn file_system(backend: &str) -> Rc<dyn FileSystem> {
@@ -549,11 +560,18 @@ fn main() {
     let seq_out = seq_measured.clone();
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(2 << 20)
-        .preempt_timer(Duration::from_micros(args.preempt_us))
+        .preempt_timer(preempt_timer(args.preempt_us))
         .spin_before_park(Duration::from_micros(args.spin_us))
         .spawn(move || async move {
             let args = run_args;
             let backends = run_backends;
+            // Also primes glommio's per-device IOPOLL probe with a real
+            // block (see file_io::prime_iopoll_probe) before the probes
+            // open DMA files of their own.
+            if !redrain_storage::direct_io_supported(&args.dir).await {
+                eprintln!("{}: no O_DIRECT here; run the bench on a disk-backed directory", args.dir.display());
+                std::process::exit(2);
+            }
             let (buffered, direct) = seq_bandwidth(&args.dir, args.seq_mib).await;
             println!("sequential write bandwidth: buffered+fdatasync {buffered:.1} MiB/s, O_DIRECT {direct:.1} MiB/s");
             let seq = buffered.max(direct);

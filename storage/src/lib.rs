@@ -32,7 +32,7 @@ pub use check::{check_log_dir, CheckReport};
 pub use config::{DamagePolicy, LogConfig};
 pub use error::{DamageKind, IoFailure, Result, StorageError};
 pub use file_io::{
-    direct_io_supported, preferred_file_system, FaultSwitches, FaultyFileSystem, FileSystem, GlommioDirectFileSystem,
+    direct_io_supported, throughput_file_system, FaultSwitches, FaultyFileSystem, FileSystem, GlommioDirectFileSystem,
     GlommioFileSystem,
 };
 pub use log::{AppendFuture, Log, LogStats};

@@ -125,7 +125,12 @@ impl StorageMetrics {
         };
         counter("log_batches_total", "Group commits made durable.", self.log.batches_total);
         counter("log_records_total", "Records made durable locally.", self.log.records_total);
-        counter("log_bytes_total", "Bytes written in durable batches.", self.log.bytes_total);
+        counter("log_bytes_total", "Bytes written in durable batches, padding included.", self.log.bytes_total);
+        counter(
+            "log_pad_bytes_total",
+            "Padding written to keep direct-I/O writes block-aligned.",
+            self.log.pad_bytes_total,
+        );
         counter("log_batch_failures_total", "Group commits that failed.", self.log.batch_failures_total);
         counter(
             "log_overload_rejections_total",

@@ -1,17 +1,18 @@
 //! The local log: segmented append-only files of one core, group commit,
 //! recovery on open, retention, and reads for shipping to peers.
 //!
-//! One writer task per log owns the file I/O. `append` copies the payload
-//! into a bounded pending queue and returns a future; the writer takes
-//! everything queued (up to `batch_records_max` / `batch_bytes_max`), assigns
-//! LSNs, and makes the whole batch durable with one write and one fdatasync.
-//! Appends that arrive while that write is in flight form the next batch.
-//! LSNs are assigned when a batch is formed, not when `append` is called, so a
-//! failed batch (disk full, I/O error) leaves no hole: the next batch reuses
-//! its LSNs, and the failed appends get a typed error.
+//! One writer task per log owns the file I/O. `append` encodes the record
+//! into the pending batch it will be written in and returns a future; the
+//! writer makes each batch durable with one write and one fdatasync, and
+//! under load writes batch N+1 while batch N's fdatasync runs (acknowledging
+//! strictly in LSN order). Appends that arrive meanwhile form the next
+//! batches. LSNs are tentative until a batch is durable, so a failed batch
+//! (disk full, I/O error) leaves no hole: the batches behind it take over its
+//! LSNs, and the failed appends get a typed error.
 //!
 //! The log relies on: a single writer per directory (the owning core), and
-//! fdatasync making a write durable (buffered I/O; see docs/storage.md).
+//! fdatasync making a completed write durable, buffered or direct (see
+//! docs/storage.md).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -58,6 +58,27 @@ pub const DIRECT_IO_ALIGNMENT: u64 = 4096;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GlommioFileSystem;
 
+/// The `SegmentFile` methods that are the same call on glommio's buffered
+/// and DMA files (the two types share no trait).
+macro_rules! glommio_file_ops {
+    () => {
+        fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Vec<u8>> {
+            Box::pin(async move {
+                let result = self.0.read_at(pos, len).await?;
+                Ok(result.to_vec())
+            })
+        }
+
+        fn fdatasync(&self) -> IoFuture<'_, ()> {
+            Box::pin(async move { Ok(self.0.fdatasync().await?) })
+        }
+
+        fn truncate(&self, len: u64) -> IoFuture<'_, ()> {
+            Box::pin(async move { Ok(self.0.truncate(len).await?) })
+        }
+    };
+}
+
 struct GlommioSegment(BufferedFile);
 
 impl SegmentFile for GlommioSegment {
@@ -67,20 +88,7 @@ impl SegmentFile for GlommioSegment {
         Box::pin(async move { Ok(self.0.write_at(buf, pos).await?) })
     }
 
-    fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Vec<u8>> {
-        Box::pin(async move {
-            let result = self.0.read_at(pos, len).await?;
-            Ok(result.to_vec())
-        })
-    }
-
-    fn fdatasync(&self) -> IoFuture<'_, ()> {
-        Box::pin(async move { Ok(self.0.fdatasync().await?) })
-    }
-
-    fn truncate(&self, len: u64) -> IoFuture<'_, ()> {
-        Box::pin(async move { Ok(self.0.truncate(len).await?) })
-    }
+    glommio_file_ops!();
 }
 
 impl FileSystem for GlommioFileSystem {
@@ -140,39 +148,16 @@ impl SegmentFile for DirectSegment {
         })
     }
 
-    fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Vec<u8>> {
-        Box::pin(async move {
-            let result = self.0.read_at(pos, len).await?;
-            Ok(result.to_vec())
-        })
-    }
-
-    fn fdatasync(&self) -> IoFuture<'_, ()> {
-        Box::pin(async move { Ok(self.0.fdatasync().await?) })
-    }
-
-    fn truncate(&self, len: u64) -> IoFuture<'_, ()> {
-        Box::pin(async move { Ok(self.0.truncate(len).await?) })
-    }
+    glommio_file_ops!();
 }
 
 impl FileSystem for GlommioDirectFileSystem {
     fn create(&self, path: &Path) -> IoFuture<'static, Rc<dyn SegmentFile>> {
-        let path = path.to_path_buf();
-        Box::pin(async move {
-            prime_iopoll_probe(&path).await?;
-            let file = OpenOptions::new().read(true).write(true).create_new(true).dma_open(&path).await?;
-            Ok(Rc::new(DirectSegment(file)) as Rc<dyn SegmentFile>)
-        })
+        Box::pin(open_direct(path.to_path_buf(), true))
     }
 
     fn open(&self, path: &Path) -> IoFuture<'static, Rc<dyn SegmentFile>> {
-        let path = path.to_path_buf();
-        Box::pin(async move {
-            prime_iopoll_probe(&path).await?;
-            let file = OpenOptions::new().read(true).write(true).dma_open(&path).await?;
-            Ok(Rc::new(DirectSegment(file)) as Rc<dyn SegmentFile>)
-        })
+        Box::pin(open_direct(path.to_path_buf(), false))
     }
 
     fn sync_dir(&self, dir: &Path) -> IoFuture<'static, ()> {
@@ -182,6 +167,12 @@ impl FileSystem for GlommioDirectFileSystem {
     fn write_alignment(&self) -> u64 {
         DIRECT_IO_ALIGNMENT
     }
+}
+
+async fn open_direct(path: std::path::PathBuf, create: bool) -> io::Result<Rc<dyn SegmentFile>> {
+    prime_iopoll_probe(&path).await?;
+    let file = OpenOptions::new().read(true).write(true).create_new(create).dma_open(&path).await?;
+    Ok(Rc::new(DirectSegment(file)) as Rc<dyn SegmentFile>)
 }
 
 thread_local! {

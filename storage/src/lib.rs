@@ -15,6 +15,7 @@
 
 pub mod check;
 pub mod config;
+pub mod crc;
 pub mod error;
 pub mod file_io;
 pub mod log;

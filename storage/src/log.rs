@@ -218,32 +218,45 @@ impl Drop for Log {
 }
 
 /// Future of one append; resolves to the record's LSN once it is durable.
-pub struct AppendFuture {
-    slot: Option<Rc<BatchSlot>>,
-    /// Position of the record in its batch.
-    index: u32,
-    early: Option<StorageError>,
+/// Two words, so a core can hold hundreds of thousands in flight compactly.
+pub struct AppendFuture(AppendState);
+
+enum AppendState {
+    /// Waiting for the batch holding the record, at `index` in it.
+    Waiting { slot: Rc<BatchSlot>, index: u32 },
+    /// Refused before it was queued (rare: boxed to keep the future small).
+    Refused(Box<StorageError>),
+    /// The outcome was returned.
+    Done,
+}
+
+impl AppendFuture {
+    fn waiting(slot: Rc<BatchSlot>, index: u32) -> Self {
+        AppendFuture(AppendState::Waiting { slot, index })
+    }
 }
 
 impl Future for AppendFuture {
     type Output = Result<Lsn>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(err) = self.early.take() {
-            return Poll::Ready(Err(err));
-        }
-        let Some(slot) = self.slot.as_ref() else {
-            return Poll::Ready(Err(StorageError::Closed));
-        };
-        let ready = match &*slot.outcome.borrow() {
-            Some(Ok(first_lsn)) => Ok(first_lsn + self.index as u64),
-            Some(Err(err)) => Err(err.clone()),
-            None => {
-                slot.register(cx.waker());
-                return Poll::Pending;
+        match std::mem::replace(&mut self.0, AppendState::Done) {
+            AppendState::Waiting { slot, index } => {
+                let outcome = slot.outcome.borrow().as_ref().map(|outcome| match outcome {
+                    Ok(first_lsn) => Ok(first_lsn + index as u64),
+                    Err(err) => Err(err.clone()),
+                });
+                match outcome {
+                    Some(ready) => Poll::Ready(ready),
+                    None => {
+                        slot.register(cx.waker());
+                        self.0 = AppendState::Waiting { slot, index };
+                        Poll::Pending
+                    }
+                }
             }
-        };
-        self.slot = None;
-        Poll::Ready(ready)
+            AppendState::Refused(err) => Poll::Ready(Err(*err)),
+            AppendState::Done => Poll::Ready(Err(StorageError::Closed)),
+        }
     }
 }
 
@@ -434,7 +447,7 @@ impl Log {
             None
         };
         if let Some(err) = early {
-            return AppendFuture { slot: None, index: 0, early: Some(err) };
+            return AppendFuture(AppendState::Refused(Box::new(err)));
         }
         let size = payload.len() + RECORD_HEADER_BYTES;
         let full = state.pending_batches.back().is_none_or(|batch| {
@@ -462,7 +475,7 @@ impl Log {
         if let Some(waker) = state.writer_waker.take() {
             waker.wake();
         }
-        AppendFuture { slot: Some(slot), index, early: None }
+        AppendFuture::waiting(slot, index)
     }
 
     /// Appends batches received from elsewhere (a replica stream, a repair
@@ -482,7 +495,7 @@ impl Log {
                 waker.wake();
             }
         }
-        AppendFuture { slot: Some(slot), index: 0, early: None }.await
+        AppendFuture::waiting(slot, 0).await
     }
 
     /// LSN of the last durable record (0 when the log is empty).

@@ -4,7 +4,12 @@
 //! endian, where the CRC32C covers the first 13 header bytes and the payload.
 //! Records are written in *batches* (one group commit = one batch):
 //! `magic u32 | body_len u32 | first_lsn u64 | record_count u32 | crc u32 | body`
-//! where the CRC32C covers the first 20 header bytes and the whole body.
+//! where the body is the records back to back and the batch CRC32C covers
+//! the CRC field of every record, in order, followed by the first 20 header
+//! bytes. Each record's own CRC already covers its bytes, so the batch CRC
+//! needs only those 4 bytes per record to bind the records and the header
+//! together - not a second pass over every body byte (which cost a twelfth
+//! of a core's time at saturation). It is built as records are pushed.
 //!
 //! With direct I/O every write must start and end on a block boundary, so a
 //! batch may be followed by *padding*: `magic u32 | len u32 | crc u32 | zeros`
@@ -12,12 +17,15 @@
 //! the CRC32C covers its first 8 bytes. Readers skip padding; it never holds
 //! records and is never shipped to peers.
 //!
-//! The batch CRC is what makes a group commit atomic on recovery: a batch that
-//! was only partly written fails its CRC and is dropped as a whole, so no
-//! unacknowledged record of a torn batch becomes half-visible. Record CRCs let
-//! a reader that gets a single record (a replica, a table scan) verify it on
-//! its own. The same bytes travel to peers, so a replica is byte-identical.
+//! A batch is accepted only whole: every record's CRC, consecutive LSNs, the
+//! record count and the batch CRC must all hold. That is what makes a group
+//! commit atomic on recovery: a batch that was only partly written fails a
+//! record CRC (the bytes it lacks) or the batch CRC (a header or record cut
+//! off) and is dropped as a whole, so no unacknowledged record of a torn
+//! batch becomes half-visible. Record CRCs also let a reader that gets a
+//! single record (a replica, a table scan) verify it on its own. The same bytes travel to peers, so a replica is byte-identical.
 
+use crate::crc;
 use crate::error::DamageKind;
 use crate::Lsn;
 
@@ -25,8 +33,9 @@ use crate::Lsn;
 pub const RECORD_HEADER_BYTES: usize = 17;
 /// Bytes in a batch header.
 pub const BATCH_HEADER_BYTES: usize = 24;
-/// Marks the start of a batch ("RDB1").
-pub const BATCH_MAGIC: u32 = 0x3142_4452;
+/// Marks the start of a batch ("RDB2"; "RDB1" batches, whose CRC covered
+/// the whole body, are no longer written or read).
+pub const BATCH_MAGIC: u32 = 0x3242_4452;
 /// Marks padding after a batch ("RDP1").
 pub const PAD_MAGIC: u32 = 0x3150_4452;
 /// Bytes in a padding header (the smallest possible pad).
@@ -52,15 +61,43 @@ pub struct RecordView<'a> {
     pub payload: &'a [u8],
 }
 
-/// Appends one encoded record to `out`.
-pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, lsn: Lsn, payload: &[u8]) {
-    let start = out.len();
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(&lsn.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 13]), payload);
-    out.extend_from_slice(&crc.to_le_bytes());
+/// Appends one encoded record to `out`; returns the record's CRC.
+pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, lsn: Lsn, payload: &[u8]) -> u32 {
+    let mut header = [0u8; RECORD_HEADER_BYTES];
+    header[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[4] = kind;
+    header[5..13].copy_from_slice(&lsn.to_le_bytes());
+    let crc = record_crc(&header, payload);
+    header[13..17].copy_from_slice(&crc.to_le_bytes());
+    out.reserve(RECORD_HEADER_BYTES + payload.len());
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
+    crc
+}
+
+/// The CRC of a record: its first 13 header bytes, then its payload.
+#[inline]
+fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
+    crc::crc32c_append(crc::crc32c_append(0, &header[..13]), payload)
+}
+
+/// Folds one record's CRC into a batch CRC being built.
+#[inline]
+fn fold_record_crc(batch_crc: u32, record_crc: u32) -> u32 {
+    crc::crc32c_append(batch_crc, &record_crc.to_le_bytes())
+}
+
+/// The batch CRC of a well-formed body's records, before the header is
+/// folded in (for builders that cut or renumber their records).
+fn fold_body_crcs(body: &[u8]) -> u32 {
+    let mut batch_crc = 0;
+    let mut at = 0;
+    while at + RECORD_HEADER_BYTES <= body.len() {
+        let len = u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes")) as usize;
+        batch_crc = fold_record_crc(batch_crc, u32::from_le_bytes(body[at + 13..at + 17].try_into().expect("4 bytes")));
+        at += RECORD_HEADER_BYTES + len;
+    }
+    batch_crc
 }
 
 /// Appends padding to `out` so that `base + out.len()` becomes a multiple of
@@ -130,10 +167,20 @@ pub fn decode_record(buf: &[u8]) -> Result<(RecordView<'_>, usize), DamageKind> 
         return Err(DamageKind::BadLength);
     }
     let payload = &buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len];
-    if crc32c::crc32c_append(crc32c::crc32c(&buf[0..13]), payload) != crc {
+    if record_crc(buf, payload) != crc {
         return Err(DamageKind::RecordChecksum);
     }
     Ok((RecordView { kind, lsn, payload }, RECORD_HEADER_BYTES + len))
+}
+
+/// Parses the record at the start of a body that [`decode_batch`] verified
+/// (no CRC check); `None` if it does not parse after all.
+fn parse_verified_record(buf: &[u8]) -> Option<(RecordView<'_>, usize)> {
+    let header = buf.get(..RECORD_HEADER_BYTES)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    let lsn = u64::from_le_bytes(header[5..13].try_into().expect("8 bytes"));
+    let payload = buf.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len)?;
+    Some((RecordView { kind: header[4], lsn, payload }, RECORD_HEADER_BYTES + len))
 }
 
 /// Builds one batch in a caller-owned buffer (reused across group commits so
@@ -143,6 +190,8 @@ pub struct BatchBuilder {
     buf: Vec<u8>,
     first_lsn: Lsn,
     count: u32,
+    /// The batch CRC folded over the records so far.
+    crcs: u32,
 }
 
 impl BatchBuilder {
@@ -155,7 +204,8 @@ impl BatchBuilder {
 
     /// An empty batch with room for `bytes_capacity` encoded bytes.
     pub fn with_capacity(first_lsn: Lsn, bytes_capacity: usize) -> Self {
-        let mut builder = Self { buf: Vec::with_capacity(bytes_capacity.max(BATCH_HEADER_BYTES)), first_lsn, count: 0 };
+        let mut builder =
+            Self { buf: Vec::with_capacity(bytes_capacity.max(BATCH_HEADER_BYTES)), first_lsn, count: 0, crcs: 0 };
         builder.reset(first_lsn);
         builder
     }
@@ -166,12 +216,14 @@ impl BatchBuilder {
         self.buf.resize(BATCH_HEADER_BYTES, 0);
         self.first_lsn = first_lsn;
         self.count = 0;
+        self.crcs = 0;
     }
 
     /// Adds a record with the next LSN; returns that LSN.
     pub fn push(&mut self, kind: RecordKind, payload: &[u8]) -> Lsn {
         let lsn = self.first_lsn + self.count as u64;
-        encode_record(&mut self.buf, kind, lsn, payload);
+        let crc = encode_record(&mut self.buf, kind, lsn, payload);
+        self.crcs = fold_record_crc(self.crcs, crc);
         self.count += 1;
         lsn
     }
@@ -198,7 +250,7 @@ impl BatchBuilder {
         self.buf[4..8].copy_from_slice(&body_len.to_le_bytes());
         self.buf[8..16].copy_from_slice(&self.first_lsn.to_le_bytes());
         self.buf[16..20].copy_from_slice(&self.count.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&self.buf[0..20]), &self.buf[BATCH_HEADER_BYTES..]);
+        let crc = crc::crc32c_append(self.crcs, &self.buf[0..20]);
         self.buf[20..24].copy_from_slice(&crc.to_le_bytes());
         &self.buf
     }
@@ -223,8 +275,10 @@ impl BatchBuilder {
         rest.buf.reserve(self.buf.len());
         rest.buf.extend_from_slice(&self.buf[BATCH_HEADER_BYTES + body_bytes..]);
         rest.count = self.count - records as u32;
+        rest.crcs = fold_body_crcs(&rest.buf[BATCH_HEADER_BYTES..]);
         self.buf.truncate(BATCH_HEADER_BYTES + body_bytes);
         self.count = records as u32;
+        self.crcs = fold_body_crcs(&self.buf[BATCH_HEADER_BYTES..]);
         rest
     }
 
@@ -232,14 +286,16 @@ impl BatchBuilder {
     /// record's LSN and CRC (after a failed batch handed its LSNs back).
     pub fn renumber(&mut self, first_lsn: Lsn) {
         self.first_lsn = first_lsn;
+        self.crcs = 0;
         let mut at = BATCH_HEADER_BYTES;
         let mut lsn = first_lsn;
         while at < self.buf.len() {
             let len = u32::from_le_bytes(self.buf[at..at + 4].try_into().expect("4 bytes")) as usize;
             self.buf[at + 5..at + 13].copy_from_slice(&lsn.to_le_bytes());
-            let payload = &self.buf[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + len];
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&self.buf[at..at + 13]), payload);
+            let crc =
+                record_crc(&self.buf[at..at + 13], &self.buf[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + len]);
             self.buf[at + 13..at + 17].copy_from_slice(&crc.to_le_bytes());
+            self.crcs = fold_record_crc(self.crcs, crc);
             at += RECORD_HEADER_BYTES + len;
             lsn += 1;
         }
@@ -283,7 +339,7 @@ impl<'a> Iterator for RecordIter<'a> {
         }
         // The batch was verified in decode_batch, so this cannot fail; stop
         // rather than panic if it somehow does.
-        let (record, used) = decode_record(self.body).ok()?;
+        let (record, used) = parse_verified_record(self.body)?;
         self.body = &self.body[used..];
         Some(record)
     }
@@ -328,24 +384,26 @@ pub fn decode_batch(buf: &[u8]) -> BatchDecode<'_> {
         return BatchDecode::Incomplete;
     }
     let body = &buf[BATCH_HEADER_BYTES..total];
-    if crc32c::crc32c_append(crc32c::crc32c(&buf[0..20]), body) != crc {
-        return BatchDecode::Damaged(DamageKind::BatchChecksum);
-    }
     let mut rest = body;
     let mut expected_lsn = first_lsn;
     let mut seen = 0u32;
+    let mut crcs = 0u32;
     while !rest.is_empty() {
         match decode_record(rest) {
             Ok((record, used)) => {
                 if record.lsn != expected_lsn {
                     return BatchDecode::Damaged(DamageKind::BadRecordSequence);
                 }
+                crcs = fold_record_crc(crcs, u32::from_le_bytes(rest[13..17].try_into().expect("4 bytes")));
                 expected_lsn += 1;
                 seen += 1;
                 rest = &rest[used..];
             }
             Err(kind) => return BatchDecode::Damaged(kind),
         }
+    }
+    if crc::crc32c_append(crcs, &buf[0..20]) != crc {
+        return BatchDecode::Damaged(DamageKind::BatchChecksum);
     }
     if seen != record_count {
         return BatchDecode::Damaged(DamageKind::BadRecordSequence);

@@ -524,6 +524,21 @@ mod tests {
     }
 
     #[test]
+    fn a_record_replaced_by_another_valid_record_fails_the_batch_crc() {
+        // Same length, same LSN, its own CRC recomputed: every record check
+        // passes, so only the batch CRC (over the record CRCs) can catch it.
+        let bytes = batch_of(5, &[b"abc", b"defgh"]);
+        let mut forged = Vec::new();
+        encode_record(&mut forged, 7, 6, b"DEFGH");
+        let second = BATCH_HEADER_BYTES + RECORD_HEADER_BYTES + 3;
+        let mut damaged = bytes.clone();
+        damaged[second..].copy_from_slice(&forged);
+        assert!(decode_record(&damaged[second..]).is_ok(), "the forged record is valid on its own");
+        assert!(matches!(decode_batch(&damaged), BatchDecode::Damaged(DamageKind::BatchChecksum)));
+        assert!(matches!(decode_batch(&bytes), BatchDecode::Complete(_)));
+    }
+
+    #[test]
     fn split_and_renumber_keep_batches_valid() {
         let mut b = BatchBuilder::new(10);
         for p in [&b"a"[..], b"bb", b"ccc"] {

@@ -72,6 +72,12 @@ struct Args {
     /// Most bytes per group commit (LogConfig::batch_bytes_max), in MiB.
     #[arg(long, default_value_t = 4)]
     batch_mib: usize,
+    /// Records per append in the local closed-loop steps (the saturation
+    /// step and the node-shaped step): 1 appends records one by one; more
+    /// uses `Log::append_group` (one future per group, one batch). Open-loop
+    /// and replicated steps always append single records.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    group: u16,
     /// Skip the open-loop steps: probes and the saturation step only.
     #[arg(long)]
     closed_only: bool,
@@ -114,12 +120,15 @@ enum Target {
 }
 
 impl Target {
-    fn append(&self, payload: &'static [u8]) -> AppendFut {
+    /// One append of `group` (one record, or a group of records in one
+    /// batch through `append_group`; groups are only issued to local logs).
+    fn append(&self, group: &'static [&'static [u8]]) -> AppendFut {
         match self {
-            Target::Local(log) => AppendFut::Local(log.append(1, payload)),
+            Target::Local(log) if group.len() > 1 => AppendFut::Local(log.append_group(1, group)),
+            Target::Local(log) => AppendFut::Local(log.append(1, group[0])),
             // append_rc queues the record now (like Log::append), so the
             // group commit sees every issued append at once.
-            Target::Replicated(log) => AppendFut::Replicated(Box::pin(log.append_rc(1, payload))),
+            Target::Replicated(log) => AppendFut::Replicated(Box::pin(log.append_rc(1, group[0]))),
         }
     }
     fn log(&self) -> &Log {
@@ -188,11 +197,13 @@ async fn run_step(
     rate: Option<u64>,
     window: usize,
     secs: f64,
-    payload: &'static [u8],
+    group: &'static [&'static [u8]],
 ) -> StepReport {
     // Each append in flight with its intended send time, in microseconds
     // since `start` (compact: the closed loop keeps hundreds of thousands).
     let queue: Rc<RefCell<VecDeque<(u32, AppendFut)>>> = Rc::new(RefCell::new(VecDeque::new()));
+    // Records per queue entry (each entry is one append of `group`).
+    let per_entry = group.len();
     let consumer_waker: Rc<Cell<Option<Waker>>> = Rc::new(Cell::new(None));
     let generator_waker: Rc<Cell<Option<Waker>>> = Rc::new(Cell::new(None));
     let done = Rc::new(Cell::new(false));
@@ -248,10 +259,10 @@ async fn run_step(
                 }
                 match outcome {
                     Ok(_) => {
-                        completed += 1;
-                        histogram.record(u64::from(now_us.saturating_sub(intended)));
+                        completed += per_entry as u64;
+                        histogram.record_n(u64::from(now_us.saturating_sub(intended)), per_entry as u64);
                     }
-                    Err(_) => errors += 1,
+                    Err(_) => errors += per_entry as u64,
                 }
                 if let Some(w) = generator_waker.take() {
                     w.wake();
@@ -276,7 +287,7 @@ async fn run_step(
                     let intended = start + Duration::from_secs_f64(issued as f64 / rate as f64);
                     issue_lateness_us.record(now.saturating_duration_since(intended).as_micros() as u64);
                     let intended_us = intended.duration_since(start).as_micros() as u32;
-                    queue.borrow_mut().push_back((intended_us, target.append(payload)));
+                    queue.borrow_mut().push_back((intended_us, target.append(group)));
                     issued += 1;
                 }
                 if let Some(w) = consumer_waker.take() {
@@ -285,13 +296,13 @@ async fn run_step(
                 glommio::timer::sleep(Duration::from_micros(100)).await;
             }
             None => {
-                let free = window.saturating_sub(queue.borrow().len());
+                let free = window.saturating_sub(queue.borrow().len() * per_entry);
                 let now_us = start.elapsed().as_micros() as u32;
                 {
                     let mut queue = queue.borrow_mut();
-                    for _ in 0..free.min(4_096) {
-                        queue.push_back((now_us, target.append(payload)));
-                        issued += 1;
+                    for _ in 0..free.min(4_096).div_ceil(per_entry) {
+                        queue.push_back((now_us, target.append(group)));
+                        issued += per_entry as u64;
                     }
                 }
                 if let Some(w) = consumer_waker.take() {
@@ -308,7 +319,7 @@ async fn run_step(
                 // Wait until the consumer made room (or a short while).
                 futures_lite::future::or(
                     std::future::poll_fn(|cx| {
-                        if queue.borrow().len() < window / 2 {
+                        if queue.borrow().len() * per_entry < window / 2 {
                             Poll::Ready(())
                         } else {
                             generator_waker.set(Some(cx.waker().clone()));
@@ -459,7 +470,7 @@ fn start_peer(dir: PathBuf, backend: &'static str, stop: Arc<AtomicBool>) -> (So
 /// (its host absorbs writes), so the node's ratio is taken against the higher
 /// of these two adjacent probes; the ratio against the probe at the start of
 /// the run is printed too.
-fn node_saturation(args: &Args, backend: &'static str, payload: &'static [u8], seq_mib_s: f64) {
+fn node_saturation(args: &Args, backend: &'static str, group: &'static [&'static [u8]], seq_mib_s: f64) {
     let cpus: Vec<usize> = (0..args.cores).collect();
     let barrier = Arc::new(std::sync::Barrier::new(cpus.len()));
     let probe_mib = (args.seq_mib / cpus.len() as u64).max(4);
@@ -488,7 +499,7 @@ fn node_saturation(args: &Args, backend: &'static str, payload: &'static [u8], s
                     let log = Rc::new(Log::open(&dir, bench_log_config(), file_system(backend)).await.expect("log"));
                     barrier.wait();
                     let label = format!("core{cpu}/{backend}");
-                    let report = run_step(Target::Local(log), &label, None, window, secs, payload).await;
+                    let report = run_step(Target::Local(log), &label, None, window, secs, group).await;
                     let _ = std::fs::remove_dir_all(&dir);
                     (
                         (single, probe_bytes, probe_secs),
@@ -599,6 +610,10 @@ fn main() {
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir).expect("bench dir");
     let payload: &'static [u8] = Box::leak(vec![0x42u8; args.record_bytes].into_boxed_slice());
+    let single: &'static [&'static [u8]] = Box::leak(vec![payload].into_boxed_slice());
+    let grouped: &'static [&'static [u8]] = Box::leak(vec![payload; usize::from(args.group)].into_boxed_slice());
+    // Open-loop steps append single records; closed loops use `--group`.
+    let step_group = move |rate: Option<u64>| if rate.is_some() { single } else { grouped };
     let stop = Arc::new(AtomicBool::new(false));
     let peers = if args.mode != "local" {
         Some([
@@ -646,7 +661,8 @@ fn main() {
                         let log =
                             Rc::new(Log::open(&dir, bench_log_config(), file_system(backend)).await.expect("log"));
                         let report =
-                            run_step(Target::Local(log), &label, rate, args.window, args.step_secs, payload).await;
+                            run_step(Target::Local(log), &label, rate, args.window, args.step_secs, step_group(rate))
+                                .await;
                         report.print(seq);
                         let _ = std::fs::remove_dir_all(&dir);
                         settle(Duration::from_millis(300)).await;
@@ -669,7 +685,7 @@ fn main() {
                         rate,
                         args.window,
                         args.step_secs,
-                        payload,
+                        single,
                     )
                     .await;
                     report.print(seq);
@@ -694,7 +710,7 @@ fn main() {
     if args.mode != "replicated" && args.cores > 0 {
         let seq = *seq_measured.lock().unwrap();
         for backend in &backends {
-            node_saturation(&args, backend, payload, seq);
+            node_saturation(&args, backend, grouped, seq);
         }
     }
     if let Some(peers) = peers {

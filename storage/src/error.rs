@@ -112,6 +112,18 @@ pub enum StorageError {
         /// The configured bound.
         limit: usize,
     },
+    /// A group of records for one batch is empty or does not fit one batch.
+    #[error("a group of {records} records ({bytes} bytes) does not fit one batch: 1 to {records_limit} records, at most {bytes_limit} bytes")]
+    BadGroup {
+        /// Records in the group.
+        records: usize,
+        /// Encoded bytes of the group.
+        bytes: usize,
+        /// Most records per batch.
+        records_limit: usize,
+        /// Most encoded record bytes per batch.
+        bytes_limit: usize,
+    },
     /// The log (or replication stream) was shut down.
     #[error("closed")]
     Closed,

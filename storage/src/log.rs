@@ -27,7 +27,8 @@ use crate::config::{DamagePolicy, LogConfig};
 use crate::error::{DamageKind, StorageError};
 use crate::file_io::{FileSystem, SegmentFile};
 use crate::record::{
-    pad_to_alignment, rebatch_from, split_batches, strip_padding, BatchBuilder, RecordKind, RECORD_HEADER_BYTES,
+    pad_to_alignment, rebatch_from, split_batches, strip_padding, BatchBuilder, RecordKind, BATCH_HEADER_BYTES,
+    RECORD_HEADER_BYTES,
 };
 use crate::recovery::scan_segment;
 use crate::{Lsn, Result};
@@ -434,13 +435,37 @@ impl Log {
     /// holding it is durable (one write + one fdatasync for the batch), or
     /// with a typed error if that batch failed. The payload is copied now.
     pub fn append(&self, kind: RecordKind, payload: &[u8]) -> AppendFuture {
+        self.enqueue(kind, std::slice::from_ref(&payload))
+    }
+
+    /// Queues `payloads` as one group: consecutive LSNs in one batch, so they
+    /// become durable - or fail - together, and one future (resolving to the
+    /// first record's LSN) stands for all of them. For callers that produce
+    /// several records at once, such as write diffusion of one message into
+    /// many inboxes. A group must fit one batch (`batch_records_max`,
+    /// `batch_bytes_max`), else [`StorageError::BadGroup`].
+    pub fn append_group(&self, kind: RecordKind, payloads: &[&[u8]]) -> AppendFuture {
+        self.enqueue(kind, payloads)
+    }
+
+    fn enqueue(&self, kind: RecordKind, payloads: &[&[u8]]) -> AppendFuture {
         let mut state = self.inner.state.borrow_mut();
         let config = &self.inner.config;
+        let count = payloads.len();
+        let bytes: usize = payloads.iter().map(|payload| payload.len() + RECORD_HEADER_BYTES).sum();
         let early = if state.closed {
             Some(StorageError::Closed)
-        } else if payload.len() > config.record_payload_bytes_max {
+        } else if let Some(payload) = payloads.iter().find(|payload| payload.len() > config.record_payload_bytes_max) {
             Some(StorageError::RecordTooLarge { size: payload.len(), limit: config.record_payload_bytes_max })
-        } else if state.pending_records >= config.appends_pending_max {
+        } else if count == 0 || count > config.batch_records_max || BATCH_HEADER_BYTES + bytes > config.batch_bytes_max
+        {
+            Some(StorageError::BadGroup {
+                records: count,
+                bytes,
+                records_limit: config.batch_records_max,
+                bytes_limit: config.batch_bytes_max.saturating_sub(BATCH_HEADER_BYTES),
+            })
+        } else if state.pending_records + count > config.appends_pending_max {
             state.stats.overload_rejections_total += 1;
             Some(StorageError::Overloaded { pending: state.pending_records, limit: config.appends_pending_max })
         } else {
@@ -449,10 +474,9 @@ impl Log {
         if let Some(err) = early {
             return AppendFuture(AppendState::Refused(Box::new(err)));
         }
-        let size = payload.len() + RECORD_HEADER_BYTES;
         let full = state.pending_batches.back().is_none_or(|batch| {
-            batch.builder.len() >= config.batch_records_max
-                || batch.builder.encoded_len() + size > config.batch_bytes_max
+            batch.builder.len() + count > config.batch_records_max
+                || batch.builder.encoded_len() + bytes > config.batch_bytes_max
         });
         if full {
             // A quarter more than the last batch took, so a batch as big as
@@ -468,10 +492,12 @@ impl Log {
         }
         let batch = state.pending_batches.back_mut().expect("pushed above");
         let index = batch.builder.len() as u32;
-        batch.builder.push(kind, payload);
+        for payload in payloads {
+            batch.builder.push(kind, payload);
+        }
         let slot = batch.slot.clone();
-        state.pending_next_lsn += 1;
-        state.pending_records += 1;
+        state.pending_next_lsn += count as u64;
+        state.pending_records += count;
         if let Some(waker) = state.writer_waker.take() {
             waker.wake();
         }

@@ -33,6 +33,11 @@ impl ValueHistogram {
         self.0.saturating_record(value.clamp(1, LATENCY_US_MAX));
     }
 
+    /// Records `value` `count` times (clamped to the tracked range).
+    pub fn record_n(&mut self, value: u64, count: u64) {
+        self.0.saturating_record_n(value.clamp(1, LATENCY_US_MAX), count);
+    }
+
     /// The value at `quantile` (0.0..=1.0).
     pub fn quantile(&self, quantile: f64) -> u64 {
         self.0.value_at_quantile(quantile)

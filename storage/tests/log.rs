@@ -113,6 +113,92 @@ fn pending_queue_is_bounded_with_a_typed_rejection() {
     });
 }
 
+#[test]
+fn a_group_gets_consecutive_lsns_in_one_batch_and_becomes_durable_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let config = LogConfig { batch_records_max: 8, ..LogConfig::default() };
+        {
+            let log = Log::open(&path, config.clone(), fs()).await.unwrap();
+            // Queued together: a single append, a group of 5, a single append,
+            // then a group of 6 that no longer fits the batch of 7 so far.
+            let a = log.append(1, b"a");
+            let g: Vec<Vec<u8>> = (0..5u64).map(payload).collect();
+            let g_refs: Vec<&[u8]> = g.iter().map(|p| p.as_slice()).collect();
+            let group = log.append_group(2, &g_refs);
+            let b = log.append(1, b"b");
+            let h: Vec<Vec<u8>> = (10..16u64).map(payload).collect();
+            let h_refs: Vec<&[u8]> = h.iter().map(|p| p.as_slice()).collect();
+            let second = log.append_group(3, &h_refs);
+            assert_eq!(a.await.unwrap(), 1);
+            assert_eq!(group.await.unwrap(), 2, "a group resolves to its first LSN");
+            assert_eq!(b.await.unwrap(), 7);
+            assert_eq!(second.await.unwrap(), 8);
+            assert_eq!(log.stats().batches_total, 2, "the second group started a new batch instead of splitting");
+            assert_eq!(log.durable_lsn(), 13);
+        }
+        let log = Log::open(&path, config, fs()).await.unwrap();
+        let records = read_all(&log).await;
+        let lsns: Vec<u64> = records.iter().map(|(lsn, _)| *lsn).collect();
+        assert_eq!(lsns, (1..=13).collect::<Vec<_>>());
+        assert_eq!(records[1].1, payload(0));
+        assert_eq!(records[5].1, payload(4));
+        assert_eq!(records[7].1, payload(10));
+        assert_eq!(records[12].1, payload(15));
+    });
+}
+
+#[test]
+fn a_group_that_cannot_fit_one_batch_is_refused_and_queues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let config = LogConfig { batch_records_max: 4, appends_pending_max: 6, ..LogConfig::default() };
+        let log = Log::open(&path, config.clone(), fs()).await.unwrap();
+        let empty: [&[u8]; 0] = [];
+        assert!(matches!(log.append_group(1, &empty).await, Err(StorageError::BadGroup { records: 0, .. })));
+        let five = [&b"1"[..], b"2", b"3", b"4", b"5"];
+        assert!(matches!(
+            log.append_group(1, &five).await,
+            Err(StorageError::BadGroup { records: 5, records_limit: 4, .. })
+        ));
+        // Four records of the largest payload each fit alone, but not in one batch.
+        let big = vec![7u8; config.record_payload_bytes_max];
+        assert!(matches!(
+            log.append_group(1, &[&big, &big, &big, &big]).await,
+            Err(StorageError::BadGroup { records: 4, .. })
+        ));
+        let too_large = vec![0u8; config.record_payload_bytes_max + 1];
+        assert!(matches!(log.append_group(1, &[b"ok", &too_large]).await, Err(StorageError::RecordTooLarge { .. })));
+        // The pending bound counts every record of a group.
+        let first = log.append_group(1, &[b"a", b"b", b"c", b"d"]);
+        assert!(matches!(log.append_group(1, &[b"e", b"f", b"g"]).await, Err(StorageError::Overloaded { .. })));
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(log.append(1, b"next").await.unwrap(), 5, "refused groups took no LSNs");
+    });
+}
+
+#[test]
+fn a_group_in_a_failed_batch_fails_whole_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let switches = Rc::new(FaultSwitches::default());
+        let faulty = Rc::new(FaultyFileSystem::new(fs(), switches.clone()));
+        let log = Log::open(&path, LogConfig::default(), faulty).await.unwrap();
+        assert_eq!(log.append(1, b"one").await.unwrap(), 1);
+        switches.sync_errno.set(Some(libc::EIO));
+        assert!(matches!(log.append_group(1, &[b"x", b"y", b"z"]).await, Err(StorageError::Io(_))));
+        switches.heal();
+        assert_eq!(log.append_group(1, &[b"two", b"three"]).await.unwrap(), 2);
+        drop(log);
+        let log = Log::open(&path, LogConfig::default(), fs()).await.unwrap();
+        let records = read_all(&log).await;
+        assert_eq!(records, vec![(1, b"one".to_vec()), (2, b"two".to_vec()), (3, b"three".to_vec())]);
+    });
+}
+
 /// Writes `batches` batches of 3 records each and returns the byte offsets of
 /// every batch in the (single) segment, plus the segment path.
 fn write_batches(dir: &Path, batches: u64) -> (std::path::PathBuf, Vec<u64>) {

@@ -181,6 +181,29 @@ fn dead_origin_committed_writes_are_readable_from_either_peer() {
 }
 
 #[test]
+fn a_committed_group_is_on_the_peers_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let (cluster, peers) = cluster(&root);
+        let origin = cluster.open_origin(NoQuorumPolicy::FailFast).await;
+        assert_eq!(origin.append(1, &payload(0)).await.unwrap(), 1);
+        let group: Vec<Vec<u8>> = (1..=500u64).map(payload).collect();
+        let refs: Vec<&[u8]> = group.iter().map(|p| p.as_slice()).collect();
+        // Committed means the last record of the group is on 2 of 3 copies.
+        assert_eq!(origin.append_group(1, &refs).await.unwrap(), 2);
+        wait_until("both peers to acknowledge", || origin.metrics().peers.iter().all(|p| p.acked_lsn == 501)).await;
+        drop(origin);
+        for (i, addr) in cluster.peer_addrs.iter().enumerate() {
+            let replica = fetch_all(*addr, &root.join(format!("group{i}"))).await;
+            let expected: Vec<(u64, Vec<u8>)> = (0..=500u64).map(|i| (i + 1, payload(i))).collect();
+            assert_eq!(replica, expected, "peer {i}");
+        }
+        drop(peers);
+    });
+}
+
+#[test]
 fn partition_of_one_peer_keeps_commits_going_and_heals() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();

@@ -216,6 +216,26 @@ impl ReplicatedLog {
         }
     }
 
+    /// Like [`Log::append_group`]: the records become durable locally
+    /// together, the group is committed when its last record is, and the
+    /// future resolves to the first record's LSN.
+    pub fn append_group(
+        &self,
+        kind: RecordKind,
+        payloads: &[&[u8]],
+    ) -> impl std::future::Future<Output = Result<Lsn>> + '_ {
+        let started = Instant::now();
+        let local = self.log.append_group(kind, payloads);
+        let last_offset = payloads.len().saturating_sub(1) as u64;
+        async move {
+            let first = local.await?;
+            let last = first + last_offset;
+            self.shared.tracker.borrow_mut().local_durable(last);
+            self.wait_commit(last, started).await?;
+            Ok(first)
+        }
+    }
+
     async fn wait_commit(&self, lsn: Lsn, started: Instant) -> Result<Lsn> {
         let shared = &self.shared;
         let timeout = shared.config.commit_timeout;

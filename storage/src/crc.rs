@@ -5,7 +5,7 @@
 //! byte and then runs three interleaved streams. For a record that is two
 //! calls with up to 14 single-byte steps each; this routine reads unaligned
 //! 8-byte words instead, one CRC instruction per word, and leaves buffers of
-//! [`LONG_BYTES`] or more to the crate. `cargo bench -p redrain-benches
+//! 512 bytes or more to the crate. `cargo bench -p redrain-benches
 //! --bench storage -- crc32c/record` measured 18.8 ns instead of 32.3 ns per
 //! record of 13 + 100 bytes (medians, one run, 2-core CI machine).
 

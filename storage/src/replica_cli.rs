@@ -34,7 +34,7 @@ pub enum ReplicaCommand {
         /// Address to listen on.
         #[arg(long)]
         listen: SocketAddr,
-        /// Data directory (replicas live in DATA_DIR/replicas/<node>-<core>).
+        /// Data directory (replicas live in `DATA_DIR/replicas/<node>-<core>`).
         #[arg(long)]
         data_dir: PathBuf,
         /// Stop after this many seconds (default: run until killed).

@@ -773,16 +773,19 @@ async fn finish_sync(inner: &Rc<Inner>, syncing: Option<Syncing>) {
         return;
     };
     match sync.await {
-        Ok(()) => {
-            let first_lsn = written.first_lsn;
-            commit_written(inner, written);
-            slot.0.resolve(Ok(first_lsn));
-        }
+        Ok(()) => commit_and_resolve(inner, written, slot),
         Err(err) => {
             cut_tail(inner, &written.file, written.pos).await;
             fail_batch(inner, slot, written.first_lsn, written.last_lsn, err);
         }
     }
+}
+
+/// Makes a durable batch part of the log and answers its appends.
+fn commit_and_resolve(inner: &Rc<Inner>, written: Written, slot: InFlight) {
+    let first_lsn = written.first_lsn;
+    commit_written(inner, written);
+    slot.0.resolve(Ok(first_lsn));
 }
 
 /// Writes the next queued batch behind the one in flight (whose fdatasync
@@ -818,11 +821,7 @@ async fn write_local_batch(inner: &Rc<Inner>, previous: Option<Syncing>) -> Opti
     };
     if let Some((before, before_slot, synced)) = previous {
         match synced {
-            Ok(()) => {
-                let before_first = before.first_lsn;
-                commit_written(inner, before);
-                before_slot.0.resolve(Ok(before_first));
-            }
+            Ok(()) => commit_and_resolve(inner, before, before_slot),
             Err(err) => {
                 // The earlier batch is not durable: cut both (the new one
                 // was written after it) and fail both.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::{payload, run_on_glommio};
+use common::{payload, read_all, run_on_glommio, segment_files};
 use redrain_storage::file_io::DIRECT_IO_ALIGNMENT;
 use redrain_storage::record::{decode_batch, split_batches, BatchDecode, PAD_MAGIC};
 use redrain_storage::{
@@ -41,22 +41,6 @@ fn scratch() -> tempfile::TempDir {
         dir.path().display()
     );
     dir
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    files
-}
-
-async fn read_all(log: &Log) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    log.for_each_record(1, |r| out.push((r.lsn, r.payload.to_vec()))).await.expect("read log");
-    out
 }
 
 /// Appends `batches` batches of 3 records (LSNs 1..=3*batches) with `fs`.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::{payload, run_on_glommio};
+use common::{payload, read_all, run_on_glommio, segment_files};
 use redrain_storage::record::{decode_batch, BatchDecode};
 use redrain_storage::{
     DamageKind, DamagePolicy, FaultSwitches, FaultyFileSystem, GlommioFileSystem, Log, LogConfig, StorageError,
@@ -18,22 +18,6 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn fs() -> Rc<GlommioFileSystem> {
     Rc::new(GlommioFileSystem)
-}
-
-async fn read_all(log: &Log) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    log.for_each_record(1, |r| out.push((r.lsn, r.payload.to_vec()))).await.expect("read log");
-    out
-}
-
-fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]

@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
+use redrain_storage::Log;
 
 /// Runs `make()` on a fresh glommio executor with a small io_memory (the
 /// machine's RLIMIT_MEMLOCK is 8 MiB) and returns its output. Panics if it
@@ -33,4 +35,22 @@ pub fn payload(i: u64) -> Vec<u8> {
     let mut p = format!("record-{i:08}-").into_bytes();
     p.resize(20 + (i % 37) as usize, b'x');
     p
+}
+
+/// Every record of `log` from LSN 1, with its payload.
+pub async fn read_all(log: &Log) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    log.for_each_record(1, |r| out.push((r.lsn, r.payload.to_vec()))).await.expect("read log");
+    out
+}
+
+/// The segment files in `dir`, in LSN order.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
 }

@@ -89,6 +89,11 @@ struct Args {
     /// fdatasync 2-4.6 ms with 2,000 us of spin against 0.3-0.5 ms without.
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
+    /// Log phases of the node-shaped step, each between two disk probes
+    /// (its ratio is taken against the higher of the two); the step prints
+    /// every round and the medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 // The project's allocator for every binary: large batch buffers are reused
@@ -461,23 +466,36 @@ fn start_peer(dir: PathBuf, backend: &'static str, stop: Arc<AtomicBool>) -> (So
     )
 }
 
+/// What one core measured in one round of the node-shaped step.
+struct CoreRound {
+    /// The single-writer probe before the round's log phase (core 0 only).
+    single_probe: Option<(u64, f64)>,
+    /// This core's share of the parallel probe: bytes and seconds.
+    parallel_probe: (u64, f64),
+    /// The log phase (absent after the last probe): records, record bytes,
+    /// seconds, p99 latency and p50 batch write+fdatasync in microseconds.
+    log: Option<(u64, u64, f64, u64, u64)>,
+}
+
 /// The node's shape at saturation: one pinned executor per core, each
-/// appending to its own log (closed loop), all at once; prints each core's
-/// figures and the node's total. Just before, the disk is probed again, as
-/// the logs will use it: by one writer (`seq_mib` MiB), then by every core in
-/// parallel (one file each, `seq_mib` MiB in all), with 4 MiB O_DIRECT writes
-/// and an fdatasync. This virtual disk's bandwidth drifts by 2x within a run
-/// (its host absorbs writes), so the node's ratio is taken against the higher
-/// of these two adjacent probes; the ratio against the probe at the start of
-/// the run is printed too.
+/// appending to its own log (closed loop), all at once. This virtual disk's
+/// bandwidth drifts by 2x within minutes (its host absorbs writes), so a
+/// probe taken once is a poor yardstick: the step alternates probes and log
+/// phases, `P0 L1 P1 L2 ... Ln Pn` (`--rounds n`), and each log phase is
+/// compared with the higher of the probes either side of it. A probe is the
+/// higher of one writer (`seq_mib` MiB) and every core in parallel (one file
+/// each, `seq_mib` MiB in all), with 4 MiB O_DIRECT writes to a new file and
+/// an fdatasync. Each log phase uses fresh logs; after every removal of
+/// files the disk settles (sync and a pause), before probes and logs alike.
 fn node_saturation(args: &Args, backend: &'static str, group: &'static [&'static [u8]], seq_mib_s: f64) {
     let cpus: Vec<usize> = (0..args.cores).collect();
+    let rounds = args.rounds.max(1);
     let barrier = Arc::new(std::sync::Barrier::new(cpus.len()));
     let probe_mib = (args.seq_mib / cpus.len() as u64).max(4);
     let handles: Vec<_> = cpus
         .iter()
         .map(|&cpu| {
-            let dir = args.dir.join(format!("node-{backend}-core{cpu}"));
+            let base = args.dir.join(format!("node-{backend}-core{cpu}"));
             let (barrier, window, secs) = (barrier.clone(), args.window, args.step_secs);
             let cores = args.cores;
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -485,65 +503,109 @@ fn node_saturation(args: &Args, backend: &'static str, group: &'static [&'static
                 .preempt_timer(preempt_timer(args.preempt_us))
                 .spin_before_park(Duration::from_micros(args.spin_us))
                 .spawn(move || async move {
-                    std::fs::create_dir_all(&dir).expect("core dir");
+                    std::fs::create_dir_all(&base).expect("core dir");
                     // Primes glommio's IOPOLL probe before the first DMA file.
-                    redrain_storage::direct_io_supported(&dir).await;
-                    barrier.wait();
-                    let single = if cpu == 0 {
-                        Some(direct_probe(&dir.join("probe"), probe_mib * cores as u64).await)
-                    } else {
-                        None
-                    };
-                    barrier.wait();
-                    let (probe_bytes, probe_secs) = direct_probe(&dir.join("probe"), probe_mib).await;
-                    let log = Rc::new(Log::open(&dir, bench_log_config(), file_system(backend)).await.expect("log"));
-                    barrier.wait();
-                    let label = format!("core{cpu}/{backend}");
-                    let report = run_step(Target::Local(log), &label, None, window, secs, group).await;
-                    let _ = std::fs::remove_dir_all(&dir);
-                    (
-                        (single, probe_bytes, probe_secs),
-                        report.completed,
-                        report.bytes - report.pad_bytes,
-                        report.secs,
-                        report.latency_us.quantile(0.5),
-                        report.latency_us.quantile(0.99),
-                        report.batch_write_us.quantile(0.5),
-                    )
+                    redrain_storage::direct_io_supported(&base).await;
+                    let mut out = Vec::with_capacity(rounds + 1);
+                    for round in 0..=rounds {
+                        barrier.wait();
+                        let single_probe = if cpu == 0 {
+                            Some(direct_probe(&base.join("probe"), probe_mib * cores as u64).await)
+                        } else {
+                            None
+                        };
+                        barrier.wait();
+                        let parallel_probe = direct_probe(&base.join("probe"), probe_mib).await;
+                        settle(Duration::from_millis(300)).await;
+                        if round == rounds {
+                            out.push(CoreRound { single_probe, parallel_probe, log: None });
+                            break;
+                        }
+                        let dir = base.join(format!("log-{round}"));
+                        let log =
+                            Rc::new(Log::open(&dir, bench_log_config(), file_system(backend)).await.expect("log"));
+                        barrier.wait();
+                        let label = format!("core{cpu}/{backend}");
+                        let report = run_step(Target::Local(log), &label, None, window, secs, group).await;
+                        let _ = std::fs::remove_dir_all(&dir);
+                        settle(Duration::from_millis(300)).await;
+                        out.push(CoreRound {
+                            single_probe,
+                            parallel_probe,
+                            log: Some((
+                                report.completed,
+                                report.bytes - report.pad_bytes,
+                                report.secs,
+                                report.latency_us.quantile(0.99),
+                                report.batch_write_us.quantile(0.5),
+                            )),
+                        });
+                    }
+                    let _ = std::fs::remove_dir_all(&base);
+                    out
                 })
                 .expect("core executor")
         })
         .collect();
-    let (mut records, mut bytes, mut secs) = (0u64, 0u64, 0f64);
-    let (mut probe_bytes, mut probe_secs, mut single_mib_s) = (0u64, 0f64, 0f64);
-    for (cpu, handle) in cpus.iter().zip(handles) {
-        let ((single, pb, ps), completed, record_bytes, took, p50, p99, write_p50) = handle.join().expect("core run");
+    let per_core: Vec<Vec<CoreRound>> = handles.into_iter().map(|h| h.join().expect("core run")).collect();
+    let mib = |bytes: u64, secs: f64| bytes as f64 / secs / (1 << 20) as f64;
+    // The disk at each probe: the higher of one writer and all in parallel.
+    let probes: Vec<(f64, f64, f64)> = (0..=rounds)
+        .map(|r| {
+            let single = per_core[0][r].single_probe.map_or(0.0, |(b, s)| mib(b, s));
+            let bytes: u64 = per_core.iter().map(|core| core[r].parallel_probe.0).sum();
+            let secs = per_core.iter().map(|core| core[r].parallel_probe.1).fold(0.0, f64::max);
+            let parallel = mib(bytes, secs);
+            (single.max(parallel), single, parallel)
+        })
+        .collect();
+    let n = cpus.len();
+    let (mut rates, mut ratios, mut start_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let logs: Vec<(u64, u64, f64, u64, u64)> =
+            per_core.iter().map(|core| core[r].log.expect("log phase")).collect();
+        let records: u64 = logs.iter().map(|l| l.0).sum();
+        let bytes: u64 = logs.iter().map(|l| l.1).sum();
+        let secs = logs.iter().map(|l| l.2).fold(0.0, f64::max);
+        let (rate, mib_s) = (records as f64 / secs, mib(bytes, secs));
+        let disk = probes[r].0.max(probes[r + 1].0);
+        let ratio = 100.0 * mib_s / disk;
+        let cores: Vec<String> = logs
+            .iter()
+            .enumerate()
+            .map(|(cpu, l)| format!("core{cpu} {:.2} M/s p99 {} us write p50 {} us", l.0 as f64 / l.2 / 1e6, l.3, l.4))
+            .collect();
         println!(
-            "node core{cpu}/{backend:<8} closed: {:>9.0} rec/s  {:>6.1} MiB/s  p50 {p50} us  p99 {p99} us  batch write+fdatasync p50 {write_p50} us",
-            completed as f64 / took,
-            record_bytes as f64 / took / (1 << 20) as f64
+            "node {n} cores/{backend:<8} round {}: {rate:>9.0} rec/s  records {mib_s:>6.1} MiB/s = {ratio:>5.1}% of the disk either side (before {:.1} [1 writer {:.1}, {n} writers {:.1}], after {:.1}); {}",
+            r + 1,
+            probes[r].0,
+            probes[r].1,
+            probes[r].2,
+            probes[r + 1].0,
+            cores.join(", ")
         );
-        records += completed;
-        bytes += record_bytes;
-        secs = secs.max(took);
-        probe_bytes += pb;
-        probe_secs = probe_secs.max(ps);
-        if let Some((bytes, secs)) = single {
-            single_mib_s = bytes as f64 / secs / (1 << 20) as f64;
-        }
+        rates.push(rate);
+        ratios.push(ratio);
+        start_ratios.push(100.0 * mib_s / seq_mib_s);
     }
-    let parallel_mib_s = probe_bytes as f64 / probe_secs / (1 << 20) as f64;
-    let disk = single_mib_s.max(parallel_mib_s);
-    let mib_s = bytes as f64 / secs / (1 << 20) as f64;
     println!(
-        "node {} cores/{backend:<8} closed: {:>9.0} rec/s  records {:>6.1} MiB/s = {:>5.1}% of the disk just before ({disk:.1} MiB/s: 1 writer {single_mib_s:.1}, {} writers {parallel_mib_s:.1}) = {:>5.1}% of the probe at the start ({seq_mib_s:.1})",
-        cpus.len(),
-        records as f64 / secs,
-        mib_s,
-        100.0 * mib_s / disk,
-        cpus.len(),
-        100.0 * mib_s / seq_mib_s
+        "node {n} cores/{backend:<8} closed, median of {rounds} rounds: {:>9.0} rec/s = {:.1}% of the disk either side (rounds {:.1}-{:.1}%) = {:.1}% of the probe at the start ({seq_mib_s:.1} MiB/s)",
+        median(&rates),
+        median(&ratios),
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+        median(&start_ratios)
     );
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        len if len % 2 == 1 => sorted[len / 2],
+        len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2.0,
+    }
 }
 
 /// Writes `mib` MiB sequentially to a new file at `path` with 4 MiB O_DIRECT

@@ -69,9 +69,13 @@ struct Args {
     /// for the final node-shaped saturation step; 0 skips it.
     #[arg(long, default_value_t = 2)]
     cores: usize,
-    /// Most bytes per group commit (LogConfig::batch_bytes_max), in MiB.
+    /// Most bytes per batch (LogConfig::batch_bytes_max), in MiB.
     #[arg(long, default_value_t = 4)]
     batch_mib: usize,
+    /// Most bytes per group commit, one or more batches
+    /// (LogConfig::commit_bytes_max), in MiB.
+    #[arg(long, default_value_t = 16)]
+    commit_mib: usize,
     /// Records per append in the local closed-loop steps (the saturation
     /// step and the node-shaped step): 1 appends records one by one; more
     /// uses `Log::append_group` (one future per group, one batch). Open-loop
@@ -155,7 +159,7 @@ struct StepReport {
     issue_lateness_us: ValueHistogram,
     /// Write + fdatasync time per batch (the log is fresh for each step).
     batch_write_us: ValueHistogram,
-    batches: u64,
+    commits: u64,
     /// Bytes written, padding included.
     bytes: u64,
     /// Padding written (direct I/O keeps every write block-aligned).
@@ -169,7 +173,7 @@ impl StepReport {
         let mib_s = (self.bytes - self.pad_bytes) as f64 / self.secs / (1 << 20) as f64;
         let pad_mib_s = self.pad_bytes as f64 / self.secs / (1 << 20) as f64;
         println!(
-            "{:<15} offered {:>9} achieved {:>9.0} rec/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  max {:>7} us  batches {:>6} (avg {:>6.0} rec)  records {:>6.1} MiB/s = {:>5.1}% of seq (+{:.1} MiB/s padding)  errors {}",
+            "{:<15} offered {:>9} achieved {:>9.0} rec/s  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  max {:>7} us  commits {:>6} (avg {:>6.0} rec)  records {:>6.1} MiB/s = {:>5.1}% of seq (+{:.1} MiB/s padding)  errors {}",
             self.label,
             self.offered.map(|r| r.to_string()).unwrap_or_else(|| "closed".into()),
             rate,
@@ -177,15 +181,15 @@ impl StepReport {
             self.latency_us.quantile(0.99),
             self.latency_us.quantile(0.999),
             self.latency_us.max(),
-            self.batches,
-            self.completed as f64 / self.batches.max(1) as f64,
+            self.commits,
+            self.completed as f64 / self.commits.max(1) as f64,
             mib_s,
             100.0 * mib_s / seq_mib_s,
             pad_mib_s,
             self.errors
         );
         println!(
-            "             batch write+fdatasync p50 {} us p99 {} us; generator lateness p50 {} us p99 {} us (included in the latencies above)",
+            "             commit write+fdatasync p50 {} us p99 {} us; generator lateness p50 {} us p99 {} us (included in the latencies above)",
             self.batch_write_us.quantile(0.5),
             self.batch_write_us.quantile(0.99),
             self.issue_lateness_us.quantile(0.5),
@@ -354,7 +358,7 @@ async fn run_step(
         latency_us,
         issue_lateness_us,
         batch_write_us,
-        batches: after.batches_total - before.batches_total,
+        commits: after.commits_total - before.commits_total,
         bytes: after.bytes_total - before.bytes_total,
         pad_bytes: after.pad_bytes_total - before.pad_bytes_total,
     }
@@ -435,6 +439,7 @@ fn bench_log_config() -> LogConfig {
     LogConfig {
         segment_bytes_target: 1 << 30,
         batch_bytes_max: BATCH_MIB.load(Ordering::Relaxed) << 20,
+        commit_bytes_max: COMMIT_MIB.load(Ordering::Relaxed) << 20,
         batch_records_max: 1_000_000, // the byte bound binds first
         appends_pending_max: 4_000_000,
         retention_bytes_max: 1 << 40,
@@ -573,7 +578,7 @@ fn node_saturation(args: &Args, backend: &'static str, group: &'static [&'static
         let cores: Vec<String> = logs
             .iter()
             .enumerate()
-            .map(|(cpu, l)| format!("core{cpu} {:.2} M/s p99 {} us write p50 {} us", l.0 as f64 / l.2 / 1e6, l.3, l.4))
+            .map(|(cpu, l)| format!("core{cpu} {:.2} M/s p99 {} us commit p50 {} us", l.0 as f64 / l.2 / 1e6, l.3, l.4))
             .collect();
         println!(
             "node {n} cores/{backend:<8} round {}: {rate:>9.0} rec/s  records {mib_s:>6.1} MiB/s = {ratio:>5.1}% of the disk either side (before {:.1} [1 writer {:.1}, {n} writers {:.1}], after {:.1}); {}",
@@ -654,10 +659,13 @@ fn file_system(backend: &str) -> Rc<dyn FileSystem> {
 
 /// `--batch-mib`, for every log the bench opens (peers included).
 static BATCH_MIB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4);
+/// `--commit-mib`, likewise.
+static COMMIT_MIB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16);
 
 fn main() {
     let args = Args::parse();
     BATCH_MIB.store(args.batch_mib, Ordering::Relaxed);
+    COMMIT_MIB.store(args.commit_mib.max(args.batch_mib), Ordering::Relaxed);
     let backends: Vec<&'static str> = match args.io.as_str() {
         "both" => vec!["direct", "buffered"],
         "direct" => vec!["direct"],

@@ -14,6 +14,14 @@ pub struct LogConfig {
     /// disk time: large enough to reach bandwidth, small enough to bound the
     /// latency of the appends queued behind it.
     pub batch_bytes_max: usize,
+    /// Most bytes one group commit (one write and one fdatasync) carries:
+    /// when more than a batch is queued, the writer takes several queued
+    /// batches at once. Each fdatasync of an extending write costs a journal
+    /// commit and a device flush; on the test machine's disk, 16 MiB commits
+    /// of 4 MiB batches reached 87-93% of the disk's sequential bandwidth
+    /// where one 4 MiB batch per commit reached 67-75% (docs/storage.md).
+    /// Batches stay small for shipping and reading back.
+    pub commit_bytes_max: usize,
     /// Most records one group commit carries.
     pub batch_records_max: usize,
     /// Extra wait to gather a bigger batch, applied only when appends are
@@ -37,6 +45,7 @@ impl Default for LogConfig {
         Self {
             segment_bytes_target: 64 << 20,
             batch_bytes_max: 4 << 20,
+            commit_bytes_max: 16 << 20,
             batch_records_max: 65_536,
             batch_linger: Duration::ZERO,
             appends_pending_max: 262_144,
@@ -59,6 +68,9 @@ impl LogConfig {
         }
         if self.batch_bytes_max > crate::record::BATCH_BODY_BYTES_LIMIT {
             return fail("batch_bytes_max exceeds the format limit (64 MiB)");
+        }
+        if self.commit_bytes_max < self.batch_bytes_max {
+            return fail("commit_bytes_max must be at least batch_bytes_max");
         }
         if self.record_payload_bytes_max + 64 > self.batch_bytes_max {
             return fail("record_payload_bytes_max must fit in one batch");

@@ -24,6 +24,24 @@ pub trait SegmentFile {
     /// Writes all of `buf` at `pos`; returns the bytes written (a short count
     /// means the device is full).
     fn write_at(&self, buf: Vec<u8>, pos: u64) -> IoFuture<'_, usize>;
+    /// Writes `bufs` back to back from `pos` (one group commit of several
+    /// batches); returns the bytes written, stopping at the first short
+    /// count. The default writes the pieces one after the other; the
+    /// direct-I/O backend gathers them into one aligned write.
+    fn write_all_at(&self, bufs: Vec<Vec<u8>>, pos: u64) -> IoFuture<'_, usize> {
+        Box::pin(async move {
+            let mut written = 0usize;
+            for buf in bufs {
+                let len = buf.len();
+                let n = self.write_at(buf, pos + written as u64).await?;
+                written += n;
+                if n < len {
+                    break;
+                }
+            }
+            Ok(written)
+        })
+    }
     /// Reads up to `len` bytes at `pos`.
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Vec<u8>>;
     /// Makes written data durable.
@@ -144,6 +162,28 @@ impl SegmentFile for DirectSegment {
             let mut dma = self.0.alloc_dma_buffer(buf.len());
             dma.as_bytes_mut().copy_from_slice(&buf);
             drop(buf);
+            Ok(self.0.write_at(dma, pos).await?)
+        })
+    }
+
+    fn write_all_at(&self, bufs: Vec<Vec<u8>>, pos: u64) -> IoFuture<'_, usize> {
+        Box::pin(async move {
+            let len: usize = bufs.iter().map(Vec::len).sum();
+            let align = DIRECT_IO_ALIGNMENT;
+            if !pos.is_multiple_of(align) || !(len as u64).is_multiple_of(align) || len == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("direct write of {len} bytes at {pos} is not {align}-aligned"),
+                ));
+            }
+            // One copy of each piece into one DMA buffer: the pieces are
+            // whole batches, aligned only together.
+            let mut dma = self.0.alloc_dma_buffer(len);
+            let mut at = 0;
+            for buf in bufs {
+                dma.as_bytes_mut()[at..at + buf.len()].copy_from_slice(&buf);
+                at += buf.len();
+            }
             Ok(self.0.write_at(dma, pos).await?)
         })
     }
@@ -314,6 +354,12 @@ impl SegmentFile for FaultySegment {
             }
             self.inner.write_at(buf, pos).await
         })
+    }
+
+    fn write_all_at(&self, bufs: Vec<Vec<u8>>, pos: u64) -> IoFuture<'_, usize> {
+        // Faults apply to the commit as one write (a direct backend needs the
+        // pieces together to be aligned).
+        self.write_at(bufs.concat(), pos)
     }
 
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, Vec<u8>> {

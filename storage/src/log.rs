@@ -63,7 +63,9 @@ struct Segment {
 /// Counters of one log (plain numbers; see `metrics` for rendering).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogStats {
-    /// Group commits made durable.
+    /// Group commits made durable (one write and one fdatasync each).
+    pub commits_total: u64,
+    /// Batches made durable (a group commit carries one or more).
     pub batches_total: u64,
     /// Records made durable.
     pub records_total: u64,
@@ -123,14 +125,31 @@ impl BatchSlot {
     }
 }
 
-/// The slot of a batch (or import) in flight. If the writer is cancelled
-/// mid-batch (the log was dropped), the guard answers `Closed` so no append
+/// The slots of the batches of one group commit in flight (or of one
+/// import), each with its batch's first LSN. If the writer is cancelled
+/// mid-commit (the log was dropped), the guard answers `Closed` so no append
 /// future waits forever.
-struct InFlight(Rc<BatchSlot>);
+struct InFlight(Vec<(Rc<BatchSlot>, Lsn)>);
+
+impl InFlight {
+    /// The commit is durable: each batch's appends get their LSNs.
+    fn commit(&self) {
+        for (slot, first_lsn) in &self.0 {
+            slot.resolve(Ok(*first_lsn));
+        }
+    }
+
+    /// The commit failed: every append in it gets `err`.
+    fn fail(&self, err: &StorageError) {
+        for (slot, _) in &self.0 {
+            slot.resolve(Err(err.clone()));
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.resolve(Err(StorageError::Closed));
+        self.fail(&StorageError::Closed);
     }
 }
 
@@ -483,7 +502,7 @@ impl Log {
             // the last never regrows (and copies) itself while it fills;
             // never more than a full batch, which cannot grow past it.
             let hint = state.batch_bytes_hint;
-            let capacity = (hint + hint / 4).clamp(4096, config.batch_bytes_max);
+            let capacity = (hint + hint / 4).max(4096).min(config.batch_bytes_max);
             let first = state.pending_next_lsn;
             state.pending_batches.push_back(PendingBatch {
                 builder: BatchBuilder::with_capacity(first, capacity),
@@ -732,9 +751,9 @@ async fn writer_loop(inner: Rc<Inner>) {
             continue;
         } else if import_ready {
             let import = inner.state.borrow_mut().imports.pop_front().expect("checked above");
-            let guard = InFlight(import.slot);
+            let guard = InFlight(vec![(import.slot, 0)]);
             let outcome = write_import(&inner, import.bytes).await;
-            guard.0.resolve(outcome);
+            guard.0[0].0.resolve(outcome);
         }
         if syncing.is_none() && inner.state.borrow().segments.len() > 1 {
             if let Err(err) = enforce_retention(&inner).await {
@@ -764,7 +783,7 @@ fn fail_batch(inner: &Rc<Inner>, slot: InFlight, first_lsn: Lsn, last_lsn: Lsn, 
         renumber_pending(&mut state, first_lsn);
     }
     log::warn!("log {}: batch {first_lsn}..={last_lsn} failed: {err}", inner.dir.display());
-    slot.0.resolve(Err(err));
+    slot.fail(&err);
 }
 
 /// Waits for the batch in flight to be durable and commits it (or fails it).
@@ -781,37 +800,50 @@ async fn finish_sync(inner: &Rc<Inner>, syncing: Option<Syncing>) {
     }
 }
 
-/// Makes a durable batch part of the log and answers its appends.
+/// Makes a durable commit part of the log and answers its appends.
 fn commit_and_resolve(inner: &Rc<Inner>, written: Written, slot: InFlight) {
-    let first_lsn = written.first_lsn;
     commit_written(inner, written);
-    slot.0.resolve(Ok(first_lsn));
+    slot.commit();
 }
 
-/// Writes the next queued batch behind the one in flight (whose fdatasync
-/// runs meanwhile), commits that one, and returns the new batch with its
-/// fdatasync started.
+/// Writes the next group commit - the queued batches, up to
+/// `commit_bytes_max` - behind the one in flight (whose fdatasync runs
+/// meanwhile), commits that one, and returns the new one with its fdatasync
+/// started.
 async fn write_local_batch(inner: &Rc<Inner>, previous: Option<Syncing>) -> Option<Syncing> {
     let behind = previous.as_ref().map_or(0, |s| s.written.len);
-    let (slot, bytes, first_lsn, records) = {
+    let (slot, pieces, offsets, first_lsn, records) = {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
-        let PendingBatch { mut builder, slot } = state.pending_batches.pop_front()?;
-        let records = builder.len();
-        state.pending_records -= records;
-        let first_lsn = builder.first_lsn();
-        debug_assert_eq!(
-            first_lsn,
-            previous.as_ref().map_or(state.next_lsn, |s| s.written.last_lsn + 1),
-            "tentative LSNs continue the log"
-        );
-        debug_assert!(records > 0 && builder.encoded_len() <= inner.config.batch_bytes_max);
-        state.batch_bytes_hint = builder.encoded_len();
-        builder.finish();
-        (InFlight(slot), builder.take(), first_lsn, records)
+        let expected_lsn = previous.as_ref().map_or(state.next_lsn, |s| s.written.last_lsn + 1);
+        let (mut slots, mut pieces, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bytes, mut records) = (0usize, 0usize);
+        // The first batch always goes; more only while the commit stays
+        // within its bound (each batch is already within `batch_bytes_max`).
+        while let Some(next) = state.pending_batches.front() {
+            if !pieces.is_empty() && bytes + next.builder.encoded_len() > inner.config.commit_bytes_max {
+                break;
+            }
+            let PendingBatch { mut builder, slot } = state.pending_batches.pop_front().expect("checked above");
+            debug_assert_eq!(builder.first_lsn(), expected_lsn + records as u64, "tentative LSNs continue the log");
+            debug_assert!(!builder.is_empty() && builder.encoded_len() <= inner.config.batch_bytes_max);
+            state.pending_records -= builder.len();
+            state.batch_bytes_hint = builder.encoded_len();
+            builder.finish();
+            slots.push((slot, builder.first_lsn()));
+            offsets.push((builder.first_lsn(), bytes as u64));
+            records += builder.len();
+            let piece = builder.take();
+            bytes += piece.len();
+            pieces.push(piece);
+        }
+        if pieces.is_empty() {
+            return previous;
+        }
+        (InFlight(slots), pieces, offsets, expected_lsn, records)
     };
     let last_lsn = first_lsn + records as u64 - 1;
-    let write = write_at_tail(inner, bytes, vec![(first_lsn, 0)], first_lsn, last_lsn, behind);
+    let write = write_at_tail(inner, pieces, offsets, first_lsn, last_lsn, behind);
     let (written, previous) = match previous {
         None => (write.await, None),
         Some(Syncing { written, slot, sync }) => {
@@ -934,7 +966,7 @@ async fn persist(
     first_lsn: Lsn,
     last_lsn: Lsn,
 ) -> Result<()> {
-    let result = match write_at_tail(inner, bytes, batch_offsets, first_lsn, last_lsn, 0).await {
+    let result = match write_at_tail(inner, vec![bytes], batch_offsets, first_lsn, last_lsn, 0).await {
         Ok(written) => match written.file.fdatasync().await {
             Ok(()) => {
                 commit_written(inner, written);
@@ -984,13 +1016,13 @@ async fn cut_tail(inner: &Rc<Inner>, file: &Rc<dyn SegmentFile>, pos: u64) {
     inner.state.borrow_mut().tail_dirty = cut.is_err();
 }
 
-/// Writes `bytes` (whole batches, padded here to the write alignment) at
-/// the end of the active segment, `behind` bytes after its durable end (the
-/// batch whose fdatasync is in flight). Rolls or creates the segment only
-/// when nothing is in flight.
+/// Writes `pieces` (whole batches back to back, padded here to the write
+/// alignment) at the end of the active segment, `behind` bytes after its
+/// durable end (the commit whose fdatasync is in flight). Rolls or creates
+/// the segment only when nothing is in flight.
 async fn write_at_tail(
     inner: &Rc<Inner>,
-    mut bytes: Vec<u8>,
+    mut pieces: Vec<Vec<u8>>,
     batch_offsets: Vec<(Lsn, u64)>,
     first_lsn: Lsn,
     last_lsn: Lsn,
@@ -1011,9 +1043,16 @@ async fn write_at_tail(
         file.truncate(pos).await.map_err(|e| StorageError::io("truncate failed tail", &e))?;
         inner.state.borrow_mut().tail_dirty = false;
     }
-    let pad = pad_to_alignment(&mut bytes, pos, inner.align);
-    let len = bytes.len();
-    let failure = match file.write_at(bytes, pos).await {
+    let before_last: usize = pieces.iter().rev().skip(1).map(Vec::len).sum();
+    let last = pieces.last_mut().expect("at least one batch");
+    let pad = pad_to_alignment(last, pos + before_last as u64, inner.align);
+    let len = before_last + last.len();
+    let write = if pieces.len() == 1 {
+        file.write_at(pieces.pop().expect("one piece"), pos)
+    } else {
+        file.write_all_at(pieces, pos)
+    };
+    let failure = match write.await {
         Ok(n) if n == len => None,
         Ok(_) => Some(StorageError::io("write", &std::io::Error::from_raw_os_error(libc::ENOSPC))),
         Err(e) => Some(StorageError::io("write", &e)),
@@ -1038,12 +1077,15 @@ fn commit_written(inner: &Rc<Inner>, written: Written) {
     segment.last_write = SystemTime::now();
     state.next_lsn = written.last_lsn + 1;
     state.durable_lsn = written.last_lsn;
-    state.stats.batches_total += 1;
+    state.stats.commits_total += 1;
+    state.stats.batches_total += written.batch_offsets.len() as u64;
     let records = written.last_lsn + 1 - written.first_lsn;
     state.stats.records_total += records;
     state.stats.bytes_total += written.len;
     state.stats.pad_bytes_total += written.pad;
-    state.stats.batch_records_peak = state.stats.batch_records_peak.max(records);
+    let ends = written.batch_offsets.iter().skip(1).map(|(lsn, _)| *lsn).chain([written.last_lsn + 1]);
+    let largest = written.batch_offsets.iter().zip(ends).map(|((first, _), end)| end - first).max().unwrap_or(0);
+    state.stats.batch_records_peak = state.stats.batch_records_peak.max(largest);
     for waker in state.durable_wakers.drain(..) {
         waker.wake();
     }

@@ -155,6 +155,43 @@ fn write_direct_batches(dir: &Path, batches: u64) -> (PathBuf, Vec<usize>) {
 }
 
 #[test]
+fn one_direct_write_carries_several_batches_and_a_cut_inside_it_keeps_a_clean_prefix() {
+    let dir = scratch();
+    let path = dir.path().to_path_buf();
+    let config = LogConfig { batch_records_max: 3, ..LogConfig::default() };
+    run_on_glommio(LIMIT, move || async move {
+        let log = Log::open(&path, config, direct()).await.unwrap();
+        // 30 appends queued at once: ten batches of three in one commit.
+        let futures: Vec<_> = (0..30u64).map(|i| log.append(1, &payload(i))).collect();
+        for (i, f) in futures.into_iter().enumerate() {
+            assert_eq!(f.await.unwrap(), i as u64 + 1);
+        }
+        let stats = log.stats();
+        assert_eq!((stats.batches_total, stats.commits_total), (10, 1));
+        assert_eq!(stats.bytes_total % DIRECT_IO_ALIGNMENT, 0, "the commit is whole blocks");
+    });
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let original = std::fs::read(&segment).unwrap();
+    let offsets = batch_offsets(&original);
+    assert_eq!(offsets.len(), 10);
+    assert_eq!(offsets[0] % BLOCK, 0, "the commit starts a block");
+    assert!(offsets.windows(2).any(|w| w[1] - w[0] < BLOCK), "batches inside a commit are packed, not padded");
+    // A write cut short anywhere inside it (a crash) leaves whole batches
+    // before the cut, and only those.
+    for (k, &start) in offsets.iter().enumerate().skip(1) {
+        for cut in [start, start + 1, start + 40] {
+            std::fs::write(&segment, &original[..cut]).unwrap();
+            let records = reopen(dir.path(), direct, DamagePolicy::Refuse).expect("a cut commit opens");
+            assert_eq!(records.len(), 3 * k, "cut at byte {cut}");
+            assert!(records
+                .iter()
+                .enumerate()
+                .all(|(i, (lsn, body))| *lsn == i as u64 + 1 && *body == payload(i as u64)));
+        }
+    }
+}
+
+#[test]
 fn torn_last_write_drops_only_its_batch_wherever_it_was_cut() {
     let dir = scratch();
     let (segment, offsets) = write_direct_batches(dir.path(), 4);

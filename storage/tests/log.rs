@@ -80,6 +80,103 @@ fn batches_respect_the_configured_record_bound() {
 }
 
 #[test]
+fn one_commit_carries_several_queued_batches_up_to_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let config = LogConfig { batch_records_max: 100, ..LogConfig::default() };
+        {
+            let log = Log::open(&path, config.clone(), fs()).await.unwrap();
+            let futures: Vec<_> = (0..1000u64).map(|i| log.append(2, &payload(i))).collect();
+            for (i, f) in futures.into_iter().enumerate() {
+                assert_eq!(f.await.unwrap(), i as u64 + 1);
+            }
+            let stats = log.stats();
+            assert_eq!(stats.batches_total, 10);
+            // The first append wakes the writer, which may take the first
+            // batch alone; the other nine are queued by then and go together.
+            assert!(stats.commits_total <= 2, "10 queued batches took {} commits", stats.commits_total);
+        }
+        let log = Log::open(&path, config.clone(), fs()).await.unwrap();
+        let records = read_all(&log).await;
+        assert_eq!(records.len(), 1000);
+        assert!(records.iter().enumerate().all(|(i, (lsn, body))| *lsn == i as u64 + 1 && *body == payload(i as u64)));
+        // Every batch is still its own unit on disk.
+        let mut batches = 0;
+        for file in segment_files(&path) {
+            let bytes = std::fs::read(&file).unwrap();
+            let mut at = 0;
+            loop {
+                match decode_batch(&bytes[at..]) {
+                    BatchDecode::Complete(batch) => {
+                        batches += 1;
+                        at += batch.bytes.len();
+                    }
+                    BatchDecode::Padding(len) => at += len,
+                    BatchDecode::Incomplete if at == bytes.len() => break,
+                    other => panic!("segment {} at {at}: {other:?}", file.display()),
+                }
+            }
+        }
+        assert_eq!(batches, 10);
+    });
+}
+
+#[test]
+fn a_commit_is_bounded_by_commit_bytes_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        // Batches of 10 records (394-754 bytes); at most two fit 1,600 bytes.
+        let config = LogConfig {
+            batch_records_max: 10,
+            batch_bytes_max: 800,
+            commit_bytes_max: 1600,
+            record_payload_bytes_max: 256,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&path, config, fs()).await.unwrap();
+        let futures: Vec<_> = (0..200u64).map(|i| log.append(2, &payload(i))).collect();
+        for f in futures {
+            f.await.unwrap();
+        }
+        let stats = log.stats();
+        assert_eq!(stats.batches_total, 20);
+        assert!(stats.commits_total >= 10, "20 batches in {} commits of at most 2", stats.commits_total);
+        let bad = LogConfig { commit_bytes_max: 1 << 20, ..LogConfig::default() };
+        assert!(matches!(bad.validate(), Err(StorageError::Config(_))), "a commit smaller than a batch is refused");
+    });
+}
+
+#[test]
+fn a_failed_fdatasync_fails_every_batch_of_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let switches = Rc::new(FaultSwitches::default());
+        let faulty = Rc::new(FaultyFileSystem::new(fs(), switches.clone()));
+        let config = LogConfig { batch_records_max: 10, ..LogConfig::default() };
+        let log = Log::open(&path, config.clone(), faulty).await.unwrap();
+        assert_eq!(log.append(1, &payload(0)).await.unwrap(), 1);
+        // 50 appends queued at once: five batches in one commit, whose
+        // fdatasync fails.
+        switches.syncs_before_failure.set(Some(0));
+        let futures: Vec<_> = (1..=50u64).map(|i| log.append(1, &payload(i))).collect();
+        for f in futures {
+            assert!(matches!(f.await, Err(StorageError::Io(_))));
+        }
+        assert_eq!(log.stats().batch_failures_total, 1, "one commit failed");
+        assert_eq!(log.durable_lsn(), 1);
+        // The LSNs were handed back; the log goes on from 2.
+        switches.syncs_before_failure.set(None);
+        assert_eq!(log.append(1, &payload(51)).await.unwrap(), 2);
+        drop(log);
+        let log = Log::open(&path, config, fs()).await.unwrap();
+        assert_eq!(read_all(&log).await, vec![(1, payload(0)), (2, payload(51))]);
+    });
+}
+
+#[test]
 fn pending_queue_is_bounded_with_a_typed_rejection() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
@@ -460,7 +557,15 @@ fn a_failed_fdatasync_fails_its_batch_and_the_one_written_behind_it_and_nothing_
     run_on_glommio(LIMIT, move || async move {
         let switches = Rc::new(FaultSwitches::default());
         let faulty = Rc::new(FaultyFileSystem::new(fs(), switches.clone()));
-        let config = LogConfig { batch_records_max: 10, ..LogConfig::default() };
+        // One batch of 10 records (at most 754 bytes) per commit: two never
+        // fit 768 bytes.
+        let config = LogConfig {
+            batch_records_max: 10,
+            batch_bytes_max: 768,
+            commit_bytes_max: 768,
+            record_payload_bytes_max: 256,
+            ..LogConfig::default()
+        };
         let log = Log::open(&path, config.clone(), faulty).await.unwrap();
         switches.syncs_before_failure.set(Some(2));
         let futures: Vec<_> = (0..100u64).map(|i| log.append(1, &payload(i))).collect();

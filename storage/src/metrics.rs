@@ -128,7 +128,16 @@ impl StorageMetrics {
             let _ = writeln!(out, "# TYPE redrain_storage_{name} counter");
             let _ = writeln!(out, "redrain_storage_{name}{{{s}}} {value}");
         };
-        counter("log_batches_total", "Group commits made durable.", self.log.batches_total);
+        counter(
+            "log_group_commits_total",
+            "Group commits made durable (one write and one fdatasync each).",
+            self.log.commits_total,
+        );
+        counter(
+            "log_batches_total",
+            "Batches made durable (a group commit carries one or more).",
+            self.log.batches_total,
+        );
         counter("log_records_total", "Records made durable locally.", self.log.records_total);
         counter("log_bytes_total", "Bytes written in durable batches, padding included.", self.log.bytes_total);
         counter(

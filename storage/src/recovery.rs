@@ -1,11 +1,14 @@
 //! Start-up scan of segment bytes (sans-IO): find the valid batches, and tell
 //! a torn tail (truncate it) from damage before the tail (report it).
 //!
-//! The rule: the log is written strictly in order and every batch is made
-//! durable before the next one is started, so after a crash only the *last*
-//! batch of the *last* segment can be incomplete. Damage is therefore a torn
-//! tail only if no valid batch follows it in the same segment and no later
-//! segment exists; anything else is corruption that must not be skipped.
+//! The rule: the log is written strictly in order, one write (a group
+//! commit of one or more batches) at a time, each started only once the one
+//! before it completed, so after a process crash only the end of the *last*
+//! write of the *last* segment can be missing: whole batches, then at most
+//! one incomplete one. Damage is therefore a torn tail only if no valid batch
+//! follows it in the same segment and no later segment exists; anything else
+//! is corruption that must not be skipped. (A power loss can persist a
+//! write's blocks out of order; see docs/storage.md, "Known gaps".)
 //! A bit flip inside the very last batch is indistinguishable from a torn
 //! write and is truncated too (its copies on the peers restore it).
 

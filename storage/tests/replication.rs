@@ -424,3 +424,25 @@ fn released_records_are_dropped_by_the_peers_too() {
         }
     });
 }
+
+#[test]
+fn frame_bounds_too_small_for_a_whole_batch_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run_on_glommio(LIMIT, move || async move {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        // A batch of up to 4 MiB must fit one frame, on either side.
+        let mut origin = ReplicationConfig::new(ORIGIN, [any, any]);
+        origin.frame_bytes_max = 4 << 20;
+        let refused = ReplicatedLog::open(&root.join("origin"), LogConfig::default(), origin, fs()).await;
+        assert!(matches!(refused, Err(StorageError::Config(_))), "origin: {:?}", refused.err());
+        assert!(!root.join("origin").exists(), "nothing was created");
+        let mut peer = ReplicaServerConfig::new(any, root.join("peer"));
+        peer.frame_bytes_max = 1 << 20;
+        assert!(matches!(ReplicaServer::start(peer, fs()), Err(StorageError::Config(_))));
+        // The defaults are coherent.
+        let peer = ReplicaServer::start(ReplicaServerConfig::new(any, root.join("peer")), fs()).expect("defaults");
+        let origin = ReplicationConfig::new(ORIGIN, [peer.local_addr(), peer.local_addr()]);
+        assert!(origin.frame_bytes_max >= LogConfig::default().batch_bytes_max + 64);
+    });
+}

@@ -26,6 +26,11 @@ pub use origin::{RecoveryReport, ReplicatedLog};
 pub use server::{ReplicaServer, ReplicaServerConfig};
 pub use wire::{Message, StreamId};
 
+/// Bytes a frame adds around the batches it carries (header and durable
+/// LSN), rounded up: `frame_bytes_max` must exceed the batch and
+/// ship/fetch bounds by this much.
+pub const FRAME_SLACK_BYTES: usize = 64;
+
 /// Configuration of the origin side of one stream.
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {

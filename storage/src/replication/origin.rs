@@ -21,7 +21,7 @@ use super::commit::{CommitTracker, NoQuorumPolicy, PeerState, Verdict};
 use super::fetch::{fetch_from_peer, FetchLimits};
 use super::io::FramedStream;
 use super::wire::Message;
-use super::ReplicationConfig;
+use super::{ReplicationConfig, FRAME_SLACK_BYTES};
 use crate::config::{DamagePolicy, LogConfig};
 use crate::error::StorageError;
 use crate::file_io::FileSystem;
@@ -137,6 +137,14 @@ impl ReplicatedLog {
         config: ReplicationConfig,
         fs: Rc<dyn FileSystem>,
     ) -> Result<(ReplicatedLog, RecoveryReport)> {
+        // A shipped frame or a fetch reply carries at least one whole batch.
+        let frame_needed = log_config.batch_bytes_max.max(config.ship_bytes_max) + FRAME_SLACK_BYTES;
+        if config.frame_bytes_max < frame_needed {
+            return Err(StorageError::Config(format!(
+                "frame_bytes_max {} cannot carry a whole batch: at least {frame_needed} (batch_bytes_max {}, ship_bytes_max {})",
+                config.frame_bytes_max, log_config.batch_bytes_max, config.ship_bytes_max
+            )));
+        }
         let policy =
             if config.repair_damage_from_peers { DamagePolicy::TruncateForPeerRepair } else { DamagePolicy::Refuse };
         let log = Rc::new(Log::open_with(dir, log_config, fs, policy).await?);

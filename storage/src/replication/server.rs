@@ -161,6 +161,16 @@ impl Drop for ReplicaServer {
 impl ReplicaServer {
     /// Binds and starts serving on the current glommio executor.
     pub fn start(config: ReplicaServerConfig, fs: Rc<dyn FileSystem>) -> Result<ReplicaServer> {
+        // Shipped frames carry whole batches of the origin's size (its
+        // replica logs use the same bounds) and fetch replies at least one.
+        let frame_needed = config.log.batch_bytes_max.max(config.fetch_bytes_max) + super::FRAME_SLACK_BYTES;
+        if config.frame_bytes_max < frame_needed {
+            return Err(StorageError::Config(format!(
+                "replica server frame_bytes_max {} cannot carry a whole batch: at least {frame_needed}",
+                config.frame_bytes_max
+            )));
+        }
+        config.log.validate()?;
         let listener = TcpListener::bind(config.listen)
             .map_err(|e| StorageError::io("bind replica server", &std::io::Error::from(e)))?;
         let local_addr =

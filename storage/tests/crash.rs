@@ -62,6 +62,9 @@ fn crash_and_check(backend: fn(usize) -> &'static str) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut acked_max = 0u64;
     let mut acked_total = 0usize;
+    // Runs whose group commits carried several batches (so some kills
+    // landed in such writes).
+    let mut packed_runs = 0usize;
     for iteration in 0..ITERATIONS {
         assert!(Instant::now() < deadline, "crash test exceeded its time bound");
         let mut child = Command::new(env!("CARGO_BIN_EXE_storage-crash-child"))
@@ -74,20 +77,25 @@ fn crash_and_check(backend: fn(usize) -> &'static str) {
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut acked = Vec::new();
+            let mut packed = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(lsn) = line.strip_prefix("acked ") {
                     acked.push(lsn.parse::<u64>().expect("lsn"));
+                } else if let Some(stats) = line.strip_prefix("stats ") {
+                    let (commits, batches) = stats.split_once(' ').expect("stats line");
+                    packed |= batches.parse::<u64>().unwrap() > commits.parse::<u64>().unwrap();
                 }
             }
-            acked
+            (acked, packed)
         });
         let run_for = Duration::from_millis(rng.gen_range(30..200));
         std::thread::sleep(run_for);
         child.kill().expect("SIGKILL the child we started");
         let status = child.wait().unwrap();
         assert!(!status.success(), "child exited by itself: {status}");
-        let acked = reader.join().unwrap();
+        let (acked, packed) = reader.join().unwrap();
+        packed_runs += usize::from(packed);
         acked_total += acked.len();
         if let Some(&last) = acked.last() {
             acked_max = acked_max.max(last);
@@ -109,6 +117,10 @@ fn crash_and_check(backend: fn(usize) -> &'static str) {
             "iteration {iteration}: acknowledged up to {acked_max} but only {durable} recovered"
         );
     }
-    println!("{ITERATIONS} SIGKILLs, {acked_total} acknowledged appends, last acked LSN {acked_max}");
+    println!(
+        "{ITERATIONS} SIGKILLs, {acked_total} acknowledged appends, last acked LSN {acked_max}, \
+         {packed_runs} runs with commits of several batches"
+    );
+    assert!(packed_runs > 0, "no run wrote a group commit of several batches");
     assert!(acked_max > 0, "the child never acknowledged anything");
 }

@@ -31,7 +31,9 @@ fn main() {
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(512 << 10)
         .spawn(move || async move {
-            let config = LogConfig { segment_bytes_target: 256 << 10, ..LogConfig::default() };
+            // Small batches: with 256 appends in flight a group commit
+            // carries several batches, so the kills land inside such writes.
+            let config = LogConfig { segment_bytes_target: 256 << 10, batch_records_max: 16, ..LogConfig::default() };
             let fs: Rc<dyn FileSystem> =
                 if direct { Rc::new(GlommioDirectFileSystem) } else { Rc::new(GlommioFileSystem) };
             let log = match Log::open(dir.as_ref(), config, fs).await {
@@ -55,6 +57,10 @@ fn main() {
                     Ok(lsn) if lsn == expected => {
                         let mut out = stdout.lock();
                         let _ = writeln!(out, "acked {lsn}");
+                        if lsn % 1024 == 0 {
+                            let stats = log.stats();
+                            let _ = writeln!(out, "stats {} {}", stats.commits_total, stats.batches_total);
+                        }
                         let _ = out.flush();
                     }
                     Ok(lsn) => {

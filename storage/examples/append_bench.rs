@@ -228,55 +228,58 @@ async fn run_step(
         glommio::spawn_local(async move {
             let mut histogram = ValueHistogram::default();
             let (mut completed, mut errors) = (0u64, 0u64);
-            // Appends of one batch resolve at the same instant: the clock is
-            // read when the consumer wakes up, and again every 256 records it
-            // handles without waiting (so the reading is never more than a
-            // few microseconds old).
-            let mut now_us = start.elapsed().as_micros() as u32;
-            let mut since_clock = 0u32;
-            loop {
-                let mut waited = false;
-                let next = std::future::poll_fn(|cx| {
-                    let item = queue.borrow_mut().pop_front();
-                    match item {
-                        Some(item) => Poll::Ready(Some(item)),
-                        None if done.get() => Poll::Ready(None),
-                        None => {
-                            waited = true;
-                            consumer_waker.set(Some(cx.waker().clone()));
-                            Poll::Pending
+            // One pass per wake-up drains every append that is done, in
+            // order, and stops at the first one still waiting (polling it
+            // registers this task with its batch, once per batch). Appends
+            // of one batch resolve at the same instant: the clock is read
+            // at the start of a pass and every 512 appends handled (so the
+            // reading is never more than a few microseconds old), and runs
+            // of equal latencies go into the histogram at once.
+            std::future::poll_fn(|cx| {
+                let mut queue = queue.borrow_mut();
+                let mut now_us = start.elapsed().as_micros() as u32;
+                let mut handled = 0u32;
+                let mut run = (0u64, 0u64); // (latency, records)
+                let outcome = loop {
+                    let Some((intended, fut)) = queue.front_mut() else {
+                        if done.get() {
+                            break Poll::Ready(());
                         }
+                        consumer_waker.set(Some(cx.waker().clone()));
+                        break Poll::Pending;
+                    };
+                    match Pin::new(fut).poll(cx) {
+                        Poll::Ready(Ok(_)) => {
+                            let latency = u64::from(now_us.saturating_sub(*intended));
+                            if latency != run.0 {
+                                if run.1 > 0 {
+                                    histogram.record_n(run.0, run.1);
+                                }
+                                run = (latency, 0);
+                            }
+                            run.1 += per_entry as u64;
+                            completed += per_entry as u64;
+                        }
+                        Poll::Ready(Err(_)) => errors += per_entry as u64,
+                        Poll::Pending => break Poll::Pending,
                     }
-                })
-                .await;
-                let Some((intended, mut fut)) = next else { break };
-                if waited {
-                    since_clock = u32::MAX;
-                }
-                let outcome = match futures_lite::future::poll_once(&mut fut).await {
-                    Some(outcome) => outcome,
-                    None => {
-                        let outcome = fut.await;
-                        since_clock = u32::MAX;
-                        outcome
+                    queue.pop_front();
+                    handled += 1;
+                    if handled.is_multiple_of(512) {
+                        now_us = start.elapsed().as_micros() as u32;
                     }
                 };
-                since_clock = since_clock.saturating_add(1);
-                if since_clock >= 256 {
-                    now_us = start.elapsed().as_micros() as u32;
-                    since_clock = 0;
+                if run.1 > 0 {
+                    histogram.record_n(run.0, run.1);
                 }
-                match outcome {
-                    Ok(_) => {
-                        completed += per_entry as u64;
-                        histogram.record_n(u64::from(now_us.saturating_sub(intended)), per_entry as u64);
+                if handled > 0 {
+                    if let Some(w) = generator_waker.take() {
+                        w.wake();
                     }
-                    Err(_) => errors += per_entry as u64,
                 }
-                if let Some(w) = generator_waker.take() {
-                    w.wake();
-                }
-            }
+                outcome
+            })
+            .await;
             (histogram, completed, errors)
         })
     };

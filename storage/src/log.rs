@@ -179,7 +179,7 @@ struct State {
     pending_records: usize,
     /// Tentative LSN of the next append.
     pending_next_lsn: Lsn,
-    /// Size of the last batch taken: the capacity to reserve for the next.
+    /// Size of the largest batch of the last commit: the capacity to reserve for the next.
     batch_bytes_hint: usize,
     imports: VecDeque<PendingImport>,
     writer_waker: Option<Waker>,
@@ -817,7 +817,7 @@ async fn write_local_batch(inner: &Rc<Inner>, previous: Option<Syncing>) -> Opti
         let state = &mut *state;
         let expected_lsn = previous.as_ref().map_or(state.next_lsn, |s| s.written.last_lsn + 1);
         let (mut slots, mut pieces, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut bytes, mut records) = (0usize, 0usize);
+        let (mut bytes, mut records, mut biggest) = (0usize, 0usize, 0usize);
         // The first batch always goes; more only while the commit stays
         // within its bound (each batch is already within `batch_bytes_max`).
         while let Some(next) = state.pending_batches.front() {
@@ -828,7 +828,9 @@ async fn write_local_batch(inner: &Rc<Inner>, previous: Option<Syncing>) -> Opti
             debug_assert_eq!(builder.first_lsn(), expected_lsn + records as u64, "tentative LSNs continue the log");
             debug_assert!(!builder.is_empty() && builder.encoded_len() <= inner.config.batch_bytes_max);
             state.pending_records -= builder.len();
-            state.batch_bytes_hint = builder.encoded_len();
+            // The largest batch of the commit: the last one taken may be
+            // the partly filled tail of the queue.
+            biggest = biggest.max(builder.encoded_len());
             builder.finish();
             slots.push((slot, builder.first_lsn()));
             offsets.push((builder.first_lsn(), bytes as u64));
@@ -840,6 +842,7 @@ async fn write_local_batch(inner: &Rc<Inner>, previous: Option<Syncing>) -> Opti
         if pieces.is_empty() {
             return previous;
         }
+        state.batch_bytes_hint = biggest;
         (InFlight(slots), pieces, offsets, expected_lsn, records)
     };
     let last_lsn = first_lsn + records as u64 - 1;

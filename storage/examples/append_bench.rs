@@ -98,6 +98,12 @@ struct Args {
     /// every round and the medians.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Size of each O_DIRECT write of the node-shaped step's disk probes, in
+    /// MiB. The default matches the largest write of the logs (a group
+    /// commit, `--commit-mib` 16): the yardstick gets writes as large as the
+    /// logs' own.
+    #[arg(long, default_value_t = 16)]
+    probe_chunk_mib: usize,
 }
 
 // The project's allocator for every binary: large batch buffers are reused
@@ -381,7 +387,7 @@ async fn seq_bandwidth(dir: &Path, mib: u64) -> (f64, f64) {
     file.close().await.ok();
     let _ = std::fs::remove_file(&path);
 
-    let (written, secs) = direct_probe(&dir.join("seq-direct"), mib).await;
+    let (written, secs) = direct_probe(&dir.join("seq-direct"), mib, 4).await;
     let direct = written as f64 / secs / (1 << 20) as f64;
     (buffered, direct)
 }
@@ -506,6 +512,7 @@ fn node_saturation(args: &Args, backend: &'static str, group: &'static [&'static
             let base = args.dir.join(format!("node-{backend}-core{cpu}"));
             let (barrier, window, secs) = (barrier.clone(), args.window, args.step_secs);
             let cores = args.cores;
+            let chunk_mib = args.probe_chunk_mib.max(1);
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .io_memory(1 << 20)
                 .preempt_timer(preempt_timer(args.preempt_us))
@@ -518,12 +525,12 @@ fn node_saturation(args: &Args, backend: &'static str, group: &'static [&'static
                     for round in 0..=rounds {
                         barrier.wait();
                         let single_probe = if cpu == 0 {
-                            Some(direct_probe(&base.join("probe"), probe_mib * cores as u64).await)
+                            Some(direct_probe(&base.join("probe"), probe_mib * cores as u64, chunk_mib).await)
                         } else {
                             None
                         };
                         barrier.wait();
-                        let parallel_probe = direct_probe(&base.join("probe"), probe_mib).await;
+                        let parallel_probe = direct_probe(&base.join("probe"), probe_mib, chunk_mib).await;
                         settle(Duration::from_millis(300)).await;
                         if round == rounds {
                             out.push(CoreRound { single_probe, parallel_probe, log: None });
@@ -616,11 +623,11 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Writes `mib` MiB sequentially to a new file at `path` with 4 MiB O_DIRECT
-/// writes, then fdatasyncs and removes it; returns the bytes written and the
+/// Writes `mib` MiB sequentially to a new file at `path` with `chunk_mib`
+/// MiB O_DIRECT writes, one at a time, then fdatasyncs and removes it; returns the bytes written and the
 /// seconds the writes and the fdatasync took.
-async fn direct_probe(path: &Path, mib: u64) -> (u64, f64) {
-    let chunk = 4usize << 20;
+async fn direct_probe(path: &Path, mib: u64, chunk_mib: usize) -> (u64, f64) {
+    let chunk = chunk_mib << 20;
     let chunks = (mib << 20) as usize / chunk;
     let file = DmaFile::create(path).await.expect("create probe file");
     let start = Instant::now();

@@ -140,8 +140,8 @@ impl FileSystem for GlommioFileSystem {
 /// Direct-I/O backend: glommio DMA files (O_DIRECT) on io_uring. Writes skip
 /// the page cache (no copy into it, no writeback), so fdatasync only has to
 /// flush the device. Every write is [`DIRECT_IO_ALIGNMENT`]-aligned: the log
-/// pads each batch to a block boundary and never rewrites a block it has
-/// written, so a torn write can only damage the batch being written.
+/// pads each group commit to a block boundary and never rewrites a block it
+/// has written, so a torn write can only damage the commit being written.
 /// Not every file system supports O_DIRECT (tmpfs does not): see
 /// [`direct_io_supported`].
 #[derive(Debug, Default, Clone, Copy)]

@@ -3,10 +3,11 @@
 //!
 //! One writer task per log owns the file I/O. `append` encodes the record
 //! into the pending batch it will be written in and returns a future; the
-//! writer makes each batch durable with one write and one fdatasync, and
-//! under load writes batch N+1 while batch N's fdatasync runs (acknowledging
-//! strictly in LSN order). Appends that arrive meanwhile form the next
-//! batches. LSNs are tentative until a batch is durable, so a failed batch
+//! writer makes the queued batches durable with one write and one fdatasync
+//! per group commit (one batch, or several up to `commit_bytes_max`), and
+//! under load writes commit N+1 while commit N's fdatasync runs
+//! (acknowledging strictly in LSN order). Appends that arrive meanwhile form
+//! the next batches. LSNs are tentative until a batch is durable, so a failed batch
 //! (disk full, I/O error) leaves no hole: the batches behind it take over its
 //! LSNs, and the failed appends get a typed error.
 //!
@@ -451,8 +452,8 @@ impl Log {
     }
 
     /// Queues one record; the future resolves with its LSN once the batch
-    /// holding it is durable (one write + one fdatasync for the batch), or
-    /// with a typed error if that batch failed. The payload is copied now.
+    /// holding it is durable (one write + one fdatasync for its group
+    /// commit), or with a typed error if that commit failed. The payload is copied now.
     pub fn append(&self, kind: RecordKind, payload: &[u8]) -> AppendFuture {
         self.enqueue(kind, std::slice::from_ref(&payload))
     }
@@ -693,8 +694,8 @@ struct Syncing {
     sync: Pin<Box<dyn Future<Output = Result<()>>>>,
 }
 
-/// The writer task, forever (until the log is dropped). Local batches go
-/// through a two-stage pipeline: batch N+1 is written while batch N's
+/// The writer task, forever (until the log is dropped). Local group commits
+/// go through a two-stage pipeline: commit N+1 is written while commit N's
 /// fdatasync runs, so the disk is never idle between group commits under
 /// load; a lone append still costs exactly one write and one fdatasync.
 /// Imports, segment rolls and failures drain the pipeline first.

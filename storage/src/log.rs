@@ -1051,12 +1051,7 @@ async fn write_at_tail(
     let last = pieces.last_mut().expect("at least one batch");
     let pad = pad_to_alignment(last, pos + before_last as u64, inner.align);
     let len = before_last + last.len();
-    let write = if pieces.len() == 1 {
-        file.write_at(pieces.pop().expect("one piece"), pos)
-    } else {
-        file.write_all_at(pieces, pos)
-    };
-    let failure = match write.await {
+    let failure = match file.write_all_at(pieces, pos).await {
         Ok(n) if n == len => None,
         Ok(_) => Some(StorageError::io("write", &std::io::Error::from_raw_os_error(libc::ENOSPC))),
         Err(e) => Some(StorageError::io("write", &e)),

@@ -147,6 +147,8 @@ pub struct CoreMetrics {
     pub bytes_sent_total: AtomicU64,
     /// Socket writes; with packet merging this grows slower than frames.
     pub writes_total: AtomicU64,
+    /// The red-packet rain and its streams (rendered by `rain::metrics`).
+    pub rain: crate::rain::metrics::RainMetrics,
     frames_total: [[AtomicU64; OUTCOMES.len()]; TYPE_SLOTS],
     rejected_total: [AtomicU64; ErrorCode::ALL.len()],
     latency: [Histogram; TYPE_SLOTS],

@@ -10,7 +10,10 @@
 use crate::auth::{parse_secret_hex, TokenKeys};
 use crate::config::Config;
 use crate::metrics::{self, CoreMetrics, ProcessFigures};
-use crate::shard::handoff::HandoffQueues;
+use crate::rain::{CoreRecovery, RainShared};
+use crate::shard::mailbox::Mailboxes;
+use crate::shard::state::ShardState;
+use crate::shard::storage::CoreStorage;
 use crate::shard::{accept, Core, NodeShared, HOUSEKEEPING_TICK, SWEEP_EVERY_TICKS};
 use anyhow::{bail, Context};
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
@@ -148,6 +151,12 @@ fn dev_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(secret.to_vec())
 }
 
+/// Log settings of the rain's streams: the storage defaults (group commit up to 16 MiB,
+/// 4 MiB batches), with a pending bound that covers the open queue's.
+fn rain_log_config() -> redrain_storage::LogConfig {
+    redrain_storage::LogConfig::default()
+}
+
 /// Addresses the node actually listens on (ports resolved when 0 was asked).
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {
@@ -157,6 +166,8 @@ pub struct BoundAddrs {
 }
 
 struct CoreSetup {
+    /// This core's rain state (dispenser with recovered cursors, opened packets).
+    rain: Option<(CoreRecovery, crate::rain::dispenser::Dispenser)>,
     plain: std::net::TcpListener,
     tls: Option<std::net::TcpListener>,
     admin: Option<std::net::TcpListener>,
@@ -222,12 +233,18 @@ pub fn run(config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()
         admin: admin.local_addr()?,
     };
 
+    let rain = crate::rain::start(&config, cores)?;
+    let (rain_shared, mut rain_cores): (Option<Arc<RainShared>>, Vec<_>) = match rain {
+        Some(start) => (Some(start.shared), start.cores.into_iter().map(Some).collect()),
+        None => (None, (0..cores).map(|_| None).collect()),
+    };
     let node = Arc::new(NodeShared {
         cores,
         keys,
         tls,
         metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
-        handoffs: HandoffQueues::new(cores, config.handoff_queue_capacity),
+        mailboxes: Mailboxes::new(cores, config.handoff_queue_capacity),
+        rain: rain_shared,
         shutdown: Default::default(),
         started: Instant::now(),
         fd_limit: limits.fd_soft,
@@ -238,8 +255,9 @@ pub fn run(config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()
     let mut setups: Vec<CoreSetup> = Vec::with_capacity(cores);
     let mut tls_iter = tls_listeners.map(|v| v.into_iter());
     let mut admin = Some(admin);
-    for p in plain {
+    for (i, p) in plain.into_iter().enumerate() {
         setups.push(CoreSetup {
+            rain: rain_cores[i].take(),
             plain: p,
             tls: tls_iter.as_mut().and_then(|it| it.next()),
             admin: admin.take(),
@@ -346,6 +364,7 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
         "/metrics" => {
             let mut body = String::with_capacity(32 * 1024);
             let cores: Vec<&CoreMetrics> = node.metrics.iter().collect();
+            let rain: Vec<&crate::rain::metrics::RainMetrics> = node.metrics.iter().map(|m| &m.rain).collect();
             let figures = ProcessFigures {
                 resident_bytes: metrics::resident_bytes(),
                 open_fds: metrics::open_fds(),
@@ -354,6 +373,9 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
                 shutting_down: node.shutting_down(),
             };
             metrics::render_prometheus(&cores, figures, &mut body);
+            if node.rain.is_some() {
+                crate::rain::metrics::render(&rain, &mut body);
+            }
             AdminResponse { status: 200, content_type: "text/plain; version=0.0.4", body }
         }
         "/healthz" if node.shutting_down() => {
@@ -365,7 +387,23 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
 }
 
 async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow::Result<()> {
-    let core = Rc::new(Core::new(id, node.clone()));
+    let (state, files) = match (setup.rain, node.rain.clone()) {
+        (Some((recovery, dispenser)), Some(shared)) => {
+            let files = shared.event.files_by_core[id].iter().map(|f| f.path.clone()).collect();
+            let mut state = ShardState::new(id, node.cores, Some(shared), Some(dispenser));
+            for packet in recovery.opened {
+                state.recover_open(packet);
+            }
+            (state, files)
+        }
+        _ => (ShardState::new(id, node.cores, None, None), Vec::new()),
+    };
+    let core = Rc::new(Core::new(id, node.clone(), state));
+    if node.rain.is_some() {
+        let storage = CoreStorage::open(&core, &node.config.data_dir, rain_log_config(), files).await?;
+        let _ = core.storage.set(storage);
+        core.housekeeping(false);
+    }
     core.spawn_handoff_receivers(setup.receivers);
     core.connect_doorbells(setup.senders).await;
     let mut accept_tasks =
@@ -381,9 +419,11 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     while !node.shutting_down() {
         glommio::timer::sleep(HOUSEKEEPING_TICK).await;
         tick = tick.wrapping_add(1);
-        if tick.is_multiple_of(SWEEP_EVERY_TICKS) {
+        let every_second = tick.is_multiple_of(SWEEP_EVERY_TICKS);
+        if every_second {
             core.sweep_idle();
         }
+        core.housekeeping(every_second);
     }
 
     // Drain: stop accepting (dropping a task cancels it and closes its
@@ -397,6 +437,14 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     }
     if core.connections() > 0 {
         log::warn!("core {id}: {} connections still open after the drain deadline", core.connections());
+    }
+    // Exact cursors, so the next start skips nothing; wait (bounded) for them to be durable.
+    core.housekeeping(true);
+    if let Some(storage) = core.storage.get() {
+        let deadline = Instant::now() + Duration::from_millis(1_000);
+        while storage.cursors.pending_appends() + storage.opens.pending_appends() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
     }
     // Keep the admin endpoint up (reporting draining) until every core is done.
     drop(admin_task);

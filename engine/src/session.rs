@@ -9,6 +9,7 @@
 
 use crate::auth::{TokenClaims, TokenError, TokenKeys};
 use crate::metrics::{CoreMetrics, Outcome, PassKinds};
+use crate::shard::state::RainRequest;
 use redrain_net::frame::{FrameDecoder, FrameError, FrameRef};
 use redrain_net::message::{Request, Response};
 use redrain_net::{ErrorCode, MessageType, PROTOCOL_VERSION};
@@ -45,6 +46,9 @@ pub enum Step {
     /// Close the connection after flushing the output (the reason frame, if any,
     /// is already in the output).
     Close(ErrorCode),
+    /// A rain request of the logged-in user: the driver hands it to the core's state
+    /// machine (its answer goes into the output in request order), then processes on.
+    Rain { user_id: u64, request_id: u32, request: RainRequest },
 }
 
 /// Time and keys for one pass.
@@ -191,6 +195,14 @@ impl Session {
                 env.count(kind, Outcome::Ok);
                 return Step::Close(ErrorCode::LoggedOut);
             }
+            // Counted by the state machine, which knows the outcome.
+            (Phase::Active { user_id, .. }, Request::Shake) => {
+                env.pass.note(kind);
+                return Step::Rain { user_id, request_id: rid, request: RainRequest::Shake };
+            }
+            (Phase::Active { user_id, .. }, Request::Open { sealed }) => {
+                return Step::Rain { user_id, request_id: rid, request: RainRequest::Open(*sealed) };
+            }
             (Phase::Active { .. }, Request::Reserved { .. }) => {
                 Err((ErrorCode::NotServed, "message type reserved but not served by this node"))
             }
@@ -305,7 +317,7 @@ mod tests {
         Request::Login { token: &expired }.encode(3, &mut input);
         let forged = token(&other, 2_000);
         Request::Login { token: &forged }.encode(4, &mut input);
-        Request::Reserved { kind: MessageType::Shake, body: b"" }.encode(5, &mut input);
+        Request::Shake.encode(5, &mut input);
         redrain_net::frame::encode_frame(&mut input, 0x7e, 6, |_| {});
         Request::Hello { version_min: 1, version_max: 1 }.encode(7, &mut input);
         let mut out = Vec::new();
@@ -343,7 +355,7 @@ mod tests {
         let keys = TokenKeys::new(SECRET, None).unwrap();
         let metrics = CoreMetrics::default();
         let mut input = Vec::new();
-        Request::Reserved { kind: MessageType::Open, body: b"abc" }.encode(1, &mut input);
+        Request::Reserved { kind: MessageType::Send, body: b"abc" }.encode(1, &mut input);
         Request::Logout.encode(2, &mut input);
         Request::Ping { payload: b"" }.encode(3, &mut input);
         let mut out = Vec::new();

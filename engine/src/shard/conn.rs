@@ -8,6 +8,9 @@
 //! TLS state are handed to the home core; a close flushes the reason first.
 
 use super::handoff::{home_core, Handoff};
+use super::mailbox::Mail;
+use super::output::ConnOutput;
+use super::state::{Caller, ConnAnswers, Handled, RainRequest};
 use super::{ConnCtl, Core};
 use crate::auth::TokenClaims;
 use crate::metrics::{CloseReason, Outcome, PassKinds};
@@ -34,6 +37,8 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
 enum ReadEvent {
     Data,
+    /// Deferred answers arrived (no new input).
+    Answers,
     Eof,
     Kicked(ErrorCode),
     Failed(CloseReason),
@@ -53,8 +58,10 @@ struct Conn {
     session: Session,
     /// Plaintext received but not yet processed (a partial frame, usually empty).
     inbound: Vec<u8>,
-    /// Plaintext responses of the current pass.
+    /// Plaintext responses of the current pass (ready to leave).
     out: Vec<u8>,
+    /// Answers held behind a deferred one (request order).
+    held: ConnOutput,
     /// TLS records waiting to be written.
     wire: Vec<u8>,
     pass: PassKinds,
@@ -142,6 +149,7 @@ async fn run(
         session,
         inbound,
         out: Vec::new(),
+        held: ConnOutput::default(),
         wire: Vec::new(),
         pass: PassKinds::default(),
         tls_handshake_counted: false,
@@ -174,7 +182,14 @@ impl Conn {
         }
         loop {
             match self.read().await {
-                ReadEvent::Data => {}
+                ReadEvent::Data => self.take_answers(),
+                ReadEvent::Answers => {
+                    self.take_answers();
+                    if self.flush(Instant::now()).await.is_err() {
+                        return Some(CloseReason::Io);
+                    }
+                    continue;
+                }
                 ReadEvent::Eof => return Some(CloseReason::PeerClosed),
                 ReadEvent::Failed(reason) => return Some(reason),
                 ReadEvent::Kicked(code) => {
@@ -234,6 +249,13 @@ impl Conn {
         None
     }
 
+    /// Moves deferred answers that arrived into the output, in request order.
+    fn take_answers(&mut self) {
+        for (slot, frame) in self.ctl.take_completions() {
+            self.held.complete(slot, frame, &mut self.out);
+        }
+    }
+
     /// Runs the session state machine over buffered plaintext (no I/O).
     fn process(&mut self) -> PassEnd {
         // One clock read per pass, shared by every frame in it.
@@ -248,7 +270,7 @@ impl Conn {
                 metrics: &node.metrics[self.core.id],
                 pass: &self.pass,
             };
-            let (used, step) = self.session.process(&self.inbound, &env, &mut self.out);
+            let (used, step) = self.session.process(&self.inbound, &env, self.held.tail(&mut self.out));
             self.inbound.drain(..used);
             match step {
                 Step::NeedMore => {
@@ -258,6 +280,24 @@ impl Conn {
                     return PassEnd::Continue;
                 }
                 Step::Close(_) => return PassEnd::Close(CloseReason::Error),
+                Step::Rain { user_id, request_id, request } => {
+                    let core = &self.core;
+                    let handled = core.state.borrow_mut().on_request(
+                        Caller { conn: self.ctl.id.get(), user: user_id, request_id },
+                        &request,
+                        node.clock(),
+                        &mut ConnAnswers { held: &mut self.held, ready: &mut self.out },
+                        core.metrics(),
+                    );
+                    match handled {
+                        Handled::Now if matches!(request, RainRequest::Open(_)) => {
+                            self.pass.note(Some(MessageType::Open))
+                        }
+                        Handled::Now => {}
+                        // An open waiting for storage: not part of this pass's latency.
+                        Handled::Later { .. } => core.dispatch(),
+                    }
+                }
                 Step::Login { claims, request_id } => {
                     let home = home_core(claims.user_id, node.cores);
                     if home != self.core.id {
@@ -300,24 +340,26 @@ impl Conn {
         let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
             .try_clone_to_owned()
             .map_err(|_| Some(CloseReason::Io))?;
-        let h = Handoff {
+        let h = Box::new(Handoff {
             fd,
             tls: self.tls.take(),
             claims,
             login_request_id: request_id,
             inbound: std::mem::take(&mut self.inbound),
             received_at,
-        };
+        });
         let metrics = self.core.metrics();
-        match self.core.node.handoffs.queue(self.core.id, home).push(h) {
+        match self.core.node.mailboxes.queue(self.core.id, home).push(Mail::Handoff(h)) {
             Ok(()) => {
                 self.core.ring(home);
                 metrics.handoffs_sent_total.fetch_add(1, Relaxed);
                 Ok(())
             }
-            Err(h) => {
-                self.tls = h.tls;
-                self.inbound = h.inbound;
+            Err(mail) => {
+                if let Mail::Handoff(h) = mail {
+                    self.tls = h.tls;
+                    self.inbound = h.inbound;
+                }
                 metrics.handoff_queue_full_total.fetch_add(1, Relaxed);
                 metrics.frame(Some(MessageType::Login), Outcome::System);
                 metrics.rejected(ErrorCode::Busy);
@@ -337,6 +379,9 @@ impl Conn {
                 return Poll::Ready(ReadEvent::Kicked(code));
             }
             ctl.park(cx.waker());
+            if ctl.has_completions() {
+                return Poll::Ready(ReadEvent::Answers);
+            }
             let mut scratch = core.scratch.borrow_mut();
             match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Pending => Poll::Pending,

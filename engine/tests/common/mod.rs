@@ -38,6 +38,8 @@ impl Node {
             .arg(dir.path().join("data"))
             .args(extra)
             .env("RUST_LOG", "info")
+            // Session tests need no event; rain tests turn it on or pass --tickets.
+            .env("REDRAIN_DEMO_EVENT", "false")
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

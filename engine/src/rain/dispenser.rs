@@ -13,10 +13,14 @@
 //!   tickets left divided by the time left (spreading the slot's tickets over the slot),
 //!   capped by this core's share of the node's issuance quota per second. A shake wins when
 //!   a token and a ticket are there.
-//! - **Imbalance.** When this core's files for the slot run dry while the slot goes on, it
-//!   asks the other cores for tickets; a core with plenty gives a batch from its reserved
-//!   range (its cursor moves past them, so they can never be issued twice), and they are
-//!   issued here. Moved tickets not issued before a crash are given up, never reissued.
+//! - **Imbalance.** Users are spread over cores by hash, but demand is not: a core whose
+//!   shakers outrun its pace (shakes lost to pacing) or whose files ran dry asks the other
+//!   cores for tickets; a core whose bucket overflowed within the last second (fewer
+//!   shakes than tickets to release) gives a batch from its reserved range (its cursor
+//!   moves past them, so they can never be issued twice), and they are issued there,
+//!   raising that core's pace. Without this, a quiet core would end its slot with tickets
+//!   left (undersold) while a busy one turns shakers away. Moved tickets not issued before
+//!   a crash are given up, never reissued.
 //!
 //! Sans-IO: the caller passes the clock and carries out [`DispenserIo`].
 
@@ -132,6 +136,10 @@ pub struct Dispenser {
     tokens: f64,
     tokens_at_ms: u64,
     last_move_request_ms: u64,
+    /// Shakes lost to pacing since the last move request check.
+    paced_since_check: u64,
+    /// When the bucket last overflowed (tokens wasted: fewer shakes than tickets to release).
+    overflowed_at_ms: Option<u64>,
     stats: DispenserStats,
 }
 
@@ -168,6 +176,8 @@ impl Dispenser {
             tokens: 0.0,
             tokens_at_ms: 0,
             last_move_request_ms: 0,
+            paced_since_check: 0,
+            overflowed_at_ms: None,
             stats,
         }
     }
@@ -205,13 +215,18 @@ impl Dispenser {
         let remaining = self.remaining_in_slot(slot) as f64;
         let per_ms = (remaining / left_ms.max(1) as f64).min(self.config.quota_per_sec / 1000.0);
         let capacity = (per_ms * self.config.burst_ms as f64).max(1.0);
-        self.tokens = (self.tokens + per_ms * elapsed_ms as f64).min(capacity);
+        let filled = self.tokens + per_ms * elapsed_ms as f64;
+        if filled > capacity && remaining > 0.0 {
+            self.overflowed_at_ms = Some(now_ms);
+        }
+        self.tokens = filled.min(capacity);
     }
 
     /// Decides one shake: a ticket when the bucket and the slot allow.
     pub fn draw(&mut self, opener: &crate::tickets::keyring::TicketOpener) -> Result<Drawn, NoWin> {
         let Some(slot) = self.slot else { return Err(NoWin::NoSlot) };
         if self.tokens < 1.0 {
+            self.paced_since_check += 1;
             return Err(NoWin::Paced);
         }
         // Moved-in tickets first: they are lost on a crash, so issue them early.
@@ -346,23 +361,24 @@ impl Dispenser {
         }
     }
 
-    /// Whether to ask the other cores for tickets now (this core ran dry mid-slot).
+    /// Whether to ask the other cores for tickets now: this core's shakers outran its pace,
+    /// or its files ran dry, with a second or more of the slot left.
     pub fn wants_tickets(&mut self, now_ms: u64, slot_left_ms: u64) -> Option<u16> {
         let slot = self.slot?;
-        if slot_left_ms < 1_000 || self.remaining_in_slot(slot) > 0 {
+        let hungry = self.paced_since_check > 0 || self.remaining_in_slot(slot) == 0;
+        if slot_left_ms < 1_000 || !hungry || now_ms.saturating_sub(self.last_move_request_ms) < 200 {
             return None;
         }
-        if now_ms.saturating_sub(self.last_move_request_ms) < 200 {
-            return None;
-        }
+        self.paced_since_check = 0;
         self.last_move_request_ms = now_ms;
         self.stats.move_requests_total += 1;
         Some(slot)
     }
 
-    /// Another core ran dry: give it a batch when this core has plenty left.
-    pub fn give(&mut self, slot: u16) -> Option<MovedTickets> {
-        if self.slot != Some(slot) {
+    /// Another core is short: give it a batch when this core has plenty left and its own
+    /// shakers did not use its pace within the last second.
+    pub fn give(&mut self, slot: u16, now_ms: u64) -> Option<MovedTickets> {
+        if self.slot != Some(slot) || self.overflowed_at_ms.is_none_or(|at| now_ms.saturating_sub(at) > 1_000) {
             return None;
         }
         let batch = self.config.move_batch.max(1);

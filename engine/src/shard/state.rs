@@ -447,7 +447,7 @@ impl ShardState {
         d.advance(rain.event.slot_at(clock.unix_ms), clock.unix_ms);
         match mail {
             RainMail::TicketsWanted { slot, from } => {
-                if let Some(moved) = d.give(slot) {
+                if let Some(moved) = d.give(slot, clock.unix_ms) {
                     self.outputs.push(Output::Send { core: from, mail: RainMail::Tickets(moved) });
                 }
             }

@@ -153,7 +153,7 @@ async fn run(args: Args, rain: Arc<RainShared>) -> anyhow::Result<()> {
     let mut user = 0u64;
     while sealed.len() < args.opens {
         user += 1;
-        if user % 20 == 0 {
+        if user.is_multiple_of(20) {
             now += 1;
             state.on_tick(Clock { mono_ms: now, unix_ms: now }, false);
         }
@@ -202,7 +202,7 @@ async fn run(args: Args, rain: Arc<RainShared>) -> anyhow::Result<()> {
     let cpu_start = thread_cpu();
     let started = Instant::now();
     let clock = Clock { mono_ms: now + 1, unix_ms: now + 1 };
-    let interval_ns = if args.rate > 0 { 1_000_000_000 / args.rate } else { 0 };
+    let interval_ns = 1_000_000_000u64.checked_div(args.rate).unwrap_or(0);
     while answered + failed < sealed.len() {
         // Issue opens up to the bound (and, open loop, up to the schedule).
         let due = if interval_ns > 0 {

@@ -205,10 +205,9 @@ async fn run(args: Args, rain: Arc<RainShared>) -> anyhow::Result<()> {
     let interval_ns = 1_000_000_000u64.checked_div(args.rate).unwrap_or(0);
     while answered + failed < sealed.len() {
         // Issue opens up to the bound (and, open loop, up to the schedule).
-        let due = if interval_ns > 0 {
-            ((started.elapsed().as_nanos() as u64 / interval_ns) as usize + 1).min(sealed.len())
-        } else {
-            sealed.len()
+        let due = match (started.elapsed().as_nanos() as u64).checked_div(interval_ns) {
+            Some(intervals) => (intervals as usize + 1).min(sealed.len()),
+            None => sealed.len(),
         };
         while next < due && issued_at.len() < args.in_flight {
             let (user, s) = sealed[next];

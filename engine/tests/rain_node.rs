@@ -202,6 +202,41 @@ fn now_s() -> u32 {
 }
 
 #[test]
+fn rain_metrics_of_every_core_are_a_valid_exposition() {
+    let node = start_rain(tempfile::tempdir().unwrap(), &[]);
+    let mut c = node.login(3, 1);
+    let sealed = win(&mut c);
+    open(&mut c, &sealed).unwrap();
+    node.wait_metric("redrain_stream_records_total", &["stream=\"opens\""], 1.0);
+    let m = node.metrics();
+    for family in ["redrain_rain_shakes_won_total", "redrain_rain_opened_packets", "redrain_stream_durable_lsn"] {
+        for core in ["0", "1"] {
+            assert!(m.contains(&format!("{family}{{core=\"{core}\"")), "{family} of core {core} missing");
+        }
+    }
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(_) if std::env::var_os("CI").is_none() => return,
+        Err(e) => panic!("promtool must be installed in CI: {e}"),
+    };
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn every_bad_ticket_kind_gets_its_own_code_and_nothing_is_recorded() {
     let node = start_rain(tempfile::tempdir().unwrap(), &[]);
     let mut alice = node.login(7, 1);

@@ -362,6 +362,14 @@ impl Conn {
 
     /// Writes everything produced in this pass in one socket write.
     async fn flush(&mut self, received_at: Instant) -> std::io::Result<()> {
+        self.write_out(received_at, false).await
+    }
+
+    /// Writes the pending output; with `close_notify` (TLS) the alert goes into
+    /// the session only after every plaintext byte, so the records that carry
+    /// the last frames leave before it (a TLS client discards data that
+    /// follows a close_notify).
+    async fn write_out(&mut self, received_at: Instant, close_notify: bool) -> std::io::Result<()> {
         let plain_bytes = self.out.len();
         if let Some(tls) = self.tls.as_mut() {
             if !self.tls_handshake_counted && !tls.is_handshaking() {
@@ -369,9 +377,14 @@ impl Conn {
                 self.core.metrics().tls_handshakes_total.fetch_add(1, Relaxed);
             }
             let mut written = 0;
+            let mut notified = !close_notify;
             loop {
                 if written < self.out.len() {
                     written += tls.writer().write(&self.out[written..])?;
+                }
+                if written >= self.out.len() && !notified {
+                    tls.send_close_notify();
+                    notified = true;
                 }
                 while tls.wants_write() {
                     tls.write_tls(&mut self.wire)?;
@@ -381,7 +394,7 @@ impl Conn {
                     self.core.metrics().writes_total.fetch_add(1, Relaxed);
                     self.wire.clear();
                 }
-                if written >= self.out.len() {
+                if written >= self.out.len() && notified {
                     break;
                 }
             }
@@ -411,11 +424,8 @@ impl Conn {
             Some(reason) => {
                 self.core.metrics().closed(reason);
                 if matches!(reason, CloseReason::Error | CloseReason::Tls) {
-                    if let Some(tls) = self.tls.as_mut() {
-                        tls.send_close_notify();
-                    }
                     let _ = self.stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
-                    linger = self.flush(Instant::now()).await.is_ok() && reason == CloseReason::Error;
+                    linger = self.write_out(Instant::now(), true).await.is_ok() && reason == CloseReason::Error;
                 }
             }
         }

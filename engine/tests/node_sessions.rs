@@ -229,6 +229,55 @@ fn truncated_frames_are_held_until_complete_and_dropped_on_close() {
 }
 
 #[test]
+fn after_a_client_half_close_the_node_answers_every_frame_received_before_it_then_closes() {
+    let node = Node::start(&["--cores", "2"]);
+    let mut c = BlockingClient::from_stream(TcpStream::connect(node.client).unwrap());
+    c.stream().set_read_timeout(Some(TIMEOUT)).unwrap();
+    // User 3's home core may be the other one: the answers must survive the hand-off too.
+    let token = node.token(3, 0);
+    let mut raw = Vec::new();
+    Request::Hello { version_min: 1, version_max: 1 }.encode(1, &mut raw);
+    Request::Ping { payload: b"a" }.encode(2, &mut raw);
+    Request::Login { token: &token }.encode(3, &mut raw);
+    Request::Ping { payload: b"b" }.encode(4, &mut raw);
+    // A partial frame right before the EOF is discarded.
+    let mut partial = Vec::new();
+    Request::Ping { payload: b"c" }.encode(5, &mut partial);
+    raw.extend_from_slice(&partial[..7]);
+    c.send_raw(&raw).unwrap();
+    c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    let got: Vec<_> = read_until_closed(&mut c).iter().map(|f| (f.request_id, f.kind)).collect();
+    assert_eq!(got, vec![(1, 0x81), (2, 0x83), (3, 0x82), (4, 0x83)]);
+    node.wait_metric("redrain_connections_closed_total", &["reason=\"peer_closed\""], 1.0);
+}
+
+#[test]
+fn the_development_auth_secret_file_is_64_hex_characters_and_a_newline() {
+    let node = Node::start(&["--cores", "1"]);
+    let text = std::fs::read_to_string(node.dir.path().join("data/auth.secret")).unwrap();
+    assert_eq!(text.len(), 65, "{text:?}");
+    assert!(text.ends_with('\n'));
+    assert!(text[..64].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{text:?}");
+    // The MAC key is the decoded bytes: a token minted with them logs in.
+    let keys = redrain_engine::auth::TokenKeys::new(&hex::decode(&text[..64]).unwrap(), None).unwrap();
+    let claims = redrain_engine::auth::TokenClaims {
+        user_id: 77,
+        device_id: 1,
+        expires_at_unix_s: redrain_engine::auth::now_unix_s() + 60,
+    };
+    node.connect().login(&keys.mint(claims)).unwrap();
+    // An operator's own secret in the same format is used after a restart.
+    drop(node);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let secret = [0x5au8; 32];
+    std::fs::write(dir.path().join("data/auth.secret"), format!("{}\n", hex::encode(secret))).unwrap();
+    let node = Node::start_in(dir, &["--cores", "1"]);
+    let keys = redrain_engine::auth::TokenKeys::new(&secret, None).unwrap();
+    node.connect().login(&keys.mint(claims)).unwrap();
+}
+
+#[test]
 fn silent_clients_are_closed_by_login_and_idle_timeouts() {
     let node = Node::start(&[
         "--cores",

@@ -617,7 +617,7 @@ fn flush_chunk(
         seal_record_into(record, ciphertext, key.entry.key_id, first_index + offset as u32, crc_seed);
     }
     output.write_all(&buffers.records).map_err(io_error(path))?;
-    *file_crc = crc32c::crc32c_append(*file_crc, &buffers.records);
+    *file_crc = redrain_storage::crc::crc32c_append(*file_crc, &buffers.records);
     buffers.blocks.clear();
     Ok(())
 }

@@ -356,7 +356,7 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
         }
     };
     let result = super::shard::for_each_chunk(&path, VERIFY_CHUNK_RECORDS, |first_index, bytes| {
-        file_crc = crc32c::crc32c_append(file_crc, bytes);
+        file_crc = redrain_storage::crc::crc32c_append(file_crc, bytes);
         trailing_bytes = bytes.len() % RECORD_BYTES;
         for (offset_in_chunk, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
             let index = first_index + offset_in_chunk as u64;

@@ -235,7 +235,7 @@ impl Conn {
     /// Runs the session state machine over buffered plaintext (no I/O).
     fn process(&mut self) -> PassEnd {
         // One clock read per pass, shared by every frame in it.
-        let now_unix_ms = unix_ms();
+        let now_unix_ms = redrain_net::time::now_unix_ms();
         loop {
             let node = &self.core.node;
             let env = Env {
@@ -523,8 +523,4 @@ fn closing_text(code: ErrorCode) -> &'static str {
         ErrorCode::ShuttingDown => "node shutting down; reconnect",
         _ => "closing",
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -7,7 +7,8 @@
 //! - [`token`]: login tokens (mint and verify) and [`time`]: the Unix clock they use.
 //! - [`tls`]: rustls configuration from PEM files.
 //! - [`listener`]: per-core `SO_REUSEPORT` listeners.
-//! - [`admin`]: a minimal HTTP/1.1 endpoint for `/metrics` and `/healthz`.
+//! - [`admin`]: a minimal HTTP/1.1 endpoint for `/metrics` and `/healthz`;
+//!   [`prometheus`] reads the text it serves (load generator, tests).
 //!
 //! The codec never performs I/O and never allocates on decode; every length read
 //! from the wire is checked against a configured bound before it is trusted.
@@ -18,6 +19,7 @@ pub mod code;
 pub mod frame;
 pub mod listener;
 pub mod message;
+pub mod prometheus;
 pub mod time;
 pub mod tls;
 pub mod token;

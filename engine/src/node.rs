@@ -236,7 +236,7 @@ pub fn run(config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()
     }
 
     spawn_signal_thread(node.clone())?;
-    let profiler = profile.map(|p| spawn_profiler(p, node.clone()));
+    let profiler = profile.map(|p| spawn_profiler(p, node.clone())).transpose()?;
 
     let mut handles = Vec::with_capacity(cores);
     for (id, setup) in setups.into_iter().enumerate() {
@@ -289,8 +289,19 @@ fn spawn_signal_thread(node: Arc<NodeShared>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+/// A build without the `profiling` feature has no profiler: asking for one is
+/// an error at start-up, not a silent no-op.
+#[cfg(not(feature = "profiling"))]
+fn spawn_profiler(p: ProfileRequest, _node: Arc<NodeShared>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    bail!(
+        "--profile {}: this redrain was built without the `profiling` feature (rebuild with default features)",
+        p.svg_path.display()
+    )
+}
+
+#[cfg(feature = "profiling")]
+fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    Ok(std::thread::spawn(move || {
         let wait = |d: Duration| {
             let until = Instant::now() + d;
             while Instant::now() < until && !node.shutting_down() {
@@ -316,7 +327,7 @@ fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> std::thread::Join
             Ok(()) => log::info!("flamegraph written to {}", p.svg_path.display()),
             Err(e) => log::warn!("flamegraph failed: {e}"),
         }
-    })
+    }))
 }
 
 fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {

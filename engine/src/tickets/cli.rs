@@ -381,8 +381,11 @@ fn run_dump(args: DumpArgs) -> anyhow::Result<i32> {
         return Ok(EXIT_REFUSED);
     };
     let opener = keyring.opener();
-    let mut reader =
-        super::shard::ShardReader::open_at(&args.dir.join(&file.name), file.tag(), args.from.min(file.records))?;
+    let mut reader = super::file_reader::TicketFileReader::open_at(
+        &args.dir.join(&file.name),
+        file.tag(),
+        args.from.min(file.records),
+    )?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for _ in 0..args.count {

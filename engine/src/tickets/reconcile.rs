@@ -316,7 +316,7 @@ pub fn reconcile(
                     };
                     let path = dir.join(&file.name);
                     let crc_seed = file.tag().crc_seed();
-                    let result = super::shard::for_each_chunk(&path, 32_768, |first_index, bytes| {
+                    let result = super::file_reader::for_each_chunk(&path, 32_768, |first_index, bytes| {
                         for (offset, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
                             let record: &[u8; RECORD_BYTES] = chunk.try_into().expect("whole records");
                             match opener.open_record(record, first_index + offset as u64, crc_seed) {

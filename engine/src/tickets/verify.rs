@@ -355,7 +355,7 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
             shared.key_coverage_fen[usize::from(key_id)].fetch_add(coverage, Ordering::Relaxed);
         }
     };
-    let result = super::shard::for_each_chunk(&path, VERIFY_CHUNK_RECORDS, |first_index, bytes| {
+    let result = super::file_reader::for_each_chunk(&path, VERIFY_CHUNK_RECORDS, |first_index, bytes| {
         file_crc = redrain_storage::crc::crc32c_append(file_crc, bytes);
         trailing_bytes = bytes.len() % RECORD_BYTES;
         for (offset_in_chunk, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate() {

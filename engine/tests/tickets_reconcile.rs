@@ -51,9 +51,9 @@ fn reconcile_sorts_opens_into_credit_and_refusals() {
     // Take tickets from one file: some above the instant threshold, some below.
     let file = &manifest.files[0];
     let mut reader = TicketFileReader::open(&generated.dir.join(&file.name), file.tag()).unwrap();
-    let opener = keyring.opener();
+    let decryptor = keyring.decryptor();
     let (mut large, mut small) = (Vec::new(), Vec::new());
-    while let Some(issued) = reader.next_ticket(&opener).unwrap() {
+    while let Some(issued) = reader.next_ticket(&decryptor).unwrap() {
         let ticket = issued.ticket.unwrap();
         if ticket.amount_fen >= threshold && large.len() < 5 {
             large.push(ticket);
@@ -117,11 +117,11 @@ fn clean_opens_reconcile_ok_and_blacklisted_keys_are_refused() {
     let manifest = &generated.report.manifest;
     let file = &manifest.files[3];
     let mut reader = TicketFileReader::open(&generated.dir.join(&file.name), file.tag()).unwrap();
-    let opener = keyring.opener();
+    let decryptor = keyring.decryptor();
     let mut opened = String::new();
     let mut tickets = Vec::new();
     for user in 0..30 {
-        let ticket = reader.next_ticket(&opener).unwrap().unwrap().ticket.unwrap();
+        let ticket = reader.next_ticket(&decryptor).unwrap().unwrap().ticket.unwrap();
         tickets.push(ticket);
         writeln!(opened, "{}", serde_json::to_string(&line(&ticket, user)).unwrap()).unwrap();
     }

@@ -5,18 +5,18 @@
 //! the persisted issuance cursor. Records are read sequentially through a bounded buffer
 //! ([`READ_BUFFER_RECORDS`] records, refilled with one read), so each ticket costs O(1) and
 //! no syscall in the common case. Decryption and all checks go through a
-//! [`TicketOpener`], which applies the keyring's whitelist and
+//! [`TicketDecryptor`], which applies the keyring's whitelist and
 //! blacklist.
 //!
 //! ```no_run
 //! use redrain_engine::tickets::{format::FileTag, keyring::Keyring, file_reader::TicketFileReader};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let keyring = Keyring::load("event.keyring.json".as_ref())?;
-//! let opener = keyring.opener();
+//! let decryptor = keyring.decryptor();
 //! let tag = FileTag { node: 0, core: 1, slot: 2 };
 //! let cursor = 1_000; // the persisted issuance cursor of this core and slot
 //! let mut reader = TicketFileReader::open_at(format!("tickets/{}", tag.file_name()).as_ref(), tag, cursor)?;
-//! while let Some(issued) = reader.next_ticket(&opener)? {
+//! while let Some(issued) = reader.next_ticket(&decryptor)? {
 //!     match issued.ticket {
 //!         Ok(ticket) => println!("issue packet {} ({} fen)", ticket.packet_id, ticket.amount_fen),
 //!         Err(refused) => eprintln!("skip record {}: {refused}", issued.index),
@@ -30,7 +30,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::format::{FileTag, Ticket, TicketError, RECORD_BYTES};
-use super::keyring::TicketOpener;
+use super::keyring::TicketDecryptor;
 
 /// Records read per refill (about 106 KB).
 pub const READ_BUFFER_RECORDS: usize = 4096;
@@ -183,17 +183,22 @@ impl TicketFileReader {
         Ok(Some((index, record)))
     }
 
-    /// The next record, checked and decrypted with `opener`, advancing the cursor; `None` at
+    /// The next record, checked and decrypted with `decryptor`, advancing the cursor; `None` at
     /// the end. A refused record still advances the cursor: it is never handed out.
-    pub fn next_ticket(&mut self, opener: &TicketOpener) -> Result<Option<IssuedRecord>, TicketFileError> {
-        Ok(self
-            .next_record()?
-            .map(|(index, record)| IssuedRecord { index, ticket: opener.open_record(&record, index, self.crc_seed) }))
+    pub fn next_ticket(&mut self, decryptor: &TicketDecryptor) -> Result<Option<IssuedRecord>, TicketFileError> {
+        Ok(self.next_record()?.map(|(index, record)| IssuedRecord {
+            index,
+            ticket: decryptor.decrypt_record(&record, index, self.crc_seed),
+        }))
     }
 
     /// The record at `index`, checked and decrypted, without moving the cursor (one positioned
     /// read; for audits and tests, not the hot path).
-    pub fn ticket_at(&self, index: u64, opener: &TicketOpener) -> Result<Result<Ticket, TicketError>, TicketFileError> {
+    pub fn ticket_at(
+        &self,
+        index: u64,
+        decryptor: &TicketDecryptor,
+    ) -> Result<Result<Ticket, TicketError>, TicketFileError> {
         if index >= self.records {
             return Err(TicketFileError::CursorOutOfRange {
                 path: self.path.clone(),
@@ -204,7 +209,7 @@ impl TicketFileReader {
         let mut record = [0u8; RECORD_BYTES];
         read_exact_at(&self.file, &mut record, index * RECORD_BYTES as u64)
             .map_err(|source| TicketFileError::Io { path: self.path.clone(), source })?;
-        Ok(opener.open_record(&record, index, self.crc_seed))
+        Ok(decryptor.decrypt_record(&record, index, self.crc_seed))
     }
 
     fn refill(&mut self) -> Result<(), TicketFileError> {

@@ -7,7 +7,7 @@
 //! - [`plan`]: the exact cut of a budget into batches, files and key ids for `nodes x cores`;
 //! - [`split`]: O(n) streaming random amounts that sum exactly to a budget;
 //! - [`format`](mod@format): the 16-byte encrypted ticket and the 26-byte record;
-//! - [`keyring`]: ticket keys, whitelist/blacklist, and the [`keyring::TicketOpener`];
+//! - [`keyring`]: ticket keys, whitelist/blacklist, and the [`keyring::TicketDecryptor`];
 //! - [`generate`]: multi-threaded generation of ticket files, manifest and keyring;
 //! - [`manifest`]: the JSON description of a generated directory;
 //! - [`placement`]: parks and backup peers of each node's files;

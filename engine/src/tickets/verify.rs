@@ -141,7 +141,7 @@ struct FileTotals {
 struct Shared<'a> {
     dir: &'a Path,
     manifest: &'a Manifest,
-    opener: super::keyring::TicketOpener,
+    decryptor: super::keyring::TicketDecryptor,
     /// Packet ids `0..packet_ids_checked` have a bit in `seen_packets`.
     packet_ids_checked: u64,
     seen_packets: Vec<AtomicU64>,
@@ -170,7 +170,7 @@ pub fn verify(
     let shared = Shared {
         dir,
         manifest: &manifest,
-        opener: keyring.opener(),
+        decryptor: keyring.decryptor(),
         packet_ids_checked,
         seen_packets: (0..packet_ids_checked.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
         key_packets: (0..KEY_IDS_MAX).map(|_| AtomicU64::new(0)).collect(),
@@ -363,7 +363,7 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
             let offset = index * RECORD_BYTES as u64;
             totals.records += 1;
             let record: &[u8; RECORD_BYTES] = chunk.try_into().expect("chunks_exact gives whole records");
-            let ticket = match shared.opener.open_record(record, index, crc_seed) {
+            let ticket = match shared.decryptor.decrypt_record(record, index, crc_seed) {
                 Ok(ticket) => ticket,
                 Err(error) => {
                     problems.add(Some(name), Some(offset), ticket_error_kind(&error), error.to_string());

@@ -209,4 +209,18 @@ mod tests {
         let c: Config = toml::from_str("idle_timeout_ms = 10\nheartbeat_interval_ms = 20").unwrap();
         assert!(c.validate().is_err());
     }
+
+    #[test]
+    fn frame_bytes_max_is_accepted_within_1024_to_16777216_as_the_protocol_says() {
+        let validate = |v: u32| Config { frame_bytes_max: v, ..Config::default() }.validate();
+        for refused in [0, 512, 1023, 16_777_217, u32::MAX] {
+            assert!(
+                matches!(validate(refused), Err(ConfigError::Invalid { field: "frame_bytes_max", .. })),
+                "{refused} must be refused"
+            );
+        }
+        for accepted in [1024, 65_536, 16_777_216] {
+            validate(accepted).unwrap();
+        }
+    }
 }

@@ -124,8 +124,10 @@ pub enum CloseReason {
     Io = 2,
     Tls = 3,
     HandedOff = 4,
+    /// The client did not take the pending output within the write timeout.
+    WriteTimeout = 5,
 }
-const CLOSE_REASONS: [&str; 5] = ["peer_closed", "error_frame", "io_error", "tls_error", "handed_off"];
+const CLOSE_REASONS: [&str; 6] = ["peer_closed", "error_frame", "io_error", "tls_error", "handed_off", "write_timeout"];
 
 /// Everything one core counts.
 #[derive(Debug, Default)]

@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 
 /// File descriptors kept free for logs, data files and admin connections.
 pub const FD_RESERVE: u64 = 256;
-/// Rings glommio registers `io_memory` in, per executor.
-pub const GLOMMIO_RINGS_PER_CORE: usize = 3;
+pub use redrain_tuning::process::{io_memory_per_core, GLOMMIO_RINGS_PER_CORE};
 
 /// Optional CPU profile written as a flamegraph SVG.
 #[derive(Debug, Clone)]
@@ -50,34 +49,20 @@ pub struct HostLimits {
     pub memlock_soft: u64,
 }
 
-fn read_limits() -> HostLimits {
-    use nix::sys::resource::{getrlimit, Resource};
-    let (fd_soft, fd_hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
-    let (memlock_soft, _) = getrlimit(Resource::RLIMIT_MEMLOCK).unwrap_or((64 * 1024, 64 * 1024));
-    HostLimits { fd_soft, fd_hard, memlock_soft }
-}
-
-/// Raises the fd soft limit to the hard limit (allowed without privileges).
+/// Raises the fd soft limit to the hard limit (allowed without privileges)
+/// and reads the limits then in force.
 fn raise_fd_limit() -> HostLimits {
-    use nix::sys::resource::{setrlimit, Resource};
-    let l = read_limits();
-    if l.fd_soft < l.fd_hard {
-        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, l.fd_hard, l.fd_hard) {
-            log::warn!("could not raise RLIMIT_NOFILE soft limit to {}: {e}", l.fd_hard);
-        }
-    }
-    read_limits()
+    use redrain_tuning::process::{fd_limit, raise_fd_limit, FdLimit};
+    let fd = raise_fd_limit().unwrap_or_else(|e| {
+        log::warn!("could not raise the RLIMIT_NOFILE soft limit to the hard limit: {e}");
+        fd_limit().unwrap_or(FdLimit { soft: 1024, hard: 1024 })
+    });
+    let (memlock_soft, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).unwrap_or((64 * 1024, 64 * 1024));
+    HostLimits { fd_soft: fd.soft, fd_hard: fd.hard, memlock_soft }
 }
 
-/// CPUs this process may run on, in order.
-pub fn allowed_cpus() -> Vec<usize> {
-    use nix::sched::{sched_getaffinity, CpuSet};
-    use nix::unistd::Pid;
-    match sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)).collect(),
-        Err(_) => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
-    }
-}
+use redrain_tuning::process::allowed_cpus;
 
 /// Checks that io_uring can be set up and returns a description of its features.
 pub fn probe_io_uring() -> anyhow::Result<String> {
@@ -101,13 +86,6 @@ pub fn probe_io_uring() -> anyhow::Result<String> {
         ("native_workers", p.is_feature_native_workers()),
     ];
     Ok(features.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect::<Vec<_>>().join(","))
-}
-
-/// Registered memory per core that fits all executors' rings under the limit.
-pub fn io_memory_per_core(configured: usize, memlock_soft: u64, cores: usize) -> usize {
-    let fit = (memlock_soft as usize) / (GLOMMIO_RINGS_PER_CORE * cores.max(1));
-    // glommio rounds up to 4 KiB and to at least 64 KiB.
-    configured.min(fit) / 4096 * 4096
 }
 
 /// Loads the auth secrets: from config, or the development secret in the data
@@ -276,7 +254,7 @@ pub fn run(config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()
     }
 
     spawn_signal_thread(node.clone())?;
-    let profiler = profile.map(|p| spawn_profiler(p, node.clone()));
+    let profiler = profile.map(|p| spawn_profiler(p, node.clone())).transpose()?;
 
     let mut handles = Vec::with_capacity(cores);
     for (id, setup) in setups.into_iter().enumerate() {
@@ -329,8 +307,19 @@ fn spawn_signal_thread(node: Arc<NodeShared>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+/// A build without the `profiling` feature has no profiler: asking for one is
+/// an error at start-up, not a silent no-op.
+#[cfg(not(feature = "profiling"))]
+fn spawn_profiler(p: ProfileRequest, _node: Arc<NodeShared>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    bail!(
+        "--profile {}: this redrain was built without the `profiling` feature (rebuild with default features)",
+        p.svg_path.display()
+    )
+}
+
+#[cfg(feature = "profiling")]
+fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    Ok(std::thread::spawn(move || {
         let wait = |d: Duration| {
             let until = Instant::now() + d;
             while Instant::now() < until && !node.shutting_down() {
@@ -356,7 +345,7 @@ fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> std::thread::Join
             Ok(()) => log::info!("flamegraph written to {}", p.svg_path.display()),
             Err(e) => log::warn!("flamegraph failed: {e}"),
         }
-    })
+    }))
 }
 
 fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {

@@ -118,7 +118,7 @@ pub enum CliError {
     #[error("cannot read auth secret from {path}: {source} (pass --secret-hex or --secret-file)")]
     SecretFile { path: String, source: std::io::Error },
     #[error("auth secret: {0}")]
-    Secret(#[from] redrain_engine::auth::SecretError),
+    Secret(#[from] redrain_net::token::SecretError),
 }
 
 impl RunArgs {
@@ -129,7 +129,7 @@ impl RunArgs {
             None => std::fs::read_to_string(&self.secret_file)
                 .map_err(|source| CliError::SecretFile { path: self.secret_file.display().to_string(), source })?,
         };
-        Ok(redrain_engine::auth::parse_secret_hex(&text)?)
+        Ok(redrain_net::token::parse_secret_hex(&text)?)
     }
 
     /// Builds the run configuration (validated later by the driver).

@@ -36,26 +36,8 @@ impl NodeMetrics {
     /// Parses Prometheus text exposition; lines it cannot read are skipped.
     pub fn parse(text: &str) -> Self {
         let mut sums = HashMap::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(line.len());
-            let name = &line[..name_end];
-            let rest = match line[name_end..].strip_prefix('{') {
-                Some(r) => match r.rfind('}') {
-                    Some(close) => &r[close + 1..],
-                    None => continue,
-                },
-                None => &line[name_end..],
-            };
-            let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else {
-                continue;
-            };
-            if !name.is_empty() && value.is_finite() {
-                *sums.entry(name.to_owned()).or_insert(0.0) += value;
-            }
+        for sample in redrain_net::prometheus::samples(text) {
+            *sums.entry(sample.name.to_owned()).or_insert(0.0) += sample.value;
         }
         Self { sums }
     }

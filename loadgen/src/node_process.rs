@@ -30,7 +30,7 @@ pub enum NodeError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("auth secret of the node: {0}")]
-    Secret(#[from] redrain_engine::auth::SecretError),
+    Secret(#[from] redrain_net::token::SecretError),
 }
 
 /// Finds the `redrain` binary: `$REDRAIN_BIN`, else next to the running
@@ -137,7 +137,7 @@ impl NodeProcess {
             let listening = TcpStream::connect_timeout(&self.client, NODE_START_POLL).is_ok()
                 && TcpStream::connect_timeout(&self.admin, NODE_START_POLL).is_ok();
             if let (Some(secret), true) = (secret, listening) {
-                if let Ok(bytes) = redrain_engine::auth::parse_secret_hex(&secret) {
+                if let Ok(bytes) = redrain_net::token::parse_secret_hex(&secret) {
                     self.secret = bytes;
                     return Ok(());
                 }

@@ -223,7 +223,7 @@ impl Dispenser {
     }
 
     /// Decides one shake: a ticket when the bucket and the slot allow.
-    pub fn draw(&mut self, opener: &crate::tickets::keyring::TicketOpener) -> Result<Drawn, NoWin> {
+    pub fn draw(&mut self, decryptor: &crate::tickets::keyring::TicketDecryptor) -> Result<Drawn, NoWin> {
         let Some(slot) = self.slot else { return Err(NoWin::NoSlot) };
         if self.tokens < 1.0 {
             self.paced_since_check += 1;
@@ -231,7 +231,7 @@ impl Dispenser {
         }
         // Moved-in tickets first: they are lost on a crash, so issue them early.
         while let Some((tag, index, record)) = self.foreign.pop_front() {
-            if let Some(drawn) = self.check(opener, &record, index, tag.crc_seed()) {
+            if let Some(drawn) = self.check(decryptor, &record, index, tag.crc_seed()) {
                 self.tokens -= 1.0;
                 return Ok(drawn);
             }
@@ -255,7 +255,7 @@ impl Dispenser {
                 let index = f.cursor;
                 f.cursor += 1;
                 let seed = f.crc_seed;
-                if let Some(drawn) = self.check(opener, &record, index, seed) {
+                if let Some(drawn) = self.check(decryptor, &record, index, seed) {
                     self.tokens -= 1.0;
                     return Ok(drawn);
                 }
@@ -271,13 +271,13 @@ impl Dispenser {
 
     fn check(
         &mut self,
-        opener: &crate::tickets::keyring::TicketOpener,
+        decryptor: &crate::tickets::keyring::TicketDecryptor,
         record: &[u8; RECORD_BYTES],
         index: u64,
         crc_seed: u32,
     ) -> Option<Drawn> {
         let checked = check_record(record, index, crc_seed)
-            .and_then(|()| opener.decrypt(&record_ciphertext(record), record_key_id(record)));
+            .and_then(|()| decryptor.decrypt(&record_ciphertext(record), record_key_id(record)));
         match checked {
             Ok(ticket) => {
                 self.stats.tickets_issued_total += 1;
@@ -418,7 +418,7 @@ impl Dispenser {
             .iter()
             .filter(|f| f.file.tag.slot == slot)
             .find_map(|f| f.buffer.front())
-            .and_then(|r| event.opener.decrypt(&record_ciphertext(r), record_key_id(r)).ok())
+            .and_then(|r| event.decryptor.decrypt(&record_ciphertext(r), record_key_id(r)).ok())
             .map(|t| event.page_of_batch(t.batch_id))
             .unwrap_or(0)
     }

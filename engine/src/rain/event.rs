@@ -12,7 +12,7 @@
 //! peer: the tickets of its current slot are given up).
 
 use crate::tickets::format::FileTag;
-use crate::tickets::keyring::{Keyring, KeyringError, TicketOpener};
+use crate::tickets::keyring::{Keyring, KeyringError, TicketDecryptor};
 use crate::tickets::manifest::{Manifest, ManifestError};
 use std::path::{Path, PathBuf};
 
@@ -46,7 +46,7 @@ pub struct EventFile {
 /// Everything about the event that every core reads.
 pub struct Event {
     pub manifest: Manifest,
-    pub opener: TicketOpener,
+    pub decryptor: TicketDecryptor,
     pub slots: Vec<SlotWindow>,
     /// Files per core of this node, each list ordered by slot.
     pub files_by_core: Vec<Vec<EventFile>>,
@@ -163,7 +163,7 @@ impl Event {
             batch_merchant[usize::from(b.batch_id)] = b.merchant_index;
         }
         Ok(Event {
-            opener: keyring.opener(),
+            decryptor: keyring.decryptor(),
             manifest,
             slots,
             files_by_core,
@@ -281,9 +281,4 @@ pub fn ensure_demo_event(data_dir: &Path, cores: usize) -> anyhow::Result<(PathB
         keyring.display()
     );
     Ok((dir, keyring))
-}
-
-/// The wall clock in Unix milliseconds (0 if the clock is before 1970).
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

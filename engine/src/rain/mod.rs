@@ -69,7 +69,7 @@ pub fn start(config: &crate::config::Config, cores: usize) -> anyhow::Result<Opt
         _ if config.demo_event => event::ensure_demo_event(&config.data_dir, cores)?,
         _ => return Ok(None),
     };
-    let node_start_ms = event::unix_now_ms();
+    let node_start_ms = redrain_net::time::now_unix_ms();
     let start_unix_ms = match config.event_start_unix_s {
         Some(s) => s.saturating_mul(1000),
         None => node_start_ms,

@@ -47,7 +47,7 @@ pub fn verify(
     if now_unix_s > issued.saturating_add(ttl_s) {
         return Err(ErrorCode::TicketExpired);
     }
-    let ticket = event.opener.decrypt(&unsealed.ciphertext, unsealed.key_id).map_err(|e| match e {
+    let ticket = event.decryptor.decrypt(&unsealed.ciphertext, unsealed.key_id).map_err(|e| match e {
         TicketError::Blacklisted { .. } | TicketError::NotWhitelisted { .. } => ErrorCode::TicketKeyRefused,
         _ => ErrorCode::TicketForged,
     })?;

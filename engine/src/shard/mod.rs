@@ -79,7 +79,7 @@ impl NodeShared {
     /// The time as the state machines see it: monotonic since start, and the rain's
     /// wall clock (with the configured offset).
     pub fn clock(&self) -> Clock {
-        let unix_ms = crate::rain::event::unix_now_ms() as i64 + self.config.clock_offset_ms;
+        let unix_ms = redrain_net::time::now_unix_ms() as i64 + self.config.clock_offset_ms;
         Clock { mono_ms: self.started.elapsed().as_millis() as u64, unix_ms: unix_ms.max(0) as u64 }
     }
 }

@@ -253,7 +253,7 @@ impl ShardState {
         metrics.frame(Some(MessageType::Shake), Outcome::Ok);
         let Some(dispenser) = self.dispenser.as_mut() else { return };
         dispenser.advance(rain.event.slot_at(clock.unix_ms), clock.unix_ms);
-        let drawn = dispenser.draw(&rain.event.opener);
+        let drawn = dispenser.draw(&rain.event.decryptor);
         match drawn {
             Ok(drawn) => {
                 metrics.rain.shakes_won_total.fetch_add(1, Relaxed);

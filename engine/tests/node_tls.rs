@@ -104,7 +104,14 @@ print(s.version(), *frames_until_close(s))
 
 #[test]
 fn the_last_frames_before_a_close_reach_a_foreign_tls_client_on_tls_1_2_and_1_3() {
-    let (node, cert_path) = start_tls_node("2");
+    // One core, and two (where the session moves to its home core with its TLS state).
+    for cores in ["1", "2"] {
+        last_frames_reach_python_ssl(cores);
+    }
+}
+
+fn last_frames_reach_python_ssl(cores: &str) {
+    let (node, cert_path) = start_tls_node(cores);
     let port = node.tls.expect("tls port").port().to_string();
     // (scenario, the frames the client must see before the node's close_notify)
     let cases = [
@@ -125,7 +132,7 @@ fn the_last_frames_before_a_close_reach_a_foreign_tls_client_on_tls_1_2_and_1_3(
             let want = format!("TLSv{version} {frames} close_notify");
             assert!(
                 out.status.success() && stdout.trim() == want,
-                "{case} over TLS {version}: got {stdout:?}, want {want:?}; stderr: {}",
+                "{case} over TLS {version}, {cores} cores: got {stdout:?}, want {want:?}; stderr: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }

@@ -414,6 +414,7 @@ impl Conn {
     /// the session only after every plaintext byte, so the records that carry
     /// the last frames leave before it (a TLS client discards data that
     /// follows a close_notify).
+    ///
     /// `deadline` bounds the whole output, not each write call: a client that
     /// takes a few bytes now and then cannot keep a stalled connection open,
     /// and no input is read while output is pending.

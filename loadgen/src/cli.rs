@@ -1,4 +1,4 @@
-//! Command line: `connect`, `ping` and `compare`.
+//! Command line: `connect`, `ping`, `shake` and `compare`.
 
 use crate::config::{LoadMode, RunConfig, Runtime, SOURCE_IPS_MAX};
 use crate::duration::parse_duration;
@@ -31,6 +31,15 @@ pub enum Command {
         /// Ping payload bytes (0..=256), echoed by the node.
         #[arg(long, default_value_t = 16)]
         payload_bytes: usize,
+    },
+    /// The red-packet rain: shake, open every win, check every answer (same load flags as
+    /// ping); obeys the node's minimum shake interval unless --ignore-shake-interval.
+    Shake {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Shake without waiting for the node's minimum interval (abuse test).
+        #[arg(long)]
+        ignore_shake_interval: bool,
     },
     /// Print the differences and ratios (b / a) of two JSON summaries.
     Compare { a: PathBuf, b: PathBuf },

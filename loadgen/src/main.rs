@@ -7,6 +7,7 @@ use redrain_loadgen::driver::RunOutput;
 use redrain_loadgen::report::{compare, hgrm, svg, table};
 use redrain_loadgen::scenario::connect::ConnectScenario;
 use redrain_loadgen::scenario::ping::PingScenario;
+use redrain_loadgen::scenario::shake::ShakeScenario;
 use redrain_loadgen::system;
 use std::process::ExitCode;
 
@@ -61,6 +62,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ping { run: args, payload_bytes } => {
             let cfg = args.to_config(cpus)?;
             let out = redrain_loadgen::run(cfg, PingScenario::new(payload_bytes))?;
+            finish(&args, out)
+        }
+        Command::Shake { run: args, ignore_shake_interval } => {
+            let cfg = args.to_config(cpus)?;
+            let out = redrain_loadgen::run(cfg, ShakeScenario::new(!ignore_shake_interval))?;
             finish(&args, out)
         }
         Command::Compare { a, b } => {

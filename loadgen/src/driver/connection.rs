@@ -417,7 +417,8 @@ async fn reader<S: Scenario, B: Backend>(
                             stats.counters.malformed_responses += 1;
                         }
                     }
-                    Ok(Response::Error { code, .. }) => {
+                    Ok(Response::Error { code, retry_after_ms, .. }) => {
+                        scenario.on_error(p.sequence, code, retry_after_ms, &mut stats.scenario_counters);
                         if p.measured {
                             stats.record_error(code, interval);
                         }

@@ -15,7 +15,7 @@ out="${1:-target/rain-vs-redis/$(date -u +%Y%m%dT%H%M%SZ)}"
 secs="${2:-10}"
 connections="${CONNECTIONS:-1000}"
 mkdir -p "$out"
-cargo build --release -q --bin redrain -p redrain-loadgen
+cargo build --release -q -p redrain-engine --bin redrain && cargo build --release -q -p redrain-loadgen
 node_bin=target/release/redrain
 loadgen=target/release/redrain-loadgen
 tick=$(getconf CLK_TCK)

@@ -154,8 +154,14 @@ struct CoreSetup {
 }
 
 /// Runs the node until a signal drains it. Returns after all cores exited.
-pub fn run(config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()> {
+pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()> {
     config.validate()?;
+    // The data dir is made absolute once: the logs sync their parent directories by
+    // path, which glommio cannot open when relative (the default is ./redrain-data).
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("resolving data dir {}", config.data_dir.display()))?;
     let cpus = allowed_cpus();
     let cores = match config.cores {
         Some(n) if n > cpus.len() => {

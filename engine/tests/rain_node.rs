@@ -435,3 +435,34 @@ fn sigkill_under_load_never_issues_or_opens_twice_and_loses_no_acknowledged_open
     }
     assert!(acked.len() >= kills, "only {} acknowledged opens over {kills} rounds", acked.len());
 }
+
+#[test]
+fn the_node_serves_the_rain_from_a_relative_data_dir_as_on_embedded_defaults() {
+    // `redrain serve` on defaults uses ./redrain-data; the logs must open under it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--shake-interval-ms", "0"])
+        .current_dir(dir.path())
+        .env("REDRAIN_DEMO_EVENT", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr: std::net::SocketAddr =
+        line.split_whitespace().find_map(|kv| kv.strip_prefix("client=")).unwrap().parse().unwrap();
+    let secret = std::fs::read_to_string(dir.path().join("redrain-data/auth.secret")).unwrap();
+    let keys = redrain_net::token::TokenKeys::new(&hex::decode(secret.trim()).unwrap(), None).unwrap();
+    let token = keys.mint(redrain_net::token::TokenClaims {
+        user_id: 5,
+        device_id: 1,
+        expires_at_unix_s: redrain_net::time::now_unix_s() + 60,
+    });
+    let mut c = BlockingClient::connect(addr, TIMEOUT).unwrap();
+    c.login(&token).unwrap();
+    let sealed = win(&mut c);
+    assert!(open(&mut c, &sealed).unwrap().1 > 0);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -33,18 +33,22 @@ cleanup() { kill "$node_pid" 2>/dev/null || true; [ -n "${redis_pid:-}" ] && kil
 trap cleanup EXIT
 for _ in $(seq 100); do grep -q "redrain ready" "$out/node.out" 2>/dev/null && break; sleep 0.1; done
 
-# One node run: scenario, in-flight; prints "requests node_cpu_s".
+frames() { # every request frame the node answered (all types and outcomes)
+  curl -s 127.0.0.1:7380/metrics | awk '/^redrain_frames_total/ { s += $NF } END { printf "%d", s }'
+}
+
+# One node run: name, scenario, in-flight, extra flags; prints "requests node_cpu_s".
+# Requests are the node's own frame count over the whole run (ramp, warm-up and drain
+# included), so they match the CPU time read around the same run.
 node_run() {
-  local scenario=$1 inflight=$2 name="$1-if$2"
-  local before after
-  before=$(cpu_s "$node_pid")
+  local name=$1 scenario=$2 inflight=$3; shift 3
+  local before after f0 f1
+  f0=$(frames); before=$(cpu_s "$node_pid")
   taskset -c 1 "$loadgen" "$scenario" --target 127.0.0.1:7300 --admin 127.0.0.1:7380 \
     --secret-file "$data/auth.secret" --connections "$connections" --in-flight "$inflight" \
-    --duration "${secs}s" --warmup 0s --connect-rate 5000 --json "$out/$name.json" >"$out/$name.txt" 2>&1
-  after=$(cpu_s "$node_pid")
-  local ok
-  ok=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['requests']['ok'])" "$out/$name.json")
-  echo "$ok $(python3 -c "print(round($after - $before, 4))")"
+    --duration "${secs}s" --warmup 1s --connect-rate 5000 --json "$out/$name.json" "$@" >"$out/$name.txt" 2>&1
+  after=$(cpu_s "$node_pid"); f1=$(frames)
+  echo "$((f1 - f0)) $(python3 -c "print(round($after - $before, 4))")"
 }
 
 redis_run() { # pipeline; prints "requests redis_cpu_s"
@@ -57,9 +61,9 @@ redis_run() { # pipeline; prints "requests redis_cpu_s"
   echo "$n $(python3 -c "print(round($after - $before, 4))")"
 }
 
-echo "node: ping and shake, $connections connections, ${secs}s each"
-ping1=$(node_run ping 1); shake1=$(node_run shake 1)
-ping16=$(node_run ping 16); shake16=$(node_run shake 16)
+echo "node: ping, shake alone (--no-open) and shake + open, $connections connections, ${secs}s each"
+ping1=$(node_run ping-if1 ping 1); shake1=$(node_run shake-if1 shake 1 --no-open); open1=$(node_run shakeopen-if1 shake 1)
+ping16=$(node_run ping-if16 ping 16); shake16=$(node_run shake-if16 shake 16 --no-open); open16=$(node_run shakeopen-if16 shake 16)
 kill "$node_pid"; wait "$node_pid" 2>/dev/null || true
 
 taskset -c 0 redis-server --port 7390 --save "" --appendonly no --daemonize no >"$out/redis.log" 2>&1 &
@@ -69,13 +73,13 @@ for _ in $(seq 50); do redis-cli -p 7390 ping >/dev/null 2>&1 && break; sleep 0.
 sha=$(redis-cli -p 7390 SCRIPT LOAD "local sold = tonumber(redis.call('GET', KEYS[1]) or '0') if sold < tonumber(ARGV[1]) then redis.call('INCR', KEYS[1]) return 1 end return 0")
 redis1=$(redis_run 1 300000); redis16=$(redis_run 16 2000000)
 
-python3 - "$out" "$ping1" "$shake1" "$ping16" "$shake16" "$redis1" "$redis16" <<'EOF'
+python3 - "$out" "$ping1" "$shake1" "$open1" "$ping16" "$shake16" "$open16" "$redis1" "$redis16" <<'EOF'
 import json, sys
 out = sys.argv[1]
 def parse(s):
     n, cpu = s.split()
     return int(n), float(cpu)
-runs = dict(zip(["ping1", "shake1", "ping16", "shake16", "redis1", "redis16"], map(parse, sys.argv[2:])))
+runs = dict(zip(["ping1", "shake1", "shakeopen1", "ping16", "shake16", "shakeopen16", "redis1", "redis16"], map(parse, sys.argv[2:])))
 rows = {}
 for k, (n, cpu) in runs.items():
     rows[k] = {"requests": n, "server_cpu_s": cpu, "server_cpu_us_per_request": cpu * 1e6 / max(n, 1),
@@ -84,13 +88,15 @@ summary = {
     "runs": rows,
     "shake_over_ping_cpu_per_request_if1": rows["shake1"]["server_cpu_us_per_request"] / rows["ping1"]["server_cpu_us_per_request"],
     "shake_over_ping_cpu_per_request_if16": rows["shake16"]["server_cpu_us_per_request"] / rows["ping16"]["server_cpu_us_per_request"],
+    "shakeopen_over_ping_cpu_per_request_if1": rows["shakeopen1"]["server_cpu_us_per_request"] / rows["ping1"]["server_cpu_us_per_request"],
+    "shakeopen_over_ping_cpu_per_request_if16": rows["shakeopen16"]["server_cpu_us_per_request"] / rows["ping16"]["server_cpu_us_per_request"],
     "shakes_per_cpu_s_over_redis_if1": rows["shake1"]["requests_per_server_cpu_s"] / rows["redis1"]["requests_per_server_cpu_s"],
     "shakes_per_cpu_s_over_redis_if16": rows["shake16"]["requests_per_server_cpu_s"] / rows["redis16"]["requests_per_server_cpu_s"],
 }
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)
 for k, r in rows.items():
-    print(f"{k:8} {r['requests']:>9} requests  server CPU {r['server_cpu_s']:.3f} s  {r['server_cpu_us_per_request']:.2f} us/request  {r['requests_per_server_cpu_s'] or 0:,.0f} requests per CPU-s")
-for k in ["shake_over_ping_cpu_per_request_if1", "shake_over_ping_cpu_per_request_if16", "shakes_per_cpu_s_over_redis_if1", "shakes_per_cpu_s_over_redis_if16"]:
+    print(f"{k:12} {r['requests']:>9} requests  server CPU {r['server_cpu_s']:.3f} s  {r['server_cpu_us_per_request']:.2f} us/request  {r['requests_per_server_cpu_s'] or 0:,.0f} requests per CPU-s")
+for k in [k for k in summary if k != "runs"]:
     print(f"{k}: {summary[k]:.3f}")
 EOF
 echo "results in $out"

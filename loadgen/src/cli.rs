@@ -40,6 +40,9 @@ pub enum Command {
         /// Shake without waiting for the node's minimum interval (abuse test).
         #[arg(long)]
         ignore_shake_interval: bool,
+        /// Do not open wins (measures shakes alone).
+        #[arg(long)]
+        no_open: bool,
     },
     /// Print the differences and ratios (b / a) of two JSON summaries.
     Compare { a: PathBuf, b: PathBuf },

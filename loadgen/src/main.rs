@@ -64,9 +64,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let out = redrain_loadgen::run(cfg, PingScenario::new(payload_bytes))?;
             finish(&args, out)
         }
-        Command::Shake { run: args, ignore_shake_interval } => {
+        Command::Shake { run: args, ignore_shake_interval, no_open } => {
             let cfg = args.to_config(cpus)?;
-            let out = redrain_loadgen::run(cfg, ShakeScenario::new(!ignore_shake_interval))?;
+            let out = redrain_loadgen::run(cfg, ShakeScenario::new(!ignore_shake_interval, !no_open))?;
             finish(&args, out)
         }
         Command::Compare { a, b } => {

@@ -253,7 +253,7 @@ fn shake_config(node: &NodeProcess, connections: u32) -> RunConfig {
 fn shake_opens_every_win_and_checks_every_answer() {
     let _serial = serial();
     let (_dir, node) = shake_node(&["--shake-interval-ms", "0"]);
-    let out = redrain_loadgen::run(shake_config(&node, 20), ShakeScenario::new(true)).unwrap();
+    let out = redrain_loadgen::run(shake_config(&node, 20), ShakeScenario::new(true, true)).unwrap();
     let s = &out.summary;
     let c = |k: &str| s.scenario_counters[k];
     assert_eq!(s.sessions.established, 20);
@@ -270,10 +270,10 @@ fn shake_opens_every_win_and_checks_every_answer() {
 fn shake_obeys_the_node_interval_unless_told_to_ignore_it() {
     let _serial = serial();
     let (_dir, node) = shake_node(&["--shake-interval-ms", "200"]);
-    let out = redrain_loadgen::run(shake_config(&node, 4), ShakeScenario::new(true)).unwrap();
+    let out = redrain_loadgen::run(shake_config(&node, 4), ShakeScenario::new(true, true)).unwrap();
     let s = &out.summary;
     assert_eq!(s.scenario_counters["too_fast"], 0, "{:?}", s.scenario_counters);
     assert!(s.scenario_counters["interval_waits"] > 0, "{:?}", s.scenario_counters);
-    let out = redrain_loadgen::run(shake_config(&node, 4), ShakeScenario::new(false)).unwrap();
+    let out = redrain_loadgen::run(shake_config(&node, 4), ShakeScenario::new(false, true)).unwrap();
     assert!(out.summary.scenario_counters["too_fast"] > 0, "{:?}", out.summary.scenario_counters);
 }

@@ -8,6 +8,8 @@
 //! connections x 1000 / interval ms to avoid them). `--ignore-shake-interval` shakes
 //! regardless (abuse tests: the node answers `TooFast`).
 //!
+//! `--no-open` shakes only (wins counted, never opened): the cost of a shake by itself.
+//!
 //! Packet ids are in clear in the sealed ticket's header, so a packet won twice in one run
 //! (on any connection of this process) is counted as `duplicate_packets`.
 
@@ -52,12 +54,14 @@ const WON_SHARDS: usize = 64;
 #[derive(Debug, Clone)]
 pub struct ShakeScenario {
     obey_interval: bool,
+    open_wins: bool,
     won: Arc<Vec<Mutex<HashSet<u64>>>>,
 }
 
 impl ShakeScenario {
-    pub fn new(obey_interval: bool) -> Self {
-        Self { obey_interval, won: Arc::new((0..WON_SHARDS).map(|_| Mutex::default()).collect()) }
+    /// `open_wins: false` shakes only (the cost of a shake alone; wins are counted, not opened).
+    pub fn new(obey_interval: bool, open_wins: bool) -> Self {
+        Self { obey_interval, open_wins, won: Arc::new((0..WON_SHARDS).map(|_| Mutex::default()).collect()) }
     }
 
     /// Records a won packet; false when it was won before in this run.
@@ -157,7 +161,9 @@ impl ScenarioConnection for ShakeConnection {
                     if !self.scenario.first_win(SealedTicketHeader::parse(sealed).packet_id) {
                         counters[DUPLICATE_PACKETS] += 1;
                     }
-                    self.tickets.push_back(**sealed);
+                    if self.scenario.open_wins {
+                        self.tickets.push_back(**sealed);
+                    }
                 } else {
                     counters[LOST] += 1;
                 }
@@ -215,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_win_is_opened_next_and_every_answer_is_checked() {
-        let scenario = ShakeScenario::new(true);
+        let scenario = ShakeScenario::new(true, true);
         let mut c = scenario.connection(0);
         let mut counters = [0u64; 12];
         assert_eq!(c.next_request(0), Request::Shake);
@@ -242,11 +248,11 @@ mod tests {
     #[test]
     fn the_interval_is_obeyed_unless_ignored_and_too_fast_is_counted() {
         let mut counters = [0u64; 12];
-        let mut c = ShakeScenario::new(true).connection(0);
+        let mut c = ShakeScenario::new(true, true).connection(0);
         assert_eq!(c.next_request(0), Request::Shake);
         c.check(0, &Response::ShakeOk { shake_interval_ms: 60_000, page_id: 0, sealed: None }, &mut counters);
         assert!(matches!(c.next_request(1), Request::Ping { .. }), "too early: a ping instead");
-        let mut abuse = ShakeScenario::new(false).connection(0);
+        let mut abuse = ShakeScenario::new(false, true).connection(0);
         let _ = abuse.next_request(0);
         abuse.check(0, &Response::ShakeOk { shake_interval_ms: 60_000, page_id: 0, sealed: None }, &mut counters);
         assert_eq!(abuse.next_request(1), Request::Shake);

@@ -414,11 +414,8 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     while !node.shutting_down() {
         glommio::timer::sleep(HOUSEKEEPING_TICK).await;
         tick = tick.wrapping_add(1);
-        let every_second = tick.is_multiple_of(SWEEP_EVERY_TICKS);
-        if every_second {
-            core.sweep_idle();
-        }
-        core.housekeeping(every_second);
+        // Once a second: session timeouts, exact cursors, storage figures.
+        core.housekeeping(tick.is_multiple_of(SWEEP_EVERY_TICKS));
     }
 
     // Drain: stop accepting (dropping a task cancels it and closes its

@@ -68,6 +68,7 @@ struct Core {
     files: Vec<std::path::PathBuf>,
     answers: HashMap<u64, (ConnOutput, Vec<u8>)>,
     mail_out: Vec<(usize, RainMail)>,
+    closed: Vec<(u64, ErrorCode)>,
 }
 
 impl Core {
@@ -82,6 +83,7 @@ impl Core {
             files: files.iter().map(|f| f.path.clone()).collect(),
             answers: HashMap::new(),
             mail_out: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -112,6 +114,7 @@ impl Core {
                         assert!(held.complete(slot, frame, ready), "answer for an unknown slot");
                     }
                     Output::Send { core, mail } => self.mail_out.push((core, mail)),
+                    Output::Close { conn, code } => self.closed.push((conn, code)),
                 }
             }
         }
@@ -377,4 +380,35 @@ fn an_adopting_node_issues_its_failed_peers_files_from_the_next_slot_on() {
     assert!(tags.iter().any(|t| t.node == 0 && t.slot == 1));
     assert!(!tags.iter().any(|t| t.node == 0 && t.slot == 0), "the failed peer's current slot is given up");
     assert!(!tags.iter().any(|t| t.node == 2));
+}
+
+#[test]
+fn a_newer_login_closes_the_older_session_and_silent_connections_time_out() {
+    let f = fixture(0, 1, 1_000.0, 4096, None, START_MS);
+    let mut core = Core::new(&f, 0, 1, &HashMap::new());
+    core.state
+        .set_session_timeouts(redrain_engine::shard::sessions::SessionTimeouts { idle_ms: 5_000, login_ms: 1_000 });
+    let at = |ms: u64| Clock { mono_ms: ms, unix_ms: START_MS + ms };
+    for conn in [1, 2, 3] {
+        core.state.on_connected(conn, at(0));
+    }
+    core.state.on_login(1, 42, 7, &core.metrics);
+    core.state.on_login(2, 42, 7, &core.metrics);
+    core.run_outputs();
+    assert_eq!(core.closed, vec![(1, ErrorCode::Replaced)]);
+    core.state.on_closed(1, &core.metrics);
+    core.closed.clear();
+    // Connection 3 never logs in: closed after the login timeout; 2 after the idle timeout.
+    core.state.on_tick(at(1_500), true);
+    core.run_outputs();
+    assert_eq!(core.closed, vec![(3, ErrorCode::IdleTimeout)]);
+    core.state.on_closed(3, &core.metrics);
+    core.closed.clear();
+    core.state.on_activity(2, at(4_000));
+    core.state.on_tick(at(8_000), true);
+    core.run_outputs();
+    assert!(core.closed.is_empty(), "activity at 4 s keeps it until 9 s");
+    core.state.on_tick(at(9_500), true);
+    core.run_outputs();
+    assert!(core.closed.contains(&(2, ErrorCode::IdleTimeout)));
 }

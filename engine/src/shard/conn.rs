@@ -66,8 +66,6 @@ struct Conn {
     wire: Vec<u8>,
     pass: PassKinds,
     tls_handshake_counted: bool,
-    /// (user, device) once the login was registered on this core.
-    device: Option<(u64, u32)>,
 }
 
 /// Accepts and serves one fresh connection.
@@ -151,7 +149,6 @@ async fn run(
         wire: Vec::new(),
         pass: PassKinds::default(),
         tls_handshake_counted: false,
-        device: None,
     };
     let reason = conn.serve(start).await;
     Box::pin(conn.finish(reason)).await;
@@ -198,7 +195,7 @@ impl Conn {
                 }
             }
             let received_at = Instant::now();
-            self.ctl.last_activity_ms.set(self.core.now_ms());
+            self.core.note_activity(self.ctl.id.get());
             if let Some(reason) = self.pass(received_at).await {
                 return reason;
             }
@@ -308,8 +305,7 @@ impl Conn {
     }
 
     fn accept_login(&mut self, claims: TokenClaims, request_id: u32) {
-        let session_id = self.core.register_session(self.key, claims.user_id, claims.device_id);
-        self.device = Some((claims.user_id, claims.device_id));
+        let session_id = self.core.register_session(self.ctl.id.get(), claims.user_id, claims.device_id);
         self.session.login_accepted(claims);
         self.core.metrics().frame(Some(MessageType::Login), Outcome::Ok);
         self.pass.note(Some(MessageType::Login));
@@ -479,7 +475,7 @@ impl Conn {
                 }
             }
         }
-        self.core.unregister_conn(self.key, self.device);
+        self.core.unregister_conn(self.key);
         if linger {
             linger_close(&mut self.stream).await;
         }

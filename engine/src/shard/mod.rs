@@ -16,6 +16,7 @@ pub mod conn;
 pub mod handoff;
 pub mod mailbox;
 pub mod output;
+pub mod sessions;
 pub mod state;
 pub mod storage;
 
@@ -31,7 +32,6 @@ use slab::Slab;
 use state::{Clock, ConnId, Output, ShardState};
 use std::cell::OnceCell;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -97,11 +97,6 @@ pub struct ConnCtl {
     pub id: Cell<ConnId>,
     /// Deferred answers (slot, frame) waiting for the connection's task.
     completions: RefCell<Vec<(u64, Vec<u8>)>>,
-    /// Milliseconds since node start of the last inbound bytes.
-    pub last_activity_ms: Cell<u64>,
-    /// Milliseconds since node start when the connection arrived on this core.
-    pub connected_at_ms: Cell<u64>,
-    pub logged_in: Cell<bool>,
 }
 
 impl ConnCtl {
@@ -149,10 +144,8 @@ pub struct Core {
     pub id: usize,
     pub node: Arc<NodeShared>,
     conns: RefCell<Slab<Rc<ConnCtl>>>,
-    by_device: RefCell<HashMap<(u64, u32), usize>>,
     scratch: RefCell<Box<[u8]>>,
     doorbells: RefCell<Vec<Option<ConnectedSender<()>>>>,
-    next_session_seq: Cell<u64>,
     next_conn_serial: Cell<u64>,
     /// The core's domain state machine.
     pub state: RefCell<ShardState>,
@@ -162,15 +155,17 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(id: usize, node: Arc<NodeShared>, state: ShardState) -> Self {
+    pub fn new(id: usize, node: Arc<NodeShared>, mut state: ShardState) -> Self {
+        state.set_session_timeouts(sessions::SessionTimeouts {
+            idle_ms: u64::from(node.config.idle_timeout_ms),
+            login_ms: u64::from(node.config.login_timeout_ms),
+        });
         Self {
             id,
             node,
             conns: RefCell::new(Slab::new()),
-            by_device: RefCell::new(HashMap::new()),
             scratch: RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice()),
             doorbells: RefCell::new(Vec::new()),
-            next_session_seq: Cell::new(1),
             next_conn_serial: Cell::new(1),
             state: RefCell::new(state),
             storage: OnceCell::new(),
@@ -200,6 +195,11 @@ impl Core {
                         core.dispatch();
                     })
                     .detach();
+                }
+                Output::Close { conn, code } => {
+                    if let Some(ctl) = self.ctl(conn) {
+                        ctl.kick(code);
+                    }
                 }
                 Output::Send { core, mail } => {
                     if self.node.mailboxes.queue(self.id, core).push(Mail::Rain(mail)).is_ok() {
@@ -248,13 +248,17 @@ impl Core {
         self.dispatch();
     }
 
+    /// The control block of a live connection (None once it closed, even if its slab slot
+    /// was reused).
+    fn ctl(&self, conn: ConnId) -> Option<Rc<ConnCtl>> {
+        let key = (conn >> CONN_SERIAL_BITS) as usize;
+        self.conns.borrow().get(key).filter(|ctl| ctl.id.get() == conn).cloned()
+    }
+
     /// Routes a deferred answer to its connection (dropped if it closed meanwhile).
     fn deliver(&self, conn: ConnId, slot: u64, frame: Vec<u8>) {
-        let key = (conn >> CONN_SERIAL_BITS) as usize;
-        if let Some(ctl) = self.conns.borrow().get(key) {
-            if ctl.id.get() == conn {
-                ctl.deliver(slot, frame);
-            }
+        if let Some(ctl) = self.ctl(conn) {
+            ctl.deliver(slot, frame);
         }
     }
 
@@ -283,77 +287,40 @@ impl Core {
     /// Adds a connection to the registry; returns its key and control block.
     pub fn register_conn(&self) -> (usize, Rc<ConnCtl>) {
         let ctl = Rc::new(ConnCtl::default());
-        ctl.last_activity_ms.set(self.now_ms());
-        ctl.connected_at_ms.set(self.now_ms());
         let key = self.conns.borrow_mut().insert(ctl.clone());
         let serial = self.next_conn_serial.get();
         self.next_conn_serial.set(serial + 1);
         ctl.id.set(((key as u64) << CONN_SERIAL_BITS) | (serial & ((1 << CONN_SERIAL_BITS) - 1)));
+        self.state.borrow_mut().on_connected(ctl.id.get(), self.node.clock());
         self.metrics().connections_open.store(self.connections() as u64, Ordering::Relaxed);
         (key, ctl)
     }
 
-    /// Removes a connection (and its session, if it still owns the device slot).
-    pub fn unregister_conn(&self, key: usize, device: Option<(u64, u32)>) {
-        let ctl = self.conns.borrow_mut().try_remove(key);
-        if let (Some(ctl), Some(device)) = (ctl, device) {
-            let mut by_device = self.by_device.borrow_mut();
-            if by_device.get(&device) == Some(&key) {
-                by_device.remove(&device);
-            }
-            if ctl.logged_in.get() {
-                self.metrics().sessions_active.fetch_sub(1, Ordering::Relaxed);
-            }
+    /// Removes a connection (and its session, if it still owns the device).
+    pub fn unregister_conn(&self, key: usize) {
+        if let Some(ctl) = self.conns.borrow_mut().try_remove(key) {
+            self.state.borrow_mut().on_closed(ctl.id.get(), self.metrics());
         }
         self.metrics().connections_open.store(self.connections() as u64, Ordering::Relaxed);
     }
 
-    /// Registers a logged-in session on this (its home) core, replacing and
-    /// kicking an older session of the same (user, device). Returns the new
-    /// session id.
-    pub fn register_session(&self, key: usize, user_id: u64, device_id: u32) -> u64 {
-        let previous = self.by_device.borrow_mut().insert((user_id, device_id), key);
-        if let Some(old) = previous.filter(|old| *old != key) {
-            if let Some(old_ctl) = self.conns.borrow().get(old) {
-                old_ctl.kick(ErrorCode::Replaced);
-                self.metrics().sessions_replaced_total.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if let Some(ctl) = self.conns.borrow().get(key) {
-            if !ctl.logged_in.replace(true) {
-                self.metrics().sessions_active.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.metrics().logins_total.fetch_add(1, Ordering::Relaxed);
-        let seq = self.next_session_seq.get();
-        self.next_session_seq.set(seq + 1);
-        ((self.id as u64) << 48) | (seq & ((1 << 48) - 1))
+    /// Registers a logged-in session on this (its home) core; an older session of the
+    /// same (user, device) is closed with `Replaced`. Returns the new session id.
+    pub fn register_session(self: &Rc<Self>, conn: ConnId, user_id: u64, device_id: u32) -> u64 {
+        let id = self.state.borrow_mut().on_login(conn, user_id, device_id, self.metrics());
+        self.dispatch();
+        id
     }
 
-    /// Closes sessions silent for longer than the idle timeout, and
-    /// connections not logged in within the login timeout of connecting (pings
-    /// before login do not extend it).
-    pub fn sweep_idle(&self) {
-        let now = self.now_ms();
-        let idle_ms = u64::from(self.node.config.idle_timeout_ms);
-        let login_ms = u64::from(self.node.config.login_timeout_ms);
-        for (_, ctl) in self.conns.borrow().iter() {
-            let expired = if ctl.logged_in.get() {
-                now.saturating_sub(ctl.last_activity_ms.get()) > idle_ms
-            } else {
-                now.saturating_sub(ctl.connected_at_ms.get()) > login_ms
-            };
-            if expired {
-                ctl.kick(ErrorCode::IdleTimeout);
-            }
-        }
+    /// Inbound bytes on a connection.
+    pub fn note_activity(&self, conn: ConnId) {
+        self.state.borrow_mut().on_activity(conn, self.node.clock());
     }
 
     /// Tells every connection to close (shutdown).
-    pub fn kick_all(&self, code: ErrorCode) {
-        for (_, ctl) in self.conns.borrow().iter() {
-            ctl.kick(code);
-        }
+    pub fn kick_all(self: &Rc<Self>, code: ErrorCode) {
+        self.state.borrow_mut().close_all(code);
+        self.dispatch();
     }
 
     /// Wakes core `to` after a hand-off was pushed to its queue.

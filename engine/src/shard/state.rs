@@ -15,6 +15,7 @@
 //! the [`Output`]s out. Tests drive it directly (see `engine/tests/shard_state.rs`).
 
 use super::output::ConnOutput;
+use super::sessions::{SessionTimeouts, Sessions};
 use crate::metrics::{CoreMetrics, Outcome};
 use crate::rain::dispenser::{Dispenser, DispenserIo, MovedTickets, NoWin};
 use crate::rain::open::{verify, OpenSet, OpenState, OpenWaiter};
@@ -77,6 +78,8 @@ pub enum Output {
     Read { file: usize, first: u64, count: usize },
     /// Send a message to another core.
     Send { core: usize, mail: RainMail },
+    /// Close a connection after telling it why (`Closing` push).
+    Close { conn: ConnId, code: ErrorCode },
 }
 
 /// What an append was for.
@@ -127,6 +130,7 @@ const BUSY_RETRY_AFTER_MS: u32 = 100;
 pub struct ShardState {
     core: usize,
     cores: usize,
+    sessions: Sessions,
     rain: Option<Arc<RainShared>>,
     dispenser: Option<Dispenser>,
     opens: OpenSet,
@@ -145,6 +149,7 @@ impl ShardState {
         Self {
             core,
             cores,
+            sessions: Sessions::new(SessionTimeouts::default()),
             rain,
             dispenser,
             opens: OpenSet::default(),
@@ -159,6 +164,51 @@ impl ShardState {
 
     pub fn core(&self) -> usize {
         self.core
+    }
+
+    /// Sets the session rules' timeouts (before any connection arrives).
+    pub fn set_session_timeouts(&mut self, timeouts: SessionTimeouts) {
+        self.sessions = Sessions::new(timeouts);
+    }
+
+    /// A connection arrived on this core (fresh, or handed over).
+    pub fn on_connected(&mut self, conn: ConnId, clock: Clock) {
+        self.sessions.connected(conn, clock.mono_ms);
+    }
+
+    /// Inbound bytes on `conn` (keeps a logged-in session from the idle timeout).
+    pub fn on_activity(&mut self, conn: ConnId, clock: Clock) {
+        self.sessions.activity(conn, clock.mono_ms);
+    }
+
+    /// A verified login registered on its home core: replaces an older session of the same
+    /// (user, device) with a `Close(Replaced)`. Returns the session id.
+    pub fn on_login(&mut self, conn: ConnId, user_id: u64, device_id: u32, metrics: &CoreMetrics) -> u64 {
+        let (seq, replaced) = self.sessions.login(conn, user_id, device_id);
+        if let Some(old) = replaced {
+            self.outputs.push(Output::Close { conn: old, code: ErrorCode::Replaced });
+            metrics.sessions_replaced_total.fetch_add(1, Relaxed);
+        }
+        metrics.logins_total.fetch_add(1, Relaxed);
+        metrics.sessions_active.store(self.sessions.logged_in() as u64, Relaxed);
+        ((self.core as u64) << 48) | (seq & ((1 << 48) - 1))
+    }
+
+    /// `conn` closed (its answers still waiting are dropped by the driver).
+    pub fn on_closed(&mut self, conn: ConnId, metrics: &CoreMetrics) {
+        self.sessions.closed(conn);
+        metrics.sessions_active.store(self.sessions.logged_in() as u64, Relaxed);
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&mut self, code: ErrorCode) {
+        let conns: Vec<ConnId> = self.sessions.all().collect();
+        self.outputs.extend(conns.into_iter().map(|conn| Output::Close { conn, code }));
+    }
+
+    /// Connections on this core, logged in or not.
+    pub fn connections(&self) -> usize {
+        self.sessions.connections()
     }
 
     /// Marks a packet opened (start-up recovery of the open queue).
@@ -457,8 +507,14 @@ impl ShardState {
     }
 
     /// Housekeeping: slot changes, prefetch, cursors, imbalance, forgetting old shakes.
-    /// `persist_exact` asks for exact cursors (once a second, and on a clean stop).
+    /// `persist_exact` (once a second, and on a clean stop) also asks for exact cursors and
+    /// sweeps the session timeouts.
     pub fn on_tick(&mut self, clock: Clock, persist_exact: bool) {
+        if persist_exact {
+            let mut expired = Vec::new();
+            self.sessions.expired(clock.mono_ms, &mut expired);
+            self.outputs.extend(expired.into_iter().map(|(conn, code)| Output::Close { conn, code }));
+        }
         let Some(rain) = self.rain.clone() else { return };
         let interval_ms = u64::from(rain.config.shake_interval_ms);
         if self.last_shake_ms.len() > 1024 {

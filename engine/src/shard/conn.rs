@@ -123,14 +123,18 @@ async fn linger_close(stream: &mut TcpStream) {
     }
 }
 
-async fn run(
+/// Sets the connection up at once and returns the future that serves it. Not an `async
+/// fn`: an async fn keeps its arguments in the future for its whole life, next to the
+/// `Conn` they were moved into; building `Conn` first keeps every idle connection's task
+/// about 300 bytes smaller.
+fn run(
     core: Rc<Core>,
     stream: TcpStream,
     tls: Option<Box<rustls::ServerConnection>>,
     session: Session,
     inbound: Vec<u8>,
     start: Start,
-) {
+) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
     let (key, ctl) = core.register_conn();
     if matches!(start, Start::Fresh) {
@@ -150,8 +154,10 @@ async fn run(
         pass: PassKinds::default(),
         tls_handshake_counted: false,
     };
-    let reason = conn.serve(start).await;
-    Box::pin(conn.finish(reason)).await;
+    async move {
+        let reason = conn.serve(start).await;
+        Box::pin(conn.finish(reason)).await;
+    }
 }
 
 /// How a processing pass over buffered plaintext ended.

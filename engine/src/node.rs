@@ -352,8 +352,10 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
                 fd_limit: node.fd_limit,
                 cores: node.cores,
                 shutting_down: node.shutting_down(),
+                cpu_seconds: metrics::process_cpu_seconds(),
             };
             metrics::render_prometheus(&cores, figures, &mut body);
+            metrics::render_thread_cpu(&metrics::thread_cpu_seconds(), &mut body);
             AdminResponse { status: 200, content_type: "text/plain; version=0.0.4", body }
         }
         "/healthz" if node.shutting_down() => {

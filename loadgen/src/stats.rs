@@ -18,7 +18,7 @@ pub fn new_latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGFIG).expect("static histogram bounds are valid")
 }
 
-fn new_interval_histogram() -> Histogram<u32> {
+pub fn new_interval_histogram() -> Histogram<u32> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, INTERVAL_SIGFIG).expect("static histogram bounds are valid")
 }
 
@@ -104,8 +104,12 @@ pub struct IntervalStats {
 pub struct ThreadStats {
     pub counters: Counters,
     pub scenario_counters: Vec<u64>,
-    /// Intended send time to response, for accepted responses.
+    /// Intended send time to response, for accepted responses (coordinated
+    /// omission corrected: the generator's own lag is in it).
     pub request_latency_us: Histogram<u64>,
+    /// Actual send to response, for accepted responses (service time: what the
+    /// node and the network took, without the generator's lag or the schedule).
+    pub service_time_us: Histogram<u64>,
     /// Intended connect time to `LoginOk`.
     pub session_latency_us: Histogram<u64>,
     /// How late sends left compared with when they could have left (schedule
@@ -127,6 +131,7 @@ impl ThreadStats {
             counters: Counters::default(),
             scenario_counters: vec![0; scenario_counters],
             request_latency_us: new_latency_histogram(),
+            service_time_us: new_latency_histogram(),
             session_latency_us: new_latency_histogram(),
             send_lag_us: new_latency_histogram(),
             intervals: (0..intervals.max(1))
@@ -139,10 +144,12 @@ impl ThreadStats {
         }
     }
 
-    /// Records an accepted response completed in interval `interval`.
-    pub fn record_ok(&mut self, latency_us: u64, interval: usize) {
+    /// Records an accepted response completed in interval `interval`:
+    /// `latency_us` from the intended send, `service_us` from the actual one.
+    pub fn record_ok(&mut self, latency_us: u64, service_us: u64, interval: usize) {
         self.counters.responses_ok += 1;
         self.request_latency_us.saturating_record(latency_us.max(1));
+        self.service_time_us.saturating_record(service_us.max(1));
         let last = self.intervals.len() - 1;
         let slot = &mut self.intervals[interval.min(last)];
         slot.completed_ok += 1;
@@ -162,6 +169,7 @@ pub struct MergedStats {
     pub counters: Counters,
     pub scenario_counters: Vec<u64>,
     pub request_latency_us: Histogram<u64>,
+    pub service_time_us: Histogram<u64>,
     pub session_latency_us: Histogram<u64>,
     pub send_lag_us: Histogram<u64>,
     pub intervals: Vec<IntervalStats>,
@@ -178,6 +186,7 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
         counters: Counters::default(),
         scenario_counters: vec![0; first.scenario_counters.len()],
         request_latency_us: new_latency_histogram(),
+        service_time_us: new_latency_histogram(),
         session_latency_us: new_latency_histogram(),
         send_lag_us: new_latency_histogram(),
         intervals: first
@@ -195,6 +204,7 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
         }
         // Same bounds everywhere, so adding cannot fail.
         let _ = m.request_latency_us.add(&t.request_latency_us);
+        let _ = m.service_time_us.add(&t.service_time_us);
         let _ = m.session_latency_us.add(&t.session_latency_us);
         let _ = m.send_lag_us.add(&t.send_lag_us);
         for (a, b) in m.intervals.iter_mut().zip(&t.intervals) {
@@ -217,9 +227,9 @@ mod tests {
     fn merging_adds_counters_histograms_and_intervals() {
         let mut a = ThreadStats::new(2, 3, 0);
         let mut b = ThreadStats::new(2, 3, 1);
-        a.record_ok(100, 0);
-        b.record_ok(300, 2);
-        b.record_ok(300, 99);
+        a.record_ok(100, 60, 0);
+        b.record_ok(300, 250, 2);
+        b.record_ok(300, 250, 99);
         b.record_error(12, 1);
         a.scenario_counters[1] = 5;
         a.wall_ns = 100;
@@ -228,6 +238,8 @@ mod tests {
         assert_eq!(m.counters.responses_ok, 3);
         assert_eq!(m.counters.errors_total(), 1);
         assert_eq!(m.request_latency_us.len(), 3);
+        assert_eq!(m.service_time_us.len(), 3);
+        assert_eq!(m.service_time_us.max(), m.service_time_us.highest_equivalent(250));
         assert_eq!(m.intervals.iter().map(|i| i.completed_ok).collect::<Vec<_>>(), vec![1, 0, 2]);
         assert_eq!(m.scenario_counters, vec![0, 5]);
         assert_eq!(m.thread_utilization, vec![(0, 0.5), (1, 0.0)]);

@@ -62,15 +62,23 @@ impl Timeline {
 #[derive(Debug)]
 pub struct RunShared {
     pub base: Instant,
+    /// Earliest load start (ns since base) another process asked for.
+    start_at_ns: Option<u64>,
     pub threads: usize,
     threads_ramped: AtomicUsize,
     load_start_ns: AtomicU64,
 }
 
 impl RunShared {
-    pub fn new(threads: usize) -> Self {
+    pub fn new(threads: usize, start_at_unix_ms: Option<u64>) -> Self {
+        let base = Instant::now();
+        let base_unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         Self {
-            base: Instant::now(),
+            base,
+            start_at_ns: start_at_unix_ms.map(|ms| (ms * 1_000_000).saturating_sub(base_unix_ns)),
             threads,
             threads_ramped: AtomicUsize::new(0),
             load_start_ns: AtomicU64::new(UNSET),
@@ -89,7 +97,7 @@ impl RunShared {
 
     fn thread_ramped(&self) {
         if self.threads_ramped.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
-            let start = self.now_ns() + LOAD_START_MARGIN.as_nanos() as u64;
+            let start = (self.now_ns() + LOAD_START_MARGIN.as_nanos() as u64).max(self.start_at_ns.unwrap_or(0));
             self.load_start_ns.store(start, Ordering::Release);
         }
     }
@@ -149,7 +157,7 @@ pub fn thread_main<S: Scenario, B: Backend>(
     let pinned = system::pin_current_thread(cpu).is_ok();
     let stats =
         ThreadStats::new(scenario.counter_names().len(), cfg.interval_count(), if pinned { cpu } else { usize::MAX });
-    let mine: Vec<u64> = (thread as u64..u64::from(cfg.connections)).step_by(shared.threads).collect();
+    let mine: Vec<u64> = cfg.local_connections().skip(thread).step_by(shared.threads).collect();
     let permits =
         if cfg.connect_rate_per_s.is_some() { Semaphore::MAX_PERMITS } else { CONNECTS_IN_FLIGHT_PER_THREAD_MAX };
     let (timeline_tx, timeline_rx) = watch::channel(None);

@@ -3,6 +3,7 @@
 //! plot ([`svg`]) and the comparison of two JSON summaries ([`compare`]).
 
 pub mod compare;
+pub mod merge;
 pub mod hgrm;
 pub mod summary;
 pub mod svg;

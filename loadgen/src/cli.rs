@@ -68,6 +68,12 @@ pub struct FloorArgs {
     /// Connections of the send-lag run.
     #[arg(long, default_value_t = 1)]
     pub connections: u32,
+    /// Connections of the round-trip run (1 in flight each; more = the generator's capacity).
+    #[arg(long, default_value_t = 1)]
+    pub closed_loop_connections: u32,
+    /// tokio-uring: wake this long before a send is due and spin until it is (0 = off).
+    #[arg(long, default_value = "50us", value_parser = parse_duration)]
+    pub spin_before_send: Duration,
     /// CPU of the echo server (default: an online CPU the generator is not allowed on).
     #[arg(long)]
     pub server_cpu: Option<usize>,
@@ -120,6 +126,10 @@ pub struct RunArgs {
     /// Runtime of each generator thread.
     #[arg(long, value_enum, default_value_t = Runtime::default())]
     pub runtime: Runtime,
+    /// tokio-uring: wake this long before a send is due and spin until it is
+    /// (0 = sleep until the timer fires; at most 1ms).
+    #[arg(long, default_value = "50us", value_parser = parse_duration)]
+    pub spin_before_send: Duration,
     /// Spread connections over 127.0.0.1..=127.0.0.N (default: one address per 20,000
     /// connections to a loopback target; 0 = kernel's choice).
     #[arg(long)]
@@ -205,6 +215,7 @@ impl RunArgs {
         cfg.connect_timeout = self.connect_timeout;
         cfg.drain_timeout = self.drain_timeout;
         cfg.runtime = self.runtime;
+        cfg.spin_before_send = self.spin_before_send;
         cfg.process_count = self.processes;
         cfg.process_index = self.process_index;
         cfg.start_at_unix_ms = self.start_at_unix_ms;

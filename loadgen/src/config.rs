@@ -11,6 +11,9 @@ pub const CONNECTIONS_MAX: u32 = 1_000_000;
 pub const PIPELINE_DEPTH_MAX: u32 = 65_536;
 /// Highest total offered rate accepted (requests per second).
 pub const RATE_PER_S_MAX: f64 = 50_000_000.0;
+/// Default spin before a due send (tokio-uring): covers the 20-40 us it takes
+/// this VM to wake an idle CPU for a timer.
+pub const SPIN_BEFORE_SEND_DEFAULT: Duration = Duration::from_micros(50);
 /// Most generator processes of one run (`--processes`).
 pub const PROCESSES_MAX: u32 = 64;
 /// Most generator threads.
@@ -110,6 +113,9 @@ pub struct RunConfig {
     pub frame_bytes_max: u32,
     /// The generator threads' runtime.
     pub runtime: Runtime,
+    /// tokio-uring: wake a sleeping sender this long before its send is due
+    /// and spin (yielding to the runtime) until it is; zero disables it.
+    pub spin_before_send: Duration,
     /// This process is number `process_index` of `process_count` sharing one
     /// run (`--processes`): it drives the connections `j` with
     /// `j % process_count == process_index` of the run's `connections`, on the
@@ -156,6 +162,7 @@ impl RunConfig {
             interval: Duration::from_secs(1),
             frame_bytes_max: 1 << 20,
             runtime: Runtime::default(),
+            spin_before_send: SPIN_BEFORE_SEND_DEFAULT,
             process_index: 0,
             process_count: 1,
             start_at_unix_ms: None,
@@ -249,6 +256,9 @@ impl RunConfig {
         }
         if self.interval < INTERVAL_MIN || self.interval_count() > INTERVALS_MAX as usize {
             return invalid("interval", format!("must be at least 100ms and give at most {INTERVALS_MAX} intervals"));
+        }
+        if self.spin_before_send > crate::driver::precise_timer::SPIN_LEAD_MAX {
+            return invalid("spin-before-send", "must be at most 1ms");
         }
         if self.frame_bytes_max < 512 {
             return invalid("frame_bytes_max", "must be at least 512");

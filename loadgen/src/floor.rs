@@ -47,8 +47,10 @@ pub struct FloorSummary {
     pub measured_at: String,
     pub generator_cpu: i64,
     pub server_cpu: usize,
-    /// Closed loop, 1 connection, 1 in flight: service time = round trip.
+    /// Closed loop, 1 in flight on each of `closed_loop_connections`: service time = round trip.
     pub round_trip: LatencySummary,
+    #[serde(default)]
+    pub closed_loop_connections: u32,
     pub round_trip_ok_per_s: f64,
     /// Open loop at `open_loop_rate_per_s` over `open_loop_connections`.
     pub open_loop_rate_per_s: f64,
@@ -68,6 +70,11 @@ pub struct FloorConfig {
     pub warmup: Duration,
     pub rate_per_s: f64,
     pub connections: u32,
+    /// Connections of the closed-loop run (1 in flight each): 1 gives the
+    /// round trip, more give the generator's capacity against the echo server.
+    pub closed_loop_connections: u32,
+    /// tokio-uring: spin before a due send (see `--spin-before-send`).
+    pub spin_before_send: Duration,
     /// CPU of the echo server; `None` picks an online CPU the generator does not use.
     pub server_cpu: Option<usize>,
 }
@@ -101,9 +108,13 @@ pub fn measure(fc: &FloorConfig) -> Result<FloorSummary, FloorError> {
         cfg.warmup = fc.warmup;
         cfg.interval = RunConfig::interval_for(fc.duration);
         cfg.mode = mode;
+        cfg.spin_before_send = fc.spin_before_send;
         cfg
     };
-    let closed = crate::run(base(LoadMode::ClosedLoop { in_flight_per_connection: 1 }, 1), PingScenario::new(PAYLOAD_BYTES))?;
+    let closed = crate::run(
+        base(LoadMode::ClosedLoop { in_flight_per_connection: 1 }, fc.closed_loop_connections),
+        PingScenario::new(PAYLOAD_BYTES),
+    )?;
     let open = crate::run(
         base(LoadMode::OpenLoop { rate_per_s: fc.rate_per_s }, fc.connections),
         PingScenario::new(PAYLOAD_BYTES),
@@ -118,6 +129,7 @@ pub fn measure(fc: &FloorConfig) -> Result<FloorSummary, FloorError> {
         generator_cpu: closed.summary.generator.thread_cpus.first().copied().unwrap_or(-1),
         server_cpu,
         round_trip: closed.summary.service_time.clone(),
+        closed_loop_connections: fc.closed_loop_connections,
         round_trip_ok_per_s: closed.summary.throughput_per_s,
         open_loop_rate_per_s: fc.rate_per_s,
         open_loop_connections: fc.connections,
@@ -164,7 +176,8 @@ pub fn render(f: &FloorSummary) -> String {
         "redrain-loadgen floor: {} runtime, generator on cpu {}, echo server on cpu {} ({})\n",
         f.runtime, f.generator_cpu, f.server_cpu, f.measured_at
     );
-    out += &row("round trip (1 in flight)", &f.round_trip);
+    let label = format!("round trip ({} x 1)", f.closed_loop_connections);
+    out += &row(&label, &f.round_trip);
     out += &format!("  {:<22} {:.0} ok/s\n", "closed-loop rate", f.round_trip_ok_per_s);
     let label = format!("send lag ({:.0}/s)", f.open_loop_rate_per_s);
     out += &row(&label, &f.send_lag);
@@ -196,6 +209,7 @@ mod tests {
             generator_cpu: 1,
             server_cpu: 0,
             round_trip: LatencySummary { count: 10, p50_ms: 0.05, ..Default::default() },
+            closed_loop_connections: 1,
             round_trip_ok_per_s: 20_000.0,
             open_loop_rate_per_s: 1000.0,
             open_loop_connections: 1,

@@ -125,6 +125,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 warmup: a.warmup,
                 rate_per_s: a.rate,
                 connections: a.connections,
+                closed_loop_connections: a.closed_loop_connections,
+                spin_before_send: a.spin_before_send,
                 server_cpu: a.server_cpu,
             };
             let f = floor::measure(&fc)?;

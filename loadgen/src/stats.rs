@@ -119,6 +119,8 @@ pub struct ThreadStats {
     /// CPU time and wall time of this thread over the measured window.
     pub cpu_ns: u64,
     pub wall_ns: u64,
+    /// Wall time spent spinning towards due sends (voluntary waiting, part of `cpu_ns`).
+    pub spin_ns: u64,
     /// Busy fraction of the CPU this thread is pinned to over the window
     /// (all tasks, softirq and steal; `None` when unpinned or unreadable).
     pub core_busy: Option<f64>,
@@ -139,6 +141,7 @@ impl ThreadStats {
                 .collect(),
             cpu_ns: 0,
             wall_ns: 0,
+            spin_ns: 0,
             core_busy: None,
             cpu,
         }
@@ -173,8 +176,10 @@ pub struct MergedStats {
     pub session_latency_us: Histogram<u64>,
     pub send_lag_us: Histogram<u64>,
     pub intervals: Vec<IntervalStats>,
-    /// (cpu, busy fraction of the measured window) per thread.
+    /// (cpu, busy fraction of the measured window, spinning excluded) per thread.
     pub thread_utilization: Vec<(usize, f64)>,
+    /// Fraction of the window each thread spent spinning towards due sends.
+    pub thread_spin: Vec<f64>,
     /// Busy fraction of each thread's pinned CPU (see [`ThreadStats::core_busy`]).
     pub core_busy: Vec<Option<f64>>,
 }
@@ -195,6 +200,7 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
             .map(|_| IntervalStats { completed_ok: 0, errors: 0, latency_us: new_interval_histogram() })
             .collect(),
         thread_utilization: Vec::new(),
+        thread_spin: Vec::new(),
         core_busy: Vec::new(),
     };
     for t in threads {
@@ -212,8 +218,9 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
             a.errors += b.errors;
             let _ = a.latency_us.add(&b.latency_us);
         }
-        let util = if t.wall_ns == 0 { 0.0 } else { t.cpu_ns as f64 / t.wall_ns as f64 };
-        m.thread_utilization.push((t.cpu, util));
+        let fraction = |ns: u64| if t.wall_ns == 0 { 0.0 } else { ns as f64 / t.wall_ns as f64 };
+        m.thread_utilization.push((t.cpu, fraction(t.cpu_ns.saturating_sub(t.spin_ns))));
+        m.thread_spin.push(fraction(t.spin_ns));
         m.core_busy.push(t.core_busy);
     }
     m
@@ -233,7 +240,8 @@ mod tests {
         b.record_error(12, 1);
         a.scenario_counters[1] = 5;
         a.wall_ns = 100;
-        a.cpu_ns = 50;
+        a.cpu_ns = 60;
+        a.spin_ns = 10;
         let m = merge(&[a, b]);
         assert_eq!(m.counters.responses_ok, 3);
         assert_eq!(m.counters.errors_total(), 1);
@@ -242,6 +250,7 @@ mod tests {
         assert_eq!(m.service_time_us.max(), m.service_time_us.highest_equivalent(250));
         assert_eq!(m.intervals.iter().map(|i| i.completed_ok).collect::<Vec<_>>(), vec![1, 0, 2]);
         assert_eq!(m.scenario_counters, vec![0, 5]);
-        assert_eq!(m.thread_utilization, vec![(0, 0.5), (1, 0.0)]);
+        assert_eq!(m.thread_utilization, vec![(0, 0.5), (1, 0.0)], "spinning is not load");
+        assert_eq!(m.thread_spin, vec![0.1, 0.0]);
     }
 }

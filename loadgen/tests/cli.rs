@@ -51,7 +51,7 @@ fn floor_measures_against_its_own_echo_server_and_later_runs_print_it() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("round trip") && text.contains("send lag (500/s)"), "{text}");
+    assert!(text.contains("round trip (1 x 1)") && text.contains("send lag (500/s)"), "{text}");
     let file = redrain_loadgen::floor::load(&floor_file).unwrap();
     let f = &file["tokio-uring"];
     assert!(f.round_trip.count > 0 && f.round_trip.p50_ms > 0.0, "{f:?}");

@@ -6,6 +6,7 @@
 
 use super::backend::Backend;
 use super::connection::run_connection;
+use super::precise_timer;
 use crate::config::RunConfig;
 use crate::scenario::Scenario;
 use crate::stats::ThreadStats;
@@ -192,13 +193,14 @@ pub fn thread_main<S: Scenario, B: Backend>(
             // Self-check: this thread's CPU time over the measured window.
             B::sleep_until(ctx.instant(timeline.measure_start_ns)).await;
             let core0 = if pinned { system::cpu_jiffies(cpu) } else { None };
-            let (cpu0, wall0) = (system::thread_cpu_ns(), ctx.now_ns());
+            let (cpu0, wall0, spin0) = (system::thread_cpu_ns(), ctx.now_ns(), precise_timer::spin_ns_total());
             B::sleep_until(ctx.instant(timeline.measure_end_ns)).await;
-            let (cpu1, wall1) = (system::thread_cpu_ns(), ctx.now_ns());
+            let (cpu1, wall1, spin1) = (system::thread_cpu_ns(), ctx.now_ns(), precise_timer::spin_ns_total());
             let core1 = if pinned { system::cpu_jiffies(cpu) } else { None };
             {
                 let mut s = ctx.stats.borrow_mut();
                 s.cpu_ns = cpu1.saturating_sub(cpu0);
+                s.spin_ns = spin1.saturating_sub(spin0);
                 s.wall_ns = wall1.saturating_sub(wall0);
                 s.core_busy = core0.zip(core1).and_then(|(a, b)| system::busy_fraction(a, b));
             }
@@ -207,6 +209,7 @@ pub fn thread_main<S: Scenario, B: Backend>(
             }
         }
     };
+    precise_timer::set_spin_lead(cfg.spin_before_send);
     B::block_on(thread, shared.threads, body)?;
     let ctx = Rc::try_unwrap(ctx).map_err(|_| std::io::Error::other("connection tasks outlived the runtime"))?;
     Ok(ctx.stats.into_inner())

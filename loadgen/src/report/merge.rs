@@ -114,6 +114,7 @@ pub fn merge(inputs: &[(String, RunSummary)]) -> Result<RunSummary, MergeError> 
         let (g, h) = (&mut out.generator, &s.generator);
         g.limited |= h.limited;
         g.thread_cpu_utilization.extend(&h.thread_cpu_utilization);
+        g.thread_spin_fraction.extend(&h.thread_spin_fraction);
         g.thread_cpus.extend(&h.thread_cpus);
         g.core_busy.extend(&h.core_busy);
         g.cpu_utilization_max = g.cpu_utilization_max.max(h.cpu_utilization_max);

@@ -162,8 +162,12 @@ pub struct GeneratorHealth {
     pub cpu_threshold: f64,
     /// Sends behind their schedule for the generator's own reasons.
     pub send_lag_ms: LatencySummary,
-    /// Busy fraction of each thread over the measured window.
+    /// Busy fraction of each thread over the measured window (spinning towards
+    /// due sends excluded: it is waiting, not load).
     pub thread_cpu_utilization: Vec<f64>,
+    /// Fraction of the window each thread spun towards due sends.
+    #[serde(default)]
+    pub thread_spin_fraction: Vec<f64>,
     pub thread_cpus: Vec<i64>,
     pub cpu_utilization_max: f64,
     /// Busy fraction of each generator thread's pinned CPU over the window,
@@ -557,6 +561,7 @@ pub fn build_summary(
             cpu_threshold: cfg.cpu_saturation_threshold,
             send_lag_ms: send_lag,
             thread_cpu_utilization: utilization,
+            thread_spin_fraction: m.thread_spin.clone(),
             thread_cpus: m
                 .thread_utilization
                 .iter()

@@ -104,7 +104,15 @@ pub fn render(s: &RunSummary) -> String {
         }
     }
     let g = &s.generator;
-    let utils: Vec<String> = g.thread_cpu_utilization.iter().map(|u| format!("{:.0}%", u * 100.0)).collect();
+    let utils: Vec<String> = g
+        .thread_cpu_utilization
+        .iter()
+        .enumerate()
+        .map(|(i, u)| match g.thread_spin_fraction.get(i).filter(|s| **s >= 0.005) {
+            Some(s) => format!("{:.0}% (+{:.0}% spin)", u * 100.0, s * 100.0),
+            None => format!("{:.0}%", u * 100.0),
+        })
+        .collect();
     let verdict = if g.limited { "GENERATOR-LIMITED" } else { "ok" };
     let busy: Vec<String> =
         g.core_busy.iter().map(|b| b.map(|b| format!("{:.0}%", b * 100.0)).unwrap_or_else(|| "?".into())).collect();

@@ -435,7 +435,10 @@ mod tests {
         render_prometheus(&[], figures, &mut out);
         assert!(out.contains("redrain_process_cpu_seconds_total 1.25\n"), "{out}");
         let mut out = String::new();
-        render_thread_cpu(&[("redrain-core-0".into(), 0.5), ("redrain-core-0".into(), 0.25), ("x\"y".into(), 1.0)], &mut out);
+        render_thread_cpu(
+            &[("redrain-core-0".into(), 0.5), ("redrain-core-0".into(), 0.25), ("x\"y".into(), 1.0)],
+            &mut out,
+        );
         assert!(out.contains("redrain_thread_cpu_seconds_total{thread=\"redrain-core-0\"} 0.75\n"), "{out}");
         assert!(out.contains("{thread=\"xy\"} 1\n"), "{out}");
         assert!(process_cpu_seconds() > 0.0);

@@ -148,7 +148,9 @@ pub fn load(path: &Path) -> Result<FloorFile, FloorError> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FloorFile::new()),
         Err(e) => return Err(err(e.to_string())),
-        Ok(m) if m.len() > FLOOR_FILE_BYTES_MAX => return Err(err(format!("larger than {FLOOR_FILE_BYTES_MAX} bytes"))),
+        Ok(m) if m.len() > FLOOR_FILE_BYTES_MAX => {
+            return Err(err(format!("larger than {FLOOR_FILE_BYTES_MAX} bytes")))
+        }
         Ok(_) => {}
     }
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;

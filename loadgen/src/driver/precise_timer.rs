@@ -99,7 +99,8 @@ thread_local! {
 fn take_spin_budget(lead: Duration, now: Instant) -> bool {
     SPIN_BUDGET.with(|b| {
         let (mut budget, since) = b.get();
-        let earned = since.map_or(SPIN_BUDGET_NS_MAX, |s| now.saturating_duration_since(s).as_nanos() as f64 * SPIN_SHARE_MAX);
+        let earned =
+            since.map_or(SPIN_BUDGET_NS_MAX, |s| now.saturating_duration_since(s).as_nanos() as f64 * SPIN_SHARE_MAX);
         budget = (budget + earned).min(SPIN_BUDGET_NS_MAX);
         let lead_ns = lead.as_nanos() as f64;
         let granted = budget >= lead_ns;
@@ -143,12 +144,7 @@ impl PreciseTimer {
         // SAFETY: the `OwnedFd` moves into the `AsyncFd`, so the fd stays open
         // and the same for the `AsyncFd`'s whole life.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
-        Ok(Self {
-            fd,
-            heap: RefCell::new(BinaryHeap::new()),
-            armed_at: Cell::new(None),
-            next_sequence: Cell::new(0),
-        })
+        Ok(Self { fd, heap: RefCell::new(BinaryHeap::new()), armed_at: Cell::new(None), next_sequence: Cell::new(0) })
     }
 
     /// Arms the fd to fire at `at` (relative to now: `Instant` has no public

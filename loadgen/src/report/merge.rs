@@ -297,7 +297,9 @@ mod tests {
         let s = summary_of(&[samples(1, 10, 1)]);
         let mut old = s.clone();
         old.histograms = None;
-        assert!(matches!(merge(&[("a".into(), s.clone()), ("old".into(), old)]), Err(MergeError::NoHistograms(p)) if p == "old"));
+        assert!(
+            matches!(merge(&[("a".into(), s.clone()), ("old".into(), old)]), Err(MergeError::NoHistograms(p)) if p == "old")
+        );
         let mut other = s.clone();
         other.scenario = "connect".into();
         assert!(matches!(merge(&[("a".into(), s), ("b".into(), other)]), Err(MergeError::Mismatch { .. })));

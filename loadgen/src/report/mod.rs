@@ -3,8 +3,8 @@
 //! plot ([`svg`]) and the comparison of two JSON summaries ([`compare`]).
 
 pub mod compare;
-pub mod merge;
 pub mod hgrm;
+pub mod merge;
 pub mod summary;
 pub mod svg;
 pub mod table;

@@ -628,7 +628,10 @@ mod tests {
     #[test]
     fn send_lag_above_the_absolute_threshold_fires_both_lag_rules() {
         let (lag, latency) = (lat(5.0, 12.0), lat(20.0, 40.0));
-        assert_eq!(ids(&limited_rules(&inputs(&lag, &latency))), vec!["send_lag_threshold", "send_lag_share_of_latency"]);
+        assert_eq!(
+            ids(&limited_rules(&inputs(&lag, &latency))),
+            vec!["send_lag_threshold", "send_lag_share_of_latency"]
+        );
     }
 
     #[test]
@@ -646,11 +649,13 @@ mod tests {
 
     #[test]
     fn node_cpu_per_request_is_the_window_cpu_over_the_answered_requests() {
-        let reading = |cpu: f64, core0: f64, at_ns: u64| TimedReading {
+        let reading = |cpu: f64, core0: f64, at_ns: u64| {
+            TimedReading {
             metrics: NodeMetrics::parse(&format!(
                 "redrain_process_cpu_seconds_total {cpu}\nredrain_thread_cpu_seconds_total{{thread=\"redrain-core-0\"}} {core0}\n"
             )),
             at_ns,
+        }
         };
         let mut n = NodeSummary::default();
         node_cpu(&mut n, &reading(10.0, 9.0, 1_000_000_000), &reading(12.0, 10.5, 3_000_000_000), 100_000);

@@ -2,7 +2,7 @@
 //! login path, pure HMAC-SHA256 computation).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use redrain_engine::auth::{TokenClaims, TokenKeys};
+use redrain_net::token::{TokenClaims, TokenKeys};
 
 mod profiler;
 

@@ -54,6 +54,38 @@ pub struct Config {
     pub handoff_batch_max: usize,
     /// How long shutdown waits for sessions to drain before exiting anyway.
     pub shutdown_drain_ms: u32,
+    /// Ticket directory of the event (manifest + files). When unset and `demo_event` is
+    /// on, a demo event is generated in `data_dir/demo-event` on first start.
+    pub tickets: Option<PathBuf>,
+    /// Keyring of the event (kept apart from the tickets).
+    pub keyring: Option<PathBuf>,
+    /// Generate and serve a small demo event when no ticket directory is given.
+    pub demo_event: bool,
+    /// This node's index in the event's fleet.
+    pub node_id: u16,
+    /// Issue a failed peer's files from the next slot on (file-level resume).
+    pub adopt_node: Option<u16>,
+    /// Unix time of the first slot's start; unset: the node's start (demo, tests).
+    pub event_start_unix_s: Option<u64>,
+    /// Shifts the rain's clock (tests jump into a slot).
+    pub clock_offset_ms: i64,
+    /// Hex AES-256 key that seals tickets (64 hex chars). When unset, a key is created
+    /// in `data_dir/seal.key` on first start.
+    pub seal_key_hex: Option<String>,
+    /// Minimum interval between two shakes of one user (told to clients in ShakeOk).
+    pub shake_interval_ms: u32,
+    /// A sealed ticket can be opened for this long after it was won.
+    pub sealed_ticket_ttl_s: u64,
+    /// Tickets the whole node may issue per second (split evenly over its cores).
+    pub issuance_quota_per_s: u64,
+    /// Opens waiting for durability per core; more are answered Busy.
+    pub opens_pending_max: usize,
+    /// Users a core remembers the last shake of (within one interval).
+    pub shake_users_max: usize,
+    /// Records reserved per issuance-cursor record: the most a crash can skip per file.
+    pub cursor_step: u64,
+    /// Ticket records read ahead per file.
+    pub ticket_prefetch_records: usize,
 }
 
 impl Default for Config {
@@ -78,6 +110,21 @@ impl Default for Config {
             handoff_queue_capacity: 4096,
             handoff_batch_max: 256,
             shutdown_drain_ms: 5_000,
+            tickets: None,
+            keyring: None,
+            demo_event: true,
+            node_id: 0,
+            adopt_node: None,
+            event_start_unix_s: None,
+            clock_offset_ms: 0,
+            seal_key_hex: None,
+            shake_interval_ms: 1_000,
+            sealed_ticket_ttl_s: 24 * 3600,
+            issuance_quota_per_s: 200_000,
+            opens_pending_max: 65_536,
+            shake_users_max: 1_000_000,
+            cursor_step: 4_096,
+            ticket_prefetch_records: 4_096,
         }
     }
 }
@@ -126,6 +173,18 @@ impl Config {
         if self.cores == Some(0) {
             return invalid("cores", "must be at least 1");
         }
+        if self.tickets.is_some() != self.keyring.is_some() {
+            return invalid("tickets/keyring", "give both the ticket directory and its keyring");
+        }
+        if self.opens_pending_max == 0 || self.shake_users_max == 0 {
+            return invalid("opens_pending_max/shake_users_max", "must be positive");
+        }
+        if !(1..=1 << 24).contains(&self.cursor_step) || !(1..=1 << 20).contains(&self.ticket_prefetch_records) {
+            return invalid("cursor_step/ticket_prefetch_records", "must be within 1..=16777216 / 1..=1048576");
+        }
+        if self.sealed_ticket_ttl_s == 0 {
+            return invalid("sealed_ticket_ttl_s", "must be positive");
+        }
         Ok(())
     }
 }
@@ -149,5 +208,19 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "tls_listen", .. })));
         let c: Config = toml::from_str("idle_timeout_ms = 10\nheartbeat_interval_ms = 20").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn frame_bytes_max_is_accepted_within_1024_to_16777216_as_the_protocol_says() {
+        let validate = |v: u32| Config { frame_bytes_max: v, ..Config::default() }.validate();
+        for refused in [0, 512, 1023, 16_777_217, u32::MAX] {
+            assert!(
+                matches!(validate(refused), Err(ConfigError::Invalid { field: "frame_bytes_max", .. })),
+                "{refused} must be refused"
+            );
+        }
+        for accepted in [1024, 65_536, 16_777_216] {
+            validate(accepted).unwrap();
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`config`]: node configuration (defaults, file, env, flags).
 //! - [`metrics`]: per-core counters and the Prometheus rendering.
 //! - [`node`]: start-up, executors, signals, admin, profiling.
+//! - [`rain`]: the red-packet rain on the node: event, dispenser, seal, open, streams.
 //! - [`shard`]: one pinned core: connections, hand-off, accept loops.
 //! - [`session`]: the per-connection protocol state machine (sans-IO).
 //! - [`tickets`]: the red-packet ticket toolchain (budget, generation, verification,
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod rain;
 pub mod session;
 pub mod shard;
 pub mod tickets;

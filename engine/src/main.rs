@@ -32,6 +32,54 @@ enum Command {
     Tickets(redrain_engine::tickets::cli::TicketsArgs),
     /// Peer-park replicas: serve, export, fetch and check a node's replicated logs.
     Replica(redrain_storage::replica_cli::ReplicaArgs),
+    /// The rain's durable streams: export the open queue as NDJSON for reconciliation.
+    Rain(RainArgs),
+}
+
+#[derive(Args, Debug)]
+struct RainArgs {
+    #[command(subcommand)]
+    command: RainCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum RainCommand {
+    /// Print every opened packet of a (stopped or running) node's data dir as NDJSON,
+    /// the input of `redrain tickets reconcile --opened`.
+    ExportOpened {
+        #[command(flatten)]
+        base: ConfigArgs,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn rain(args: RainArgs) -> anyhow::Result<()> {
+    match args.command {
+        RainCommand::ExportOpened { base, out } => {
+            let config = load_config(&base)?;
+            let count = match out {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(
+                        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+                    );
+                    let n = redrain_engine::rain::export::export_opened(&config.data_dir, &mut file)?;
+                    std::io::Write::flush(&mut file)?;
+                    n
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut lock = std::io::BufWriter::new(stdout.lock());
+                    let n = redrain_engine::rain::export::export_opened(&config.data_dir, &mut lock)?;
+                    std::io::Write::flush(&mut lock)?;
+                    n
+                }
+            };
+            eprintln!("exported {count} opened packets from {}", config.data_dir.display());
+            Ok(())
+        }
+    }
 }
 
 /// Where configuration comes from: defaults < --config file < REDRAIN_* env < flags.
@@ -91,6 +139,36 @@ struct ServeArgs {
     /// Graceful drain deadline on SIGTERM/SIGINT, ms [default: 5000].
     #[arg(long, env = "REDRAIN_SHUTDOWN_DRAIN_MS")]
     shutdown_drain_ms: Option<u32>,
+    /// Ticket directory of the event (needs --keyring) [default: a demo event in the data dir].
+    #[arg(long, env = "REDRAIN_TICKETS", requires = "keyring")]
+    tickets: Option<PathBuf>,
+    /// Keyring of the event.
+    #[arg(long, env = "REDRAIN_KEYRING", requires = "tickets")]
+    keyring: Option<PathBuf>,
+    /// Generate and serve a demo event when no --tickets is given [default: true].
+    #[arg(long, env = "REDRAIN_DEMO_EVENT")]
+    demo_event: Option<bool>,
+    /// This node's index in the event's fleet [default: 0].
+    #[arg(long, env = "REDRAIN_NODE_ID")]
+    node_id: Option<u16>,
+    /// Issue failed peer node M's ticket files from the next slot on.
+    #[arg(long, env = "REDRAIN_ADOPT_NODE")]
+    adopt_node: Option<u16>,
+    /// Unix time (s) the event's first slot starts [default: when the node starts].
+    #[arg(long, env = "REDRAIN_EVENT_START_UNIX_S")]
+    event_start_unix_s: Option<u64>,
+    /// Shift the rain's clock by this many ms (tests) [default: 0].
+    #[arg(long, env = "REDRAIN_CLOCK_OFFSET_MS", allow_hyphen_values = true)]
+    clock_offset_ms: Option<i64>,
+    /// Minimum interval between two shakes of a user, ms [default: 1000].
+    #[arg(long, env = "REDRAIN_SHAKE_INTERVAL_MS")]
+    shake_interval_ms: Option<u32>,
+    /// Tickets the node may issue per second, all cores [default: 200000].
+    #[arg(long, env = "REDRAIN_ISSUANCE_QUOTA_PER_S")]
+    issuance_quota_per_s: Option<u64>,
+    /// Records reserved per issuance-cursor record (most a crash skips per file) [default: 4096].
+    #[arg(long, env = "REDRAIN_CURSOR_STEP")]
+    cursor_step: Option<u64>,
     /// Write a CPU flamegraph (SVG) of the node to this file.
     #[arg(long)]
     profile: Option<PathBuf>,
@@ -143,8 +221,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         login_timeout_ms,
         write_timeout_ms,
         io_memory_bytes_per_core,
-        shutdown_drain_ms
+        shutdown_drain_ms,
+        node_id,
+        demo_event,
+        clock_offset_ms,
+        shake_interval_ms,
+        issuance_quota_per_s,
+        cursor_step
     );
+    if args.tickets.is_some() {
+        c.tickets = args.tickets.clone();
+        c.keyring = args.keyring.clone();
+    }
+    if args.adopt_node.is_some() {
+        c.adopt_node = args.adopt_node;
+    }
+    if args.event_start_unix_s.is_some() {
+        c.event_start_unix_s = args.event_start_unix_s;
+    }
     if args.tls_listen.is_some() {
         c.tls_listen = args.tls_listen;
     }
@@ -186,6 +280,7 @@ fn main() {
         Command::Tune(a) => redrain_tuning::run(a),
         Command::Tickets(a) => redrain_engine::tickets::cli::run(a),
         Command::Replica(a) => redrain_storage::replica_cli::run(a),
+        Command::Rain(a) => rain(a).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

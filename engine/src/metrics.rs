@@ -124,8 +124,10 @@ pub enum CloseReason {
     Io = 2,
     Tls = 3,
     HandedOff = 4,
+    /// The client did not take the pending output within the write timeout.
+    WriteTimeout = 5,
 }
-const CLOSE_REASONS: [&str; 5] = ["peer_closed", "error_frame", "io_error", "tls_error", "handed_off"];
+const CLOSE_REASONS: [&str; 6] = ["peer_closed", "error_frame", "io_error", "tls_error", "handed_off", "write_timeout"];
 
 /// Everything one core counts.
 #[derive(Debug, Default)]
@@ -147,6 +149,8 @@ pub struct CoreMetrics {
     pub bytes_sent_total: AtomicU64,
     /// Socket writes; with packet merging this grows slower than frames.
     pub writes_total: AtomicU64,
+    /// The red-packet rain and its streams (rendered by `rain::metrics`).
+    pub rain: crate::rain::metrics::RainMetrics,
     frames_total: [[AtomicU64; OUTCOMES.len()]; TYPE_SLOTS],
     rejected_total: [AtomicU64; ErrorCode::ALL.len()],
     latency: [Histogram; TYPE_SLOTS],

@@ -10,7 +10,10 @@
 use crate::auth::{parse_secret_hex, TokenKeys};
 use crate::config::Config;
 use crate::metrics::{self, CoreMetrics, ProcessFigures};
-use crate::shard::handoff::HandoffQueues;
+use crate::rain::{CoreRecovery, RainShared};
+use crate::shard::mailbox::Mailboxes;
+use crate::shard::state::ShardState;
+use crate::shard::storage::CoreStorage;
 use crate::shard::{accept, Core, NodeShared, HOUSEKEEPING_TICK, SWEEP_EVERY_TICKS};
 use anyhow::{bail, Context};
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
@@ -27,8 +30,7 @@ use std::time::{Duration, Instant};
 
 /// File descriptors kept free for logs, data files and admin connections.
 pub const FD_RESERVE: u64 = 256;
-/// Rings glommio registers `io_memory` in, per executor.
-pub const GLOMMIO_RINGS_PER_CORE: usize = 3;
+pub use redrain_tuning::process::{io_memory_per_core, GLOMMIO_RINGS_PER_CORE};
 
 /// Optional CPU profile written as a flamegraph SVG.
 #[derive(Debug, Clone)]
@@ -47,34 +49,20 @@ pub struct HostLimits {
     pub memlock_soft: u64,
 }
 
-fn read_limits() -> HostLimits {
-    use nix::sys::resource::{getrlimit, Resource};
-    let (fd_soft, fd_hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
-    let (memlock_soft, _) = getrlimit(Resource::RLIMIT_MEMLOCK).unwrap_or((64 * 1024, 64 * 1024));
-    HostLimits { fd_soft, fd_hard, memlock_soft }
-}
-
-/// Raises the fd soft limit to the hard limit (allowed without privileges).
+/// Raises the fd soft limit to the hard limit (allowed without privileges)
+/// and reads the limits then in force.
 fn raise_fd_limit() -> HostLimits {
-    use nix::sys::resource::{setrlimit, Resource};
-    let l = read_limits();
-    if l.fd_soft < l.fd_hard {
-        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, l.fd_hard, l.fd_hard) {
-            log::warn!("could not raise RLIMIT_NOFILE soft limit to {}: {e}", l.fd_hard);
-        }
-    }
-    read_limits()
+    use redrain_tuning::process::{fd_limit, raise_fd_limit, FdLimit};
+    let fd = raise_fd_limit().unwrap_or_else(|e| {
+        log::warn!("could not raise the RLIMIT_NOFILE soft limit to the hard limit: {e}");
+        fd_limit().unwrap_or(FdLimit { soft: 1024, hard: 1024 })
+    });
+    let (memlock_soft, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).unwrap_or((64 * 1024, 64 * 1024));
+    HostLimits { fd_soft: fd.soft, fd_hard: fd.hard, memlock_soft }
 }
 
-/// CPUs this process may run on, in order.
-pub fn allowed_cpus() -> Vec<usize> {
-    use nix::sched::{sched_getaffinity, CpuSet};
-    use nix::unistd::Pid;
-    match sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)).collect(),
-        Err(_) => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
-    }
-}
+use redrain_tuning::process::allowed_cpus;
 
 /// Checks that io_uring can be set up and returns a description of its features.
 pub fn probe_io_uring() -> anyhow::Result<String> {
@@ -98,13 +86,6 @@ pub fn probe_io_uring() -> anyhow::Result<String> {
         ("native_workers", p.is_feature_native_workers()),
     ];
     Ok(features.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect::<Vec<_>>().join(","))
-}
-
-/// Registered memory per core that fits all executors' rings under the limit.
-pub fn io_memory_per_core(configured: usize, memlock_soft: u64, cores: usize) -> usize {
-    let fit = (memlock_soft as usize) / (GLOMMIO_RINGS_PER_CORE * cores.max(1));
-    // glommio rounds up to 4 KiB and to at least 64 KiB.
-    configured.min(fit) / 4096 * 4096
 }
 
 /// Loads the auth secrets: from config, or the development secret in the data
@@ -148,6 +129,12 @@ fn dev_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(secret.to_vec())
 }
 
+/// Log settings of the rain's streams: the storage defaults (group commit up to 16 MiB,
+/// 4 MiB batches), with a pending bound that covers the open queue's.
+fn rain_log_config() -> redrain_storage::LogConfig {
+    redrain_storage::LogConfig::default()
+}
+
 /// Addresses the node actually listens on (ports resolved when 0 was asked).
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {
@@ -157,6 +144,8 @@ pub struct BoundAddrs {
 }
 
 struct CoreSetup {
+    /// This core's rain state (dispenser with recovered cursors, opened packets).
+    rain: Option<(CoreRecovery, crate::rain::dispenser::Dispenser)>,
     plain: std::net::TcpListener,
     tls: Option<std::net::TcpListener>,
     admin: Option<std::net::TcpListener>,
@@ -222,12 +211,18 @@ pub fn run(config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()
         admin: admin.local_addr()?,
     };
 
+    let rain = crate::rain::start(&config, cores)?;
+    let (rain_shared, mut rain_cores): (Option<Arc<RainShared>>, Vec<_>) = match rain {
+        Some(start) => (Some(start.shared), start.cores.into_iter().map(Some).collect()),
+        None => (None, (0..cores).map(|_| None).collect()),
+    };
     let node = Arc::new(NodeShared {
         cores,
         keys,
         tls,
         metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
-        handoffs: HandoffQueues::new(cores, config.handoff_queue_capacity),
+        mailboxes: Mailboxes::new(cores, config.handoff_queue_capacity),
+        rain: rain_shared,
         shutdown: Default::default(),
         started: Instant::now(),
         fd_limit: limits.fd_soft,
@@ -238,8 +233,9 @@ pub fn run(config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()
     let mut setups: Vec<CoreSetup> = Vec::with_capacity(cores);
     let mut tls_iter = tls_listeners.map(|v| v.into_iter());
     let mut admin = Some(admin);
-    for p in plain {
+    for (i, p) in plain.into_iter().enumerate() {
         setups.push(CoreSetup {
+            rain: rain_cores[i].take(),
             plain: p,
             tls: tls_iter.as_mut().and_then(|it| it.next()),
             admin: admin.take(),
@@ -258,7 +254,7 @@ pub fn run(config: Config, profile: Option<ProfileRequest>) -> anyhow::Result<()
     }
 
     spawn_signal_thread(node.clone())?;
-    let profiler = profile.map(|p| spawn_profiler(p, node.clone()));
+    let profiler = profile.map(|p| spawn_profiler(p, node.clone())).transpose()?;
 
     let mut handles = Vec::with_capacity(cores);
     for (id, setup) in setups.into_iter().enumerate() {
@@ -311,8 +307,19 @@ fn spawn_signal_thread(node: Arc<NodeShared>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+/// A build without the `profiling` feature has no profiler: asking for one is
+/// an error at start-up, not a silent no-op.
+#[cfg(not(feature = "profiling"))]
+fn spawn_profiler(p: ProfileRequest, _node: Arc<NodeShared>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    bail!(
+        "--profile {}: this redrain was built without the `profiling` feature (rebuild with default features)",
+        p.svg_path.display()
+    )
+}
+
+#[cfg(feature = "profiling")]
+fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    Ok(std::thread::spawn(move || {
         let wait = |d: Duration| {
             let until = Instant::now() + d;
             while Instant::now() < until && !node.shutting_down() {
@@ -338,7 +345,7 @@ fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> std::thread::Join
             Ok(()) => log::info!("flamegraph written to {}", p.svg_path.display()),
             Err(e) => log::warn!("flamegraph failed: {e}"),
         }
-    })
+    }))
 }
 
 fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
@@ -346,6 +353,7 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
         "/metrics" => {
             let mut body = String::with_capacity(32 * 1024);
             let cores: Vec<&CoreMetrics> = node.metrics.iter().collect();
+            let rain: Vec<&crate::rain::metrics::RainMetrics> = node.metrics.iter().map(|m| &m.rain).collect();
             let figures = ProcessFigures {
                 resident_bytes: metrics::resident_bytes(),
                 open_fds: metrics::open_fds(),
@@ -356,6 +364,9 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
             };
             metrics::render_prometheus(&cores, figures, &mut body);
             metrics::render_thread_cpu(&metrics::thread_cpu_seconds(), &mut body);
+            if node.rain.is_some() {
+                crate::rain::metrics::render(&rain, &mut body);
+            }
             AdminResponse { status: 200, content_type: "text/plain; version=0.0.4", body }
         }
         "/healthz" if node.shutting_down() => {
@@ -367,7 +378,23 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
 }
 
 async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow::Result<()> {
-    let core = Rc::new(Core::new(id, node.clone()));
+    let (state, files) = match (setup.rain, node.rain.clone()) {
+        (Some((recovery, dispenser)), Some(shared)) => {
+            let files = shared.event.files_by_core[id].iter().map(|f| f.path.clone()).collect();
+            let mut state = ShardState::new(id, node.cores, Some(shared), Some(dispenser));
+            for packet in recovery.opened {
+                state.recover_open(packet);
+            }
+            (state, files)
+        }
+        _ => (ShardState::new(id, node.cores, None, None), Vec::new()),
+    };
+    let core = Rc::new(Core::new(id, node.clone(), state));
+    if node.rain.is_some() {
+        let storage = CoreStorage::open(&core, &node.config.data_dir, rain_log_config(), files).await?;
+        let _ = core.storage.set(storage);
+        core.housekeeping(false);
+    }
     core.spawn_handoff_receivers(setup.receivers);
     core.connect_doorbells(setup.senders).await;
     let mut accept_tasks =
@@ -383,9 +410,11 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     while !node.shutting_down() {
         glommio::timer::sleep(HOUSEKEEPING_TICK).await;
         tick = tick.wrapping_add(1);
-        if tick.is_multiple_of(SWEEP_EVERY_TICKS) {
+        let every_second = tick.is_multiple_of(SWEEP_EVERY_TICKS);
+        if every_second {
             core.sweep_idle();
         }
+        core.housekeeping(every_second);
     }
 
     // Drain: stop accepting (dropping a task cancels it and closes its
@@ -399,6 +428,14 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     }
     if core.connections() > 0 {
         log::warn!("core {id}: {} connections still open after the drain deadline", core.connections());
+    }
+    // Exact cursors, so the next start skips nothing; wait (bounded) for them to be durable.
+    core.housekeeping(true);
+    if let Some(storage) = core.storage.get() {
+        let deadline = Instant::now() + Duration::from_millis(1_000);
+        while storage.cursors.pending_appends() + storage.opens.pending_appends() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
     }
     // Keep the admin endpoint up (reporting draining) until every core is done.
     drop(admin_task);

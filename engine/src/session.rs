@@ -9,6 +9,7 @@
 
 use crate::auth::{TokenClaims, TokenError, TokenKeys};
 use crate::metrics::{CoreMetrics, Outcome, PassKinds};
+use crate::shard::state::RainRequest;
 use redrain_net::frame::{FrameDecoder, FrameError, FrameRef};
 use redrain_net::message::{Request, Response};
 use redrain_net::{ErrorCode, MessageType, PROTOCOL_VERSION};
@@ -45,6 +46,9 @@ pub enum Step {
     /// Close the connection after flushing the output (the reason frame, if any,
     /// is already in the output).
     Close(ErrorCode),
+    /// A rain request of the logged-in user: the driver hands it to the core's state
+    /// machine (its answer goes into the output in request order), then processes on.
+    Rain { user_id: u64, request_id: u32, request: RainRequest },
 }
 
 /// Time and keys for one pass.
@@ -81,11 +85,6 @@ impl Default for Session {
 impl Session {
     pub fn new() -> Self {
         Self { phase: Phase::AwaitHello }
-    }
-
-    /// A session resumed on its home core after a hand-off.
-    pub fn resumed(user_id: u64, device_id: u32) -> Self {
-        Self { phase: Phase::Active { user_id, device_id } }
     }
 
     pub fn phase(&self) -> Phase {
@@ -191,6 +190,14 @@ impl Session {
                 env.count(kind, Outcome::Ok);
                 return Step::Close(ErrorCode::LoggedOut);
             }
+            // Counted by the state machine, which knows the outcome.
+            (Phase::Active { user_id, .. }, Request::Shake) => {
+                env.pass.note(kind);
+                return Step::Rain { user_id, request_id: rid, request: RainRequest::Shake };
+            }
+            (Phase::Active { user_id, .. }, Request::Open { sealed }) => {
+                return Step::Rain { user_id, request_id: rid, request: RainRequest::Open(*sealed) };
+            }
             (Phase::Active { .. }, Request::Reserved { .. }) => {
                 Err((ErrorCode::NotServed, "message type reserved but not served by this node"))
             }
@@ -258,6 +265,62 @@ mod tests {
         v
     }
 
+    /// A session after Hello and an accepted Login of user 5, device 1.
+    fn active_session(keys: &TokenKeys, metrics: &CoreMetrics) -> Session {
+        let mut input = Vec::new();
+        Request::Hello { version_min: 1, version_max: 1 }.encode(1, &mut input);
+        let t = token(keys, 2_000);
+        Request::Login { token: &t }.encode(2, &mut input);
+        let mut s = Session::new();
+        let (used, step) = s.process(&input, &env(keys, metrics), &mut Vec::new());
+        assert_eq!(used, input.len());
+        let Step::Login { claims, .. } = step else { panic!("login expected, got {step:?}") };
+        s.login_accepted(claims);
+        assert_eq!(s.phase(), Phase::Active { user_id: 5, device_id: 1 });
+        s
+    }
+
+    #[test]
+    fn an_unknown_type_before_hello_is_answered_unknown_type_and_closes() {
+        let keys = TokenKeys::new(SECRET, None).unwrap();
+        let metrics = CoreMetrics::default();
+        let mut input = Vec::new();
+        redrain_net::frame::encode_frame(&mut input, 0x7e, 9, |_| {});
+        Request::Hello { version_min: 1, version_max: 1 }.encode(10, &mut input);
+        let mut out = Vec::new();
+        let mut s = Session::new();
+        let (_, step) = s.process(&input, &env(&keys, &metrics), &mut out);
+        assert_eq!(step, Step::Close(ErrorCode::UnknownType));
+        assert_eq!(s.phase(), Phase::Closed);
+        assert_eq!(responses(&out), vec![(9, 0xff, Some(ErrorCode::UnknownType.as_u16()))]);
+    }
+
+    #[test]
+    fn reserved_server_to_client_types_sent_by_a_client_are_out_of_order() {
+        let keys = TokenKeys::new(SECRET, None).unwrap();
+        let metrics = CoreMetrics::default();
+        // Reserved responses and pushes, and an assigned one, after login: answered, not closed.
+        let kinds = [0x90u8, 0x91, 0xa0, 0xb3, 0xc1, 0xe0, 0xe2, 0x81, 0xff];
+        let mut input = Vec::new();
+        for (i, kind) in kinds.iter().enumerate() {
+            redrain_net::frame::encode_frame(&mut input, *kind, 20 + i as u32, |b| b.push(0));
+        }
+        let mut out = Vec::new();
+        let mut s = active_session(&keys, &metrics);
+        let (used, step) = s.process(&input, &env(&keys, &metrics), &mut out);
+        assert_eq!((used, step), (input.len(), Step::NeedMore));
+        let want: Vec<_> =
+            (0..kinds.len() as u32).map(|i| (20 + i, 0xff, Some(ErrorCode::OutOfOrder.as_u16()))).collect();
+        assert_eq!(responses(&out), want);
+        // Before Hello the same error closes.
+        let mut input = Vec::new();
+        redrain_net::frame::encode_frame(&mut input, 0xe0, 30, |_| {});
+        let mut out = Vec::new();
+        let (_, step) = Session::new().process(&input, &env(&keys, &metrics), &mut out);
+        assert_eq!(step, Step::Close(ErrorCode::OutOfOrder));
+        assert_eq!(responses(&out), vec![(30, 0xff, Some(ErrorCode::OutOfOrder.as_u16()))]);
+    }
+
     #[test]
     fn pipelined_hello_ping_login_stops_at_login_and_answers_in_order() {
         let keys = TokenKeys::new(SECRET, None).unwrap();
@@ -305,7 +368,7 @@ mod tests {
         Request::Login { token: &expired }.encode(3, &mut input);
         let forged = token(&other, 2_000);
         Request::Login { token: &forged }.encode(4, &mut input);
-        Request::Reserved { kind: MessageType::Shake, body: b"" }.encode(5, &mut input);
+        Request::Shake.encode(5, &mut input);
         redrain_net::frame::encode_frame(&mut input, 0x7e, 6, |_| {});
         Request::Hello { version_min: 1, version_max: 1 }.encode(7, &mut input);
         let mut out = Vec::new();
@@ -343,11 +406,11 @@ mod tests {
         let keys = TokenKeys::new(SECRET, None).unwrap();
         let metrics = CoreMetrics::default();
         let mut input = Vec::new();
-        Request::Reserved { kind: MessageType::Open, body: b"abc" }.encode(1, &mut input);
+        Request::Reserved { kind: MessageType::Send, body: b"abc" }.encode(1, &mut input);
         Request::Logout.encode(2, &mut input);
         Request::Ping { payload: b"" }.encode(3, &mut input);
         let mut out = Vec::new();
-        let mut s = Session::resumed(5, 1);
+        let mut s = active_session(&keys, &metrics);
         let (used, step) = s.process(&input, &env(&keys, &metrics), &mut out);
         assert_eq!(step, Step::Close(ErrorCode::LoggedOut));
         assert!(used < input.len(), "frames after logout are not processed");

@@ -1,5 +1,6 @@
 //! TLS port: a TLS client that is not ours (Python's ssl module) completes a
-//! handshake, login, ping and pipelined pings against the real node.
+//! handshake, login, ping and pipelined pings against the real node, and
+//! receives the last frames the node writes before it closes.
 
 mod common;
 
@@ -50,6 +51,92 @@ fn start_tls_node(cores: &str) -> (Node, std::path::PathBuf) {
     let args = ["--cores", cores, "--tls-listen", "127.0.0.1:0", "--tls-cert", cert_path.to_str().unwrap()];
     let node = Node::start_in(dir, &[&args[..], &["--tls-key", key_path.to_str().unwrap()]].concat());
     (node, cert_path)
+}
+
+/// Sends one scenario's frames, reads until the node closes, and prints the
+/// (type, request id, first two body bytes) of every frame received.
+const PY_LAST_FRAMES: &str = r#"
+import socket, ssl, struct, sys
+port, cafile, version, case, token = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], bytes.fromhex(sys.argv[5])
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.minimum_version = ctx.maximum_version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[version]
+def connect():
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
+def frame(kind, rid, body=b""):
+    return struct.pack(">IBBI", 6 + len(body), kind, 0, rid) + body
+def frames_until_close(s, skip=0):
+    buf, end = b"", "close_notify"
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ssl.SSLEOFError, ConnectionResetError) as e:
+            end = type(e).__name__
+            break
+        if not chunk:
+            break
+        buf += chunk
+    out = []
+    while len(buf) >= 4:
+        (n,) = struct.unpack(">I", buf[:4])
+        f, buf = buf[:4 + n], buf[4 + n:]
+        out.append("%02x/%d/%s" % (f[4], struct.unpack(">I", f[6:10])[0], f[10:12].hex()))
+    return out[skip:], end
+hello = frame(0x01, 1, struct.pack(">HH", 1, 1))
+s = connect()
+skip = 0
+if case == "logout":
+    s.sendall(hello + frame(0x02, 2, token) + frame(0x04, 3))
+elif case == "unsupported_version":
+    s.sendall(frame(0x01, 5, struct.pack(">HH", 2, 3)))
+elif case == "request_before_hello":
+    s.sendall(frame(0x03, 6, b"x"))
+elif case == "zero_length_frame":
+    s.sendall(hello + frame(0x03, 2, b"p") + struct.pack(">I", 0))
+elif case == "replaced":
+    s.sendall(hello + frame(0x02, 2, token))
+    got = b""
+    while len(got) < 2 * (10 + 22):
+        got += s.recv(65536)
+    other = connect()
+    other.sendall(hello + frame(0x02, 2, token))
+print(s.version(), *frames_until_close(s))
+"#;
+
+#[test]
+fn the_last_frames_before_a_close_reach_a_foreign_tls_client_on_tls_1_2_and_1_3() {
+    // One core, and two (where the session moves to its home core with its TLS state).
+    for cores in ["1", "2"] {
+        last_frames_reach_python_ssl(cores);
+    }
+}
+
+fn last_frames_reach_python_ssl(cores: &str) {
+    let (node, cert_path) = start_tls_node(cores);
+    let port = node.tls.expect("tls port").port().to_string();
+    // (scenario, the frames the client must see before the node's close_notify)
+    let cases = [
+        ("logout", "['81/1/0001', '82/2/0000', '84/3/']"),
+        ("unsupported_version", "['ff/5/0004']"),
+        ("request_before_hello", "['ff/6/0005']"),
+        ("zero_length_frame", "['81/1/0001', '83/2/70', 'ff/0/0001']"),
+        ("replaced", "['e1/0/000e']"),
+    ];
+    for version in ["1.2", "1.3"] {
+        for (case, frames) in cases {
+            let out = Command::new("python3")
+                .args(["-c", PY_LAST_FRAMES, &port, cert_path.to_str().unwrap(), version, case])
+                .arg(hex::encode(node.token(42, 7)))
+                .output()
+                .expect("python3 must be installed");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let want = format!("TLSv{version} {frames} close_notify");
+            assert!(
+                out.status.success() && stdout.trim() == want,
+                "{case} over TLS {version}, {cores} cores: got {stdout:?}, want {want:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
 
 #[test]

@@ -5,11 +5,11 @@ mod tickets_common;
 
 use std::collections::HashSet;
 
+use redrain_engine::tickets::file_reader::TicketFileReader;
 use redrain_engine::tickets::format::FileTag;
 use redrain_engine::tickets::generate::{generate, GenerateError, GenerateOptions};
 use redrain_engine::tickets::keyring::Keyring;
 use redrain_engine::tickets::manifest::Manifest;
-use redrain_engine::tickets::shard::ShardReader;
 use redrain_engine::tickets::verify::{verify, VerifyOptions};
 use tickets_common::*;
 
@@ -23,14 +23,14 @@ fn generated_tickets_sum_exactly_stay_in_bounds_and_verify() {
     let generated = generate_into(root.path(), 11, 0, 2);
     let manifest = Manifest::load(&generated.dir).unwrap();
     let keyring = Keyring::load(&generated.keyring).unwrap();
-    let opener = keyring.opener();
+    let decryptor = keyring.decryptor();
 
     let mut per_merchant = vec![(0u64, 0u64); manifest.merchants.len()];
     let mut packet_ids = HashSet::new();
     for file in &manifest.files {
-        let mut reader = ShardReader::open(&generated.dir.join(&file.name), file.tag()).unwrap();
+        let mut reader = TicketFileReader::open(&generated.dir.join(&file.name), file.tag()).unwrap();
         assert_eq!(reader.len(), file.records);
-        while let Some(issued) = reader.next_ticket(&opener).unwrap() {
+        while let Some(issued) = reader.next_ticket(&decryptor).unwrap() {
             let ticket = issued.ticket.expect("generated tickets open");
             let batch = &manifest.batches[usize::from(ticket.batch_id)];
             assert_eq!(batch.slot, file.slot, "tickets sit in their slot's file");
@@ -90,11 +90,11 @@ fn another_variant_or_seed_gives_another_plan_with_the_same_totals() {
     // Amounts differ, not only the keys: decrypt both and compare the amount sequences.
     let amounts = |generated: &Generated| {
         let keyring = Keyring::load(&generated.keyring).unwrap();
-        let opener = keyring.opener();
+        let decryptor = keyring.decryptor();
         let tag = FileTag { node: 0, core: 0, slot: 0 };
-        let mut reader = ShardReader::open(&generated.dir.join(tag.file_name()), tag).unwrap();
+        let mut reader = TicketFileReader::open(&generated.dir.join(tag.file_name()), tag).unwrap();
         let mut amounts = Vec::new();
-        while let Some(issued) = reader.next_ticket(&opener).unwrap() {
+        while let Some(issued) = reader.next_ticket(&decryptor).unwrap() {
             amounts.push(issued.ticket.unwrap().amount_fen);
         }
         amounts

@@ -5,10 +5,10 @@ mod tickets_common;
 
 use std::fmt::Write;
 
+use redrain_engine::tickets::file_reader::TicketFileReader;
 use redrain_engine::tickets::format::Ticket;
 use redrain_engine::tickets::keyring::Keyring;
 use redrain_engine::tickets::reconcile::{reconcile, OpenedRecord, ReconcileOptions, ReconcileReport};
-use redrain_engine::tickets::shard::ShardReader;
 use tickets_common::*;
 
 fn line(ticket: &Ticket, user_id: u64) -> OpenedRecord {
@@ -50,10 +50,10 @@ fn reconcile_sorts_opens_into_credit_and_refusals() {
 
     // Take tickets from one file: some above the instant threshold, some below.
     let file = &manifest.files[0];
-    let mut reader = ShardReader::open(&generated.dir.join(&file.name), file.tag()).unwrap();
-    let opener = keyring.opener();
+    let mut reader = TicketFileReader::open(&generated.dir.join(&file.name), file.tag()).unwrap();
+    let decryptor = keyring.decryptor();
     let (mut large, mut small) = (Vec::new(), Vec::new());
-    while let Some(issued) = reader.next_ticket(&opener).unwrap() {
+    while let Some(issued) = reader.next_ticket(&decryptor).unwrap() {
         let ticket = issued.ticket.unwrap();
         if ticket.amount_fen >= threshold && large.len() < 5 {
             large.push(ticket);
@@ -116,12 +116,12 @@ fn clean_opens_reconcile_ok_and_blacklisted_keys_are_refused() {
     let mut keyring = Keyring::load(&generated.keyring).unwrap();
     let manifest = &generated.report.manifest;
     let file = &manifest.files[3];
-    let mut reader = ShardReader::open(&generated.dir.join(&file.name), file.tag()).unwrap();
-    let opener = keyring.opener();
+    let mut reader = TicketFileReader::open(&generated.dir.join(&file.name), file.tag()).unwrap();
+    let decryptor = keyring.decryptor();
     let mut opened = String::new();
     let mut tickets = Vec::new();
     for user in 0..30 {
-        let ticket = reader.next_ticket(&opener).unwrap().unwrap().ticket.unwrap();
+        let ticket = reader.next_ticket(&decryptor).unwrap().unwrap().ticket.unwrap();
         tickets.push(ticket);
         writeln!(opened, "{}", serde_json::to_string(&line(&ticket, user)).unwrap()).unwrap();
     }

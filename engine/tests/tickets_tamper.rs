@@ -21,13 +21,13 @@ fn a_million_random_mutations_are_all_refused() {
     let root = tempfile::tempdir().unwrap();
     let generated = generate_into(root.path(), 41, 0, 2);
     let keyring = Keyring::load(&generated.keyring).unwrap();
-    let opener = keyring.opener();
+    let decryptor = keyring.decryptor();
     let tag = FileTag { node: 2, core: 0, slot: 1 };
     let bytes = std::fs::read(generated.dir.join(tag.file_name())).unwrap();
     let records: Vec<[u8; RECORD_BYTES]> = bytes.chunks_exact(RECORD_BYTES).map(|c| c.try_into().unwrap()).collect();
     let crc_seed = tag.crc_seed();
     for (index, record) in records.iter().enumerate() {
-        assert!(opener.open_record(record, index as u64, crc_seed).is_ok());
+        assert!(decryptor.decrypt_record(record, index as u64, crc_seed).is_ok());
     }
 
     let mut rng = ChaCha8Rng::seed_from_u64(0x7a3b);
@@ -54,7 +54,7 @@ fn a_million_random_mutations_are_all_refused() {
         if mutated == records[index] {
             continue; // the mutation undid itself: nothing to refuse
         }
-        match opener.open_record(&mutated, index as u64, crc_seed) {
+        match decryptor.decrypt_record(&mutated, index as u64, crc_seed) {
             Ok(ticket) => panic!("mutation {round} of record {index} accepted as {ticket:?}"),
             Err(error) => {
                 let slot = match error {

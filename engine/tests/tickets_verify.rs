@@ -171,10 +171,10 @@ fn duplicated_record_is_caught_raw_and_resealed() {
 fn tampered_amount_is_caught_even_when_reencrypted_with_the_right_key() {
     let fixture = Fixture::new();
     let keyring = fixture.keyring();
-    let opener = keyring.opener();
+    let decryptor = keyring.decryptor();
     let path = fixture.file();
     let original = record(&path, 20);
-    let mut ticket = opener.open_record(&original, 20, TAG.crc_seed()).unwrap();
+    let mut ticket = decryptor.decrypt_record(&original, 20, TAG.crc_seed()).unwrap();
     let key = keyring.key(ticket.key_id).unwrap();
     ticket.amount_fen += 1;
     let tampered = seal_record(&ticket.encrypt(&cipher_for(&key.key)), ticket.key_id, 20, TAG.crc_seed());
@@ -190,7 +190,7 @@ fn tampered_amount_is_caught_even_when_reencrypted_with_the_right_key() {
     let keyring = fixture.keyring();
     let path = fixture.file();
     let original = record(&path, 21);
-    let ticket = keyring.opener().open_record(&original, 21, TAG.crc_seed()).unwrap();
+    let ticket = keyring.decryptor().decrypt_record(&original, 21, TAG.crc_seed()).unwrap();
     let big = Ticket { amount_fen: 16_000_000, ..ticket };
     let key = keyring.key(ticket.key_id).unwrap();
     write_record(&path, 21, &seal_record(&big.encrypt(&cipher_for(&key.key)), big.key_id, 21, TAG.crc_seed()));

@@ -1,4 +1,4 @@
-//! Command line: `connect`, `ping` and `compare`.
+//! Command line: `connect`, `ping`, `shake` and `compare`.
 
 use crate::config::{LoadMode, RunConfig, Runtime, SOURCE_IPS_MAX};
 use crate::duration::parse_duration;
@@ -31,6 +31,15 @@ pub enum Command {
         /// Ping payload bytes (0..=256), echoed by the node.
         #[arg(long, default_value_t = 16)]
         payload_bytes: usize,
+    },
+    /// The red-packet rain: shake, open every win, check every answer (same load flags as
+    /// ping); obeys the node's minimum shake interval unless --ignore-shake-interval.
+    Shake {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Shake without waiting for the node's minimum interval (abuse test).
+        #[arg(long)]
+        ignore_shake_interval: bool,
     },
     /// Print the differences and ratios (b / a) of two JSON summaries.
     Compare { a: PathBuf, b: PathBuf },
@@ -185,7 +194,7 @@ pub enum CliError {
     #[error("cannot read auth secret from {path}: {source} (pass --secret-hex or --secret-file)")]
     SecretFile { path: String, source: std::io::Error },
     #[error("auth secret: {0}")]
-    Secret(#[from] redrain_engine::auth::SecretError),
+    Secret(#[from] redrain_net::token::SecretError),
 }
 
 impl RunArgs {
@@ -196,7 +205,7 @@ impl RunArgs {
             None => std::fs::read_to_string(&self.secret_file)
                 .map_err(|source| CliError::SecretFile { path: self.secret_file.display().to_string(), source })?,
         };
-        Ok(redrain_engine::auth::parse_secret_hex(&text)?)
+        Ok(redrain_net::token::parse_secret_hex(&text)?)
     }
 
     /// Builds the run configuration (validated later by the driver).

@@ -10,6 +10,7 @@ use redrain_loadgen::report::summary::add_counts;
 use redrain_loadgen::report::{compare, hgrm, merge, svg, table};
 use redrain_loadgen::scenario::connect::ConnectScenario;
 use redrain_loadgen::scenario::ping::PingScenario;
+use redrain_loadgen::scenario::shake::ShakeScenario;
 use redrain_loadgen::scenario::Scenario;
 use redrain_loadgen::stats::new_latency_histogram;
 use redrain_loadgen::{processes, system, RunSummary};
@@ -105,6 +106,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ping { run: args, payload_bytes } => {
             let cfg = args.to_config(cpus)?;
             run_scenario(&args, cfg, PingScenario::new(payload_bytes))
+        }
+        Command::Shake { run: args, ignore_shake_interval } => {
+            let cfg = args.to_config(cpus)?;
+            run_scenario(&args, cfg, ShakeScenario::new(!ignore_shake_interval))
         }
         Command::Compare { a, b } => {
             let sa = compare::load(&a)?;

@@ -43,28 +43,14 @@ impl NodeMetrics {
     pub fn parse(text: &str) -> Self {
         let mut sums = HashMap::new();
         let mut series = HashMap::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(line.len());
-            let name = &line[..name_end];
-            let rest = match line[name_end..].strip_prefix('{') {
-                Some(r) => match r.rfind('}') {
-                    Some(close) => &r[close + 1..],
-                    None => continue,
-                },
-                None => &line[name_end..],
+        for sample in redrain_net::prometheus::samples(text) {
+            *sums.entry(sample.name.to_owned()).or_insert(0.0) += sample.value;
+            let key = if sample.labels.is_empty() {
+                sample.name.to_owned()
+            } else {
+                format!("{}{{{}}}", sample.name, sample.labels)
             };
-            let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else {
-                continue;
-            };
-            if !name.is_empty() && value.is_finite() {
-                *sums.entry(name.to_owned()).or_insert(0.0) += value;
-                let key_end = line.len() - rest.len();
-                series.insert(line[..key_end].to_owned(), value);
-            }
+            series.insert(key, sample.value);
         }
         Self { sums, series }
     }

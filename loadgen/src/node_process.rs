@@ -30,7 +30,7 @@ pub enum NodeError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("auth secret of the node: {0}")]
-    Secret(#[from] redrain_engine::auth::SecretError),
+    Secret(#[from] redrain_net::token::SecretError),
 }
 
 /// Finds the `redrain` binary: `$REDRAIN_BIN`, else next to the running
@@ -84,6 +84,17 @@ impl NodeProcess {
     /// Starts `bin serve --cores cores` in `work_dir` (data and log go there),
     /// pinned to `cpus` when given.
     pub fn start(bin: &Path, work_dir: &Path, cores: usize, cpus: Option<&[usize]>) -> Result<Self, NodeError> {
+        Self::start_with_args(bin, work_dir, cores, cpus, &[])
+    }
+
+    /// [`NodeProcess::start`] with more `serve` flags (e.g. `--shake-interval-ms 0`).
+    pub fn start_with_args(
+        bin: &Path,
+        work_dir: &Path,
+        cores: usize,
+        cpus: Option<&[usize]>,
+        extra: &[&str],
+    ) -> Result<Self, NodeError> {
         let client = free_port()?;
         let admin = free_port()?;
         let data_dir = work_dir.join("node-data");
@@ -100,6 +111,7 @@ impl NodeProcess {
             .arg(admin.to_string())
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -137,7 +149,7 @@ impl NodeProcess {
             let listening = TcpStream::connect_timeout(&self.client, NODE_START_POLL).is_ok()
                 && TcpStream::connect_timeout(&self.admin, NODE_START_POLL).is_ok();
             if let (Some(secret), true) = (secret, listening) {
-                if let Ok(bytes) = redrain_engine::auth::parse_secret_hex(&secret) {
+                if let Ok(bytes) = redrain_net::token::parse_secret_hex(&secret) {
                     self.secret = bytes;
                     return Ok(());
                 }

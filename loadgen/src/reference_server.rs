@@ -5,9 +5,9 @@
 //! nothing but parsing and syscalls. Dividing the node's throughput by it gives
 //! a ratio that survives a noisy machine better than the absolute number.
 
-use redrain_engine::auth::TokenKeys;
 use redrain_net::frame::FrameDecoder;
 use redrain_net::message::Request;
+use redrain_net::token::TokenKeys;
 use redrain_net::{ErrorCode, Response, PROTOCOL_VERSION};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,7 +104,7 @@ async fn serve(stream: tokio_uring::net::TcpStream, keys: TokenKeys) {
                             server_time_ms: 0,
                         }
                         .encode(id, &mut out),
-                        Ok(Request::Login { token }) => match keys.verify(token, redrain_engine::auth::now_unix_s()) {
+                        Ok(Request::Login { token }) => match keys.verify(token, redrain_net::token::now_unix_s()) {
                             Ok(claims) => {
                                 session_id += 1;
                                 Response::LoginOk {

@@ -20,22 +20,9 @@ pub enum SystemError {
     Os { what: &'static str, source: std::io::Error },
 }
 
-/// The CPUs this process may run on (its affinity mask, as taskset sets it).
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for pid 0 (us).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return vec![0];
-        }
-        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect();
-        if cpus.is_empty() {
-            vec![0]
-        } else {
-            cpus
-        }
-    }
-}
+/// The CPUs this process may run on (its affinity mask, as taskset sets it);
+/// the same answer the node uses.
+pub use redrain_tuning::process::allowed_cpus;
 
 /// Pins the calling thread to one CPU.
 pub fn pin_current_thread(cpu: usize) -> Result<(), SystemError> {
@@ -54,21 +41,14 @@ pub fn pin_current_thread(cpu: usize) -> Result<(), SystemError> {
 /// Raises the soft open-file limit to the hard limit and checks that
 /// `connections` fit; returns the limit now in force.
 pub fn ensure_fd_limit(connections: u64, threads: u64) -> Result<u64, SystemError> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit write/read one plain struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(SystemError::Os { what: "getrlimit", source: std::io::Error::last_os_error() });
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
-        }
-    }
-    let limit: u64 = lim.rlim_cur;
-    check_fd_budget(connections, threads, limit)?;
-    Ok(limit)
+    use redrain_tuning::process::{fd_limit, raise_fd_limit};
+    let limit = match raise_fd_limit() {
+        Ok(limit) => limit,
+        // Not raised: size by the soft limit in force.
+        Err(_) => fd_limit().map_err(|source| SystemError::Os { what: "getrlimit", source })?,
+    };
+    check_fd_budget(connections, threads, limit.soft)?;
+    Ok(limit.soft)
 }
 
 /// Pure part of [`ensure_fd_limit`]: do `connections` fit under `limit`?

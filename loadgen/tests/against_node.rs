@@ -9,6 +9,7 @@ use redrain_loadgen::node_process::{find_node_binary, NodeProcess};
 use redrain_loadgen::report::{compare, hgrm};
 use redrain_loadgen::scenario::connect::ConnectScenario;
 use redrain_loadgen::scenario::ping::PingScenario;
+use redrain_loadgen::scenario::shake::ShakeScenario;
 use redrain_loadgen::RunSummary;
 use std::process::Command;
 use std::time::Duration;
@@ -285,4 +286,53 @@ fn two_processes_drive_one_run_and_merge_into_one_summary() {
     // The node saw one user per connection: 6 distinct sessions.
     let n = s.node.as_ref().expect("node readings");
     assert_eq!(n.sessions_held, Some(6.0), "{n:?}");
+}
+
+fn shake_node(extra: &[&str]) -> (tempfile::TempDir, NodeProcess) {
+    let bin = find_node_binary().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_with_args(&bin, dir.path(), 1, None, extra).unwrap_or_else(|e| panic!("{e}"));
+    (dir, node)
+}
+
+fn shake_config(node: &NodeProcess, connections: u32) -> RunConfig {
+    let mut cfg = RunConfig::with_defaults(node.client, node.secret.clone());
+    cfg.admin = Some(node.admin);
+    cfg.connections = connections;
+    cfg.threads = 1;
+    cfg.duration = Duration::from_secs(2);
+    cfg.warmup = Duration::from_millis(300);
+    cfg.interval = RunConfig::interval_for(cfg.duration);
+    cfg.mode = LoadMode::ClosedLoop { in_flight_per_connection: 1 };
+    cfg.drain_timeout = Duration::from_secs(5);
+    cfg
+}
+
+#[test]
+fn shake_opens_every_win_and_checks_every_answer() {
+    let _serial = serial();
+    let (_dir, node) = shake_node(&["--shake-interval-ms", "0"]);
+    let out = redrain_loadgen::run(shake_config(&node, 20), ShakeScenario::new(true)).unwrap();
+    let s = &out.summary;
+    let c = |k: &str| s.scenario_counters[k];
+    assert_eq!(s.sessions.established, 20);
+    assert!(c("won") > 0 && c("lost") > 0, "{:?}", s.scenario_counters);
+    assert!(c("opened") + 20 >= c("won") && c("opened") <= c("won"), "{:?}", s.scenario_counters);
+    assert!(c("amount_fen_opened") >= c("opened"), "every opened packet has an amount");
+    for k in ["duplicate_packets", "open_errors", "wrong_response_type", "wrong_packet", "too_fast", "interval_waits"] {
+        assert_eq!(c(k), 0, "{k}: {:?}", s.scenario_counters);
+    }
+    assert_eq!(s.requests.errors, 0, "{:?}", s.errors_by_code);
+}
+
+#[test]
+fn shake_obeys_the_node_interval_unless_told_to_ignore_it() {
+    let _serial = serial();
+    let (_dir, node) = shake_node(&["--shake-interval-ms", "200"]);
+    let out = redrain_loadgen::run(shake_config(&node, 4), ShakeScenario::new(true)).unwrap();
+    let s = &out.summary;
+    assert_eq!(s.scenario_counters["too_fast"], 0, "{:?}", s.scenario_counters);
+    assert!(s.scenario_counters["interval_waits"] > 0, "{:?}", s.scenario_counters);
+    let out = redrain_loadgen::run(shake_config(&node, 4), ShakeScenario::new(false)).unwrap();
+    assert!(out.summary.scenario_counters["too_fast"] > 0, "{:?}", out.summary.scenario_counters);
 }

@@ -50,6 +50,25 @@ pub enum ErrorCode {
     MalformedBody = 19,
     /// The session logged out; the connection is being closed.
     LoggedOut = 20,
+    /// A shake came sooner than the minimum shake interval; retry after `retry_after_ms`.
+    TooFast = 21,
+    /// A sealed ticket with an unknown version byte.
+    TicketMalformed = 22,
+    /// A sealed ticket whose seal does not verify: altered, or not made by this node.
+    TicketTampered = 23,
+    /// A sealed ticket whose seal verifies but whose inner ticket is not a real packet
+    /// (only possible with a leaked node seal key); an alarm, not a user mistake.
+    TicketForged = 24,
+    /// The sealed ticket is older than the node's open window.
+    TicketExpired = 25,
+    /// The sealed ticket is bound to another user.
+    TicketOtherUser = 26,
+    /// The ticket's key is blacklisted or not whitelisted on this node.
+    TicketKeyRefused = 27,
+    /// The ticket's batch is not part of the loaded event.
+    TicketUnknownBatch = 28,
+    /// The ticket was sealed by another node (open it where it was won).
+    TicketOtherNode = 29,
 }
 
 /// How a failure counts in metrics and alarms.
@@ -64,7 +83,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 29] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownType,
@@ -85,6 +104,15 @@ impl ErrorCode {
         Self::NotServed,
         Self::MalformedBody,
         Self::LoggedOut,
+        Self::TooFast,
+        Self::TicketMalformed,
+        Self::TicketTampered,
+        Self::TicketForged,
+        Self::TicketExpired,
+        Self::TicketOtherUser,
+        Self::TicketKeyRefused,
+        Self::TicketUnknownBatch,
+        Self::TicketOtherNode,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -119,14 +147,29 @@ impl ErrorCode {
             Self::NotServed => "not_served",
             Self::MalformedBody => "malformed_body",
             Self::LoggedOut => "logged_out",
+            Self::TooFast => "too_fast",
+            Self::TicketMalformed => "ticket_malformed",
+            Self::TicketTampered => "ticket_tampered",
+            Self::TicketForged => "ticket_forged",
+            Self::TicketExpired => "ticket_expired",
+            Self::TicketOtherUser => "ticket_other_user",
+            Self::TicketKeyRefused => "ticket_key_refused",
+            Self::TicketUnknownBatch => "ticket_unknown_batch",
+            Self::TicketOtherNode => "ticket_other_node",
         }
     }
 
     pub fn class(self) -> ErrorClass {
         match self {
-            Self::TokenExpired | Self::RateLimited | Self::Replaced | Self::LoggedOut | Self::IdleTimeout => {
-                ErrorClass::Logical
-            }
+            Self::TokenExpired
+            | Self::RateLimited
+            | Self::Replaced
+            | Self::LoggedOut
+            | Self::IdleTimeout
+            | Self::TooFast
+            | Self::TicketExpired
+            | Self::TicketKeyRefused
+            | Self::TicketOtherNode => ErrorClass::Logical,
             Self::SessionLimit | Self::Busy | Self::ShuttingDown | Self::Internal | Self::NotServed => {
                 ErrorClass::System
             }

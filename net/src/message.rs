@@ -19,6 +19,54 @@ pub const TOKEN_BYTES: usize = 53;
 pub const PING_PAYLOAD_BYTES_MAX: usize = 256;
 /// Maximum bytes of the human-readable text in an error or closing frame.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 512;
+/// Bytes of a sealed ticket (see [`SealedTicketHeader`] and docs/protocol.md).
+pub const SEALED_TICKET_BYTES: usize = 57;
+/// Bytes of a sealed ticket's clear header (version .. packet id).
+pub const SEALED_HEADER_BYTES: usize = 23;
+/// The only sealed-ticket version this build issues and accepts.
+pub const SEALED_TICKET_VERSION: u8 = 1;
+/// `OpenOk` flag: the packet was already opened earlier; nothing new was recorded.
+pub const OPEN_FLAG_REPEAT: u8 = 0x01;
+/// `OpenOk` flag: the packet is credited at once (large packets); else after reconciliation.
+pub const OPEN_FLAG_INSTANT_CREDIT: u8 = 0x02;
+
+/// The clear part of a sealed ticket: who it is bound to and which packet it is.
+/// The rest (34 bytes) is an AEAD ciphertext only the issuing node can open; see
+/// docs/protocol.md, "Sealed tickets".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedTicketHeader {
+    pub version: u8,
+    /// Node that issued (and alone can open) the ticket.
+    pub node_id: u16,
+    /// When the node issued it, in Unix seconds.
+    pub issued_at_unix_s: u32,
+    /// The only user who may open it.
+    pub user_id: u64,
+    /// The packet inside (in clear, so clients and tools can tell tickets apart).
+    pub packet_id: u64,
+}
+
+impl SealedTicketHeader {
+    /// Reads the header of a sealed ticket (no check beyond the layout).
+    pub fn parse(sealed: &[u8; SEALED_TICKET_BYTES]) -> Self {
+        Self {
+            version: sealed[0],
+            node_id: be_u16(&sealed[1..]),
+            issued_at_unix_s: be_u32(&sealed[3..]),
+            user_id: be_u64(&sealed[7..]),
+            packet_id: be_u64(&sealed[15..]),
+        }
+    }
+
+    /// Writes the header into the first [`SEALED_HEADER_BYTES`] of `out`.
+    pub fn write(&self, out: &mut [u8; SEALED_HEADER_BYTES]) {
+        out[0] = self.version;
+        out[1..3].copy_from_slice(&self.node_id.to_be_bytes());
+        out[3..7].copy_from_slice(&self.issued_at_unix_s.to_be_bytes());
+        out[7..15].copy_from_slice(&self.user_id.to_be_bytes());
+        out[15..23].copy_from_slice(&self.packet_id.to_be_bytes());
+    }
+}
 
 /// Every message type byte assigned in v1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -197,6 +245,12 @@ pub enum Request<'a> {
         payload: &'a [u8],
     },
     Logout,
+    /// Ask for a red packet (empty body).
+    Shake,
+    /// Redeem a sealed ticket from a winning `ShakeOk`.
+    Open {
+        sealed: &'a [u8; SEALED_TICKET_BYTES],
+    },
     /// A reserved type this build parses no body for; the server answers NotServed.
     Reserved {
         kind: MessageType,
@@ -224,6 +278,22 @@ pub enum Response<'a> {
         payload: &'a [u8],
     },
     LogoutOk,
+    /// Answer to `Shake`: `sealed` is the won ticket, `None` means no packet this time.
+    ShakeOk {
+        /// Minimum interval before this user's next shake (server-driven pacing).
+        shake_interval_ms: u32,
+        /// Sponsor page to show (merchant id + 1 of the current slot; 0 = none).
+        page_id: u32,
+        sealed: Option<&'a [u8; SEALED_TICKET_BYTES]>,
+    },
+    /// Answer to `Open`: the packet's amount, recorded durably (flags: [`OPEN_FLAG_REPEAT`],
+    /// [`OPEN_FLAG_INSTANT_CREDIT`]).
+    OpenOk {
+        packet_id: u64,
+        amount_fen: u32,
+        batch_id: u16,
+        flags: u8,
+    },
     Error {
         code: u16,
         retry_after_ms: u32,
@@ -296,6 +366,18 @@ impl<'a> Request<'a> {
                 expect_len(kind, body, 0, "0")?;
                 Request::Logout
             }
+            MessageType::Shake => {
+                expect_len(kind, body, 0, "0")?;
+                Request::Shake
+            }
+            MessageType::Open => {
+                let sealed = <&[u8; SEALED_TICKET_BYTES]>::try_from(body).map_err(|_| BodyError::BadLength {
+                    kind,
+                    actual: body.len(),
+                    expected: "57",
+                })?;
+                Request::Open { sealed }
+            }
             _ => Request::Reserved { kind, body },
         })
     }
@@ -316,6 +398,10 @@ impl<'a> Request<'a> {
                 encode_frame(out, MessageType::Ping as u8, request_id, |b| b.extend_from_slice(payload))
             }
             Request::Logout => encode_frame(out, MessageType::Logout as u8, request_id, |_| {}),
+            Request::Shake => encode_frame(out, MessageType::Shake as u8, request_id, |_| {}),
+            Request::Open { sealed } => {
+                encode_frame(out, MessageType::Open as u8, request_id, |b| b.extend_from_slice(sealed))
+            }
             Request::Reserved { kind, body } => {
                 encode_frame(out, kind as u8, request_id, |b| b.extend_from_slice(body))
             }
@@ -328,6 +414,8 @@ impl<'a> Request<'a> {
             Request::Login { .. } => MessageType::Login,
             Request::Ping { .. } => MessageType::Ping,
             Request::Logout => MessageType::Logout,
+            Request::Shake => MessageType::Shake,
+            Request::Open { .. } => MessageType::Open,
             Request::Reserved { kind, .. } => *kind,
         }
     }
@@ -382,6 +470,28 @@ impl<'a> Response<'a> {
             MessageType::LogoutOk => {
                 expect_len(kind, body, 0, "0")?;
                 Response::LogoutOk
+            }
+            MessageType::ShakeOk => {
+                if body.len() != 9 && body.len() != 9 + SEALED_TICKET_BYTES {
+                    return Err(BodyError::BadLength { kind, actual: body.len(), expected: "9 or 66" });
+                }
+                let sealed = match body[0] {
+                    0 if body.len() == 9 => None,
+                    1 if body.len() == 9 + SEALED_TICKET_BYTES => {
+                        Some(<&[u8; SEALED_TICKET_BYTES]>::try_from(&body[9..]).expect("length checked"))
+                    }
+                    _ => return Err(BodyError::BadField { kind, field: "won flag does not match the length" }),
+                };
+                Response::ShakeOk { shake_interval_ms: be_u32(&body[1..]), page_id: be_u32(&body[5..]), sealed }
+            }
+            MessageType::OpenOk => {
+                expect_len(kind, body, 15, "15")?;
+                Response::OpenOk {
+                    packet_id: be_u64(body),
+                    amount_fen: be_u32(&body[8..]),
+                    batch_id: be_u16(&body[12..]),
+                    flags: body[14],
+                }
             }
             MessageType::Error => {
                 if body.len() < 8 {
@@ -442,6 +552,24 @@ impl<'a> Response<'a> {
                 encode_frame(out, MessageType::Pong as u8, request_id, |b| b.extend_from_slice(payload))
             }
             Response::LogoutOk => encode_frame(out, MessageType::LogoutOk as u8, request_id, |_| {}),
+            Response::ShakeOk { shake_interval_ms, page_id, sealed } => {
+                encode_frame(out, MessageType::ShakeOk as u8, request_id, |b| {
+                    b.push(u8::from(sealed.is_some()));
+                    b.extend_from_slice(&shake_interval_ms.to_be_bytes());
+                    b.extend_from_slice(&page_id.to_be_bytes());
+                    if let Some(sealed) = sealed {
+                        b.extend_from_slice(sealed);
+                    }
+                })
+            }
+            Response::OpenOk { packet_id, amount_fen, batch_id, flags } => {
+                encode_frame(out, MessageType::OpenOk as u8, request_id, |b| {
+                    b.extend_from_slice(&packet_id.to_be_bytes());
+                    b.extend_from_slice(&amount_fen.to_be_bytes());
+                    b.extend_from_slice(&batch_id.to_be_bytes());
+                    b.push(flags);
+                })
+            }
             Response::Error { code, retry_after_ms, message } => {
                 let text = truncate_utf8(message, ERROR_MESSAGE_BYTES_MAX);
                 encode_frame(out, MessageType::Error as u8, request_id, |b| {
@@ -511,6 +639,26 @@ mod tests {
     }
 
     #[test]
+    fn sealed_ticket_header_round_trips_and_open_needs_exactly_57_bytes() {
+        let header = SealedTicketHeader {
+            version: SEALED_TICKET_VERSION,
+            node_id: 3,
+            issued_at_unix_s: 1_700_000_000,
+            user_id: 42,
+            packet_id: 7_000_001,
+        };
+        let mut sealed = [0xAB; SEALED_TICKET_BYTES];
+        header.write((&mut sealed[..SEALED_HEADER_BYTES]).try_into().unwrap());
+        assert_eq!(SealedTicketHeader::parse(&sealed), header);
+        let mut out = Vec::new();
+        encode_frame(&mut out, MessageType::Open as u8, 5, |b| b.extend_from_slice(&sealed[..56]));
+        assert_eq!(Request::parse(&one_frame(&out)).unwrap_err().code(), ErrorCode::MalformedBody);
+        out.clear();
+        encode_frame(&mut out, MessageType::Shake as u8, 5, |b| b.push(0));
+        assert_eq!(Request::parse(&one_frame(&out)).unwrap_err().code(), ErrorCode::MalformedBody);
+    }
+
+    #[test]
     fn long_error_text_is_cut_at_a_char_boundary() {
         let text = "é".repeat(400);
         let mut out = Vec::new();
@@ -522,19 +670,22 @@ mod tests {
     }
 
     fn arb_request() -> impl Strategy<Value = (u16, u16, Vec<u8>, u8, u32)> {
-        (any::<u16>(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..=256), 0u8..5, any::<u32>())
+        (any::<u16>(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..=256), 0u8..7, any::<u32>())
     }
 
     proptest! {
         #[test]
         fn requests_round_trip((a, b, payload, pick, rid) in arb_request()) {
             let token = [7u8; TOKEN_BYTES];
+            let sealed = [a as u8; SEALED_TICKET_BYTES];
             let req = match pick {
                 0 => Request::Hello { version_min: a.min(b), version_max: a.max(b) },
                 1 => Request::Login { token: &token },
                 2 => Request::Ping { payload: &payload },
                 3 => Request::Logout,
-                _ => Request::Reserved { kind: MessageType::Shake, body: &payload },
+                4 => Request::Shake,
+                5 => Request::Open { sealed: &sealed },
+                _ => Request::Reserved { kind: MessageType::Send, body: &payload },
             };
             let mut out = Vec::new();
             req.encode(rid, &mut out);
@@ -545,13 +696,17 @@ mod tests {
         }
 
         #[test]
-        fn responses_round_trip(x in any::<u64>(), y in any::<u32>(), z in any::<u16>(), text in "\\PC{0,100}", payload in proptest::collection::vec(any::<u8>(), 0..=256), pick in 0u8..6, rid in any::<u32>()) {
+        fn responses_round_trip(x in any::<u64>(), y in any::<u32>(), z in any::<u16>(), text in "\\PC{0,100}", payload in proptest::collection::vec(any::<u8>(), 0..=256), pick in 0u8..9, rid in any::<u32>()) {
+            let sealed = [y as u8; SEALED_TICKET_BYTES];
             let resp = match pick {
                 0 => Response::HelloOk { version: z, frame_bytes_max: y, heartbeat_interval_ms: y / 2, idle_timeout_ms: y / 3, server_time_ms: x },
                 1 => Response::LoginOk { user_id: x, device_id: y, home_core: z, session_id: x ^ 5 },
                 2 => Response::Pong { payload: &payload },
                 3 => Response::LogoutOk,
                 4 => Response::Error { code: z, retry_after_ms: y, message: &text },
+                5 => Response::ShakeOk { shake_interval_ms: y, page_id: y / 7, sealed: Some(&sealed) },
+                6 => Response::ShakeOk { shake_interval_ms: y, page_id: 0, sealed: None },
+                7 => Response::OpenOk { packet_id: x, amount_fen: y, batch_id: z, flags: (x % 4) as u8 },
                 _ => Response::Closing { code: z, message: &text },
             };
             let mut out = Vec::new();

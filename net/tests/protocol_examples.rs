@@ -9,7 +9,10 @@
 use hmac::{Hmac, Mac};
 use redrain_net::code::{ErrorClass, ErrorCode};
 use redrain_net::frame::{FrameDecoder, FRAME_BYTES_LIMIT};
-use redrain_net::message::{Request, Response, TOKEN_BYTES};
+use redrain_net::message::{
+    Request, Response, SealedTicketHeader, OPEN_FLAG_INSTANT_CREDIT, SEALED_HEADER_BYTES, SEALED_TICKET_BYTES,
+    TOKEN_BYTES,
+};
 use sha2::Sha256;
 use std::collections::BTreeMap;
 
@@ -21,6 +24,20 @@ const USER_ID: u64 = 42;
 const DEVICE_ID: u32 = 7;
 /// 2030-01-01T00:00:00Z.
 const EXPIRES_AT_UNIX_S: u64 = 1_893_456_000;
+
+/// The example sealed ticket of section 14.14: a real header, opaque sealed bytes.
+fn example_sealed() -> [u8; SEALED_TICKET_BYTES] {
+    let mut sealed = [0xa5; SEALED_TICKET_BYTES];
+    let header = SealedTicketHeader {
+        version: 1,
+        node_id: 0,
+        issued_at_unix_s: 1_767_225_600,
+        user_id: USER_ID,
+        packet_id: 1_234,
+    };
+    header.write((&mut sealed[..SEALED_HEADER_BYTES]).try_into().unwrap());
+    sealed
+}
 
 fn doc_text() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
@@ -141,6 +158,23 @@ fn every_doc_example_equals_the_codec_output() {
                 },
                 0,
             ),
+        ),
+        ("shake", encode_request(&Request::Shake, 5)),
+        (
+            "shake_ok_lost",
+            encode_response(&Response::ShakeOk { shake_interval_ms: 1_000, page_id: 2, sealed: None }, 5),
+        ),
+        ("open", encode_request(&Request::Open { sealed: &example_sealed() }, 6)),
+        (
+            "open_ok",
+            encode_response(
+                &Response::OpenOk { packet_id: 1_234, amount_fen: 888, batch_id: 3, flags: OPEN_FLAG_INSTANT_CREDIT },
+                6,
+            ),
+        ),
+        (
+            "error_too_fast",
+            encode_response(&Response::error(ErrorCode::TooFast, 250, "shake interval not yet passed"), 7),
         ),
     ];
 

@@ -12,7 +12,9 @@
 //! - [`recommend`]: pure capacity arithmetic from a [`Target`] to recommended values;
 //! - [`check`]: reads each setting and compares it, producing a [`Report`];
 //! - [`apply`]: writes the sysctls that fall short and reports each result;
-//! - [`render`]: text and JSON output.
+//! - [`render`]: text and JSON output;
+//! - [`process`]: this process's allowed CPUs and open-file limit (used by the node and
+//!   the load generator at start-up).
 //!
 //! The `redrain` binary mounts [`TuneArgs`] as its `tune` subcommand and calls [`run`].
 //! Exit codes: [`check::EXIT_CODE_OK`] (0) when every item is ok, info or n/a;
@@ -24,6 +26,7 @@ pub mod apply;
 pub mod check;
 pub mod host;
 pub mod parse;
+pub mod process;
 pub mod recommend;
 pub mod render;
 

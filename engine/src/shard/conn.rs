@@ -8,11 +8,14 @@
 //! TLS state are handed to the home core; a close flushes the reason first.
 
 use super::handoff::{home_core, Handoff};
+use super::mailbox::Mail;
+use super::output::ConnOutput;
+use super::state::{Caller, ConnAnswers, Handled, RainRequest};
 use super::{ConnCtl, Core};
 use crate::auth::TokenClaims;
 use crate::metrics::{CloseReason, Outcome, PassKinds};
 use crate::session::{Env, Session, Step};
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use redrain_net::message::Response;
 use redrain_net::{ErrorCode, MessageType};
@@ -34,6 +37,8 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
 enum ReadEvent {
     Data,
+    /// Deferred answers arrived (no new input).
+    Answers,
     Eof,
     Kicked(ErrorCode),
     Failed(CloseReason),
@@ -53,8 +58,10 @@ struct Conn {
     session: Session,
     /// Plaintext received but not yet processed (a partial frame, usually empty).
     inbound: Vec<u8>,
-    /// Plaintext responses of the current pass.
+    /// Plaintext responses of the current pass (ready to leave).
     out: Vec<u8>,
+    /// Answers held behind a deferred one (request order).
+    held: ConnOutput,
     /// TLS records waiting to be written.
     wire: Vec<u8>,
     pass: PassKinds,
@@ -126,8 +133,6 @@ async fn run(
     inbound: Vec<u8>,
     start: Start,
 ) {
-    let write_timeout = Duration::from_millis(u64::from(core.node.config.write_timeout_ms));
-    let _ = stream.set_write_timeout(Some(write_timeout));
     let _ = stream.set_nodelay(true);
     let (key, ctl) = core.register_conn();
     if matches!(start, Start::Fresh) {
@@ -142,6 +147,7 @@ async fn run(
         session,
         inbound,
         out: Vec::new(),
+        held: ConnOutput::default(),
         wire: Vec::new(),
         pass: PassKinds::default(),
         tls_handshake_counted: false,
@@ -174,7 +180,14 @@ impl Conn {
         }
         loop {
             match self.read().await {
-                ReadEvent::Data => {}
+                ReadEvent::Data => self.take_answers(),
+                ReadEvent::Answers => {
+                    self.take_answers();
+                    if self.flush(Instant::now()).await.is_err() {
+                        return Some(CloseReason::Io);
+                    }
+                    continue;
+                }
                 ReadEvent::Eof => return Some(CloseReason::PeerClosed),
                 ReadEvent::Failed(reason) => return Some(reason),
                 ReadEvent::Kicked(code) => {
@@ -228,16 +241,23 @@ impl Conn {
                 }
             }
         }
-        if self.flush(received_at).await.is_err() {
-            return Some(Some(CloseReason::Io));
+        if let Err(e) = self.flush(received_at).await {
+            return Some(Some(write_error_reason(&e)));
         }
         None
+    }
+
+    /// Moves deferred answers that arrived into the output, in request order.
+    fn take_answers(&mut self) {
+        for (slot, frame) in self.ctl.take_completions() {
+            self.held.complete(slot, frame, &mut self.out);
+        }
     }
 
     /// Runs the session state machine over buffered plaintext (no I/O).
     fn process(&mut self) -> PassEnd {
         // One clock read per pass, shared by every frame in it.
-        let now_unix_ms = unix_ms();
+        let now_unix_ms = redrain_net::time::now_unix_ms();
         loop {
             let node = &self.core.node;
             let env = Env {
@@ -248,7 +268,7 @@ impl Conn {
                 metrics: &node.metrics[self.core.id],
                 pass: &self.pass,
             };
-            let (used, step) = self.session.process(&self.inbound, &env, &mut self.out);
+            let (used, step) = self.session.process(&self.inbound, &env, self.held.tail(&mut self.out));
             self.inbound.drain(..used);
             match step {
                 Step::NeedMore => {
@@ -258,6 +278,24 @@ impl Conn {
                     return PassEnd::Continue;
                 }
                 Step::Close(_) => return PassEnd::Close(CloseReason::Error),
+                Step::Rain { user_id, request_id, request } => {
+                    let core = &self.core;
+                    let handled = core.state.borrow_mut().on_request(
+                        Caller { conn: self.ctl.id.get(), user: user_id, request_id },
+                        &request,
+                        node.clock(),
+                        &mut ConnAnswers { held: &mut self.held, ready: &mut self.out },
+                        core.metrics(),
+                    );
+                    match handled {
+                        Handled::Now if matches!(request, RainRequest::Open(_)) => {
+                            self.pass.note(Some(MessageType::Open))
+                        }
+                        Handled::Now => {}
+                        // An open waiting for storage: not part of this pass's latency.
+                        Handled::Later { .. } => core.dispatch(),
+                    }
+                }
                 Step::Login { claims, request_id } => {
                     let home = home_core(claims.user_id, node.cores);
                     if home != self.core.id {
@@ -295,29 +333,31 @@ impl Conn {
     ) -> Result<(), Option<CloseReason>> {
         // Responses to frames before the Login (e.g. HelloOk) must reach the
         // client before anything the home core sends.
-        self.flush(received_at).await.map_err(|_| Some(CloseReason::Io))?;
+        self.flush(received_at).await.map_err(|e| Some(write_error_reason(&e)))?;
         // SAFETY: the fd is open for as long as `self.stream` lives.
         let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
             .try_clone_to_owned()
             .map_err(|_| Some(CloseReason::Io))?;
-        let h = Handoff {
+        let h = Box::new(Handoff {
             fd,
             tls: self.tls.take(),
             claims,
             login_request_id: request_id,
             inbound: std::mem::take(&mut self.inbound),
             received_at,
-        };
+        });
         let metrics = self.core.metrics();
-        match self.core.node.handoffs.queue(self.core.id, home).push(h) {
+        match self.core.node.mailboxes.queue(self.core.id, home).push(Mail::Handoff(h)) {
             Ok(()) => {
                 self.core.ring(home);
                 metrics.handoffs_sent_total.fetch_add(1, Relaxed);
                 Ok(())
             }
-            Err(h) => {
-                self.tls = h.tls;
-                self.inbound = h.inbound;
+            Err(mail) => {
+                if let Mail::Handoff(h) = mail {
+                    self.tls = h.tls;
+                    self.inbound = h.inbound;
+                }
                 metrics.handoff_queue_full_total.fetch_add(1, Relaxed);
                 metrics.frame(Some(MessageType::Login), Outcome::System);
                 metrics.rejected(ErrorCode::Busy);
@@ -337,6 +377,9 @@ impl Conn {
                 return Poll::Ready(ReadEvent::Kicked(code));
             }
             ctl.park(cx.waker());
+            if ctl.has_completions() {
+                return Poll::Ready(ReadEvent::Answers);
+            }
             let mut scratch = core.scratch.borrow_mut();
             match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Pending => Poll::Pending,
@@ -360,8 +403,22 @@ impl Conn {
         .await
     }
 
-    /// Writes everything produced in this pass in one socket write.
+    /// Writes everything produced in this pass in one socket write, within
+    /// the write timeout for all of it.
     async fn flush(&mut self, received_at: Instant) -> std::io::Result<()> {
+        let write_timeout = Duration::from_millis(u64::from(self.core.node.config.write_timeout_ms));
+        self.write_out(received_at, Instant::now() + write_timeout, false).await
+    }
+
+    /// Writes the pending output; with `close_notify` (TLS) the alert goes into
+    /// the session only after every plaintext byte, so the records that carry
+    /// the last frames leave before it (a TLS client discards data that
+    /// follows a close_notify).
+    ///
+    /// `deadline` bounds the whole output, not each write call: a client that
+    /// takes a few bytes now and then cannot keep a stalled connection open,
+    /// and no input is read while output is pending.
+    async fn write_out(&mut self, received_at: Instant, deadline: Instant, close_notify: bool) -> std::io::Result<()> {
         let plain_bytes = self.out.len();
         if let Some(tls) = self.tls.as_mut() {
             if !self.tls_handshake_counted && !tls.is_handshaking() {
@@ -369,24 +426,29 @@ impl Conn {
                 self.core.metrics().tls_handshakes_total.fetch_add(1, Relaxed);
             }
             let mut written = 0;
+            let mut notified = !close_notify;
             loop {
                 if written < self.out.len() {
                     written += tls.writer().write(&self.out[written..])?;
+                }
+                if written >= self.out.len() && !notified {
+                    tls.send_close_notify();
+                    notified = true;
                 }
                 while tls.wants_write() {
                     tls.write_tls(&mut self.wire)?;
                 }
                 if !self.wire.is_empty() {
-                    self.stream.write_all(&self.wire).await?;
+                    write_all_before(&mut self.stream, &self.wire, deadline).await?;
                     self.core.metrics().writes_total.fetch_add(1, Relaxed);
                     self.wire.clear();
                 }
-                if written >= self.out.len() {
+                if written >= self.out.len() && notified {
                     break;
                 }
             }
         } else if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            write_all_before(&mut self.stream, &self.out, deadline).await?;
             self.core.metrics().writes_total.fetch_add(1, Relaxed);
         }
         self.out.clear();
@@ -411,11 +473,9 @@ impl Conn {
             Some(reason) => {
                 self.core.metrics().closed(reason);
                 if matches!(reason, CloseReason::Error | CloseReason::Tls) {
-                    if let Some(tls) = self.tls.as_mut() {
-                        tls.send_close_notify();
-                    }
-                    let _ = self.stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
-                    linger = self.flush(Instant::now()).await.is_ok() && reason == CloseReason::Error;
+                    let now = Instant::now();
+                    linger = self.write_out(now, now + CLOSE_FLUSH_TIMEOUT, true).await.is_ok()
+                        && reason == CloseReason::Error;
                 }
             }
         }
@@ -423,6 +483,56 @@ impl Conn {
         if linger {
             linger_close(&mut self.stream).await;
         }
+    }
+}
+
+/// Writes all of `buf` or fails with `TimedOut` once `deadline` passes. The
+/// deadline wins over a write that would still make progress at that moment
+/// (the kernel takes bytes before it signals writability), so a client that
+/// does not read is closed at the timeout, not at a later expiry. The timer is
+/// armed only when a write has to wait: the usual write costs no timer.
+async fn write_all_before(stream: &mut TcpStream, mut buf: &[u8], deadline: Instant) -> std::io::Result<()> {
+    use std::future::Future;
+    use std::io::{Error, ErrorKind};
+    let mut timer: Option<glommio::timer::Timer> = None;
+    while !buf.is_empty() {
+        let n = futures_lite::future::poll_fn(|cx| {
+            if let Some(timer) = timer.as_mut() {
+                if Pin::new(timer).poll(cx).is_ready() {
+                    return Poll::Ready(Err(Error::from(ErrorKind::TimedOut)));
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Poll::Ready(Err(Error::from(ErrorKind::TimedOut)));
+            }
+            match Pin::new(&mut *stream).poll_write(cx, buf) {
+                Poll::Pending if timer.is_none() => {
+                    let mut armed = glommio::timer::Timer::new(remaining);
+                    if Pin::new(&mut armed).poll(cx).is_ready() {
+                        return Poll::Ready(Err(Error::from(ErrorKind::TimedOut)));
+                    }
+                    timer = Some(armed);
+                    Poll::Pending
+                }
+                other => other,
+            }
+        })
+        .await?;
+        if n == 0 {
+            return Err(Error::from(ErrorKind::WriteZero));
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// Why a connection whose write failed is closed.
+fn write_error_reason(e: &std::io::Error) -> CloseReason {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        CloseReason::WriteTimeout
+    } else {
+        CloseReason::Io
     }
 }
 
@@ -459,8 +569,4 @@ fn closing_text(code: ErrorCode) -> &'static str {
         ErrorCode::ShuttingDown => "node shutting down; reconnect",
         _ => "closing",
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

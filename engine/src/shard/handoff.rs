@@ -1,19 +1,7 @@
-//! Cross-core hand-off of logged-in sessions to their home core.
-//!
-//! One bounded lock-free queue (crossbeam `ArrayQueue`) per (source core,
-//! destination core) pair carries the hand-offs; a glommio shared channel of
-//! capacity 1 per pair is only the doorbell that wakes the sleeping destination.
-//! Pushing never blocks: a full queue makes the login answer `Busy` with a
-//! retry-after instead. The destination drains each queue in batches of at most
-//! `handoff_batch_max` before yielding, so a burst of logins cannot starve its
-//! own sessions.
-//!
-//! Ordering rule (no lost wake-ups): the sender pushes the item, then rings; the
-//! receiver takes the doorbell token, then drains. An item pushed after the
-//! drain started finds the doorbell empty and rings again.
+//! Hand-off of logged-in sessions to their home core: what travels (one kind of
+//! [`super::mailbox::Mail`]) and which core is home.
 
 use crate::auth::TokenClaims;
-use crossbeam_queue::ArrayQueue;
 use std::os::fd::OwnedFd;
 
 /// Everything a session needs to continue on another core.
@@ -29,24 +17,6 @@ pub struct Handoff {
     pub inbound: Vec<u8>,
     /// When the Login frame's bytes arrived (for its latency).
     pub received_at: std::time::Instant,
-}
-
-/// The n x n queue matrix shared by all cores.
-pub struct HandoffQueues {
-    cores: usize,
-    queues: Vec<ArrayQueue<Handoff>>,
-}
-
-impl HandoffQueues {
-    pub fn new(cores: usize, capacity: usize) -> Self {
-        assert!(cores > 0 && capacity > 0);
-        Self { cores, queues: (0..cores * cores).map(|_| ArrayQueue::new(capacity)).collect() }
-    }
-
-    pub fn queue(&self, from: usize, to: usize) -> &ArrayQueue<Handoff> {
-        assert!(from < self.cores && to < self.cores);
-        &self.queues[from * self.cores + to]
-    }
 }
 
 /// Maps a user to its home core. The user id is mixed first (splitmix64

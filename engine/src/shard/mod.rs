@@ -1,23 +1,35 @@
 //! One pinned core (shard) of the node and everything it owns.
 //!
 //! A [`Core`] owns its listeners' accept loops, its connections, the registry of
-//! the sessions homed on it, its read scratch buffer and its metrics block. It
-//! is `!Send` and lives on one glommio executor; other cores reach it only via
-//! the hand-off queues in [`handoff`]. The node-wide, immutable or atomic state
-//! every core reads is [`NodeShared`].
+//! the sessions homed on it, its domain state machine ([`state::ShardState`]), its
+//! storage facade ([`storage::CoreStorage`]), its read scratch buffer and its metrics
+//! block. It is `!Send` and lives on one glommio executor; other cores reach it only
+//! via the [`mailbox`]es. The node-wide, immutable or atomic state every core reads is
+//! [`NodeShared`].
+//!
+//! The glommio edge is thin: connection tasks ([`conn`]) decode and hand rain requests to
+//! the state machine; [`Core::dispatch`] carries its outputs out (deferred answers to
+//! connections, appends to storage, ticket reads, mail to other cores).
 
 pub mod accept;
 pub mod conn;
 pub mod handoff;
+pub mod mailbox;
+pub mod output;
+pub mod state;
+pub mod storage;
 
 use crate::auth::TokenKeys;
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
+use crate::rain::RainShared;
 use crate::session::SessionLimits;
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
-use handoff::HandoffQueues;
+use mailbox::{Mail, Mailboxes};
 use redrain_net::ErrorCode;
 use slab::Slab;
+use state::{Clock, ConnId, Output, ShardState};
+use std::cell::OnceCell;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -41,7 +53,9 @@ pub struct NodeShared {
     pub keys: TokenKeys,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub metrics: Vec<CoreMetrics>,
-    pub handoffs: HandoffQueues,
+    pub mailboxes: Mailboxes,
+    /// The loaded event, when the node serves a rain.
+    pub rain: Option<Arc<RainShared>>,
     pub shutdown: AtomicBool,
     pub started: Instant,
     pub fd_limit: u64,
@@ -61,7 +75,17 @@ impl NodeShared {
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
     }
+
+    /// The time as the state machines see it: monotonic since start, and the rain's
+    /// wall clock (with the configured offset).
+    pub fn clock(&self) -> Clock {
+        let unix_ms = redrain_net::time::now_unix_ms() as i64 + self.config.clock_offset_ms;
+        Clock { mono_ms: self.started.elapsed().as_millis() as u64, unix_ms: unix_ms.max(0) as u64 }
+    }
 }
+
+/// Bits of a [`ConnId`] that hold the connection's serial; the slab key sits above.
+const CONN_SERIAL_BITS: u32 = 40;
 
 /// The registry entry of one connection on its core; lets housekeeping and
 /// newer logins close it from outside its task.
@@ -69,6 +93,10 @@ impl NodeShared {
 pub struct ConnCtl {
     close: Cell<Option<ErrorCode>>,
     waker: RefCell<Option<Waker>>,
+    /// The state machine's name for this connection.
+    pub id: Cell<ConnId>,
+    /// Deferred answers (slot, frame) waiting for the connection's task.
+    completions: RefCell<Vec<(u64, Vec<u8>)>>,
     /// Milliseconds since node start of the last inbound bytes.
     pub last_activity_ms: Cell<u64>,
     /// Milliseconds since node start when the connection arrived on this core.
@@ -91,6 +119,23 @@ impl ConnCtl {
         self.close.get()
     }
 
+    /// Hands a deferred answer to the connection's task and wakes it.
+    pub fn deliver(&self, slot: u64, frame: Vec<u8>) {
+        self.completions.borrow_mut().push((slot, frame));
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Takes the deferred answers delivered so far.
+    pub fn take_completions(&self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut *self.completions.borrow_mut())
+    }
+
+    pub fn has_completions(&self) -> bool {
+        !self.completions.borrow().is_empty()
+    }
+
     fn park(&self, waker: &Waker) {
         let mut slot = self.waker.borrow_mut();
         if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -108,10 +153,16 @@ pub struct Core {
     scratch: RefCell<Box<[u8]>>,
     doorbells: RefCell<Vec<Option<ConnectedSender<()>>>>,
     next_session_seq: Cell<u64>,
+    next_conn_serial: Cell<u64>,
+    /// The core's domain state machine.
+    pub state: RefCell<ShardState>,
+    /// The core's streams and ticket files (set once at start, before accepting).
+    pub storage: OnceCell<storage::CoreStorage>,
+    outputs: RefCell<Vec<Output>>,
 }
 
 impl Core {
-    pub fn new(id: usize, node: Arc<NodeShared>) -> Self {
+    pub fn new(id: usize, node: Arc<NodeShared>, state: ShardState) -> Self {
         Self {
             id,
             node,
@@ -120,6 +171,90 @@ impl Core {
             scratch: RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice()),
             doorbells: RefCell::new(Vec::new()),
             next_session_seq: Cell::new(1),
+            next_conn_serial: Cell::new(1),
+            state: RefCell::new(state),
+            storage: OnceCell::new(),
+            outputs: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Carries out everything the state machine asked for since the last call.
+    pub fn dispatch(self: &Rc<Self>) {
+        let mut outputs = std::mem::take(&mut *self.outputs.borrow_mut());
+        self.state.borrow_mut().drain_outputs(&mut outputs);
+        for output in outputs.drain(..) {
+            match output {
+                Output::Respond { conn, slot, frame } => self.deliver(conn, slot, frame),
+                Output::Append { stream, kind, payload, token } => match self.storage.get() {
+                    Some(storage) => storage.append(stream, kind, &payload, token),
+                    None => self.state.borrow_mut().on_appended(token, false, self.metrics()),
+                },
+                Output::Read { file, first, count } => {
+                    let core = self.clone();
+                    glommio::spawn_local(async move {
+                        let bytes = match core.storage.get() {
+                            Some(storage) => storage.read_tickets(file, first, count).await,
+                            None => Err("no storage on this core".into()),
+                        };
+                        core.state.borrow_mut().on_tickets_read(file, first, bytes);
+                        core.dispatch();
+                    })
+                    .detach();
+                }
+                Output::Send { core, mail } => {
+                    if self.node.mailboxes.queue(self.id, core).push(Mail::Rain(mail)).is_ok() {
+                        self.ring(core);
+                    } else {
+                        self.metrics().rain.mail_dropped_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        // Keep the vector's capacity for the next dispatch.
+        let mut slot = self.outputs.borrow_mut();
+        if slot.is_empty() {
+            *slot = outputs;
+        }
+    }
+
+    /// The housekeeping tick of the state machine (slots, prefetch, cursors, imbalance)
+    /// and the copy of its figures into the metrics block. `every_second`: also persist
+    /// exact cursors and refresh the storage figures.
+    pub fn housekeeping(self: &Rc<Self>, every_second: bool) {
+        let clock = self.node.clock();
+        {
+            let mut state = self.state.borrow_mut();
+            state.on_tick(clock, every_second);
+            let m = &self.metrics().rain;
+            m.opened_packets.store(state.opened_len() as u64, Ordering::Relaxed);
+            m.opens_pending.store(state.pending_len() as u64, Ordering::Relaxed);
+            if let (Some(d), Some(rain)) = (state.dispenser(), self.node.rain.as_ref()) {
+                let remaining = rain.event.slot_at(clock.unix_ms).map(|(s, _)| d.remaining_in_slot(s)).unwrap_or(0);
+                m.set_dispenser(&d.stats(), remaining);
+            }
+        }
+        if every_second {
+            if let Some(storage) = self.storage.get() {
+                self.metrics().rain.cursors.set(&storage.cursors);
+                self.metrics().rain.opens.set(&storage.opens);
+            }
+        }
+        self.dispatch();
+    }
+
+    /// An append of the storage facade finished.
+    pub fn on_appended(self: &Rc<Self>, token: u64, ok: bool) {
+        self.state.borrow_mut().on_appended(token, ok, self.metrics());
+        self.dispatch();
+    }
+
+    /// Routes a deferred answer to its connection (dropped if it closed meanwhile).
+    fn deliver(&self, conn: ConnId, slot: u64, frame: Vec<u8>) {
+        let key = (conn >> CONN_SERIAL_BITS) as usize;
+        if let Some(ctl) = self.conns.borrow().get(key) {
+            if ctl.id.get() == conn {
+                ctl.deliver(slot, frame);
+            }
         }
     }
 
@@ -151,6 +286,9 @@ impl Core {
         ctl.last_activity_ms.set(self.now_ms());
         ctl.connected_at_ms.set(self.now_ms());
         let key = self.conns.borrow_mut().insert(ctl.clone());
+        let serial = self.next_conn_serial.get();
+        self.next_conn_serial.set(serial + 1);
+        ctl.id.set(((key as u64) << CONN_SERIAL_BITS) | (serial & ((1 << CONN_SERIAL_BITS) - 1)));
         self.metrics().connections_open.store(self.connections() as u64, Ordering::Relaxed);
         (key, ctl)
     }
@@ -238,31 +376,40 @@ impl Core {
         *self.doorbells.borrow_mut() = connected;
     }
 
-    /// Spawns one task per source core that drains hand-offs when rung.
+    /// Spawns one task per source core that drains its mailbox when rung.
     pub fn spawn_handoff_receivers(self: &Rc<Self>, receivers: Vec<(usize, SharedReceiver<()>)>) {
         for (from, rx) in receivers {
             let core = self.clone();
             glommio::spawn_local(async move {
                 let rx = rx.connect().await;
                 while rx.recv().await.is_some() {
-                    core.drain_handoffs(from).await;
+                    core.drain_mailbox(from).await;
                 }
             })
             .detach();
         }
     }
 
-    async fn drain_handoffs(self: &Rc<Self>, from: usize) {
+    async fn drain_mailbox(self: &Rc<Self>, from: usize) {
         let batch_max = self.node.config.handoff_batch_max;
-        let queue = self.node.handoffs.queue(from, self.id);
+        let queue = self.node.mailboxes.queue(from, self.id);
         loop {
             let mut taken = 0;
             while taken < batch_max {
-                let Some(h) = queue.pop() else { return };
+                let Some(mail) = queue.pop() else {
+                    self.dispatch();
+                    return;
+                };
                 taken += 1;
-                self.metrics().handoffs_received_total.fetch_add(1, Ordering::Relaxed);
-                conn::spawn_resumed(self.clone(), h);
+                match mail {
+                    Mail::Handoff(h) => {
+                        self.metrics().handoffs_received_total.fetch_add(1, Ordering::Relaxed);
+                        conn::spawn_resumed(self.clone(), *h);
+                    }
+                    Mail::Rain(mail) => self.state.borrow_mut().on_mail(mail, self.node.clock()),
+                }
             }
+            self.dispatch();
             glommio::yield_if_needed().await;
         }
     }

@@ -380,13 +380,16 @@ fn run_dump(args: DumpArgs) -> anyhow::Result<i32> {
         eprintln!("refused: {} is not a file of the manifest", args.file);
         return Ok(EXIT_REFUSED);
     };
-    let opener = keyring.opener();
-    let mut reader =
-        super::shard::ShardReader::open_at(&args.dir.join(&file.name), file.tag(), args.from.min(file.records))?;
+    let decryptor = keyring.decryptor();
+    let mut reader = super::file_reader::TicketFileReader::open_at(
+        &args.dir.join(&file.name),
+        file.tag(),
+        args.from.min(file.records),
+    )?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for _ in 0..args.count {
-        let Some(issued) = reader.next_ticket(&opener)? else {
+        let Some(issued) = reader.next_ticket(&decryptor)? else {
             break;
         };
         let line = match issued.ticket {

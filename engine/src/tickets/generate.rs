@@ -484,15 +484,15 @@ impl Buffers {
 }
 
 /// The key currently filling in a file.
-struct OpenKey {
+struct FillingKey {
     entry: KeyEntry,
     cipher: aes::Aes128,
 }
 
-fn open_key(master: &MasterSecret, key_id: u32) -> OpenKey {
+fn start_key(master: &MasterSecret, key_id: u32) -> FillingKey {
     let key_id = u16::try_from(key_id).expect("plan keeps key ids below 65,536");
     let key = master.key(key_id);
-    OpenKey { entry: KeyEntry { key_id, key, packets: 0, coverage_fen: 0 }, cipher: cipher_for(&key) }
+    FillingKey { entry: KeyEntry { key_id, key, packets: 0, coverage_fen: 0 }, cipher: cipher_for(&key) }
 }
 
 fn generate_file(
@@ -528,7 +528,7 @@ fn generate_file(
 
     let mut keys = Vec::new();
     let key_id_end = file.key_id_first + file.key_ids_reserved;
-    let mut key = open_key(master, file.key_id_first);
+    let mut key = start_key(master, file.key_id_first);
     let mut file_crc = 0u32;
     let mut amount_fen_total = 0u64;
     let mut chunk_first_index: u64 = 0;
@@ -551,7 +551,7 @@ fn generate_file(
             chunk_first_index = record_index;
             let next_key_id = u32::from(key.entry.key_id) + 1;
             assert!(next_key_id < key_id_end, "plan reserved too few key ids");
-            keys.push(std::mem::replace(&mut key, open_key(master, next_key_id)).entry);
+            keys.push(std::mem::replace(&mut key, start_key(master, next_key_id)).entry);
         }
         key.entry.coverage_fen += u64::from(amount_fen);
         key.entry.packets += 1;
@@ -595,7 +595,7 @@ fn generate_file(
 /// Encrypts the pending blocks (all under `key`), seals and writes them.
 fn flush_chunk(
     buffers: &mut Buffers,
-    key: &OpenKey,
+    key: &FillingKey,
     first_index: u64,
     crc_seed: u32,
     output: &mut std::fs::File,
@@ -617,7 +617,7 @@ fn flush_chunk(
         seal_record_into(record, ciphertext, key.entry.key_id, first_index + offset as u32, crc_seed);
     }
     output.write_all(&buffers.records).map_err(io_error(path))?;
-    *file_crc = crc32c::crc32c_append(*file_crc, &buffers.records);
+    *file_crc = redrain_storage::crc::crc32c_append(*file_crc, &buffers.records);
     buffers.blocks.clear();
     Ok(())
 }

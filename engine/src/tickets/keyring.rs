@@ -1,5 +1,5 @@
 //! The keyring: the AES-128 ticket keys of one generated event, with the whitelist and
-//! blacklist of key ids, and the [`TicketOpener`] that decrypts and checks tickets with it.
+//! blacklist of key ids, and the [`TicketDecryptor`] that decrypts and checks tickets with it.
 //!
 //! The keyring is a JSON file written with mode 0600 next to (never inside) the ticket
 //! directory; no key material ever goes into ticket files or the manifest. Keys are derived
@@ -196,9 +196,9 @@ impl Keyring {
         self.keys.binary_search_by_key(&key_id, |entry| entry.key_id).ok().map(|index| &self.keys[index])
     }
 
-    /// Builds the opener that decrypts tickets with these keys and applies the lists.
-    pub fn opener(&self) -> TicketOpener {
-        TicketOpener::new(self)
+    /// Builds the decryptor that decrypts tickets with these keys and applies the lists.
+    pub fn decryptor(&self) -> TicketDecryptor {
+        TicketDecryptor::new(self)
     }
 }
 
@@ -225,19 +225,19 @@ enum KeyStatus {
 ///     whitelist: None,
 ///     blacklist: [1].into_iter().collect(),
 /// };
-/// let opener = keyring.opener();
+/// let decryptor = keyring.decryptor();
 /// let ticket = Ticket { packet_id: 1, amount_fen: 500, batch_id: 0, key_id: 1 };
 /// let ciphertext = ticket.encrypt(&redrain_engine::tickets::keyring::cipher_for(&[9; 16]));
-/// assert_eq!(opener.decrypt(&ciphertext, 1), Err(TicketError::Blacklisted { key_id: 1 }));
+/// assert_eq!(decryptor.decrypt(&ciphertext, 1), Err(TicketError::Blacklisted { key_id: 1 }));
 /// ```
-pub struct TicketOpener {
+pub struct TicketDecryptor {
     /// Index into `ciphers` per key id; `u32::MAX` when the key is unknown.
     cipher_index_by_key_id: Vec<u32>,
     ciphers: Vec<(Aes128, KeyStatus)>,
 }
 
-impl TicketOpener {
-    fn new(keyring: &Keyring) -> TicketOpener {
+impl TicketDecryptor {
+    fn new(keyring: &Keyring) -> TicketDecryptor {
         let mut cipher_index_by_key_id = vec![u32::MAX; KEY_IDS_MAX];
         let mut ciphers = Vec::with_capacity(keyring.keys.len());
         for entry in &keyring.keys {
@@ -251,7 +251,7 @@ impl TicketOpener {
             cipher_index_by_key_id[usize::from(entry.key_id)] = ciphers.len() as u32;
             ciphers.push((cipher_for(&entry.key), status));
         }
-        TicketOpener { cipher_index_by_key_id, ciphers }
+        TicketDecryptor { cipher_index_by_key_id, ciphers }
     }
 
     /// The cipher of an allowed key, or why the key is refused.
@@ -274,7 +274,7 @@ impl TicketOpener {
 
     /// Checks a whole record read at `position` of a file with CRC seed `crc_seed` (see
     /// [`super::format::FileTag::crc_seed`]) and decrypts it.
-    pub fn open_record(
+    pub fn decrypt_record(
         &self,
         record: &[u8; RECORD_BYTES],
         position: u64,

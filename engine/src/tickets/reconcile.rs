@@ -298,7 +298,7 @@ pub fn reconcile(
     let mut scan_keyring = keyring.clone();
     scan_keyring.blacklist.clear();
     scan_keyring.whitelist = None;
-    let opener = scan_keyring.opener();
+    let decryptor = scan_keyring.decryptor();
     let mut found: Vec<Option<Ticket>> = vec![None; opens.len()];
     let found_lock = Mutex::new(&mut found);
     let unreadable = AtomicU64::new(0);
@@ -316,10 +316,10 @@ pub fn reconcile(
                     };
                     let path = dir.join(&file.name);
                     let crc_seed = file.tag().crc_seed();
-                    let result = super::shard::for_each_chunk(&path, 32_768, |first_index, bytes| {
+                    let result = super::file_reader::for_each_chunk(&path, 32_768, |first_index, bytes| {
                         for (offset, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
                             let record: &[u8; RECORD_BYTES] = chunk.try_into().expect("whole records");
-                            match opener.open_record(record, first_index + offset as u64, crc_seed) {
+                            match decryptor.decrypt_record(record, first_index + offset as u64, crc_seed) {
                                 Ok(ticket) => {
                                     if let Some(&open) = first_open_of.get(&ticket.packet_id) {
                                         hits.push((open, ticket));
@@ -381,7 +381,7 @@ pub fn reconcile(
                 Verdict::KeyMismatch,
                 format!("record says key {}, ticket is under key {}", record.key_id, ticket.key_id),
             ),
-            (None, Some(ticket)) if keyring.opener_refuses(ticket.key_id) => {
+            (None, Some(ticket)) if keyring.refuses_key_id(ticket.key_id) => {
                 (Verdict::BlacklistedKey, format!("key {} is refused by the keyring lists", ticket.key_id))
             }
             (None, Some(ticket)) if ticket.amount_fen >= threshold => (Verdict::Instant, String::new()),
@@ -444,7 +444,7 @@ pub fn reconcile(
 
 impl Keyring {
     /// Whether the whitelist/blacklist refuse a key id.
-    pub fn opener_refuses(&self, key_id: u16) -> bool {
+    pub fn refuses_key_id(&self, key_id: u16) -> bool {
         self.blacklist.contains(&key_id) || self.whitelist.as_ref().is_some_and(|list| !list.contains(&key_id))
     }
 }

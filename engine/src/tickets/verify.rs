@@ -141,7 +141,7 @@ struct FileTotals {
 struct Shared<'a> {
     dir: &'a Path,
     manifest: &'a Manifest,
-    opener: super::keyring::TicketOpener,
+    decryptor: super::keyring::TicketDecryptor,
     /// Packet ids `0..packet_ids_checked` have a bit in `seen_packets`.
     packet_ids_checked: u64,
     seen_packets: Vec<AtomicU64>,
@@ -170,7 +170,7 @@ pub fn verify(
     let shared = Shared {
         dir,
         manifest: &manifest,
-        opener: keyring.opener(),
+        decryptor: keyring.decryptor(),
         packet_ids_checked,
         seen_packets: (0..packet_ids_checked.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
         key_packets: (0..KEY_IDS_MAX).map(|_| AtomicU64::new(0)).collect(),
@@ -355,15 +355,15 @@ fn verify_file(shared: &Shared, file: &FileSummary) -> FileTotals {
             shared.key_coverage_fen[usize::from(key_id)].fetch_add(coverage, Ordering::Relaxed);
         }
     };
-    let result = super::shard::for_each_chunk(&path, VERIFY_CHUNK_RECORDS, |first_index, bytes| {
-        file_crc = crc32c::crc32c_append(file_crc, bytes);
+    let result = super::file_reader::for_each_chunk(&path, VERIFY_CHUNK_RECORDS, |first_index, bytes| {
+        file_crc = redrain_storage::crc::crc32c_append(file_crc, bytes);
         trailing_bytes = bytes.len() % RECORD_BYTES;
         for (offset_in_chunk, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
             let index = first_index + offset_in_chunk as u64;
             let offset = index * RECORD_BYTES as u64;
             totals.records += 1;
             let record: &[u8; RECORD_BYTES] = chunk.try_into().expect("chunks_exact gives whole records");
-            let ticket = match shared.opener.open_record(record, index, crc_seed) {
+            let ticket = match shared.decryptor.decrypt_record(record, index, crc_seed) {
                 Ok(ticket) => ticket,
                 Err(error) => {
                     problems.add(Some(name), Some(offset), ticket_error_kind(&error), error.to_string());

@@ -38,6 +38,8 @@ impl Node {
             .arg(dir.path().join("data"))
             .args(extra)
             .env("RUST_LOG", "info")
+            // Session tests need no event; rain tests turn it on or pass --tickets.
+            .env("REDRAIN_DEMO_EVENT", "false")
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -132,14 +134,7 @@ impl Node {
     }
 }
 
-pub fn metric_sum(text: &str, name: &str, needles: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
+pub use redrain_net::prometheus::sum as metric_sum;
 
 impl Drop for Node {
     fn drop(&mut self) {

@@ -114,7 +114,7 @@ fn glommio_io_memory(threads: usize) -> usize {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit through a valid pointer.
     let memlock = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0 { lim.rlim_cur } else { 0 };
-    redrain_engine::node::io_memory_per_core(GLOMMIO_IO_MEMORY_BYTES, memlock, threads).max(GLOMMIO_IO_MEMORY_MIN)
+    redrain_tuning::process::io_memory_per_core(GLOMMIO_IO_MEMORY_BYTES, memlock, threads).max(GLOMMIO_IO_MEMORY_MIN)
 }
 
 impl Backend for Glommio {

@@ -9,10 +9,10 @@ use super::thread::{ThreadCtx, Timeline};
 use crate::config::LoadMode;
 use crate::scenario::{Check, LoadShape, Scenario, ScenarioConnection};
 use crate::schedule::{ramp_offset_ns, OpenLoopSchedule};
-use redrain_engine::auth::TokenClaims;
 use redrain_net::client::ClientCodec;
 use redrain_net::code::ErrorCode;
 use redrain_net::message::Request;
+use redrain_net::token::TokenClaims;
 use redrain_net::{Response, PROTOCOL_VERSION};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -85,7 +85,7 @@ async fn establish<S: Scenario, B: Backend>(
     let token = ctx.token_keys.mint(TokenClaims {
         user_id: cfg.user_id_base.wrapping_add(index),
         device_id: 1,
-        expires_at_unix_s: redrain_engine::auth::now_unix_s() + cfg.token_ttl.as_secs(),
+        expires_at_unix_s: redrain_net::token::now_unix_s() + cfg.token_ttl.as_secs(),
     });
     let login_id = codec.encode(&Request::Login { token: &token }, &mut out);
     let (written, _) = B::write_all(&stream, out).await;
@@ -423,7 +423,8 @@ async fn reader<S: Scenario, B: Backend>(
                             stats.counters.malformed_responses += 1;
                         }
                     }
-                    Ok(Response::Error { code, .. }) => {
+                    Ok(Response::Error { code, retry_after_ms, .. }) => {
+                        scenario.on_error(p.sequence, code, retry_after_ms, &mut stats.scenario_counters);
                         if p.measured {
                             stats.record_error(code, interval);
                         }

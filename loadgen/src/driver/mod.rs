@@ -16,7 +16,7 @@ use crate::scenario::{Headline, Scenario};
 use crate::stats::{self, MergedStats};
 use crate::system::{self, SystemError};
 use hdrhistogram::Histogram;
-use redrain_engine::auth::{SecretError, TokenKeys};
+use redrain_net::token::{SecretError, TokenKeys};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -82,8 +82,7 @@ pub fn run<S: Scenario>(cfg: RunConfig, scenario: S) -> Result<RunOutput, RunErr
         load_shape: scenario.load_shape(),
     };
     let before = scrape(cfg.admin, &mut warnings);
-    let started_at_unix_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let started_at_unix_ms = redrain_net::time::now_unix_ms();
 
     let cfg = Arc::new(cfg);
     let scenario = Arc::new(scenario);

@@ -11,7 +11,7 @@ use crate::config::RunConfig;
 use crate::scenario::Scenario;
 use crate::stats::ThreadStats;
 use crate::system;
-use redrain_engine::auth::TokenKeys;
+use redrain_net::token::TokenKeys;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -7,10 +7,12 @@
 //! handshake and login, scheduling, matching responses to requests by request id,
 //! latency histograms, error codes, duplicate and unexpected responses.
 //!
-//! Later issues add shake/open, chat and mixed loads here.
+//! `shake` plays the red-packet rain (shake, open every win); later issues add chat and
+//! mixed loads here.
 
 pub mod connect;
 pub mod ping;
+pub mod shake;
 
 use redrain_net::message::Request;
 use redrain_net::Response;
@@ -67,4 +69,7 @@ pub trait ScenarioConnection: 'static {
     /// Checks the non-error response to request number `sequence`.
     /// `counters` has one slot per [`Scenario::counter_names`] entry.
     fn check(&mut self, sequence: u64, response: &Response<'_>, counters: &mut [u64]) -> Check;
+    /// Sees the `Error` answer to request number `sequence` (the driver counts it by
+    /// code too). Scenarios with requests that depend on earlier answers use it.
+    fn on_error(&mut self, _sequence: u64, _code: u16, _retry_after_ms: u32, _counters: &mut [u64]) {}
 }

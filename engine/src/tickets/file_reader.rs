@@ -1,22 +1,22 @@
-//! The ticket shard reader: how a node core hands out the tickets of its (node, core, slot)
+//! The ticket file reader: how a node core hands out the tickets of its (node, core, slot)
 //! file, one by one, from a cursor that survives restarts.
 //!
 //! Record `i` sits at byte `26 * i`, so positioning is O(1) and a restart resumes exactly at
 //! the persisted issuance cursor. Records are read sequentially through a bounded buffer
-//! ([`SHARD_BUFFER_RECORDS`] records, refilled with one read), so each ticket costs O(1) and
+//! ([`READ_BUFFER_RECORDS`] records, refilled with one read), so each ticket costs O(1) and
 //! no syscall in the common case. Decryption and all checks go through a
-//! [`TicketOpener`], which applies the keyring's whitelist and
+//! [`TicketDecryptor`], which applies the keyring's whitelist and
 //! blacklist.
 //!
 //! ```no_run
-//! use redrain_engine::tickets::{format::FileTag, keyring::Keyring, shard::ShardReader};
+//! use redrain_engine::tickets::{format::FileTag, keyring::Keyring, file_reader::TicketFileReader};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let keyring = Keyring::load("event.keyring.json".as_ref())?;
-//! let opener = keyring.opener();
+//! let decryptor = keyring.decryptor();
 //! let tag = FileTag { node: 0, core: 1, slot: 2 };
 //! let cursor = 1_000; // the persisted issuance cursor of this core and slot
-//! let mut reader = ShardReader::open_at(format!("tickets/{}", tag.file_name()).as_ref(), tag, cursor)?;
-//! while let Some(issued) = reader.next_ticket(&opener)? {
+//! let mut reader = TicketFileReader::open_at(format!("tickets/{}", tag.file_name()).as_ref(), tag, cursor)?;
+//! while let Some(issued) = reader.next_ticket(&decryptor)? {
 //!     match issued.ticket {
 //!         Ok(ticket) => println!("issue packet {} ({} fen)", ticket.packet_id, ticket.amount_fen),
 //!         Err(refused) => eprintln!("skip record {}: {refused}", issued.index),
@@ -30,16 +30,16 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::format::{FileTag, Ticket, TicketError, RECORD_BYTES};
-use super::keyring::TicketOpener;
+use super::keyring::TicketDecryptor;
 
 /// Records read per refill (about 106 KB).
-pub const SHARD_BUFFER_RECORDS: usize = 4096;
+pub const READ_BUFFER_RECORDS: usize = 4096;
 
-/// Failure to read a shard file (as opposed to a refused ticket, which is a [`TicketError`]).
+/// Failure to read a ticket file (as opposed to a refused ticket, which is a [`TicketError`]).
 #[derive(Debug, thiserror::Error)]
-pub enum ShardError {
+pub enum TicketFileError {
     /// Reading failed.
-    #[error("shard {path}: {source}")]
+    #[error("ticket file {path}: {source}")]
     Io {
         /// Path.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum ShardError {
         source: std::io::Error,
     },
     /// The file length is not a whole number of records.
-    #[error("shard {path}: {length} bytes is not a multiple of {RECORD_BYTES} (truncated?)")]
+    #[error("ticket file {path}: {length} bytes is not a multiple of {RECORD_BYTES} (truncated?)")]
     Truncated {
         /// Path.
         path: PathBuf,
@@ -55,7 +55,7 @@ pub enum ShardError {
         length: u64,
     },
     /// The file holds more records than an index can address.
-    #[error("shard {path}: {records} records, more than a u32 index")]
+    #[error("ticket file {path}: {records} records, more than a u32 index")]
     TooLarge {
         /// Path.
         path: PathBuf,
@@ -63,7 +63,7 @@ pub enum ShardError {
         records: u64,
     },
     /// The requested cursor is past the end.
-    #[error("shard {path}: cursor {cursor} beyond {records} records")]
+    #[error("ticket file {path}: cursor {cursor} beyond {records} records")]
     CursorOutOfRange {
         /// Path.
         path: PathBuf,
@@ -84,8 +84,8 @@ pub struct IssuedRecord {
     pub ticket: Result<Ticket, TicketError>,
 }
 
-/// Sequential reader of one ticket shard file.
-pub struct ShardReader {
+/// Sequential reader of one ticket file (one node, core and slot).
+pub struct TicketFileReader {
     path: PathBuf,
     file: File,
     tag: FileTag,
@@ -98,32 +98,32 @@ pub struct ShardReader {
     buffer_first: u64,
 }
 
-impl ShardReader {
-    /// Opens a shard at cursor 0.
-    pub fn open(path: &Path, tag: FileTag) -> Result<ShardReader, ShardError> {
+impl TicketFileReader {
+    /// Opens a ticket file at cursor 0.
+    pub fn open(path: &Path, tag: FileTag) -> Result<TicketFileReader, TicketFileError> {
         Self::open_at(path, tag, 0)
     }
 
-    /// Opens a shard positioned at `cursor` (the next record to hand out).
-    pub fn open_at(path: &Path, tag: FileTag, cursor: u64) -> Result<ShardReader, ShardError> {
-        let io = |source| ShardError::Io { path: path.to_path_buf(), source };
+    /// Opens a ticket file positioned at `cursor` (the next record to hand out).
+    pub fn open_at(path: &Path, tag: FileTag, cursor: u64) -> Result<TicketFileReader, TicketFileError> {
+        let io = |source| TicketFileError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
         let length = file.metadata().map_err(io)?.len();
         if length % RECORD_BYTES as u64 != 0 {
-            return Err(ShardError::Truncated { path: path.to_path_buf(), length });
+            return Err(TicketFileError::Truncated { path: path.to_path_buf(), length });
         }
         let records = length / RECORD_BYTES as u64;
         if records > u64::from(u32::MAX) {
-            return Err(ShardError::TooLarge { path: path.to_path_buf(), records });
+            return Err(TicketFileError::TooLarge { path: path.to_path_buf(), records });
         }
-        let mut reader = ShardReader {
+        let mut reader = TicketFileReader {
             path: path.to_path_buf(),
             file,
             tag,
             crc_seed: tag.crc_seed(),
             records,
             cursor: 0,
-            buffer: Vec::with_capacity(SHARD_BUFFER_RECORDS * RECORD_BYTES),
+            buffer: Vec::with_capacity(READ_BUFFER_RECORDS * RECORD_BYTES),
             buffer_first: 0,
         };
         reader.seek(cursor)?;
@@ -156,9 +156,9 @@ impl ShardReader {
     }
 
     /// Moves the cursor; the next read refills the buffer from there.
-    pub fn seek(&mut self, cursor: u64) -> Result<(), ShardError> {
+    pub fn seek(&mut self, cursor: u64) -> Result<(), TicketFileError> {
         if cursor > self.records {
-            return Err(ShardError::CursorOutOfRange { path: self.path.clone(), cursor, records: self.records });
+            return Err(TicketFileError::CursorOutOfRange { path: self.path.clone(), cursor, records: self.records });
         }
         self.cursor = cursor;
         self.buffer.clear();
@@ -167,7 +167,7 @@ impl ShardReader {
     }
 
     /// The raw record at the cursor, advancing it; `None` at the end.
-    pub fn next_record(&mut self) -> Result<Option<(u64, [u8; RECORD_BYTES])>, ShardError> {
+    pub fn next_record(&mut self) -> Result<Option<(u64, [u8; RECORD_BYTES])>, TicketFileError> {
         if self.cursor == self.records {
             return Ok(None);
         }
@@ -183,33 +183,42 @@ impl ShardReader {
         Ok(Some((index, record)))
     }
 
-    /// The next record, checked and decrypted with `opener`, advancing the cursor; `None` at
+    /// The next record, checked and decrypted with `decryptor`, advancing the cursor; `None` at
     /// the end. A refused record still advances the cursor: it is never handed out.
-    pub fn next_ticket(&mut self, opener: &TicketOpener) -> Result<Option<IssuedRecord>, ShardError> {
-        Ok(self
-            .next_record()?
-            .map(|(index, record)| IssuedRecord { index, ticket: opener.open_record(&record, index, self.crc_seed) }))
+    pub fn next_ticket(&mut self, decryptor: &TicketDecryptor) -> Result<Option<IssuedRecord>, TicketFileError> {
+        Ok(self.next_record()?.map(|(index, record)| IssuedRecord {
+            index,
+            ticket: decryptor.decrypt_record(&record, index, self.crc_seed),
+        }))
     }
 
     /// The record at `index`, checked and decrypted, without moving the cursor (one positioned
     /// read; for audits and tests, not the hot path).
-    pub fn ticket_at(&self, index: u64, opener: &TicketOpener) -> Result<Result<Ticket, TicketError>, ShardError> {
+    pub fn ticket_at(
+        &self,
+        index: u64,
+        decryptor: &TicketDecryptor,
+    ) -> Result<Result<Ticket, TicketError>, TicketFileError> {
         if index >= self.records {
-            return Err(ShardError::CursorOutOfRange { path: self.path.clone(), cursor: index, records: self.records });
+            return Err(TicketFileError::CursorOutOfRange {
+                path: self.path.clone(),
+                cursor: index,
+                records: self.records,
+            });
         }
         let mut record = [0u8; RECORD_BYTES];
         read_exact_at(&self.file, &mut record, index * RECORD_BYTES as u64)
-            .map_err(|source| ShardError::Io { path: self.path.clone(), source })?;
-        Ok(opener.open_record(&record, index, self.crc_seed))
+            .map_err(|source| TicketFileError::Io { path: self.path.clone(), source })?;
+        Ok(decryptor.decrypt_record(&record, index, self.crc_seed))
     }
 
-    fn refill(&mut self) -> Result<(), ShardError> {
-        let records = (self.records - self.cursor).min(SHARD_BUFFER_RECORDS as u64) as usize;
+    fn refill(&mut self) -> Result<(), TicketFileError> {
+        let records = (self.records - self.cursor).min(READ_BUFFER_RECORDS as u64) as usize;
         self.buffer.resize(records * RECORD_BYTES, 0);
         let result = read_exact_at(&self.file, &mut self.buffer, self.cursor * RECORD_BYTES as u64);
         if let Err(source) = result {
             self.buffer.clear();
-            return Err(ShardError::Io { path: self.path.clone(), source });
+            return Err(TicketFileError::Io { path: self.path.clone(), source });
         }
         self.buffer_first = self.cursor;
         Ok(())

@@ -1,0 +1,529 @@
+//! The per-core domain as a plain state machine.
+//!
+//! ```text
+//!   request(conn, user, id, Shake|Open) --+                 +--> answer now (into the connection's output)
+//!   completion(token, result) ------------+--> ShardState --+--> Respond(conn, slot, frame)   (deferred answers)
+//!   tickets read(file, first, bytes) -----+                 +--> Append(stream, record, token)
+//!   mail(RainMail) -----------------------+                 +--> Read(file, first, count)
+//!   tick(clock) --------------------------+                 +--> Send(core, RainMail)
+//! ```
+//!
+//! `ShardState` owns this core's rain: its dispenser (files, cursors, pacing), the
+//! opened-packet set, the last shake time of its users and the table of requests waiting
+//! for storage. It never touches a socket, a file or the clock: the driver
+//! (`shard::conn`, `shard::storage`, `shard::mailbox`) passes the [`Clock`] in and carries
+//! the [`Output`]s out. Tests drive it directly (see `engine/tests/shard_state.rs`).
+
+use super::output::ConnOutput;
+use crate::metrics::{CoreMetrics, Outcome};
+use crate::rain::dispenser::{Dispenser, DispenserIo, MovedTickets, NoWin};
+use crate::rain::open::{verify, OpenSet, OpenState, OpenWaiter};
+use crate::rain::records::{
+    OpenRecord, KIND_CURSOR_EXACT, KIND_CURSOR_RESERVED, KIND_OPENED, OPEN_RECORD_INSTANT_CREDIT,
+};
+use crate::rain::RainShared;
+use redrain_net::message::{Response, OPEN_FLAG_INSTANT_CREDIT, OPEN_FLAG_REPEAT, SEALED_TICKET_BYTES};
+use redrain_net::{ErrorCode, MessageType};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// A connection, as the state machine names it: unique per core for the process's life
+/// (never reused, unlike a slab key).
+pub type ConnId = u64;
+
+/// The time, passed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// Milliseconds since the node started (monotonic).
+    pub mono_ms: u64,
+    /// The rain's wall clock in Unix ms (with the configured offset).
+    pub unix_ms: u64,
+}
+
+/// A domain request of a logged-in session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RainRequest {
+    Shake,
+    Open([u8; SEALED_TICKET_BYTES]),
+}
+
+/// This core's durable streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Issuance cursors.
+    Cursors,
+    /// The open queue.
+    Opens,
+}
+
+/// Messages between cores about the rain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RainMail {
+    /// Core `from` ran dry in `slot`.
+    TicketsWanted { slot: u16, from: usize },
+    /// Tickets for a core that ran dry.
+    Tickets(MovedTickets),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A deferred answer for `conn`'s output slot `slot`.
+    Respond { conn: ConnId, slot: u64, frame: Vec<u8> },
+    /// Append a record to a stream; report the result with [`ShardState::on_appended`].
+    Append { stream: Stream, kind: u8, payload: Vec<u8>, token: u64 },
+    /// Read ticket records; report with [`ShardState::on_tickets_read`].
+    Read { file: usize, first: u64, count: usize },
+    /// Send a message to another core.
+    Send { core: usize, mail: RainMail },
+}
+
+/// What an append was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Open { packet_id: u64 },
+    Reserve { file: usize },
+    Exact,
+}
+
+/// Who sent a request: the connection, its logged-in user and the request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub conn: ConnId,
+    pub user: u64,
+    pub request_id: u32,
+}
+
+/// How a request was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// The answer is in the connection's output.
+    Now,
+    /// The answer comes later as [`Output::Respond`] for this slot.
+    Later { slot: u64 },
+}
+
+/// Where a request's answer goes: the connection's ordered output.
+pub struct ConnAnswers<'a> {
+    pub held: &'a mut ConnOutput,
+    pub ready: &'a mut Vec<u8>,
+}
+
+impl ConnAnswers<'_> {
+    fn tail(&mut self) -> &mut Vec<u8> {
+        self.held.tail(self.ready)
+    }
+
+    fn defer(&mut self, slot: u64) {
+        self.held.defer(slot);
+    }
+}
+
+/// Retry-after sent with Busy when the pending table is full.
+const BUSY_RETRY_AFTER_MS: u32 = 100;
+
+/// One core's domain state.
+pub struct ShardState {
+    core: usize,
+    cores: usize,
+    rain: Option<Arc<RainShared>>,
+    dispenser: Option<Dispenser>,
+    opens: OpenSet,
+    /// Last shake per user, in `mono_ms`.
+    last_shake_ms: HashMap<u64, u64>,
+    pending: HashMap<u64, Pending>,
+    open_waiters: usize,
+    next_token: u64,
+    outputs: Vec<Output>,
+    io: Vec<DispenserIo>,
+}
+
+impl ShardState {
+    /// A core's state; `rain` is `None` on a node without an event.
+    pub fn new(core: usize, cores: usize, rain: Option<Arc<RainShared>>, dispenser: Option<Dispenser>) -> Self {
+        Self {
+            core,
+            cores,
+            rain,
+            dispenser,
+            opens: OpenSet::default(),
+            last_shake_ms: HashMap::new(),
+            pending: HashMap::new(),
+            open_waiters: 0,
+            next_token: 1,
+            outputs: Vec::new(),
+            io: Vec::new(),
+        }
+    }
+
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    /// Marks a packet opened (start-up recovery of the open queue).
+    pub fn recover_open(&mut self, packet_id: u64) {
+        self.opens.recover(packet_id);
+    }
+
+    pub fn opened_len(&self) -> usize {
+        self.opens.opened_len()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn dispenser(&self) -> Option<&Dispenser> {
+        self.dispenser.as_ref()
+    }
+
+    pub fn dispenser_mut(&mut self) -> Option<&mut Dispenser> {
+        self.dispenser.as_mut()
+    }
+
+    /// Takes the outputs produced so far.
+    pub fn drain_outputs(&mut self, into: &mut Vec<Output>) {
+        into.append(&mut self.outputs);
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    /// Handles a Shake or Open of `user` on connection `conn`.
+    pub fn on_request(
+        &mut self,
+        caller: Caller,
+        request: &RainRequest,
+        clock: Clock,
+        out: &mut ConnAnswers<'_>,
+        metrics: &CoreMetrics,
+    ) -> Handled {
+        let Caller { conn, user, request_id } = caller;
+        let Some(rain) = self.rain.clone() else {
+            metrics.rejected(ErrorCode::NotServed);
+            Response::error(ErrorCode::NotServed, 0, "no red-packet event is loaded on this node")
+                .encode(request_id, out.tail());
+            return Handled::Now;
+        };
+        match request {
+            RainRequest::Shake => {
+                self.shake(&rain, user, request_id, clock, out, metrics);
+                Handled::Now
+            }
+            RainRequest::Open(sealed) => self.open(&rain, conn, user, request_id, sealed, clock, out, metrics),
+        }
+    }
+
+    fn shake(
+        &mut self,
+        rain: &RainShared,
+        user: u64,
+        request_id: u32,
+        clock: Clock,
+        out: &mut ConnAnswers<'_>,
+        metrics: &CoreMetrics,
+    ) {
+        let interval_ms = u64::from(rain.config.shake_interval_ms);
+        metrics.rain.shakes_total.fetch_add(1, Relaxed);
+        if let Some(last) = self.last_shake_ms.get(&user) {
+            let since = clock.mono_ms.saturating_sub(*last);
+            if since < interval_ms {
+                metrics.rain.shakes_too_fast_total.fetch_add(1, Relaxed);
+                metrics.rejected(ErrorCode::TooFast);
+                metrics.frame(Some(MessageType::Shake), Outcome::Logical);
+                Response::error(ErrorCode::TooFast, (interval_ms - since) as u32, "shake interval not yet passed")
+                    .encode(request_id, out.tail());
+                return;
+            }
+        } else if self.last_shake_ms.len() >= rain.config.shake_users_max {
+            self.forget_old_shakes(clock, interval_ms);
+            if self.last_shake_ms.len() >= rain.config.shake_users_max {
+                metrics.rejected(ErrorCode::Busy);
+                metrics.frame(Some(MessageType::Shake), Outcome::System);
+                Response::error(ErrorCode::Busy, rain.config.shake_interval_ms, "too many users shaking on this core")
+                    .encode(request_id, out.tail());
+                return;
+            }
+        }
+        self.last_shake_ms.insert(user, clock.mono_ms);
+        metrics.frame(Some(MessageType::Shake), Outcome::Ok);
+        let Some(dispenser) = self.dispenser.as_mut() else { return };
+        dispenser.advance(rain.event.slot_at(clock.unix_ms), clock.unix_ms);
+        let drawn = dispenser.draw(&rain.event.decryptor);
+        match drawn {
+            Ok(drawn) => {
+                metrics.rain.shakes_won_total.fetch_add(1, Relaxed);
+                let sealed = rain.seal.seal(
+                    user,
+                    drawn.ticket.packet_id,
+                    (clock.unix_ms / 1000) as u32,
+                    &drawn.ciphertext,
+                    drawn.ticket.key_id,
+                );
+                Response::ShakeOk {
+                    shake_interval_ms: rain.config.shake_interval_ms,
+                    page_id: rain.event.page_of_batch(drawn.ticket.batch_id),
+                    sealed: Some(&sealed),
+                }
+                .encode(request_id, out.tail());
+            }
+            Err(why) => {
+                let counter = match why {
+                    NoWin::NoSlot => &metrics.rain.shakes_no_slot_total,
+                    NoWin::Paced => &metrics.rain.shakes_paced_total,
+                    NoWin::SoldOut => &metrics.rain.shakes_sold_out_total,
+                    NoWin::NotReady => &metrics.rain.shakes_not_ready_total,
+                };
+                counter.fetch_add(1, Relaxed);
+                let page_id = dispenser.next_page(&rain.event);
+                Response::ShakeOk { shake_interval_ms: rain.config.shake_interval_ms, page_id, sealed: None }
+                    .encode(request_id, out.tail());
+            }
+        }
+        self.poll_dispenser_io();
+    }
+
+    fn forget_old_shakes(&mut self, clock: Clock, interval_ms: u64) {
+        self.last_shake_ms.retain(|_, at| clock.mono_ms.saturating_sub(*at) < interval_ms);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        rain: &RainShared,
+        conn: ConnId,
+        user: u64,
+        request_id: u32,
+        sealed: &[u8; SEALED_TICKET_BYTES],
+        clock: Clock,
+        out: &mut ConnAnswers<'_>,
+        metrics: &CoreMetrics,
+    ) -> Handled {
+        metrics.rain.opens_total.fetch_add(1, Relaxed);
+        let verified = match verify(
+            &rain.seal,
+            &rain.event,
+            sealed,
+            user,
+            clock.unix_ms / 1000,
+            rain.config.sealed_ticket_ttl_s,
+        ) {
+            Ok(v) => v,
+            Err(code) => {
+                metrics.rejected(code);
+                metrics.frame(Some(MessageType::Open), Outcome::from(code));
+                Response::error(code, 0, open_error_text(code)).encode(request_id, out.tail());
+                return Handled::Now;
+            }
+        };
+        let ticket = verified.ticket;
+        let instant = rain.event.instant_credit(ticket.amount_fen);
+        let flags = if instant { OPEN_FLAG_INSTANT_CREDIT } else { 0 };
+        match self.opens.state(ticket.packet_id) {
+            OpenState::Opened => {
+                metrics.rain.opens_repeated_total.fetch_add(1, Relaxed);
+                metrics.frame(Some(MessageType::Open), Outcome::Ok);
+                Response::OpenOk {
+                    packet_id: ticket.packet_id,
+                    amount_fen: ticket.amount_fen,
+                    batch_id: ticket.batch_id,
+                    flags: flags | OPEN_FLAG_REPEAT,
+                }
+                .encode(request_id, out.tail());
+                Handled::Now
+            }
+            state => {
+                if self.open_waiters >= rain.config.opens_pending_max {
+                    metrics.rejected(ErrorCode::Busy);
+                    metrics.frame(Some(MessageType::Open), Outcome::System);
+                    Response::error(ErrorCode::Busy, BUSY_RETRY_AFTER_MS, "too many opens waiting for storage")
+                        .encode(request_id, out.tail());
+                    return Handled::Now;
+                }
+                let slot = self.token();
+                out.defer(slot);
+                self.open_waiters += 1;
+                if state == OpenState::InFlight {
+                    let waiter = OpenWaiter { conn, request_id, slot, repeat: true };
+                    let joined = self.opens.join(ticket.packet_id, waiter);
+                    debug_assert!(joined);
+                    return Handled::Later { slot };
+                }
+                self.opens.begin(ticket, OpenWaiter { conn, request_id, slot, repeat: false });
+                let record = OpenRecord {
+                    packet_id: ticket.packet_id,
+                    user_id: user,
+                    amount_fen: ticket.amount_fen,
+                    key_id: ticket.key_id,
+                    batch_id: ticket.batch_id,
+                    node: rain.config.node_id,
+                    core: self.core as u16,
+                    opened_at_ms: clock.unix_ms,
+                    flags: if instant { OPEN_RECORD_INSTANT_CREDIT } else { 0 },
+                };
+                let token = self.token();
+                self.pending.insert(token, Pending::Open { packet_id: ticket.packet_id });
+                self.outputs.push(Output::Append {
+                    stream: Stream::Opens,
+                    kind: KIND_OPENED,
+                    payload: record.encode().to_vec(),
+                    token,
+                });
+                Handled::Later { slot }
+            }
+        }
+    }
+
+    /// An append finished (`ok`: durable).
+    pub fn on_appended(&mut self, token: u64, ok: bool, metrics: &CoreMetrics) {
+        let Some(pending) = self.pending.remove(&token) else { return };
+        match pending {
+            Pending::Open { packet_id } => {
+                let Some((ticket, waiters)) = self.opens.finish(packet_id, ok) else { return };
+                self.open_waiters -= waiters.len().min(self.open_waiters);
+                let instant = self.rain.as_ref().is_some_and(|r| r.event.instant_credit(ticket.amount_fen));
+                if ok {
+                    metrics.rain.opens_recorded_total.fetch_add(1, Relaxed);
+                    metrics.rain.opened_amount_fen_total.fetch_add(u64::from(ticket.amount_fen), Relaxed);
+                    if instant {
+                        metrics.rain.opens_instant_credit_total.fetch_add(1, Relaxed);
+                    }
+                } else {
+                    metrics.rain.open_record_failures_total.fetch_add(1, Relaxed);
+                }
+                for w in waiters {
+                    let mut frame = Vec::with_capacity(32);
+                    metrics.frame(Some(MessageType::Open), if ok { Outcome::Ok } else { Outcome::System });
+                    if ok {
+                        let mut flags = if instant { OPEN_FLAG_INSTANT_CREDIT } else { 0 };
+                        if w.repeat {
+                            flags |= OPEN_FLAG_REPEAT;
+                            metrics.rain.opens_repeated_total.fetch_add(1, Relaxed);
+                        }
+                        Response::OpenOk {
+                            packet_id: ticket.packet_id,
+                            amount_fen: ticket.amount_fen,
+                            batch_id: ticket.batch_id,
+                            flags,
+                        }
+                        .encode(w.request_id, &mut frame);
+                    } else {
+                        metrics.rejected(ErrorCode::Internal);
+                        Response::error(
+                            ErrorCode::Internal,
+                            BUSY_RETRY_AFTER_MS,
+                            "the open could not be recorded; retry",
+                        )
+                        .encode(w.request_id, &mut frame);
+                    }
+                    self.outputs.push(Output::Respond { conn: w.conn, slot: w.slot, frame });
+                }
+            }
+            Pending::Reserve { file } => {
+                if let Some(d) = self.dispenser.as_mut() {
+                    d.on_reserved(file, ok);
+                }
+                self.poll_dispenser_io();
+            }
+            Pending::Exact => {}
+        }
+    }
+
+    /// Ticket records read for the dispenser.
+    pub fn on_tickets_read(&mut self, file: usize, first: u64, bytes: Result<Vec<u8>, String>) {
+        if let Some(d) = self.dispenser.as_mut() {
+            d.on_read(file, first, bytes);
+        }
+        self.poll_dispenser_io();
+    }
+
+    /// A message from another core.
+    pub fn on_mail(&mut self, mail: RainMail, clock: Clock) {
+        let (Some(rain), Some(d)) = (self.rain.clone(), self.dispenser.as_mut()) else { return };
+        d.advance(rain.event.slot_at(clock.unix_ms), clock.unix_ms);
+        match mail {
+            RainMail::TicketsWanted { slot, from } => {
+                if let Some(moved) = d.give(slot, clock.unix_ms) {
+                    self.outputs.push(Output::Send { core: from, mail: RainMail::Tickets(moved) });
+                }
+            }
+            RainMail::Tickets(moved) => d.take(moved),
+        }
+        self.poll_dispenser_io();
+    }
+
+    /// Housekeeping: slot changes, prefetch, cursors, imbalance, forgetting old shakes.
+    /// `persist_exact` asks for exact cursors (once a second, and on a clean stop).
+    pub fn on_tick(&mut self, clock: Clock, persist_exact: bool) {
+        let Some(rain) = self.rain.clone() else { return };
+        let interval_ms = u64::from(rain.config.shake_interval_ms);
+        if self.last_shake_ms.len() > 1024 {
+            self.forget_old_shakes(clock, interval_ms);
+        }
+        let Some(d) = self.dispenser.as_mut() else { return };
+        let slot = rain.event.slot_at(clock.unix_ms);
+        d.advance(slot, clock.unix_ms);
+        if let Some((_, left_ms)) = slot {
+            if let Some(wanted) = d.wants_tickets(clock.unix_ms, left_ms) {
+                for core in (0..self.cores).filter(|c| *c != self.core) {
+                    self.outputs
+                        .push(Output::Send { core, mail: RainMail::TicketsWanted { slot: wanted, from: self.core } });
+                }
+            }
+        }
+        if persist_exact {
+            d.poll_exact(&mut self.io);
+        }
+        self.poll_dispenser_io();
+    }
+
+    fn poll_dispenser_io(&mut self) {
+        let Some(d) = self.dispenser.as_mut() else { return };
+        d.poll_io(&mut self.io);
+        let mut io = std::mem::take(&mut self.io);
+        for item in io.drain(..) {
+            match item {
+                DispenserIo::Read { file, first, count } => self.outputs.push(Output::Read { file, first, count }),
+                DispenserIo::Reserve { file, record } => {
+                    let token = self.token();
+                    self.pending.insert(token, Pending::Reserve { file });
+                    self.outputs.push(Output::Append {
+                        stream: Stream::Cursors,
+                        kind: KIND_CURSOR_RESERVED,
+                        payload: record.encode().to_vec(),
+                        token,
+                    });
+                }
+                DispenserIo::Exact { record } => {
+                    let token = self.token();
+                    self.pending.insert(token, Pending::Exact);
+                    self.outputs.push(Output::Append {
+                        stream: Stream::Cursors,
+                        kind: KIND_CURSOR_EXACT,
+                        payload: record.encode().to_vec(),
+                        token,
+                    });
+                }
+            }
+        }
+        self.io = io;
+    }
+}
+
+fn open_error_text(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::TicketMalformed => "sealed ticket version not supported",
+        ErrorCode::TicketTampered => "sealed ticket does not authenticate",
+        ErrorCode::TicketForged => "sealed ticket holds no valid packet",
+        ErrorCode::TicketExpired => "sealed ticket expired",
+        ErrorCode::TicketOtherUser => "sealed ticket belongs to another user",
+        ErrorCode::TicketKeyRefused => "the ticket's key is refused on this node",
+        ErrorCode::TicketUnknownBatch => "the ticket's batch is not part of this event",
+        ErrorCode::TicketOtherNode => "sealed ticket was issued by another node",
+        _ => "open refused",
+    }
+}

@@ -97,9 +97,20 @@ fn a_paused_node_shows_up_as_a_one_second_tail() {
     let _serial = serial();
     let (_dir, node) = start_node();
     let cfg = ping_config(&node, 2000.0, Duration::from_secs(4));
-    let pid = node.pid();
+    let (pid, admin) = (node.pid(), node.admin);
     let pauser = std::thread::spawn(move || {
-        // Warm-up is 0.5 s; pause 1.5 s into the run, for 1 s.
+        // Once all 10 sessions are in (the load starts 20 ms after the ramp),
+        // wait out the 0.5 s warm-up and 1 s more, then pause the node for 1 s:
+        // well inside the 4 s window however long the ramp took.
+        let ramp_deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while redrain_loadgen::node_metrics::scrape(admin)
+            .ok()
+            .and_then(|m| m.sum(redrain_loadgen::node_metrics::SESSIONS_ACTIVE))
+            .is_none_or(|s| s < 10.0)
+        {
+            assert!(std::time::Instant::now() < ramp_deadline, "the 10 sessions never came up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(Duration::from_millis(1500));
         // SAFETY: signals to our own child process by pid.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };

@@ -202,6 +202,61 @@ pub struct ProcessFigures {
     pub fd_limit: u64,
     pub cores: usize,
     pub shutting_down: bool,
+    /// User + system CPU seconds of the whole process since it started.
+    pub cpu_seconds: f64,
+}
+
+/// User + system CPU seconds of this process (CLOCK_PROCESS_CPUTIME_ID: ns resolution).
+pub fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Most threads [`thread_cpu_seconds`] reports (a node runs one per core plus a few).
+pub const THREADS_REPORTED_MAX: usize = 1024;
+
+/// (thread name, user + system CPU seconds) of each thread of this process, from
+/// /proc/self/task/*/stat (clock-tick resolution); empty where /proc is missing.
+pub fn thread_cpu_seconds() -> Vec<(String, f64)> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64;
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    let mut out: Vec<(String, f64)> = dir
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| parse_task_stat(&stat, ticks))
+        .take(THREADS_REPORTED_MAX)
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// (comm, utime + stime in seconds) of one /proc task stat line.
+fn parse_task_stat(stat: &str, ticks_per_s: f64) -> Option<(String, f64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    // Fields after the command name start at field 3; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((comm, (utime + stime) / ticks_per_s))
+}
+
+/// Renders per-thread CPU seconds (threads of the same name are summed).
+pub fn render_thread_cpu(threads: &[(String, f64)], out: &mut String) {
+    family(out, "redrain_thread_cpu_seconds_total", "counter", "User + system CPU seconds of each node thread.");
+    let mut by_name: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for (name, s) in threads {
+        let clean: String = name.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\').collect();
+        *by_name.entry(clean).or_insert(0.0) += s;
+    }
+    for (name, s) in by_name {
+        let _ = writeln!(out, "redrain_thread_cpu_seconds_total{{thread=\"{name}\"}} {s}");
+    }
 }
 
 /// Reads resident set size from /proc/self/statm (0 if unavailable).
@@ -343,6 +398,8 @@ pub fn render_prometheus(cores: &[&CoreMetrics], process: ProcessFigures, out: &
     let _ = writeln!(out, "redrain_process_open_fds {}", process.open_fds);
     family(out, "redrain_process_fd_limit", "gauge", "RLIMIT_NOFILE soft limit of the node process.");
     let _ = writeln!(out, "redrain_process_fd_limit {}", process.fd_limit);
+    family(out, "redrain_process_cpu_seconds_total", "counter", "User + system CPU seconds of the node process.");
+    let _ = writeln!(out, "redrain_process_cpu_seconds_total {}", process.cpu_seconds);
     family(out, "redrain_cores", "gauge", "Executors (pinned cores) the node runs.");
     let _ = writeln!(out, "redrain_cores {}", process.cores);
     family(out, "redrain_connections_open_all", "gauge", "Connections open on all cores.");
@@ -373,5 +430,30 @@ mod tests {
         assert!(out.contains("redrain_request_latency_seconds_bucket{core=\"0\",type=\"ping\",le=\"+Inf\"} 3"));
         assert!(out.contains("redrain_frames_total{core=\"0\",type=\"ping\",outcome=\"ok\"} 1"));
         assert!(out.contains("redrain_rejected_frames_total{core=\"0\",reason=\"bad_token\"} 1"));
+    }
+
+    #[test]
+    fn process_and_thread_cpu_seconds_are_exported() {
+        let figures = ProcessFigures { cpu_seconds: 1.25, ..ProcessFigures::default() };
+        let mut out = String::new();
+        render_prometheus(&[], figures, &mut out);
+        assert!(out.contains("redrain_process_cpu_seconds_total 1.25\n"), "{out}");
+        let mut out = String::new();
+        render_thread_cpu(
+            &[("redrain-core-0".into(), 0.5), ("redrain-core-0".into(), 0.25), ("x\"y".into(), 1.0)],
+            &mut out,
+        );
+        assert!(out.contains("redrain_thread_cpu_seconds_total{thread=\"redrain-core-0\"} 0.75\n"), "{out}");
+        assert!(out.contains("{thread=\"xy\"} 1\n"), "{out}");
+        assert!(process_cpu_seconds() > 0.0);
+        let threads = thread_cpu_seconds();
+        assert!(!threads.is_empty() && threads.iter().all(|(_, s)| *s >= 0.0), "{threads:?}");
+    }
+
+    #[test]
+    fn task_stat_lines_with_spaces_and_parentheses_in_the_name_parse() {
+        let line = "42 (core (1) x) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
+        assert_eq!(parse_task_stat(line, 100.0), Some(("core (1) x".to_owned(), 3.0)));
+        assert_eq!(parse_task_stat("garbage", 100.0), None);
     }
 }

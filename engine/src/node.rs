@@ -366,8 +366,10 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
                 fd_limit: node.fd_limit,
                 cores: node.cores,
                 shutting_down: node.shutting_down(),
+                cpu_seconds: metrics::process_cpu_seconds(),
             };
             metrics::render_prometheus(&cores, figures, &mut body);
+            metrics::render_thread_cpu(&metrics::thread_cpu_seconds(), &mut body);
             if node.rain.is_some() {
                 crate::rain::metrics::render(&rain, &mut body);
             }

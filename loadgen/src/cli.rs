@@ -46,6 +46,52 @@ pub enum Command {
     },
     /// Print the differences and ratios (b / a) of two JSON summaries.
     Compare { a: PathBuf, b: PathBuf },
+    /// Combine the JSON summaries of several generator processes of one run:
+    /// histograms added bucket by bucket, counts summed.
+    Merge {
+        /// Summaries written with --json.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        hgrm: Option<PathBuf>,
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+    /// Measure this generator's own floor (send lag, round trip) against a
+    /// trivial echo server in this process on another core; stored in
+    /// --floor-file and printed next to every later run's latency table.
+    Floor(FloorArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FloorArgs {
+    #[arg(long, value_enum, default_value_t = Runtime::default())]
+    pub runtime: Runtime,
+    /// Measured duration of each of the two runs.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Open-loop rate of the send-lag run.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Connections of the send-lag run.
+    #[arg(long, default_value_t = 1)]
+    pub connections: u32,
+    /// Connections of the round-trip run (1 in flight each; more = the generator's capacity).
+    #[arg(long, default_value_t = 1)]
+    pub closed_loop_connections: u32,
+    /// tokio-uring: wake this long before a send is due and spin until it is (0 = off).
+    #[arg(long, default_value = "50us", value_parser = parse_duration)]
+    pub spin_before_send: Duration,
+    /// CPU of the echo server (default: an online CPU the generator is not allowed on).
+    #[arg(long)]
+    pub server_cpu: Option<usize>,
+    /// Where the floor is stored (one entry per runtime).
+    #[arg(long, default_value = crate::floor::FLOOR_FILE_DEFAULT)]
+    pub floor_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -92,6 +138,10 @@ pub struct RunArgs {
     /// Runtime of each generator thread.
     #[arg(long, value_enum, default_value_t = Runtime::default())]
     pub runtime: Runtime,
+    /// tokio-uring: wake this long before a send is due and spin until it is
+    /// (0 = sleep until the timer fires; at most 1ms).
+    #[arg(long, default_value = "50us", value_parser = parse_duration)]
+    pub spin_before_send: Duration,
     /// Spread connections over 127.0.0.1..=127.0.0.N (default: one address per 20,000
     /// connections to a loopback target; 0 = kernel's choice).
     #[arg(long)]
@@ -108,6 +158,9 @@ pub struct RunArgs {
     /// Flag the result generator-limited when sends lag their schedule by more (p99).
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     pub lag_threshold: Duration,
+    /// Flag the result generator-limited when send lag p99 exceeds this share of latency p50.
+    #[arg(long, default_value_t = 0.1)]
+    pub lag_share: f64,
     /// Flag the result generator-limited when a generator thread is busier than this fraction.
     #[arg(long, default_value_t = 0.9)]
     pub cpu_threshold: f64,
@@ -123,6 +176,20 @@ pub struct RunArgs {
     /// Write an SVG plot here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// The generator's floor (`redrain-loadgen floor`), printed next to the latency table.
+    #[arg(long, default_value = crate::floor::FLOOR_FILE_DEFAULT)]
+    pub floor_file: PathBuf,
+    /// Drive the run from N generator processes (this binary started N times,
+    /// each with its share of the connections and the schedule, one load start),
+    /// then merge their summaries exactly.
+    #[arg(long, default_value_t = 1)]
+    pub processes: u32,
+    /// Set by --processes on each child: which process this is.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub process_index: u32,
+    /// Set by --processes on each child: the load start (ms since the epoch).
+    #[arg(long, hide = true)]
+    pub start_at_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Error)]
@@ -160,7 +227,12 @@ impl RunArgs {
         cfg.connect_timeout = self.connect_timeout;
         cfg.drain_timeout = self.drain_timeout;
         cfg.runtime = self.runtime;
-        cfg.threads = self.threads.unwrap_or(allowed_cpus.min(self.connections.max(1) as usize)).max(1);
+        cfg.spin_before_send = self.spin_before_send;
+        cfg.process_count = self.processes;
+        cfg.process_index = self.process_index;
+        cfg.start_at_unix_ms = self.start_at_unix_ms;
+        let threads_default = if self.processes > 1 { 1 } else { allowed_cpus.min(self.connections.max(1) as usize) };
+        cfg.threads = self.threads.unwrap_or(threads_default).max(1);
         cfg.source_ips = self.source_ips.unwrap_or_else(|| {
             if self.target.ip().is_loopback() {
                 self.connections.div_ceil(CONNECTIONS_PER_SOURCE_IP).clamp(1, SOURCE_IPS_MAX)
@@ -170,6 +242,7 @@ impl RunArgs {
         });
         cfg.user_id_base = self.user_id_base;
         cfg.lag_threshold = self.lag_threshold;
+        cfg.lag_share_of_latency_max = self.lag_share;
         cfg.cpu_saturation_threshold = self.cpu_threshold;
         cfg.interval = self.interval.unwrap_or_else(|| RunConfig::interval_for(self.duration));
         Ok(cfg)

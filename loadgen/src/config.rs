@@ -11,6 +11,11 @@ pub const CONNECTIONS_MAX: u32 = 1_000_000;
 pub const PIPELINE_DEPTH_MAX: u32 = 65_536;
 /// Highest total offered rate accepted (requests per second).
 pub const RATE_PER_S_MAX: f64 = 50_000_000.0;
+/// Default spin before a due send (tokio-uring): covers the 20-40 us it takes
+/// this VM to wake an idle CPU for a timer.
+pub const SPIN_BEFORE_SEND_DEFAULT: Duration = Duration::from_micros(50);
+/// Most generator processes of one run (`--processes`).
+pub const PROCESSES_MAX: u32 = 64;
 /// Most generator threads.
 pub const THREADS_MAX: usize = 256;
 /// Longest measured duration or warm-up.
@@ -95,6 +100,10 @@ pub struct RunConfig {
     /// Sends later than this behind their schedule (p99, for reasons of our
     /// own, not the node's backlog) mark the result generator-limited.
     pub lag_threshold: Duration,
+    /// Send lag p99 above this share of the request latency p50 marks the
+    /// result generator-limited (the generator's lateness is then a visible
+    /// part of the latency it reports).
+    pub lag_share_of_latency_max: f64,
     /// A generator thread busier than this fraction of wall time marks the
     /// result generator-limited.
     pub cpu_saturation_threshold: f64,
@@ -104,6 +113,18 @@ pub struct RunConfig {
     pub frame_bytes_max: u32,
     /// The generator threads' runtime.
     pub runtime: Runtime,
+    /// tokio-uring: wake a sleeping sender this long before its send is due
+    /// and spin (yielding to the runtime) until it is; zero disables it.
+    pub spin_before_send: Duration,
+    /// This process is number `process_index` of `process_count` sharing one
+    /// run (`--processes`): it drives the connections `j` with
+    /// `j % process_count == process_index` of the run's `connections`, on the
+    /// run's schedule, so the processes' requests interleave as one's would.
+    pub process_index: u32,
+    pub process_count: u32,
+    /// Start the load at this wall-clock time (ms since the epoch) if the
+    /// ramp is done by then, so the processes of one run share their window.
+    pub start_at_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -136,11 +157,28 @@ impl RunConfig {
             user_id_base: 1_000_000,
             token_ttl: Duration::from_secs(24 * 3600),
             lag_threshold: Duration::from_millis(10),
+            lag_share_of_latency_max: 0.1,
             cpu_saturation_threshold: 0.9,
             interval: Duration::from_secs(1),
             frame_bytes_max: 1 << 20,
             runtime: Runtime::default(),
+            spin_before_send: SPIN_BEFORE_SEND_DEFAULT,
+            process_index: 0,
+            process_count: 1,
+            start_at_unix_ms: None,
         }
+    }
+
+    /// The global indices of the connections this process drives.
+    pub fn local_connections(&self) -> impl Iterator<Item = u64> {
+        let count = u64::from(self.process_count.max(1));
+        (u64::from(self.process_index)..u64::from(self.connections)).step_by(count as usize)
+    }
+
+    /// How many connections this process drives.
+    pub fn local_connection_count(&self) -> u32 {
+        let count = self.process_count.max(1);
+        (self.connections + count - 1 - self.process_index.min(count - 1)) / count
     }
 
     /// Picks the over-time interval for a measured duration: at most
@@ -192,6 +230,12 @@ impl RunConfig {
                 return invalid("connect-rate", "must be positive");
             }
         }
+        if self.process_count == 0 || self.process_count > PROCESSES_MAX || self.process_index >= self.process_count {
+            return invalid("processes", format!("must be within 1..={PROCESSES_MAX}, index below the count"));
+        }
+        if self.process_count > self.connections {
+            return invalid("processes", "more processes than connections");
+        }
         if self.threads == 0 || self.threads > THREADS_MAX {
             return invalid("threads", format!("must be within 1..={THREADS_MAX}"));
         }
@@ -204,11 +248,17 @@ impl RunConfig {
         if self.connect_timeout.is_zero() || self.drain_timeout > RUN_DURATION_MAX {
             return invalid("connect-timeout/drain-timeout", "connect timeout must be positive");
         }
+        if !(self.lag_share_of_latency_max > 0.0 && self.lag_share_of_latency_max <= 1.0) {
+            return invalid("lag-share", "must be within (0, 1]");
+        }
         if !(self.cpu_saturation_threshold > 0.0 && self.cpu_saturation_threshold <= 1.0) {
             return invalid("cpu-threshold", "must be within (0, 1]");
         }
         if self.interval < INTERVAL_MIN || self.interval_count() > INTERVALS_MAX as usize {
             return invalid("interval", format!("must be at least 100ms and give at most {INTERVALS_MAX} intervals"));
+        }
+        if self.spin_before_send > crate::driver::precise_timer::SPIN_LEAD_MAX {
+            return invalid("spin-before-send", "must be at most 1ms");
         }
         if self.frame_bytes_max < 512 {
             return invalid("frame_bytes_max", "must be at least 512");
@@ -242,6 +292,27 @@ mod tests {
         c.target = "10.0.0.1:7000".parse().unwrap();
         c.source_ips = 4;
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "source-ips", .. })));
+    }
+
+    #[test]
+    fn processes_split_the_connections_round_robin_without_overlap() {
+        let mut seen = Vec::new();
+        for i in 0..3 {
+            let mut c = cfg();
+            c.connections = 10;
+            c.process_count = 3;
+            c.process_index = i;
+            c.validate().unwrap();
+            let mine: Vec<u64> = c.local_connections().collect();
+            assert_eq!(mine.len() as u32, c.local_connection_count());
+            seen.extend(mine);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<u64>>());
+        let mut c = cfg();
+        c.process_count = 2;
+        c.process_index = 2;
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "processes", .. })));
     }
 
     #[test]

@@ -12,8 +12,11 @@
 //!   per-connection reader and writer, source-address spreading and fd limits.
 //! - [`stats`]: histograms and counters each thread keeps, merged at the end.
 //! - [`node_metrics`]: reads the node's `/metrics` (resident memory, sessions).
-//! - [`report`]: the summary (table, JSON), `.hgrm` percentile file, SVG plot, and
-//!   `compare` of two JSON summaries.
+//! - [`report`]: the summary (table, JSON), `.hgrm` percentile file, SVG plot,
+//!   `compare` of two JSON summaries and `merge` of several processes' ones.
+//! - [`floor`]: the generator's own floor against [`reference_server`], a
+//!   trivial echo server in the same process on another core.
+//! - [`processes`]: `--processes N`, one run from several generator processes.
 //!
 //! The wire codec is `redrain-net`'s client side; this crate never frames bytes itself.
 
@@ -21,8 +24,11 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod duration;
+pub mod floor;
 pub mod node_metrics;
 pub mod node_process;
+pub mod processes;
+pub mod reference_server;
 pub mod report;
 pub mod scenario;
 pub mod schedule;

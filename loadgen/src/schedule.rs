@@ -71,6 +71,54 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_over_a_window_intends_request_g_at_exactly_g_over_rate() {
+        // 20,000/s for 250 ms from t = 3 s, over 100 connections.
+        let (n, rate, start, end) = (100u64, 20_000.0, 3_000_000_000u64, 3_250_000_000u64);
+        let mut all = Vec::new();
+        for i in 0..n {
+            let mut s = OpenLoopSchedule::new(start, end, rate, n, i);
+            let mut previous = None;
+            while let Some(t) = s.peek() {
+                if let Some(p) = previous {
+                    assert_eq!(t - p, 5_000_000, "connection {i} sends every n / rate = 5 ms");
+                }
+                previous = Some(t);
+                all.push(t);
+                s.advance();
+            }
+        }
+        all.sort_unstable();
+        assert_eq!(all.len(), 5_000, "rate x window");
+        for (g, t) in all.iter().enumerate() {
+            assert_eq!(*t, start + g as u64 * 50_000, "request {g} at g / rate");
+        }
+    }
+
+    #[test]
+    fn processes_sharing_a_run_together_send_what_one_process_would() {
+        // Connections split round robin over 3 processes keep the global
+        // schedule: the union of their send times is the one-process schedule.
+        let (n, rate) = (10u64, 1000.0);
+        let times = |conns: &mut dyn Iterator<Item = u64>| {
+            let mut v = Vec::new();
+            for i in conns {
+                let mut s = OpenLoopSchedule::new(0, 100_000_000, rate, n, i);
+                while let Some(t) = s.peek() {
+                    v.push(t);
+                    s.advance();
+                }
+            }
+            v.sort_unstable();
+            v
+        };
+        let one = times(&mut (0..n));
+        let mut union: Vec<u64> = (0..3u64).flat_map(|p| times(&mut (p..n).step_by(3))).collect();
+        union.sort_unstable();
+        assert_eq!(union, one);
+        assert_eq!(one.len(), 100);
+    }
+
+    #[test]
     fn nothing_is_intended_at_or_after_the_end() {
         let mut s = OpenLoopSchedule::new(500, 1_500, 1e9, 1, 0);
         let mut n = 0;

@@ -18,7 +18,7 @@ pub fn new_latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGFIG).expect("static histogram bounds are valid")
 }
 
-fn new_interval_histogram() -> Histogram<u32> {
+pub fn new_interval_histogram() -> Histogram<u32> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, INTERVAL_SIGFIG).expect("static histogram bounds are valid")
 }
 
@@ -104,8 +104,12 @@ pub struct IntervalStats {
 pub struct ThreadStats {
     pub counters: Counters,
     pub scenario_counters: Vec<u64>,
-    /// Intended send time to response, for accepted responses.
+    /// Intended send time to response, for accepted responses (coordinated
+    /// omission corrected: the generator's own lag is in it).
     pub request_latency_us: Histogram<u64>,
+    /// Actual send to response, for accepted responses (service time: what the
+    /// node and the network took, without the generator's lag or the schedule).
+    pub service_time_us: Histogram<u64>,
     /// Intended connect time to `LoginOk`.
     pub session_latency_us: Histogram<u64>,
     /// How late sends left compared with when they could have left (schedule
@@ -115,6 +119,8 @@ pub struct ThreadStats {
     /// CPU time and wall time of this thread over the measured window.
     pub cpu_ns: u64,
     pub wall_ns: u64,
+    /// Wall time spent spinning towards due sends (voluntary waiting, part of `cpu_ns`).
+    pub spin_ns: u64,
     /// Busy fraction of the CPU this thread is pinned to over the window
     /// (all tasks, softirq and steal; `None` when unpinned or unreadable).
     pub core_busy: Option<f64>,
@@ -127,6 +133,7 @@ impl ThreadStats {
             counters: Counters::default(),
             scenario_counters: vec![0; scenario_counters],
             request_latency_us: new_latency_histogram(),
+            service_time_us: new_latency_histogram(),
             session_latency_us: new_latency_histogram(),
             send_lag_us: new_latency_histogram(),
             intervals: (0..intervals.max(1))
@@ -134,15 +141,18 @@ impl ThreadStats {
                 .collect(),
             cpu_ns: 0,
             wall_ns: 0,
+            spin_ns: 0,
             core_busy: None,
             cpu,
         }
     }
 
-    /// Records an accepted response completed in interval `interval`.
-    pub fn record_ok(&mut self, latency_us: u64, interval: usize) {
+    /// Records an accepted response completed in interval `interval`:
+    /// `latency_us` from the intended send, `service_us` from the actual one.
+    pub fn record_ok(&mut self, latency_us: u64, service_us: u64, interval: usize) {
         self.counters.responses_ok += 1;
         self.request_latency_us.saturating_record(latency_us.max(1));
+        self.service_time_us.saturating_record(service_us.max(1));
         let last = self.intervals.len() - 1;
         let slot = &mut self.intervals[interval.min(last)];
         slot.completed_ok += 1;
@@ -162,11 +172,14 @@ pub struct MergedStats {
     pub counters: Counters,
     pub scenario_counters: Vec<u64>,
     pub request_latency_us: Histogram<u64>,
+    pub service_time_us: Histogram<u64>,
     pub session_latency_us: Histogram<u64>,
     pub send_lag_us: Histogram<u64>,
     pub intervals: Vec<IntervalStats>,
-    /// (cpu, busy fraction of the measured window) per thread.
+    /// (cpu, busy fraction of the measured window, spinning excluded) per thread.
     pub thread_utilization: Vec<(usize, f64)>,
+    /// Fraction of the window each thread spent spinning towards due sends.
+    pub thread_spin: Vec<f64>,
     /// Busy fraction of each thread's pinned CPU (see [`ThreadStats::core_busy`]).
     pub core_busy: Vec<Option<f64>>,
 }
@@ -178,6 +191,7 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
         counters: Counters::default(),
         scenario_counters: vec![0; first.scenario_counters.len()],
         request_latency_us: new_latency_histogram(),
+        service_time_us: new_latency_histogram(),
         session_latency_us: new_latency_histogram(),
         send_lag_us: new_latency_histogram(),
         intervals: first
@@ -186,6 +200,7 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
             .map(|_| IntervalStats { completed_ok: 0, errors: 0, latency_us: new_interval_histogram() })
             .collect(),
         thread_utilization: Vec::new(),
+        thread_spin: Vec::new(),
         core_busy: Vec::new(),
     };
     for t in threads {
@@ -195,6 +210,7 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
         }
         // Same bounds everywhere, so adding cannot fail.
         let _ = m.request_latency_us.add(&t.request_latency_us);
+        let _ = m.service_time_us.add(&t.service_time_us);
         let _ = m.session_latency_us.add(&t.session_latency_us);
         let _ = m.send_lag_us.add(&t.send_lag_us);
         for (a, b) in m.intervals.iter_mut().zip(&t.intervals) {
@@ -202,8 +218,9 @@ pub fn merge(threads: &[ThreadStats]) -> MergedStats {
             a.errors += b.errors;
             let _ = a.latency_us.add(&b.latency_us);
         }
-        let util = if t.wall_ns == 0 { 0.0 } else { t.cpu_ns as f64 / t.wall_ns as f64 };
-        m.thread_utilization.push((t.cpu, util));
+        let fraction = |ns: u64| if t.wall_ns == 0 { 0.0 } else { ns as f64 / t.wall_ns as f64 };
+        m.thread_utilization.push((t.cpu, fraction(t.cpu_ns.saturating_sub(t.spin_ns))));
+        m.thread_spin.push(fraction(t.spin_ns));
         m.core_busy.push(t.core_busy);
     }
     m
@@ -217,19 +234,23 @@ mod tests {
     fn merging_adds_counters_histograms_and_intervals() {
         let mut a = ThreadStats::new(2, 3, 0);
         let mut b = ThreadStats::new(2, 3, 1);
-        a.record_ok(100, 0);
-        b.record_ok(300, 2);
-        b.record_ok(300, 99);
+        a.record_ok(100, 60, 0);
+        b.record_ok(300, 250, 2);
+        b.record_ok(300, 250, 99);
         b.record_error(12, 1);
         a.scenario_counters[1] = 5;
         a.wall_ns = 100;
-        a.cpu_ns = 50;
+        a.cpu_ns = 60;
+        a.spin_ns = 10;
         let m = merge(&[a, b]);
         assert_eq!(m.counters.responses_ok, 3);
         assert_eq!(m.counters.errors_total(), 1);
         assert_eq!(m.request_latency_us.len(), 3);
+        assert_eq!(m.service_time_us.len(), 3);
+        assert_eq!(m.service_time_us.max(), m.service_time_us.highest_equivalent(250));
         assert_eq!(m.intervals.iter().map(|i| i.completed_ok).collect::<Vec<_>>(), vec![1, 0, 2]);
         assert_eq!(m.scenario_counters, vec![0, 5]);
-        assert_eq!(m.thread_utilization, vec![(0, 0.5), (1, 0.0)]);
+        assert_eq!(m.thread_utilization, vec![(0, 0.5), (1, 0.0)], "spinning is not load");
+        assert_eq!(m.thread_spin, vec![0.1, 0.0]);
     }
 }

@@ -52,6 +52,18 @@ fn assert_clean(s: &RunSummary) {
     assert!(s.scenario_counters.values().all(|v| *v == 0), "{:?}", s.scenario_counters);
 }
 
+/// Neither the absolute lag rule nor the thread CPU rule fired.
+fn assert_no_gross_limit(s: &RunSummary) {
+    let gross = ["send_lag_threshold", "thread_cpu"];
+    assert!(
+        !s.generator.rules_fired.iter().any(|r| gross.contains(&r.as_str())),
+        "{:?}: {:?}",
+        s.generator.rules_fired,
+        s.generator.reasons
+    );
+    assert_eq!(s.generator.rules_fired.len(), s.generator.reasons.len());
+}
+
 #[test]
 fn open_loop_keeps_its_schedule_at_a_moderate_rate() {
     let _serial = serial();
@@ -63,7 +75,18 @@ fn open_loop_keeps_its_schedule_at_a_moderate_rate() {
     let offered = 2000.0;
     assert!((s.sent_rate_per_s - offered).abs() / offered < 0.03, "sent {:.1}/s", s.sent_rate_per_s);
     assert!((s.throughput_per_s - offered).abs() / offered < 0.03, "answered {:.1}/s", s.throughput_per_s);
-    assert!(!s.generator.limited, "{:?}", s.generator.reasons);
+    // How close to its schedule the generator sends is a timing goal shown by
+    // benchmark output (docs/loadgen.md), not asserted here; the run must not
+    // fall 10 ms behind or saturate its thread.
+    assert_no_gross_limit(s);
+    // Both latencies are recorded for every answer; the service time (from
+    // the actual send) never exceeds the latency from the intended send.
+    assert_eq!(s.service_time.count, s.requests.ok);
+    assert!(s.service_time.p50_ms <= s.request_latency.p50_ms && s.service_time.max_ms <= s.request_latency.max_ms);
+    let n = s.node.as_ref().expect("node readings");
+    let per = n.node_cpu_us_per_request.expect("the node exports its CPU seconds");
+    assert!(per > 0.0 && per.is_finite(), "{per}");
+    assert!(n.core_busy.keys().any(|k| k.starts_with("redrain-core-")), "{:?}", n.core_busy);
     // About 1,000 warm-up requests were sent and none of them is in the histogram.
     assert!((900..=1100).contains(&s.requests.warmup_sent), "warm-up {}", s.requests.warmup_sent);
     assert_eq!(out.stats.request_latency_us.len(), s.requests.ok);
@@ -74,9 +97,20 @@ fn a_paused_node_shows_up_as_a_one_second_tail() {
     let _serial = serial();
     let (_dir, node) = start_node();
     let cfg = ping_config(&node, 2000.0, Duration::from_secs(4));
-    let pid = node.pid();
+    let (pid, admin) = (node.pid(), node.admin);
     let pauser = std::thread::spawn(move || {
-        // Warm-up is 0.5 s; pause 1.5 s into the run, for 1 s.
+        // Once all 10 sessions are in (the load starts 20 ms after the ramp),
+        // wait out the 0.5 s warm-up and 1 s more, then pause the node for 1 s:
+        // well inside the 4 s window however long the ramp took.
+        let ramp_deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while redrain_loadgen::node_metrics::scrape(admin)
+            .ok()
+            .and_then(|m| m.sum(redrain_loadgen::node_metrics::SESSIONS_ACTIVE))
+            .is_none_or(|s| s < 10.0)
+        {
+            assert!(std::time::Instant::now() < ramp_deadline, "the 10 sessions never came up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(Duration::from_millis(1500));
         // SAFETY: signals to our own child process by pid.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
@@ -92,7 +126,7 @@ fn a_paused_node_shows_up_as_a_one_second_tail() {
     assert!(s.latency.max_ms >= 900.0, "max {:.1} ms", s.latency.max_ms);
     assert!(s.latency.p999_ms >= 800.0, "p99.9 {:.1} ms", s.latency.p999_ms);
     assert!(s.latency.p50_ms < 100.0, "p50 {:.1} ms", s.latency.p50_ms);
-    assert!(!s.generator.limited, "the node paused, not the generator: {:?}", s.generator.reasons);
+    assert_no_gross_limit(s);
 }
 
 #[test]
@@ -227,6 +261,42 @@ fn glommio_runtime_pings_open_and_closed_loop_and_matches_every_answer() {
     assert_clean(s);
     assert_eq!(s.config.runtime, "glommio");
     assert!(s.requests.ok > 1000, "ok {}", s.requests.ok);
+}
+
+#[test]
+fn two_processes_drive_one_run_and_merge_into_one_summary() {
+    let _serial = serial();
+    let (dir, node) = start_node();
+    let exe = env!("CARGO_BIN_EXE_redrain-loadgen");
+    let secret = node.data_dir.join("auth.secret");
+    let json = dir.path().join("merged.json");
+    let hgrm_path = dir.path().join("merged.hgrm");
+    let out = Command::new(exe)
+        .args(["ping", "--processes", "2", "--target", &node.client.to_string()])
+        .args(["--admin", &node.admin.to_string(), "--connections", "6", "--rate", "1200"])
+        .args(["--duration", "1s", "--warmup", "200ms"])
+        .arg("--secret-file")
+        .arg(&secret)
+        .arg("--json")
+        .arg(&json)
+        .arg("--hgrm")
+        .arg(&hgrm_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = compare::load(&json).unwrap();
+    assert_eq!(s.config.connections, 6, "3 + 3 connections");
+    assert_eq!(s.config.threads, 2, "one thread in each process");
+    assert_eq!(s.config.offered_rate_per_s, Some(1200.0));
+    assert_clean(&s);
+    assert!((s.sent_rate_per_s - 1200.0).abs() / 1200.0 < 0.05, "sent {:.1}/s", s.sent_rate_per_s);
+    let h = s.histograms.as_ref().expect("merged histograms");
+    assert_eq!(h.request_latency_us.iter().map(|(_, c)| c).sum::<u64>(), s.requests.ok);
+    let file = hgrm::parse(&std::fs::read_to_string(&hgrm_path).unwrap()).unwrap();
+    assert_eq!(file.total_count, s.requests.ok);
+    // The node saw one user per connection: 6 distinct sessions.
+    let n = s.node.as_ref().expect("node readings");
+    assert_eq!(n.sessions_held, Some(6.0), "{n:?}");
 }
 
 fn shake_node(extra: &[&str]) -> (tempfile::TempDir, NodeProcess) {

@@ -37,3 +37,44 @@ fn bad_secret_and_bad_durations_are_rejected() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration"));
 }
+
+#[test]
+fn floor_measures_against_its_own_echo_server_and_later_runs_print_it() {
+    let exe = env!("CARGO_BIN_EXE_redrain-loadgen");
+    let dir = tempfile::tempdir().unwrap();
+    let floor_file = dir.path().join("floor.json");
+    let out = Command::new(exe)
+        .args(["floor", "--duration", "300ms", "--warmup", "100ms", "--rate", "500"])
+        .arg("--floor-file")
+        .arg(&floor_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("round trip (1 x 1)") && text.contains("send lag (500/s)"), "{text}");
+    let file = redrain_loadgen::floor::load(&floor_file).unwrap();
+    let f = &file["tokio-uring"];
+    assert!(f.round_trip.count > 0 && f.round_trip.p50_ms > 0.0, "{f:?}");
+    assert!(f.send_lag.count > 100, "{f:?}");
+    // A run (here one that reaches no node) prints the floor under its table.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out = Command::new(exe)
+        .args(["ping", "--target", &port.to_string(), "--connections", "1", "--duration", "200ms"])
+        .args(["--warmup", "0s", "--secret-hex", SECRET, "--no-admin", "--connect-timeout", "1s"])
+        .arg("--floor-file")
+        .arg(&floor_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("floor rtt") && text.contains("floor lag"), "{text}");
+}
+
+#[test]
+fn merge_refuses_a_file_that_is_not_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{}").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_redrain-loadgen")).arg("merge").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loadgen JSON summary"));
+}

@@ -4,13 +4,15 @@
 //! socket I/O.
 //!
 //! - [`TokioUring`]: one tokio-uring current-thread runtime; reads and writes
-//!   are io_uring operations on owned buffers, timers and connect readiness
-//!   come from the tokio reactor it runs next to the ring.
+//!   are io_uring operations on owned buffers, connect readiness comes from
+//!   the tokio reactor it runs next to the ring, and sleeps from a per-thread
+//!   timerfd with nanosecond deadlines ([`super::precise_timer`]; tokio's own
+//!   timer rounds up to whole milliseconds).
 //! - [`Glommio`]: one glommio executor, as the node runs; reads and writes try
 //!   the socket first and only arm an io_uring poll when it would block
 //!   (glommio's non-buffered `TcpStream`), timers are io_uring timeouts.
 
-use super::socket;
+use super::{precise_timer, socket};
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -64,7 +66,12 @@ impl Backend for TokioUring {
         let mut builder = tokio_uring::builder();
         builder.entries(RING_ENTRIES);
         let runtime = tokio_uring::Runtime::new(&builder)?;
-        let out = runtime.block_on(f);
+        let out = runtime.block_on(async {
+            precise_timer::install()?;
+            let out = f.await;
+            precise_timer::uninstall();
+            Ok::<_, io::Error>(out)
+        })?;
         drop(runtime);
         Ok(out)
     }
@@ -77,7 +84,7 @@ impl Backend for TokioUring {
     }
 
     fn sleep_until(at: Instant) -> impl Future<Output = ()> {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(at))
+        precise_timer::sleep_until(at)
     }
 
     fn connect(target: SocketAddr, source: Option<Ipv4Addr>) -> impl Future<Output = io::Result<Self::Stream>> {

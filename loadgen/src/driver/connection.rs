@@ -235,13 +235,19 @@ async fn run_load<S: Scenario, B: Backend>(ctx: &ThreadCtx<S>, index: u64, est: 
 }
 
 /// Encodes the next request of the scenario and registers it as pending.
-fn encode_next<C: ScenarioConnection>(st: &mut ConnState<C>, intended_ns: u64, measured: bool, out: &mut Vec<u8>) {
+fn encode_next<C: ScenarioConnection>(
+    st: &mut ConnState<C>,
+    intended_ns: u64,
+    sent_ns: u64,
+    measured: bool,
+    out: &mut Vec<u8>,
+) {
     let sequence = st.next_sequence;
     st.next_sequence += 1;
     let ConnState { codec, scenario, pending, .. } = st;
     let request = scenario.next_request(sequence);
     let id = codec.encode(&request, out);
-    pending.push(id, Pending { sequence, intended_ns, measured });
+    pending.push(id, Pending { sequence, intended_ns, sent_ns, measured });
 }
 
 async fn write_batch<B: Backend, C>(stream: &B::Stream, state: &RefCell<ConnState<C>>, out: Vec<u8>) -> Vec<u8> {
@@ -288,7 +294,7 @@ async fn open_loop_writer<S: Scenario, B: Backend>(
                     break;
                 }
                 let measured = t >= tl.measure_start_ns;
-                encode_next(&mut st, t, measured, &mut out);
+                encode_next(&mut st, t, now_ns, measured, &mut out);
                 if measured {
                     stats.counters.requests_sent += 1;
                     let lag_ns = now_ns.saturating_sub(t.max(room_since_ns));
@@ -326,7 +332,7 @@ async fn closed_loop_writer<S: Scenario, B: Backend>(
             let mut stats = ctx.stats.borrow_mut();
             while st.pending.outstanding() < in_flight {
                 let measured = now_ns >= tl.measure_start_ns;
-                encode_next(&mut st, now_ns, measured, &mut out);
+                encode_next(&mut st, now_ns, now_ns, measured, &mut out);
                 if measured {
                     stats.counters.requests_sent += 1;
                 } else {
@@ -431,7 +437,11 @@ async fn reader<S: Scenario, B: Backend>(
                         let verdict = scenario.check(p.sequence, &response, &mut stats.scenario_counters);
                         if p.measured {
                             match verdict {
-                                Check::Ok => stats.record_ok(now_ns.saturating_sub(p.intended_ns) / 1000, interval),
+                                Check::Ok => stats.record_ok(
+                                    now_ns.saturating_sub(p.intended_ns) / 1000,
+                                    now_ns.saturating_sub(p.sent_ns) / 1000,
+                                    interval,
+                                ),
                                 Check::Failed => stats.counters.check_failures += 1,
                             }
                         }

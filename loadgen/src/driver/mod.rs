@@ -5,12 +5,13 @@
 pub mod backend;
 pub mod connection;
 pub mod pending;
+pub mod precise_timer;
 pub mod socket;
 pub mod thread;
 
 use crate::config::{ConfigError, RunConfig, Runtime};
 use crate::node_metrics::{self, NodeMetrics};
-use crate::report::summary::{build_summary, NodeReadings, RunSummary, ScenarioInfo};
+use crate::report::summary::{build_summary, NodeReadings, RunSummary, ScenarioInfo, TimedReading};
 use crate::scenario::{Headline, Scenario};
 use crate::stats::{self, MergedStats};
 use crate::system::{self, SystemError};
@@ -70,7 +71,7 @@ fn scrape(admin: Option<std::net::SocketAddr>, warnings: &mut Vec<String>) -> Op
 /// Runs `scenario` as configured by `cfg`. Blocks until the run is over.
 pub fn run<S: Scenario>(cfg: RunConfig, scenario: S) -> Result<RunOutput, RunError> {
     cfg.validate()?;
-    let fd_limit = system::ensure_fd_limit(u64::from(cfg.connections), cfg.threads as u64)?;
+    let fd_limit = system::ensure_fd_limit(u64::from(cfg.local_connection_count()), cfg.threads as u64)?;
     let keys = TokenKeys::new(&cfg.secret, None)?;
     let cpus = system::allowed_cpus();
     let mut warnings = Vec::new();
@@ -85,11 +86,11 @@ pub fn run<S: Scenario>(cfg: RunConfig, scenario: S) -> Result<RunOutput, RunErr
 
     let cfg = Arc::new(cfg);
     let scenario = Arc::new(scenario);
-    let shared = Arc::new(RunShared::new(cfg.threads));
+    let shared = Arc::new(RunShared::new(cfg.threads, cfg.start_at_unix_ms));
     let process_cpu0 = system::process_cpu_ns();
     let mut handles = Vec::with_capacity(cfg.threads);
     for thread in 0..cfg.threads {
-        let cpu = cpus[thread % cpus.len()];
+        let cpu = cpus[(cfg.process_index as usize * cfg.threads + thread) % cpus.len()];
         let (cfg, scenario, shared, keys) = (cfg.clone(), scenario.clone(), shared.clone(), keys.clone());
         let handle = std::thread::Builder::new()
             .name(format!("loadgen-{thread}"))
@@ -116,15 +117,30 @@ pub fn run<S: Scenario>(cfg: RunConfig, scenario: S) -> Result<RunOutput, RunErr
         std::thread::sleep(MAIN_POLL);
     };
     let mut held = None;
+    let (mut window_start, mut window_end) = (None, None);
     if let Some(load_start_ns) = load_start_ns {
         let tl = Timeline::new(&cfg, load_start_ns);
+        let sleep_until_ns = |at_ns: u64| {
+            let now_ns = shared.now_ns();
+            if at_ns > now_ns {
+                std::thread::sleep(Duration::from_nanos(at_ns - now_ns));
+            }
+        };
+        // The node's CPU over the measured window: one reading at each edge,
+        // stamped with the middle of the scrape.
+        let timed_scrape = |warnings: &mut Vec<String>| {
+            let t0 = shared.now_ns();
+            let m = scrape(cfg.admin, warnings);
+            let t1 = shared.now_ns();
+            m.map(|m| TimedReading { metrics: m, at_ns: t0 + (t1 - t0) / 2 })
+        };
+        sleep_until_ns(tl.measure_start_ns);
+        window_start = timed_scrape(&mut warnings);
         let lead_ns = (cfg.duration / 10).min(HELD_READING_LEAD_MAX).as_nanos() as u64;
-        let at_ns = tl.measure_end_ns.saturating_sub(lead_ns);
-        let now_ns = shared.now_ns();
-        if at_ns > now_ns {
-            std::thread::sleep(Duration::from_nanos(at_ns - now_ns));
-        }
+        sleep_until_ns(tl.measure_end_ns.saturating_sub(lead_ns));
         held = scrape(cfg.admin, &mut warnings);
+        sleep_until_ns(tl.measure_end_ns);
+        window_end = timed_scrape(&mut warnings);
     }
 
     let mut per_thread = Vec::with_capacity(handles.len());
@@ -137,7 +153,7 @@ pub fn run<S: Scenario>(cfg: RunConfig, scenario: S) -> Result<RunOutput, RunErr
     }
     let process_cpu_ns = system::process_cpu_ns().saturating_sub(process_cpu0);
     let merged = stats::merge(&per_thread);
-    let node = NodeReadings { before, held };
+    let node = NodeReadings { before, held, window_start, window_end };
     let summary = build_summary(&cfg, &info, &merged, &node, started_at_unix_ms, process_cpu_ns, fd_limit, warnings);
     Ok(RunOutput { summary, stats: merged, headline: info.headline })
 }

@@ -14,6 +14,8 @@ pub struct Pending {
     pub sequence: u64,
     /// Intended send time (open loop) or actual send time (closed loop), ns since the run base.
     pub intended_ns: u64,
+    /// When the request was handed to the socket, ns since the run base.
+    pub sent_ns: u64,
     /// Whether the intended time lies in the measured window.
     pub measured: bool,
 }
@@ -90,7 +92,7 @@ mod tests {
     use super::*;
 
     fn p(sequence: u64) -> Pending {
-        Pending { sequence, intended_ns: sequence * 10, measured: true }
+        Pending { sequence, intended_ns: sequence * 10, sent_ns: sequence * 10 + 1, measured: true }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use super::backend::Backend;
 use super::connection::run_connection;
+use super::precise_timer;
 use crate::config::RunConfig;
 use crate::scenario::Scenario;
 use crate::stats::ThreadStats;
@@ -62,15 +63,23 @@ impl Timeline {
 #[derive(Debug)]
 pub struct RunShared {
     pub base: Instant,
+    /// Earliest load start (ns since base) another process asked for.
+    start_at_ns: Option<u64>,
     pub threads: usize,
     threads_ramped: AtomicUsize,
     load_start_ns: AtomicU64,
 }
 
 impl RunShared {
-    pub fn new(threads: usize) -> Self {
+    pub fn new(threads: usize, start_at_unix_ms: Option<u64>) -> Self {
+        let base = Instant::now();
+        let base_unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         Self {
-            base: Instant::now(),
+            base,
+            start_at_ns: start_at_unix_ms.map(|ms| (ms * 1_000_000).saturating_sub(base_unix_ns)),
             threads,
             threads_ramped: AtomicUsize::new(0),
             load_start_ns: AtomicU64::new(UNSET),
@@ -89,7 +98,7 @@ impl RunShared {
 
     fn thread_ramped(&self) {
         if self.threads_ramped.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
-            let start = self.now_ns() + LOAD_START_MARGIN.as_nanos() as u64;
+            let start = (self.now_ns() + LOAD_START_MARGIN.as_nanos() as u64).max(self.start_at_ns.unwrap_or(0));
             self.load_start_ns.store(start, Ordering::Release);
         }
     }
@@ -149,7 +158,7 @@ pub fn thread_main<S: Scenario, B: Backend>(
     let pinned = system::pin_current_thread(cpu).is_ok();
     let stats =
         ThreadStats::new(scenario.counter_names().len(), cfg.interval_count(), if pinned { cpu } else { usize::MAX });
-    let mine: Vec<u64> = (thread as u64..u64::from(cfg.connections)).step_by(shared.threads).collect();
+    let mine: Vec<u64> = cfg.local_connections().skip(thread).step_by(shared.threads).collect();
     let permits =
         if cfg.connect_rate_per_s.is_some() { Semaphore::MAX_PERMITS } else { CONNECTS_IN_FLIGHT_PER_THREAD_MAX };
     let (timeline_tx, timeline_rx) = watch::channel(None);
@@ -184,13 +193,14 @@ pub fn thread_main<S: Scenario, B: Backend>(
             // Self-check: this thread's CPU time over the measured window.
             B::sleep_until(ctx.instant(timeline.measure_start_ns)).await;
             let core0 = if pinned { system::cpu_jiffies(cpu) } else { None };
-            let (cpu0, wall0) = (system::thread_cpu_ns(), ctx.now_ns());
+            let (cpu0, wall0, spin0) = (system::thread_cpu_ns(), ctx.now_ns(), precise_timer::spin_ns_total());
             B::sleep_until(ctx.instant(timeline.measure_end_ns)).await;
-            let (cpu1, wall1) = (system::thread_cpu_ns(), ctx.now_ns());
+            let (cpu1, wall1, spin1) = (system::thread_cpu_ns(), ctx.now_ns(), precise_timer::spin_ns_total());
             let core1 = if pinned { system::cpu_jiffies(cpu) } else { None };
             {
                 let mut s = ctx.stats.borrow_mut();
                 s.cpu_ns = cpu1.saturating_sub(cpu0);
+                s.spin_ns = spin1.saturating_sub(spin0);
                 s.wall_ns = wall1.saturating_sub(wall0);
                 s.core_busy = core0.zip(core1).and_then(|(a, b)| system::busy_fraction(a, b));
             }
@@ -199,6 +209,7 @@ pub fn thread_main<S: Scenario, B: Backend>(
             }
         }
     };
+    precise_timer::set_spin_lead(cfg.spin_before_send);
     B::block_on(thread, shared.threads, body)?;
     let ctx = Rc::try_unwrap(ctx).map_err(|_| std::io::Error::other("connection tasks outlived the runtime"))?;
     Ok(ctx.stats.into_inner())

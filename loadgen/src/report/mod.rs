@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod hgrm;
+pub mod merge;
 pub mod summary;
 pub mod svg;
 pub mod table;

@@ -3,7 +3,8 @@
 
 use crate::config::{LoadMode, RunConfig};
 use crate::driver::connection::code_name;
-use crate::node_metrics::{NodeMetrics, CONNECTIONS_OPEN, RESIDENT_BYTES, SESSIONS_ACTIVE};
+use crate::floor::FloorSummary;
+use crate::node_metrics::{NodeMetrics, CONNECTIONS_OPEN, PROCESS_CPU_SECONDS, RESIDENT_BYTES, SESSIONS_ACTIVE};
 use crate::scenario::{Headline, LoadShape};
 use crate::stats::MergedStats;
 use hdrhistogram::Histogram;
@@ -26,11 +27,21 @@ pub struct ScenarioInfo {
     pub load_shape: LoadShape,
 }
 
-/// Node readings from `/metrics`: before the ramp and while the sessions are held.
+/// A `/metrics` reading and when it was taken (ns since the run base).
+#[derive(Debug, Clone)]
+pub struct TimedReading {
+    pub metrics: NodeMetrics,
+    pub at_ns: u64,
+}
+
+/// Node readings from `/metrics`: before the ramp, while the sessions are held,
+/// and at both edges of the measured window (for the node's CPU in it).
 #[derive(Debug, Clone, Default)]
 pub struct NodeReadings {
     pub before: Option<NodeMetrics>,
     pub held: Option<NodeMetrics>,
+    pub window_start: Option<TimedReading>,
+    pub window_end: Option<TimedReading>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,19 +131,43 @@ pub struct NodeSummary {
     /// (RSS held - RSS before) / (sessions held - sessions before), when at
     /// least [`MEMORY_PER_SESSION_SESSIONS_MIN`] sessions were gained.
     pub memory_per_session_bytes: Option<f64>,
+    /// Node process CPU seconds (user + system) during the measured window.
+    #[serde(default)]
+    pub cpu_s_window: Option<f64>,
+    /// Node process CPU per answered measured request, in microseconds: the
+    /// figure to compare across runs and servers (one generator core cannot
+    /// saturate one node core on a 2-core box, so throughput alone cannot).
+    #[serde(default)]
+    pub node_cpu_us_per_request: Option<f64>,
+    /// Node process CPU over the window, in cores (1.0 = one core fully busy).
+    #[serde(default)]
+    pub cpu_cores_busy: Option<f64>,
+    /// Busy fraction of each node executor thread (`redrain-core-N`) over the window.
+    #[serde(default)]
+    pub core_busy: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GeneratorHealth {
     /// True when the generator, not the node, may have limited the result.
     pub limited: bool,
+    /// Which rules fired ([`LimitRule::id`]), in the order of `reasons`.
+    #[serde(default)]
+    pub rules_fired: Vec<String>,
     pub reasons: Vec<String>,
     pub lag_threshold_ms: f64,
+    /// The send-lag rule's share: limited when send lag p99 > this x latency p50.
+    #[serde(default)]
+    pub lag_share_of_latency_max: f64,
     pub cpu_threshold: f64,
     /// Sends behind their schedule for the generator's own reasons.
     pub send_lag_ms: LatencySummary,
-    /// Busy fraction of each thread over the measured window.
+    /// Busy fraction of each thread over the measured window (spinning towards
+    /// due sends excluded: it is waiting, not load).
     pub thread_cpu_utilization: Vec<f64>,
+    /// Fraction of the window each thread spun towards due sends.
+    #[serde(default)]
+    pub thread_spin_fraction: Vec<f64>,
     pub thread_cpus: Vec<i64>,
     pub cpu_utilization_max: f64,
     /// Busy fraction of each generator thread's pinned CPU over the window,
@@ -169,7 +204,12 @@ pub struct RunSummary {
     pub sent_rate_per_s: f64,
     pub errors_by_code: BTreeMap<String, u64>,
     pub latency: LatencySummary,
+    /// Intended send to response (coordinated omission corrected).
     pub request_latency: LatencySummary,
+    /// Actual send to response (service time); request_latency minus this is
+    /// the generator's and the schedule's share.
+    #[serde(default)]
+    pub service_time: LatencySummary,
     pub session_latency: LatencySummary,
     pub sessions: SessionCounts,
     pub node: Option<NodeSummary>,
@@ -178,6 +218,42 @@ pub struct RunSummary {
     pub interval_s: f64,
     pub intervals: Vec<IntervalSummary>,
     pub warnings: Vec<String>,
+    /// The generator's floor on this machine for this runtime (`redrain-loadgen floor`).
+    #[serde(default)]
+    pub floor: Option<FloorSummary>,
+    /// The histograms behind the percentiles, exactly (for `merge`).
+    #[serde(default)]
+    pub histograms: Option<RunHistograms>,
+}
+
+/// A histogram as (value, count) pairs of its recorded buckets, in microseconds:
+/// recording each pair back into a histogram of the same bounds rebuilds it exactly.
+pub type HistogramCounts = Vec<(u64, u64)>;
+
+/// Every histogram of a run, so that runs of several processes merge exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunHistograms {
+    pub request_latency_us: HistogramCounts,
+    pub service_time_us: HistogramCounts,
+    pub session_latency_us: HistogramCounts,
+    pub send_lag_us: HistogramCounts,
+    /// Per over-time interval (2 significant digits).
+    pub interval_latency_us: Vec<HistogramCounts>,
+}
+
+/// The recorded buckets of `h` as (highest equivalent value, count) pairs.
+pub fn histogram_counts<T: hdrhistogram::Counter>(h: &Histogram<T>) -> HistogramCounts {
+    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value().as_u64())).collect()
+}
+
+/// Adds (value, count) pairs into `h` (values beyond its range saturate).
+pub fn add_counts<T: hdrhistogram::Counter>(h: &mut Histogram<T>, counts: &[(u64, u64)]) {
+    for (value, count) in counts {
+        let Some(count) = T::from_u64(*count) else { continue };
+        if h.record_n(*value, count).is_err() {
+            let _ = h.record_n(h.high(), count);
+        }
+    }
 }
 
 impl RunSummary {
@@ -191,7 +267,31 @@ impl RunSummary {
     }
 }
 
-fn node_summary(node: &NodeReadings) -> Option<NodeSummary> {
+/// The node's CPU figures over the window between two timed readings.
+pub fn node_cpu(n: &mut NodeSummary, start: &TimedReading, end: &TimedReading, requests_answered: u64) {
+    let wall_s = end.at_ns.saturating_sub(start.at_ns) as f64 / 1e9;
+    let cpu = |r: &TimedReading| r.metrics.sum(PROCESS_CPU_SECONDS);
+    if let (Some(c0), Some(c1)) = (cpu(start), cpu(end)) {
+        let cpu_s = (c1 - c0).max(0.0);
+        n.cpu_s_window = Some(cpu_s);
+        if wall_s > 0.0 {
+            n.cpu_cores_busy = Some(cpu_s / wall_s);
+        }
+        if requests_answered > 0 {
+            n.node_cpu_us_per_request = Some(cpu_s * 1e6 / requests_answered as f64);
+        }
+    }
+    if wall_s > 0.0 {
+        let before: BTreeMap<String, f64> = start.metrics.core_thread_cpu_seconds().into_iter().collect();
+        for (name, s1) in end.metrics.core_thread_cpu_seconds() {
+            if let Some(s0) = before.get(&name) {
+                n.core_busy.insert(name, ((s1 - s0) / wall_s).max(0.0));
+            }
+        }
+    }
+}
+
+fn node_summary(node: &NodeReadings, requests_answered: u64) -> Option<NodeSummary> {
     let get = |m: &Option<NodeMetrics>, name: &str| m.as_ref().and_then(|m| m.sum(name));
     if node.before.is_none() && node.held.is_none() {
         return None;
@@ -203,7 +303,11 @@ fn node_summary(node: &NodeReadings) -> Option<NodeSummary> {
         sessions_held: get(&node.held, SESSIONS_ACTIVE),
         connections_open_held: get(&node.held, CONNECTIONS_OPEN),
         memory_per_session_bytes: None,
+        ..NodeSummary::default()
     };
+    if let (Some(start), Some(end)) = (&node.window_start, &node.window_end) {
+        node_cpu(&mut n, start, end, requests_answered);
+    }
     if let (Some(r0), Some(r1), Some(s0), Some(s1)) =
         (n.rss_bytes_before, n.rss_bytes_held, n.sessions_before, n.sessions_held)
     {
@@ -212,6 +316,107 @@ fn node_summary(node: &NodeReadings) -> Option<NodeSummary> {
         }
     }
     Some(n)
+}
+
+/// The rules that flag a run generator-limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitRule {
+    /// Send lag p99 above `--lag-threshold`.
+    SendLagThreshold,
+    /// Send lag p99 above `--lag-share` of the request latency p50: the
+    /// generator's own lateness is a visible part of what it reports.
+    SendLagShareOfLatency,
+    /// A generator thread busier than `--cpu-threshold`.
+    ThreadCpu,
+    /// Closed loop: the core a generator thread is pinned to busier than
+    /// `--cpu-threshold` (softirq and other processes included).
+    CoreBusy,
+}
+
+impl LimitRule {
+    /// Stable name in JSON `generator.rules_fired`.
+    pub fn id(&self) -> &'static str {
+        match self {
+            LimitRule::SendLagThreshold => "send_lag_threshold",
+            LimitRule::SendLagShareOfLatency => "send_lag_share_of_latency",
+            LimitRule::ThreadCpu => "thread_cpu",
+            LimitRule::CoreBusy => "core_busy",
+        }
+    }
+}
+
+/// A rule that fired and why, in words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fired {
+    pub rule: LimitRule,
+    pub reason: String,
+}
+
+/// What the generator-limited rules look at.
+#[derive(Debug, Clone)]
+pub struct LimitInputs<'a> {
+    pub send_lag: &'a LatencySummary,
+    pub request_latency: &'a LatencySummary,
+    pub lag_threshold_ms: f64,
+    pub lag_share_of_latency_max: f64,
+    pub cpu_threshold: f64,
+    /// (cpu, busy fraction) of each generator thread; cpu `usize::MAX` = unpinned.
+    pub thread_utilization: &'a [(usize, f64)],
+    pub core_busy: &'a [Option<f64>],
+    pub closed_loop: bool,
+}
+
+/// Evaluates every generator-limited rule; empty when the run is trustworthy.
+pub fn limited_rules(i: &LimitInputs<'_>) -> Vec<Fired> {
+    let mut fired = Vec::new();
+    let lag = i.send_lag;
+    if lag.count > 0 && lag.p99_ms > i.lag_threshold_ms {
+        fired.push(Fired {
+            rule: LimitRule::SendLagThreshold,
+            reason: format!(
+                "sends fell behind schedule: p99 lag {:.3} ms > {:.3} ms (max {:.3} ms)",
+                lag.p99_ms, i.lag_threshold_ms, lag.max_ms
+            ),
+        });
+    }
+    let share_limit_ms = i.request_latency.p50_ms * i.lag_share_of_latency_max;
+    if lag.count > 0 && i.request_latency.count > 0 && lag.p99_ms > share_limit_ms {
+        fired.push(Fired {
+            rule: LimitRule::SendLagShareOfLatency,
+            reason: format!(
+                "send lag p99 {:.3} ms > {:.0}% of latency p50 {:.3} ms",
+                lag.p99_ms,
+                i.lag_share_of_latency_max * 100.0,
+                i.request_latency.p50_ms
+            ),
+        });
+    }
+    // In closed loop there is no schedule to fall behind; a saturated core
+    // (whoever saturates it) is the evidence that the generator held back.
+    if i.closed_loop {
+        for ((cpu, _), busy) in i.thread_utilization.iter().zip(i.core_busy) {
+            if let Some(b) = busy.filter(|b| *b > i.cpu_threshold) {
+                fired.push(Fired {
+                    rule: LimitRule::CoreBusy,
+                    reason: format!(
+                        "cpu {cpu} running a generator thread was {:.0}% busy (all tasks, softirq, steal) > {:.0}%",
+                        b * 100.0,
+                        i.cpu_threshold * 100.0
+                    ),
+                });
+            }
+        }
+    }
+    for (cpu, u) in i.thread_utilization {
+        if *u > i.cpu_threshold {
+            let cpu = if *cpu == usize::MAX { "unpinned".to_owned() } else { format!("cpu {cpu}") };
+            fired.push(Fired {
+                rule: LimitRule::ThreadCpu,
+                reason: format!("generator thread on {cpu} busy {:.0}% > {:.0}%", u * 100.0, i.cpu_threshold * 100.0),
+            });
+        }
+    }
+    fired
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -228,7 +433,10 @@ pub fn build_summary(
     let c = &m.counters;
     let measured_s = cfg.duration.as_secs_f64();
     let (offered, in_flight) = match (info.load_shape, cfg.mode) {
-        (LoadShape::Requests, LoadMode::OpenLoop { rate_per_s }) => (Some(rate_per_s), None),
+        // This process's share of the run's schedule (all of it with one process).
+        (LoadShape::Requests, LoadMode::OpenLoop { rate_per_s }) => {
+            (Some(rate_per_s * f64::from(cfg.local_connection_count()) / f64::from(cfg.connections)), None)
+        }
         (LoadShape::Requests, LoadMode::ClosedLoop { in_flight_per_connection }) => {
             (None, Some(in_flight_per_connection))
         }
@@ -249,36 +457,19 @@ pub fn build_summary(
     let lag_threshold_ms = cfg.lag_threshold.as_secs_f64() * 1e3;
     let utilization: Vec<f64> = m.thread_utilization.iter().map(|(_, u)| *u).collect();
     let cpu_max = utilization.iter().copied().fold(0.0, f64::max);
-    let mut reasons = Vec::new();
-    if send_lag.count > 0 && send_lag.p99_ms > lag_threshold_ms {
-        reasons.push(format!(
-            "sends fell behind schedule: p99 lag {:.2} ms > {:.2} ms (max {:.2} ms)",
-            send_lag.p99_ms, lag_threshold_ms, send_lag.max_ms
-        ));
-    }
-    // In closed loop there is no schedule to fall behind; a saturated core
-    // (whoever saturates it) is the evidence that the generator held back.
-    if matches!(cfg.mode, LoadMode::ClosedLoop { .. }) && info.load_shape == LoadShape::Requests {
-        for ((cpu, _), busy) in m.thread_utilization.iter().zip(&m.core_busy) {
-            if let Some(b) = busy.filter(|b| *b > cfg.cpu_saturation_threshold) {
-                reasons.push(format!(
-                    "cpu {cpu} running a generator thread was {:.0}% busy (all tasks, softirq, steal) > {:.0}%",
-                    b * 100.0,
-                    cfg.cpu_saturation_threshold * 100.0
-                ));
-            }
-        }
-    }
-    for (cpu, u) in &m.thread_utilization {
-        if *u > cfg.cpu_saturation_threshold {
-            let cpu = if *cpu == usize::MAX { "unpinned".to_owned() } else { format!("cpu {cpu}") };
-            reasons.push(format!(
-                "generator thread on {cpu} busy {:.0}% > {:.0}%",
-                u * 100.0,
-                cfg.cpu_saturation_threshold * 100.0
-            ));
-        }
-    }
+    let closed_loop = matches!(cfg.mode, LoadMode::ClosedLoop { .. }) && info.load_shape == LoadShape::Requests;
+    let fired = limited_rules(&LimitInputs {
+        send_lag: &send_lag,
+        request_latency: &request_latency,
+        lag_threshold_ms,
+        lag_share_of_latency_max: cfg.lag_share_of_latency_max,
+        cpu_threshold: cfg.cpu_saturation_threshold,
+        thread_utilization: &m.thread_utilization,
+        core_busy: &m.core_busy,
+        closed_loop,
+    });
+    let (rules, reasons): (Vec<String>, Vec<String>) =
+        fired.into_iter().map(|f| (f.rule.id().to_owned(), f.reason)).unzip();
 
     let start_ms = |i: usize| i as f64 * cfg.interval.as_secs_f64();
     let intervals = m
@@ -311,7 +502,7 @@ pub fn build_summary(
         started_at_unix_ms,
         config: ConfigSummary {
             target: cfg.target.to_string(),
-            connections: cfg.connections,
+            connections: cfg.local_connection_count(),
             threads: cfg.threads,
             mode: mode.to_owned(),
             offered_rate_per_s: offered,
@@ -344,16 +535,17 @@ pub fn build_summary(
         errors_by_code: c.errors_by_code.iter().map(|(k, v)| (code_name(*k), *v)).collect(),
         latency,
         request_latency,
+        service_time: LatencySummary::of(&m.service_time_us),
         session_latency,
         sessions: SessionCounts {
-            target: cfg.connections,
+            target: cfg.local_connection_count(),
             attempted: c.sessions_attempted,
             established: c.sessions_established,
             failures: c.session_failures.clone(),
             lost: c.connections_lost,
             closings_by_code: c.closings_by_code.iter().map(|(k, v)| (code_name(*k), *v)).collect(),
         },
-        node: node_summary(node),
+        node: node_summary(node, c.responses_matched),
         scenario_counters: info
             .counter_names
             .iter()
@@ -362,11 +554,14 @@ pub fn build_summary(
             .collect(),
         generator: GeneratorHealth {
             limited: !reasons.is_empty(),
+            rules_fired: rules,
             reasons,
+            lag_share_of_latency_max: cfg.lag_share_of_latency_max,
             lag_threshold_ms,
             cpu_threshold: cfg.cpu_saturation_threshold,
             send_lag_ms: send_lag,
             thread_cpu_utilization: utilization,
+            thread_spin_fraction: m.thread_spin.clone(),
             thread_cpus: m
                 .thread_utilization
                 .iter()
@@ -379,5 +574,100 @@ pub fn build_summary(
         interval_s: cfg.interval.as_secs_f64(),
         intervals,
         warnings,
+        floor: None,
+        histograms: Some(RunHistograms {
+            request_latency_us: histogram_counts(&m.request_latency_us),
+            service_time_us: histogram_counts(&m.service_time_us),
+            session_latency_us: histogram_counts(&m.session_latency_us),
+            send_lag_us: histogram_counts(&m.send_lag_us),
+            interval_latency_us: m.intervals.iter().map(|i| histogram_counts(&i.latency_us)).collect(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lat(p50_ms: f64, p99_ms: f64) -> LatencySummary {
+        LatencySummary { count: 1000, p50_ms, p99_ms, max_ms: p99_ms, ..Default::default() }
+    }
+
+    fn inputs<'a>(lag: &'a LatencySummary, latency: &'a LatencySummary) -> LimitInputs<'a> {
+        LimitInputs {
+            send_lag: lag,
+            request_latency: latency,
+            lag_threshold_ms: 10.0,
+            lag_share_of_latency_max: 0.1,
+            cpu_threshold: 0.9,
+            thread_utilization: &[(1, 0.3)],
+            core_busy: &[Some(0.5)],
+            closed_loop: false,
+        }
+    }
+
+    fn ids(f: &[Fired]) -> Vec<&'static str> {
+        f.iter().map(|f| f.rule.id()).collect()
+    }
+
+    #[test]
+    fn send_lag_within_a_tenth_of_latency_p50_and_idle_threads_flag_nothing() {
+        let (lag, latency) = (lat(0.005, 0.009), lat(0.1, 0.3));
+        assert!(limited_rules(&inputs(&lag, &latency)).is_empty());
+    }
+
+    #[test]
+    fn send_lag_p99_above_a_tenth_of_latency_p50_fires_the_share_rule_only() {
+        // The case of the issue: lag p99 1.57 ms against a true round trip of 0.07 ms.
+        let (lag, latency) = (lat(0.77, 1.57), lat(1.3, 2.0));
+        let fired = limited_rules(&inputs(&lag, &latency));
+        assert_eq!(ids(&fired), vec!["send_lag_share_of_latency"]);
+        assert!(fired[0].reason.contains("1.570 ms") && fired[0].reason.contains("10%"), "{}", fired[0].reason);
+    }
+
+    #[test]
+    fn send_lag_above_the_absolute_threshold_fires_both_lag_rules() {
+        let (lag, latency) = (lat(5.0, 12.0), lat(20.0, 40.0));
+        assert_eq!(
+            ids(&limited_rules(&inputs(&lag, &latency))),
+            vec!["send_lag_threshold", "send_lag_share_of_latency"]
+        );
+    }
+
+    #[test]
+    fn a_busy_thread_fires_the_cpu_rule_and_a_busy_core_only_in_closed_loop() {
+        let (lag, latency) = (LatencySummary::default(), lat(0.1, 0.2));
+        let mut i = inputs(&lag, &latency);
+        let busy_thread = [(1usize, 0.95)];
+        let busy_core = [Some(0.97)];
+        i.thread_utilization = &busy_thread;
+        i.core_busy = &busy_core;
+        assert_eq!(ids(&limited_rules(&i)), vec!["thread_cpu"]);
+        i.closed_loop = true;
+        assert_eq!(ids(&limited_rules(&i)), vec!["core_busy", "thread_cpu"]);
+    }
+
+    #[test]
+    fn node_cpu_per_request_is_the_window_cpu_over_the_answered_requests() {
+        let reading = |cpu: f64, core0: f64, at_ns: u64| {
+            TimedReading {
+            metrics: NodeMetrics::parse(&format!(
+                "redrain_process_cpu_seconds_total {cpu}\nredrain_thread_cpu_seconds_total{{thread=\"redrain-core-0\"}} {core0}\n"
+            )),
+            at_ns,
+        }
+        };
+        let mut n = NodeSummary::default();
+        node_cpu(&mut n, &reading(10.0, 9.0, 1_000_000_000), &reading(12.0, 10.5, 3_000_000_000), 100_000);
+        assert_eq!(n.cpu_s_window, Some(2.0));
+        assert_eq!(n.node_cpu_us_per_request, Some(20.0));
+        assert_eq!(n.cpu_cores_busy, Some(1.0));
+        assert_eq!(n.core_busy.get("redrain-core-0"), Some(&0.75));
+    }
+
+    #[test]
+    fn no_send_lag_samples_fire_no_lag_rule() {
+        let (lag, latency) = (LatencySummary::default(), lat(0.01, 0.02));
+        assert!(limited_rules(&inputs(&lag, &latency)).is_empty());
     }
 }

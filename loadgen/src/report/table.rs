@@ -60,7 +60,27 @@ pub fn render(s: &RunSummary) -> String {
         "p50", "p90", "p99", "p99.9", "max", "mean", "count"
     );
     latency_row(&mut out, "requests", &s.request_latency);
+    latency_row(&mut out, "service", &s.service_time);
     latency_row(&mut out, "sessions", &s.session_latency);
+    match &s.floor {
+        Some(f) => {
+            latency_row(&mut out, "floor rtt", &f.round_trip);
+            latency_row(&mut out, "floor lag", &f.send_lag);
+            let _ = writeln!(
+                out,
+                "  (floor: this generator against a trivial echo server in-process on cpu {}, {} runtime, {}; \
+                 requests = from the intended send, service = from the actual send)",
+                f.server_cpu, f.runtime, f.measured_at
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  (floor: not measured on this machine - run `redrain-loadgen floor`; \
+                 requests = from the intended send, service = from the actual send)"
+            );
+        }
+    }
     if let Some(n) = &s.node {
         let mb = |v: Option<f64>| v.map(|b| format!("{:.1} MiB", b / 1048576.0)).unwrap_or_else(|| "?".into());
         let per = n.memory_per_session_bytes.map(|b| format!("{b:.0} B")).unwrap_or_else(|| "?".into());
@@ -72,9 +92,27 @@ pub fn render(s: &RunSummary) -> String {
             n.sessions_before.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
             n.sessions_held.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
         );
+        if let Some(cpu_s) = n.cpu_s_window {
+            let per = n.node_cpu_us_per_request.map(|u| format!("{u:.2} us")).unwrap_or_else(|| "?".into());
+            let cores: Vec<String> = n.core_busy.iter().map(|(k, v)| format!("{k} {:.0}%", v * 100.0)).collect();
+            let _ = writeln!(
+                out,
+                "  node cpu   {cpu_s:.3} s in the window = {:.2} cores busy, {per} per request; threads [{}]",
+                n.cpu_cores_busy.unwrap_or(0.0),
+                cores.join(", ")
+            );
+        }
     }
     let g = &s.generator;
-    let utils: Vec<String> = g.thread_cpu_utilization.iter().map(|u| format!("{:.0}%", u * 100.0)).collect();
+    let utils: Vec<String> = g
+        .thread_cpu_utilization
+        .iter()
+        .enumerate()
+        .map(|(i, u)| match g.thread_spin_fraction.get(i).filter(|s| **s >= 0.005) {
+            Some(s) => format!("{:.0}% (+{:.0}% spin)", u * 100.0, s * 100.0),
+            None => format!("{:.0}%", u * 100.0),
+        })
+        .collect();
     let verdict = if g.limited { "GENERATOR-LIMITED" } else { "ok" };
     let busy: Vec<String> =
         g.core_busy.iter().map(|b| b.map(|b| format!("{:.0}%", b * 100.0)).unwrap_or_else(|| "?".into())).collect();
@@ -88,8 +126,9 @@ pub fn render(s: &RunSummary) -> String {
         g.lag_threshold_ms,
         g.process_cpu_s
     );
-    for reason in &g.reasons {
-        let _ = writeln!(out, "    ! {reason}");
+    for (i, reason) in g.reasons.iter().enumerate() {
+        let rule = g.rules_fired.get(i).map(|r| format!("[{r}] ")).unwrap_or_default();
+        let _ = writeln!(out, "    ! {rule}{reason}");
     }
     for w in &s.warnings {
         let _ = writeln!(out, "  warning: {w}");

@@ -108,25 +108,35 @@ pub fn dev_secret_path(data_dir: &Path) -> PathBuf {
 }
 
 fn dev_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dev_secret_path(data_dir);
     if let Ok(text) = std::fs::read_to_string(&path) {
         return parse_secret_hex(&text).with_context(|| format!("{}", path.display()));
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let mut secret = [0u8; 32];
+    let secret = create_secret_file(&path, 32)?;
+    log::warn!("created development auth secret {} (set auth_secret_hex in production)", path.display());
+    Ok(secret)
+}
+
+/// Creates `path` (mode 0600, never overwriting) holding `bytes` random bytes as hex and
+/// a newline, synced; returns the bytes. Used for the development auth secret and the
+/// seal key a node creates on first start.
+pub fn create_secret_file(path: &Path, bytes: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut secret = vec![0u8; bytes];
     rand::Rng::fill(&mut rand::thread_rng(), &mut secret[..]);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "{}", hex::encode(secret))?;
+    writeln!(f, "{}", hex::encode(&secret))?;
     f.sync_all()?;
-    log::warn!("created development auth secret {} (set auth_secret_hex in production)", path.display());
-    Ok(secret.to_vec())
+    Ok(secret)
 }
 
 /// Log settings of the rain's streams: the storage defaults (group commit up to 16 MiB,

@@ -133,8 +133,6 @@ pub fn start(config: &crate::config::Config, cores: usize) -> anyhow::Result<Opt
 /// The seal key: from the config, or created in the data directory on first start.
 fn load_seal_key(config: &crate::config::Config) -> anyhow::Result<[u8; seal::SEAL_KEY_BYTES]> {
     use anyhow::Context;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let parse = |text: &str, what: &str| -> anyhow::Result<[u8; seal::SEAL_KEY_BYTES]> {
         let mut key = [0u8; seal::SEAL_KEY_BYTES];
         hex::decode_to_slice(text.trim(), &mut key).with_context(|| format!("{what}: expected 64 hex characters"))?;
@@ -147,17 +145,9 @@ fn load_seal_key(config: &crate::config::Config) -> anyhow::Result<[u8; seal::SE
     if let Ok(text) = std::fs::read_to_string(&path) {
         return parse(&text, &path.display().to_string());
     }
-    std::fs::create_dir_all(&config.data_dir)?;
-    let mut key = [0u8; seal::SEAL_KEY_BYTES];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut key[..]);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "{}", hex::encode(key))?;
-    f.sync_all()?;
+    let bytes = crate::node::create_secret_file(&path, seal::SEAL_KEY_BYTES)?;
     log::warn!("created a seal key in {} (set seal_key_hex to share one)", path.display());
+    let mut key = [0u8; seal::SEAL_KEY_BYTES];
+    key.copy_from_slice(&bytes);
     Ok(key)
 }

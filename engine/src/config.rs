@@ -270,7 +270,8 @@ impl Config {
         if !(1..=1 << 20).contains(&self.handoff_batch_records_max) {
             return invalid("handoff_batch_records_max", "must be within 1..=1048576");
         }
-        if self.handoff_retry_backoff_min_ms == 0 || self.handoff_retry_backoff_max_ms < self.handoff_retry_backoff_min_ms
+        if self.handoff_retry_backoff_min_ms == 0
+            || self.handoff_retry_backoff_max_ms < self.handoff_retry_backoff_min_ms
         {
             return invalid("handoff_retry_backoff_min_ms/handoff_retry_backoff_max_ms", "need 0 < min <= max");
         }

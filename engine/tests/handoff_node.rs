@@ -169,7 +169,11 @@ fn wait_drained(node: &Node) {
         if depth == 0.0 && acked >= durable {
             return;
         }
-        assert!(Instant::now() < until, "hand-off did not drain: depth {depth}; /handoff: {}", node.http_get("/handoff").1);
+        assert!(
+            Instant::now() < until,
+            "hand-off did not drain: depth {depth}; /handoff: {}",
+            node.http_get("/handoff").1
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -237,7 +241,7 @@ fn stream_records(url: &str, stream: &str) -> Vec<OpenedRecord> {
         let mut out = Vec::with_capacity(state.messages as usize);
         for seq in state.first_sequence..=state.last_sequence {
             let message = stream.get_raw_message(seq).await.unwrap();
-            let id = message.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
+            let id = message.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_owned());
             let record: OpenedRecord = serde_json::from_slice(&message.payload).unwrap();
             assert_eq!(id, Some(record.packet_id.to_string()), "the message id is the packet id");
             out.push(record);
@@ -409,12 +413,11 @@ fn a_full_sink_disk_stalls_the_hand_off_with_an_error_while_users_keep_opening_a
     drop(tmpfs);
 }
 
-/// Runs `redrain serve` expecting it to refuse to start; returns its stderr.
-fn refused_start(extra: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `redrain serve` on `data` expecting it to refuse to start; returns its stderr.
+fn refused_start_in(data: &Path, extra: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--cores", "1", "--data-dir"])
-        .arg(dir.path().join("data"))
+        .arg(data)
         .args(extra)
         .envs(RAIN_ENV.iter().copied())
         .stdout(Stdio::null())
@@ -430,10 +433,15 @@ fn refused_start(extra: &[&str]) -> String {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "a refused start exits with 2");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "a refused start exits with 2: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
+}
+
+fn refused_start(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    refused_start_in(&dir.path().join("data"), extra)
 }
 
 #[test]
@@ -470,21 +478,6 @@ fn a_damaged_file_sink_position_refuses_the_start() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("core-0")).unwrap();
     std::fs::write(data.join("core-0/handoff-file.pos"), "{\"lsn\": 5, \"file_seq\"").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--cores", "1", "--data-dir"])
-        .arg(&data)
-        .envs(RAIN_ENV.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < until, "the node started on a damaged position");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("handoff-file.pos is damaged"), "{stderr}");
+    let err = refused_start_in(&data, &[]);
+    assert!(err.contains("handoff-file.pos is damaged"), "{err}");
 }

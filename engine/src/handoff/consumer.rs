@@ -30,7 +30,8 @@ struct Batch {
 
 /// Reads the next batch after `after_lsn`: at most `records_max` records.
 async fn read_batch(log: &Log, after_lsn: u64, records_max: usize) -> Result<Option<Batch>, HandoffError> {
-    let bytes = log.read_batches(after_lsn + 1, READ_BYTES_MAX).await.map_err(|e| HandoffError::Queue(e.to_string()))?;
+    let bytes =
+        log.read_batches(after_lsn + 1, READ_BYTES_MAX).await.map_err(|e| HandoffError::Queue(e.to_string()))?;
     if bytes.is_empty() {
         return Ok(None);
     }
@@ -178,10 +179,8 @@ async fn deliver(
                 .await
         }
         CoreSink::Nats(mut port) => {
-            let result = port
-                .deliver(batch.records.clone(), batch.last_lsn, |e| note_failure(m, core, e))
-                .await
-                .map(|_| ());
+            let result =
+                port.deliver(batch.records.clone(), batch.last_lsn, |e| note_failure(m, core, e)).await.map(|_| ());
             (CoreSink::Nats(port), result)
         }
     }

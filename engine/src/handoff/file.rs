@@ -170,8 +170,11 @@ impl FileSink {
         let result = (|| {
             self.file.write_all(&self.buffer).map_err(HandoffError::io(&path))?;
             self.file.sync_data().map_err(HandoffError::io(&path))?;
-            let next =
-                Position { lsn: last_lsn, file_seq: self.position.file_seq, file_bytes: acknowledged + self.buffer.len() as u64 };
+            let next = Position {
+                lsn: last_lsn,
+                file_seq: self.position.file_seq,
+                file_bytes: acknowledged + self.buffer.len() as u64,
+            };
             next.write(&self.position_path)?;
             Ok(next)
         })();
@@ -219,7 +222,11 @@ mod tests {
             .unwrap()
             .iter()
             .flat_map(|(_, p)| {
-                std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<_>>()
             })
             .collect()
     }

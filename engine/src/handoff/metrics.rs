@@ -67,7 +67,9 @@ pub fn render(cores: &[&HandoffMetrics], sink: &str, out: &mut String) {
         ("redrain_handoff_acknowledged_lsn", "gauge", "Last open-queue LSN the sink acknowledged.", |m| {
             m.acknowledged_lsn.load(Relaxed)
         }),
-        ("redrain_handoff_batches_total", "counter", "Batches the sink acknowledged.", |m| m.batches_total.load(Relaxed)),
+        ("redrain_handoff_batches_total", "counter", "Batches the sink acknowledged.", |m| {
+            m.batches_total.load(Relaxed)
+        }),
         ("redrain_handoff_records_total", "counter", "Opens the sink acknowledged.", |m| m.records_total.load(Relaxed)),
         ("redrain_handoff_retries_total", "counter", "Delivery attempts retried after a failure.", |m| {
             m.retries_total.load(Relaxed)
@@ -81,13 +83,19 @@ pub fn render(cores: &[&HandoffMetrics], sink: &str, out: &mut String) {
         ("redrain_handoff_reconcile_later_total", "counter", "Handed-off opens credited after reconciliation.", |m| {
             m.reconcile_later_total.load(Relaxed)
         }),
-        ("redrain_handoff_stalled", "gauge", "1 while the last delivery failed and the consumer waits to retry.", |m| {
-            m.stalled.load(Relaxed)
-        }),
+        (
+            "redrain_handoff_stalled",
+            "gauge",
+            "1 while the last delivery failed and the consumer waits to retry.",
+            |m| m.stalled.load(Relaxed),
+        ),
         ("redrain_handoff_running", "gauge", "1 once the core's consumer runs.", |m| m.running.load(Relaxed)),
-        ("redrain_handoff_lag_milliseconds", "gauge", "Age of the oldest open not yet acknowledged (0: caught up).", |m| {
-            m.lag_ms.load(Relaxed)
-        }),
+        (
+            "redrain_handoff_lag_milliseconds",
+            "gauge",
+            "Age of the oldest open not yet acknowledged (0: caught up).",
+            |m| m.lag_ms.load(Relaxed),
+        ),
     ];
     for (name, kind, help, get) in FAMILIES {
         family(out, name, kind, help);

@@ -113,15 +113,13 @@ impl NatsLink {
             .build()
             .map_err(|e| HandoffError::Nats(format!("starting the NATS runtime: {e}")))?;
         let js = runtime.block_on(async {
-            tokio::time::timeout(settings.connect_timeout * 3, connect_and_check(&settings))
-                .await
-                .map_err(|_| {
-                    HandoffError::Nats(format!(
-                        "no answer from {} within {:?} (connect and stream check)",
-                        settings.urls,
-                        settings.connect_timeout * 3
-                    ))
-                })?
+            tokio::time::timeout(settings.connect_timeout * 3, connect_and_check(&settings)).await.map_err(|_| {
+                HandoffError::Nats(format!(
+                    "no answer from {} within {:?} (connect and stream check)",
+                    settings.urls,
+                    settings.connect_timeout * 3
+                ))
+            })?
         })?;
         let queues = Arc::new(Queues {
             batches: (0..cores).map(|_| ArrayQueue::new(BATCHES_IN_FLIGHT_PER_CORE)).collect(),
@@ -133,7 +131,14 @@ impl NatsLink {
             .spawn(move || {
                 runtime.block_on(async move {
                     let tasks: Vec<_> = (0..cores)
-                        .map(|core| tokio::spawn(publish_loop(core, js.clone(), thread_queues.clone(), settings_for_task(&settings))))
+                        .map(|core| {
+                            tokio::spawn(publish_loop(
+                                core,
+                                js.clone(),
+                                thread_queues.clone(),
+                                settings_for_task(&settings),
+                            ))
+                        })
                         .collect();
                     for t in tasks {
                         let _ = t.await;
@@ -169,9 +174,10 @@ async fn connect_and_check(s: &Settings) -> Result<jetstream::Context, HandoffEr
         .max_reconnects(None)
         .event_callback(|event| async move { log::warn!("NATS: {event}") });
     if let Some(path) = &s.credentials {
-        options = options.credentials_file(path).await.map_err(|e| {
-            HandoffError::Nats(format!("credentials file {}: {e}", path.display()))
-        })?;
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| HandoffError::Nats(format!("credentials file {}: {e}", path.display())))?;
     }
     if let Some(ca) = &s.tls_ca {
         options = options.add_root_certificates(ca.clone());

@@ -59,7 +59,7 @@ pub fn render(cores: &[&HandoffMetrics], sink: &str, out: &mut String) {
     family(out, "redrain_handoff_info", "gauge", "The configured hand-off sink.");
     let _ = writeln!(out, "redrain_handoff_info{{sink=\"{sink}\"}} 1");
     type Getter = fn(&HandoffMetrics) -> u64;
-    const FAMILIES: [(&str, &str, &str, Getter); 12] = [
+    const FAMILIES: [(&str, &str, &str, Getter); 11] = [
         ("redrain_handoff_queue_depth", "gauge", "Durable opens the sink has not acknowledged yet.", |m| m.depth()),
         ("redrain_handoff_lag_records", "gauge", "Same as queue depth: records behind the open queue's end.", |m| {
             m.depth()
@@ -90,18 +90,17 @@ pub fn render(cores: &[&HandoffMetrics], sink: &str, out: &mut String) {
             |m| m.stalled.load(Relaxed),
         ),
         ("redrain_handoff_running", "gauge", "1 once the core's consumer runs.", |m| m.running.load(Relaxed)),
-        (
-            "redrain_handoff_lag_milliseconds",
-            "gauge",
-            "Age of the oldest open not yet acknowledged (0: caught up).",
-            |m| m.lag_ms.load(Relaxed),
-        ),
     ];
     for (name, kind, help, get) in FAMILIES {
         family(out, name, kind, help);
         for (i, m) in cores.iter().enumerate() {
             let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(m));
         }
+    }
+    let name = "redrain_handoff_oldest_unacknowledged_age_seconds";
+    family(out, name, "gauge", "Age of the oldest open the sink has not acknowledged (0: caught up).");
+    for (i, m) in cores.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", m.lag_ms.load(Relaxed) as f64 / 1e3);
     }
     let name = "redrain_handoff_lag_seconds";
     family(out, name, "histogram", "Time from an open's durable record to the sink's acknowledgement.");

@@ -79,7 +79,7 @@ fn record(i: u64) -> OpenRecord {
         node: 0,
         core: 0,
         opened_at_ms: unix_ms(),
-        flags: if i % 10 == 0 { OPEN_RECORD_INSTANT_CREDIT } else { 0 },
+        flags: if i.is_multiple_of(10) { OPEN_RECORD_INSTANT_CREDIT } else { 0 },
     }
 }
 

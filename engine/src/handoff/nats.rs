@@ -160,10 +160,13 @@ impl NatsLink {
 struct TaskSettings {
     subject: String,
     bounds: ConsumerBounds,
+    /// Bound of one whole attempt: while the server is away the client's command queue
+    /// can fill and a publish wait for space, so the attempt as a whole is timed too.
+    attempt_timeout: Duration,
 }
 
 fn settings_for_task(s: &Settings) -> TaskSettings {
-    TaskSettings { subject: s.subject.clone(), bounds: s.bounds }
+    TaskSettings { subject: s.subject.clone(), bounds: s.bounds, attempt_timeout: s.ack_timeout * 2 }
 }
 
 async fn connect_and_check(s: &Settings) -> Result<jetstream::Context, HandoffError> {
@@ -251,7 +254,12 @@ async fn publish_loop(core: usize, js: jetstream::Context, queues: Arc<Queues>, 
         };
         let mut failures = 0u32;
         loop {
-            match publish_batch(&js, &settings.subject, &batch.records).await {
+            let attempt =
+                tokio::time::timeout(settings.attempt_timeout, publish_batch(&js, &settings.subject, &batch.records));
+            let result = attempt.await.unwrap_or_else(|_| {
+                Err(format!("publish: no JetStream ack for the batch within {:?}", settings.attempt_timeout))
+            });
+            match result {
                 Ok(()) => break,
                 Err(e) => {
                     failures = failures.saturating_add(1);

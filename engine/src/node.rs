@@ -391,13 +391,15 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
             if node.rain.is_some() {
                 crate::rain::metrics::render(&rain, &mut body);
                 let handoff: Vec<_> = node.metrics.iter().map(|m| &m.handoff).collect();
-                crate::handoff::metrics::render(&handoff, node.config.handoff_sink.name(), &mut body);
+                let (sink, now_ms) = (node.config.handoff_sink.name(), node.clock().unix_ms);
+                crate::handoff::metrics::render(&handoff, sink, now_ms, &mut body);
             }
             AdminResponse { status: 200, content_type: "text/plain; version=0.0.4", body }
         }
         "/handoff" if node.rain.is_some() => {
             let handoff: Vec<_> = node.metrics.iter().map(|m| &m.handoff).collect();
-            let body = crate::handoff::metrics::status_json(&handoff, node.config.handoff_sink.name());
+            let (sink, now_ms) = (node.config.handoff_sink.name(), node.clock().unix_ms);
+            let body = crate::handoff::metrics::status_json(&handoff, sink, now_ms);
             AdminResponse { status: 200, content_type: "application/json", body }
         }
         "/healthz" if node.shutting_down() => {

@@ -60,6 +60,9 @@ struct Args {
     /// Longest wait for the consumer to catch up at the end.
     #[arg(long, default_value_t = 60)]
     drain_timeout_s: u64,
+    /// Print the hand-off's progress every second (stderr).
+    #[arg(long)]
+    progress: bool,
     /// CPU to pin the executor to.
     #[arg(long, default_value_t = 0)]
     cpu: usize,
@@ -190,12 +193,27 @@ async fn run(args: Args, sink: Option<CoreSink>, bounds: ConsumerBounds) -> anyh
         })
     };
     let lag_ms = Rc::new(std::cell::RefCell::new(Histogram::<u64>::new(3)?));
+    let progress = args.progress;
     let sampler = {
-        let (lag_ms, metrics, stop) = (lag_ms.clone(), metrics.clone(), stop.clone());
+        let (lag_ms, metrics, stop, log) = (lag_ms.clone(), metrics.clone(), stop.clone(), log.clone());
         glommio::spawn_local(async move {
+            let mut tick = 0u64;
             while !stop.get() {
                 glommio::timer::sleep(Duration::from_millis(10)).await;
-                let _ = lag_ms.borrow_mut().record(metrics.lag_ms.load(Relaxed));
+                metrics.durable_lsn.store(log.durable_lsn(), Relaxed);
+                let _ = lag_ms.borrow_mut().record(metrics.lag_ms(unix_ms()));
+                tick += 1;
+                if progress && tick.is_multiple_of(100) {
+                    eprintln!(
+                        "t={}s handed off {} depth {} lag {} ms retries {} last error {:?}",
+                        tick / 100,
+                        metrics.records_total.load(Relaxed),
+                        metrics.depth(),
+                        metrics.lag_ms(unix_ms()),
+                        metrics.retries_total.load(Relaxed),
+                        metrics.last_error()
+                    );
+                }
             }
         })
     };
@@ -241,7 +259,7 @@ async fn run(args: Args, sink: Option<CoreSink>, bounds: ConsumerBounds) -> anyh
             acked > 0 && cumulative * 100 >= acked * 99
         })
         .map(|(b, _)| format!("<= {} ms", b / 1_000))
-        .unwrap_or_else(|| "> 5000 ms".into());
+        .unwrap_or_else(|| if acked == 0 { "n/a".into() } else { "> 5000 ms".into() });
     println!(
         "sink={} rate={}/s appended={} in {:.2}s | open durable p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms \
          | handed off {} of {} (left {}), drain after the load {:.2}s, retries {}, sink errors {} \

@@ -95,7 +95,7 @@ pub async fn drain(
     while !stop() {
         m.durable_lsn.store(log.durable_lsn(), Relaxed);
         if log.durable_lsn() <= acked {
-            m.lag_ms.store(0, Relaxed);
+            m.oldest_pending_opened_ms.store(0, Relaxed);
             let wait = log.wait_durable_beyond(acked);
             let _ = futures_lite::future::or(
                 async {
@@ -120,9 +120,8 @@ pub async fn drain(
             }
         };
         read_failures = 0;
-        let oldest_ms = batch.records.first().map(|r| r.opened_at_ms);
-        if let Some(t) = oldest_ms {
-            m.lag_ms.store(unix_ms().saturating_sub(t), Relaxed);
+        if let Some(first) = batch.records.first() {
+            m.oldest_pending_opened_ms.store(first.opened_at_ms.max(1), Relaxed);
         }
         let mut failures = 0u32;
         sink = loop {
@@ -132,9 +131,6 @@ pub async fn drain(
                     sink = s;
                     failures = failures.saturating_add(1);
                     note_failure(m, core, &e.to_string());
-                    if let Some(t) = oldest_ms {
-                        m.lag_ms.store(unix_ms().saturating_sub(t), Relaxed);
-                    }
                     glommio::timer::sleep(bounds.backoff(failures)).await;
                     if stop() {
                         return;

@@ -15,8 +15,9 @@ pub struct HandoffMetrics {
     pub acknowledged_lsn: AtomicU64,
     /// Last durable LSN of the open queue, as the consumer last saw it.
     pub durable_lsn: AtomicU64,
-    /// Age (ms) of the oldest open not yet acknowledged by the sink; 0 when caught up.
-    pub lag_ms: AtomicU64,
+    /// Open time (Unix ms, the rain's clock) of the oldest open handed to the sink and not
+    /// yet acknowledged; 0 when caught up. Its age is the hand-off lag in seconds.
+    pub oldest_pending_opened_ms: AtomicU64,
     pub batches_total: AtomicU64,
     pub records_total: AtomicU64,
     pub retries_total: AtomicU64,
@@ -37,6 +38,14 @@ impl HandoffMetrics {
         self.durable_lsn.load(Relaxed).saturating_sub(self.acknowledged_lsn.load(Relaxed))
     }
 
+    /// Age (ms) of the oldest open the sink has not acknowledged at `now_ms`; 0 when caught up.
+    pub fn lag_ms(&self, now_ms: u64) -> u64 {
+        match self.oldest_pending_opened_ms.load(Relaxed) {
+            0 => 0,
+            t => now_ms.saturating_sub(t),
+        }
+    }
+
     pub fn set_last_error(&self, error: &str) {
         if let Ok(mut last) = self.last_error.lock() {
             last.clear();
@@ -55,7 +64,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders every core's hand-off block (`redrain_handoff_*`, a `core` label each).
-pub fn render(cores: &[&HandoffMetrics], sink: &str, out: &mut String) {
+pub fn render(cores: &[&HandoffMetrics], sink: &str, now_ms: u64, out: &mut String) {
     family(out, "redrain_handoff_info", "gauge", "The configured hand-off sink.");
     let _ = writeln!(out, "redrain_handoff_info{{sink=\"{sink}\"}} 1");
     type Getter = fn(&HandoffMetrics) -> u64;
@@ -100,7 +109,7 @@ pub fn render(cores: &[&HandoffMetrics], sink: &str, out: &mut String) {
     let name = "redrain_handoff_oldest_unacknowledged_age_seconds";
     family(out, name, "gauge", "Age of the oldest open the sink has not acknowledged (0: caught up).");
     for (i, m) in cores.iter().enumerate() {
-        let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", m.lag_ms.load(Relaxed) as f64 / 1e3);
+        let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", m.lag_ms(now_ms) as f64 / 1e3);
     }
     let name = "redrain_handoff_lag_seconds";
     family(out, name, "histogram", "Time from an open's durable record to the sink's acknowledgement.");
@@ -119,7 +128,7 @@ pub fn render(cores: &[&HandoffMetrics], sink: &str, out: &mut String) {
 }
 
 /// The `/handoff` status document: depth, lag and last error of every core.
-pub fn status_json(cores: &[&HandoffMetrics], sink: &str) -> String {
+pub fn status_json(cores: &[&HandoffMetrics], sink: &str, now_ms: u64) -> String {
     let per_core: Vec<serde_json::Value> = cores
         .iter()
         .enumerate()
@@ -128,7 +137,7 @@ pub fn status_json(cores: &[&HandoffMetrics], sink: &str) -> String {
                 "core": i,
                 "running": m.running.load(Relaxed) == 1,
                 "depth": m.depth(),
-                "lag_ms": m.lag_ms.load(Relaxed),
+                "lag_ms": m.lag_ms(now_ms),
                 "acknowledged_lsn": m.acknowledged_lsn.load(Relaxed),
                 "durable_lsn": m.durable_lsn.load(Relaxed),
                 "records_total": m.records_total.load(Relaxed),
@@ -141,7 +150,7 @@ pub fn status_json(cores: &[&HandoffMetrics], sink: &str) -> String {
         })
         .collect();
     let depth: u64 = cores.iter().map(|m| m.depth()).sum();
-    let lag_ms = cores.iter().map(|m| m.lag_ms.load(Relaxed)).max().unwrap_or(0);
+    let lag_ms = cores.iter().map(|m| m.lag_ms(now_ms)).max().unwrap_or(0);
     let doc = serde_json::json!({ "sink": sink, "depth": depth, "lag_ms": lag_ms, "cores": per_core });
     let mut text = serde_json::to_string_pretty(&doc).expect("json values serialize");
     text.push('\n');
@@ -158,13 +167,16 @@ mod tests {
         m.durable_lsn.store(120, Relaxed);
         m.acknowledged_lsn.store(100, Relaxed);
         m.set_last_error("disk full");
+        m.oldest_pending_opened_ms.store(10_000, Relaxed);
         assert_eq!(m.depth(), 20);
-        let status: serde_json::Value = serde_json::from_str(&status_json(&[&m], "file")).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&status_json(&[&m], "file", 12_500)).unwrap();
         assert_eq!(status["depth"], 20);
+        assert_eq!(status["lag_ms"], 2_500);
         assert_eq!(status["cores"][0]["last_error"], "disk full");
         let mut text = String::new();
         m.lag.record_us(2_000_000);
-        render(&[&m], "file", &mut text);
+        render(&[&m], "file", 12_500, &mut text);
+        assert!(text.contains("redrain_handoff_oldest_unacknowledged_age_seconds{core=\"0\"} 2.5"), "{text}");
         assert!(text.contains("redrain_handoff_queue_depth{core=\"0\"} 20"), "{text}");
         assert!(text.contains("redrain_handoff_lag_seconds_bucket{core=\"0\",le=\"1\"} 0"), "{text}");
         assert!(text.contains("redrain_handoff_lag_seconds_bucket{core=\"0\",le=\"5\"} 1"), "{text}");

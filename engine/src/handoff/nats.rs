@@ -33,6 +33,8 @@ pub const BATCHES_IN_FLIGHT_PER_CORE: usize = 1;
 /// counted once) while the acknowledgement always fits, since it is the last event of
 /// the core's only batch in flight.
 pub const EVENTS_PER_CORE_MAX: usize = 64;
+/// The client's window of publish acks awaited, in batches of every core.
+const ACK_WINDOW_BATCHES: usize = 4;
 /// How often a core's consumer looks for the NATS thread's events while it waits.
 pub const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// How often an idle publishing task of the NATS thread looks for a core's batch.
@@ -194,8 +196,11 @@ async fn connect_and_check(s: &Settings) -> Result<jetstream::Context, HandoffEr
         .map_err(|e| nats_error(&format!("connecting to {}", s.urls))(e.to_string()))?;
     let js = jetstream::ContextBuilder::new()
         .timeout(s.ack_timeout)
-        .max_ack_inflight(s.in_flight_messages_max.max(1))
-        .backpressure_on_inflight(true)
+        // Room for every core's batch in flight plus the acks a failed attempt leaves
+        // waiting for their timeout: a retry never waits behind the stale ones (a full
+        // window fails the attempt at once, and it is retried after the backoff).
+        .max_ack_inflight((s.in_flight_messages_max * ACK_WINDOW_BATCHES).max(1))
+        .backpressure_on_inflight(false)
         .build(client);
     match js.get_stream(&s.stream).await {
         Ok(mut stream) => {

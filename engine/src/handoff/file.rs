@@ -90,8 +90,20 @@ impl FileSink {
     /// every unacknowledged byte off the sink's files.
     pub fn open(dir: &Path, core: usize, position_path: &Path, bounds: FileBounds) -> Result<FileSink, HandoffError> {
         std::fs::create_dir_all(dir).map_err(HandoffError::io(dir))?;
-        let position = Position::read(position_path)?.unwrap_or(Position { lsn: 0, file_seq: 1, file_bytes: 0 });
-        let position = Position { file_seq: position.file_seq.max(1), ..position };
+        let position = match Position::read(position_path)? {
+            Some(p) => Position { file_seq: p.file_seq.max(1), ..p },
+            None => {
+                // Files with no position are not ours to cut: refuse rather than destroy them.
+                if !core_files(dir, core)?.is_empty() {
+                    return Err(HandoffError::FilesWithoutPosition { dir: dir.to_path_buf(), core });
+                }
+                // The first position is durable before the first file exists, so later a
+                // missing position always means foreign files.
+                let first = Position { lsn: 0, file_seq: 1, file_bytes: 0 };
+                first.write(position_path)?;
+                first
+            }
+        };
         for (seq, path) in core_files(dir, core)? {
             if seq > position.file_seq {
                 log::warn!("hand-off core {core}: removing {} (written, never acknowledged)", path.display());
@@ -280,6 +292,24 @@ mod tests {
             FileSink::open(&dir, 0, &pos, bounds(1 << 20)),
             Err(HandoffError::FileShorterThanPosition { acknowledged, .. }) if acknowledged > 1
         ));
+    }
+
+    #[test]
+    fn files_of_the_core_without_a_position_are_refused_not_truncated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sink");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(file_name(0, 1)), b"{\"packet_id\":1}\n").unwrap();
+        let pos = tmp.path().join("fresh-data/core-0/handoff-file.pos");
+        assert!(matches!(
+            FileSink::open(&dir, 0, &pos, bounds(1 << 20)),
+            Err(HandoffError::FilesWithoutPosition { core: 0, .. })
+        ));
+        assert_eq!(std::fs::read(dir.join(file_name(0, 1))).unwrap(), b"{\"packet_id\":1}\n");
+        // Another core's files are not in the way.
+        assert!(
+            FileSink::open(&dir, 1, &tmp.path().join("fresh-data/core-1/handoff-file.pos"), bounds(1 << 20)).is_ok()
+        );
     }
 
     #[test]

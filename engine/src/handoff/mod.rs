@@ -40,6 +40,11 @@ pub enum HandoffError {
     DamagedPosition { path: PathBuf, reason: String },
     #[error("hand-off file {path} is shorter ({actual} bytes) than its acknowledged length {acknowledged}")]
     FileShorterThanPosition { path: PathBuf, actual: u64, acknowledged: u64 },
+    #[error(
+        "{dir} holds hand-off files of core {core} but the data dir has no hand-off position for them \
+         (another node's or an earlier event's?): move them away or point handoff_dir elsewhere"
+    )]
+    FilesWithoutPosition { dir: PathBuf, core: usize },
     #[error("NATS: {0}")]
     Nats(String),
     #[error("reading the open queue: {0}")]

@@ -86,6 +86,71 @@ pub struct Config {
     pub cursor_step: u64,
     /// Ticket records read ahead per file.
     pub ticket_prefetch_records: usize,
+    /// Where the payment hand-off drains the open queue: `file` or `nats`.
+    pub handoff_sink: HandoffSinkKind,
+    /// Directory of the `file` sink's NDJSON files [default: `data_dir/handoff`].
+    pub handoff_dir: Option<PathBuf>,
+    /// Most opens handed to the sink in one batch.
+    pub handoff_batch_records_max: usize,
+    /// First wait after a failed delivery (doubles per failure)...
+    pub handoff_retry_backoff_min_ms: u64,
+    /// ...up to this.
+    pub handoff_retry_backoff_max_ms: u64,
+    /// The `file` sink starts a new file once the active one holds this many bytes...
+    pub handoff_file_bytes_max: u64,
+    /// ...or is this old (checked before each batch).
+    pub handoff_file_age_max_s: u64,
+    /// NATS server URLs (any of them; the client fails over).
+    pub handoff_nats_urls: Vec<String>,
+    /// JetStream stream the opens go to.
+    pub handoff_nats_stream: String,
+    /// Subject the opens are published on (the stream must take it).
+    pub handoff_nats_subject: String,
+    /// Create the stream when it is missing; otherwise the node refuses to start.
+    pub handoff_nats_create_stream: bool,
+    /// Duplicate window of a stream the node creates: a redelivery within it is dropped.
+    pub handoff_nats_duplicate_window_s: u64,
+    /// NATS credentials file (JWT + nkey seed).
+    pub handoff_nats_credentials: Option<PathBuf>,
+    /// PEM CA certificates to trust for the NATS servers' TLS.
+    pub handoff_nats_tls_ca: Option<PathBuf>,
+    /// Require TLS to the NATS servers.
+    pub handoff_nats_tls_required: bool,
+    /// Bound of the start-up connection attempt (and of each reconnect attempt).
+    pub handoff_nats_connect_timeout_ms: u64,
+    /// How long a publish waits for JetStream's ack before the attempt counts as failed.
+    pub handoff_nats_ack_timeout_ms: u64,
+}
+
+/// The hand-off sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandoffSinkKind {
+    /// Rotated NDJSON files in the data dir (default).
+    File,
+    /// A NATS JetStream stream.
+    Nats,
+}
+
+impl HandoffSinkKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HandoffSinkKind::File => "file",
+            HandoffSinkKind::Nats => "nats",
+        }
+    }
+}
+
+impl std::str::FromStr for HandoffSinkKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "file" => Ok(HandoffSinkKind::File),
+            "nats" => Ok(HandoffSinkKind::Nats),
+            other => Err(format!("unknown hand-off sink {other:?} (file or nats)")),
+        }
+    }
 }
 
 impl Default for Config {
@@ -125,6 +190,23 @@ impl Default for Config {
             shake_users_max: 1_000_000,
             cursor_step: 4_096,
             ticket_prefetch_records: 4_096,
+            handoff_sink: HandoffSinkKind::File,
+            handoff_dir: None,
+            handoff_batch_records_max: 4_096,
+            handoff_retry_backoff_min_ms: 10,
+            handoff_retry_backoff_max_ms: 5_000,
+            handoff_file_bytes_max: 64 << 20,
+            handoff_file_age_max_s: 60,
+            handoff_nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            handoff_nats_stream: "REDRAIN_OPENS".into(),
+            handoff_nats_subject: "redrain.opens".into(),
+            handoff_nats_create_stream: false,
+            handoff_nats_duplicate_window_s: 120,
+            handoff_nats_credentials: None,
+            handoff_nats_tls_ca: None,
+            handoff_nats_tls_required: false,
+            handoff_nats_connect_timeout_ms: 5_000,
+            handoff_nats_ack_timeout_ms: 5_000,
         }
     }
 }
@@ -185,6 +267,36 @@ impl Config {
         if self.sealed_ticket_ttl_s == 0 {
             return invalid("sealed_ticket_ttl_s", "must be positive");
         }
+        if !(1..=1 << 20).contains(&self.handoff_batch_records_max) {
+            return invalid("handoff_batch_records_max", "must be within 1..=1048576");
+        }
+        if self.handoff_retry_backoff_min_ms == 0
+            || self.handoff_retry_backoff_max_ms < self.handoff_retry_backoff_min_ms
+        {
+            return invalid("handoff_retry_backoff_min_ms/handoff_retry_backoff_max_ms", "need 0 < min <= max");
+        }
+        if self.handoff_file_bytes_max < 4096 || self.handoff_file_age_max_s == 0 {
+            return invalid("handoff_file_bytes_max/handoff_file_age_max_s", "need >= 4096 bytes and >= 1 s");
+        }
+        if self.handoff_sink == HandoffSinkKind::Nats {
+            if self.handoff_nats_urls.is_empty() || self.handoff_nats_urls.iter().any(|u| u.trim().is_empty()) {
+                return invalid("handoff_nats_urls", "give at least one server URL");
+            }
+            let name_ok = |n: &str| !n.is_empty() && !n.contains(['.', ' ', '*', '>', '/', '\\']);
+            if !name_ok(&self.handoff_nats_stream) {
+                return invalid("handoff_nats_stream", "a stream name has no dots, spaces, wildcards or slashes");
+            }
+            let subject = &self.handoff_nats_subject;
+            if subject.is_empty() || subject.contains([' ', '*', '>']) || subject.split('.').any(str::is_empty) {
+                return invalid("handoff_nats_subject", "a literal subject (no wildcards, no empty tokens)");
+            }
+            if self.handoff_nats_connect_timeout_ms == 0 || self.handoff_nats_ack_timeout_ms == 0 {
+                return invalid("handoff_nats_connect_timeout_ms/handoff_nats_ack_timeout_ms", "must be positive");
+            }
+            if self.handoff_nats_duplicate_window_s == 0 {
+                return invalid("handoff_nats_duplicate_window_s", "must be positive");
+            }
+        }
         Ok(())
     }
 }
@@ -222,5 +334,22 @@ mod tests {
         for accepted in [1024, 65_536, 16_777_216] {
             validate(accepted).unwrap();
         }
+    }
+
+    #[test]
+    fn handoff_settings_are_bounded_and_nats_names_are_checked() {
+        assert!(toml::from_str::<Config>("handoff_sink = \"kafka\"").is_err());
+        let c: Config = toml::from_str("handoff_batch_records_max = 0").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "handoff_batch_records_max", .. })));
+        let c: Config = toml::from_str("handoff_sink = \"nats\"\nhandoff_nats_stream = \"a.b\"").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "handoff_nats_stream", .. })));
+        let c: Config = toml::from_str("handoff_sink = \"nats\"\nhandoff_nats_subject = \"opens.*\"").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "handoff_nats_subject", .. })));
+        let c: Config = toml::from_str("handoff_sink = \"nats\"\nhandoff_nats_urls = []").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "handoff_nats_urls", .. })));
+        let c: Config = toml::from_str("handoff_retry_backoff_min_ms = 50\nhandoff_retry_backoff_max_ms = 10").unwrap();
+        assert!(c.validate().is_err());
+        let c: Config = toml::from_str("handoff_sink = \"nats\"").unwrap();
+        c.validate().unwrap();
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`auth`]: login tokens (mint and local verification).
 //! - [`config`]: node configuration (defaults, file, env, flags).
+//! - [`handoff`]: the payment hand-off: the open queue drained to NDJSON files or JetStream.
 //! - [`metrics`]: per-core counters and the Prometheus rendering.
 //! - [`node`]: start-up, executors, signals, admin, profiling.
 //! - [`rain`]: the red-packet rain on the node: event, dispenser, seal, open, streams.
@@ -12,6 +13,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod handoff;
 pub mod metrics;
 pub mod node;
 pub mod rain;

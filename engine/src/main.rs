@@ -34,6 +34,45 @@ enum Command {
     Replica(redrain_storage::replica_cli::ReplicaArgs),
     /// The rain's durable streams: export the open queue as NDJSON for reconciliation.
     Rain(RainArgs),
+    /// The payment hand-off of a running node.
+    Handoff(HandoffArgs),
+}
+
+#[derive(Args, Debug)]
+struct HandoffArgs {
+    #[command(subcommand)]
+    command: HandoffCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum HandoffCommand {
+    /// Print the hand-off's depth, lag and last error per core (the admin endpoint's /handoff).
+    Status {
+        /// The node's admin endpoint.
+        #[arg(long, env = "REDRAIN_ADMIN_LISTEN", default_value = "127.0.0.1:7080")]
+        admin: SocketAddr,
+    },
+}
+
+fn handoff(args: HandoffArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    match args.command {
+        HandoffCommand::Status { admin } => {
+            let timeout = Duration::from_secs(5);
+            let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)
+                .with_context(|| format!("connecting to the admin endpoint {admin}"))?;
+            s.set_read_timeout(Some(timeout))?;
+            write!(s, "GET /handoff HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            s.take(1 << 20).read_to_string(&mut text)?;
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+            if !head.starts_with("HTTP/1.1 200") {
+                anyhow::bail!("{admin}/handoff: {} (does the node serve a rain?)", head.lines().next().unwrap_or(""));
+            }
+            print!("{body}");
+            Ok(())
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +208,51 @@ struct ServeArgs {
     /// Records reserved per issuance-cursor record (most a crash skips per file) [default: 4096].
     #[arg(long, env = "REDRAIN_CURSOR_STEP")]
     cursor_step: Option<u64>,
+    /// Payment hand-off sink: file or nats [default: file].
+    #[arg(long, env = "REDRAIN_HANDOFF_SINK")]
+    handoff_sink: Option<redrain_engine::config::HandoffSinkKind>,
+    /// Directory of the file sink's NDJSON files [default: <data dir>/handoff].
+    #[arg(long, env = "REDRAIN_HANDOFF_DIR")]
+    handoff_dir: Option<PathBuf>,
+    /// Most opens per hand-off batch [default: 4096].
+    #[arg(long, env = "REDRAIN_HANDOFF_BATCH_RECORDS_MAX")]
+    handoff_batch_records_max: Option<usize>,
+    /// Longest wait between two delivery attempts, ms [default: 5000].
+    #[arg(long, env = "REDRAIN_HANDOFF_RETRY_BACKOFF_MAX_MS")]
+    handoff_retry_backoff_max_ms: Option<u64>,
+    /// The file sink rotates at this many bytes [default: 67108864].
+    #[arg(long, env = "REDRAIN_HANDOFF_FILE_BYTES_MAX")]
+    handoff_file_bytes_max: Option<u64>,
+    /// The file sink rotates files this old, s [default: 60].
+    #[arg(long, env = "REDRAIN_HANDOFF_FILE_AGE_MAX_S")]
+    handoff_file_age_max_s: Option<u64>,
+    /// NATS server URLs, comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "REDRAIN_HANDOFF_NATS_URLS", value_delimiter = ',')]
+    handoff_nats_urls: Option<Vec<String>>,
+    /// JetStream stream of the opens [default: REDRAIN_OPENS].
+    #[arg(long, env = "REDRAIN_HANDOFF_NATS_STREAM")]
+    handoff_nats_stream: Option<String>,
+    /// Subject the opens are published on [default: redrain.opens].
+    #[arg(long, env = "REDRAIN_HANDOFF_NATS_SUBJECT")]
+    handoff_nats_subject: Option<String>,
+    /// Create the stream when missing [default: false: refuse to start].
+    #[arg(long, env = "REDRAIN_HANDOFF_NATS_CREATE_STREAM")]
+    handoff_nats_create_stream: Option<bool>,
+    /// NATS credentials file.
+    #[arg(long, env = "REDRAIN_HANDOFF_NATS_CREDENTIALS")]
+    handoff_nats_credentials: Option<PathBuf>,
+    /// PEM CA certificates for the NATS servers' TLS.
+    #[arg(long, env = "REDRAIN_HANDOFF_NATS_TLS_CA")]
+    handoff_nats_tls_ca: Option<PathBuf>,
+    /// Require TLS to the NATS servers [default: false].
+    #[arg(long, env = "REDRAIN_HANDOFF_NATS_TLS_REQUIRED")]
+    handoff_nats_tls_required: Option<bool>,
+    /// Bound of the NATS connection attempt, ms [default: 5000].
+    #[arg(long, env = "REDRAIN_HANDOFF_NATS_CONNECT_TIMEOUT_MS")]
+    handoff_nats_connect_timeout_ms: Option<u64>,
+    /// Wait for a JetStream publish ack before the attempt fails, ms [default: 5000].
+    #[arg(long, env = "REDRAIN_HANDOFF_NATS_ACK_TIMEOUT_MS")]
+    handoff_nats_ack_timeout_ms: Option<u64>,
     /// Write a CPU flamegraph (SVG) of the node to this file.
     #[arg(long)]
     profile: Option<PathBuf>,
@@ -227,8 +311,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         clock_offset_ms,
         shake_interval_ms,
         issuance_quota_per_s,
-        cursor_step
+        cursor_step,
+        handoff_sink,
+        handoff_batch_records_max,
+        handoff_retry_backoff_max_ms,
+        handoff_file_bytes_max,
+        handoff_file_age_max_s,
+        handoff_nats_urls,
+        handoff_nats_stream,
+        handoff_nats_subject,
+        handoff_nats_create_stream,
+        handoff_nats_tls_required,
+        handoff_nats_connect_timeout_ms,
+        handoff_nats_ack_timeout_ms
     );
+    if args.handoff_dir.is_some() {
+        c.handoff_dir = args.handoff_dir.clone();
+    }
+    if args.handoff_nats_credentials.is_some() {
+        c.handoff_nats_credentials = args.handoff_nats_credentials.clone();
+    }
+    if args.handoff_nats_tls_ca.is_some() {
+        c.handoff_nats_tls_ca = args.handoff_nats_tls_ca.clone();
+    }
     if args.tickets.is_some() {
         c.tickets = args.tickets.clone();
         c.keyring = args.keyring.clone();
@@ -281,6 +386,7 @@ fn main() {
         Command::Tickets(a) => redrain_engine::tickets::cli::run(a),
         Command::Replica(a) => redrain_storage::replica_cli::run(a),
         Command::Rain(a) => rain(a).map(|()| 0),
+        Command::Handoff(a) => handoff(a).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -82,7 +82,7 @@ impl Histogram {
         self.sum_us.fetch_add(value_us.saturating_mul(n), Relaxed);
     }
 
-    fn snapshot(&self) -> ([u64; LATENCY_BUCKETS_US.len() + 1], u64) {
+    pub fn snapshot(&self) -> ([u64; LATENCY_BUCKETS_US.len() + 1], u64) {
         let mut b = [0u64; LATENCY_BUCKETS_US.len() + 1];
         for (dst, src) in b.iter_mut().zip(&self.buckets) {
             *dst = src.load(Relaxed);
@@ -151,6 +151,8 @@ pub struct CoreMetrics {
     pub writes_total: AtomicU64,
     /// The red-packet rain and its streams (rendered by `rain::metrics`).
     pub rain: crate::rain::metrics::RainMetrics,
+    /// The payment hand-off of this core's open queue (rendered by `handoff::metrics`).
+    pub handoff: crate::handoff::metrics::HandoffMetrics,
     frames_total: [[AtomicU64; OUTCOMES.len()]; TYPE_SLOTS],
     rejected_total: [AtomicU64; ErrorCode::ALL.len()],
     latency: [Histogram; TYPE_SLOTS],

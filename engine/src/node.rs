@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 /// File descriptors kept free for logs, data files and admin connections.
 pub const FD_RESERVE: u64 = 256;
 pub use redrain_tuning::process::{io_memory_per_core, GLOMMIO_RINGS_PER_CORE};
+/// CPU shares of each core's hand-off consumer task queue (connections run with 1000).
+pub const HANDOFF_SHARES: usize = 100;
 
 /// Optional CPU profile written as a flamegraph SVG.
 #[derive(Debug, Clone)]
@@ -154,6 +156,8 @@ pub struct BoundAddrs {
 }
 
 struct CoreSetup {
+    /// This core's payment hand-off sink (when the node serves a rain).
+    sink: Option<crate::handoff::CoreSink>,
     /// This core's rain state (dispenser with recovered cursors, opened packets).
     rain: Option<(CoreRecovery, crate::rain::dispenser::Dispenser)>,
     plain: std::net::TcpListener,
@@ -228,6 +232,16 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
     };
 
     let rain = crate::rain::start(&config, cores)?;
+    // The hand-off's sinks open before any executor starts: a missing stream, an
+    // unreachable server or a damaged position refuses the start with a clear message.
+    let handoff = match &rain {
+        Some(_) => Some(crate::handoff::start(&config, cores).context("starting the payment hand-off")?),
+        None => None,
+    };
+    let (mut sinks, _nats_link): (Vec<_>, _) = match handoff {
+        Some(h) => (h.sinks.into_iter().map(Some).collect(), h.nats),
+        None => ((0..cores).map(|_| None).collect(), None),
+    };
     let (rain_shared, mut rain_cores): (Option<Arc<RainShared>>, Vec<_>) = match rain {
         Some(start) => (Some(start.shared), start.cores.into_iter().map(Some).collect()),
         None => (None, (0..cores).map(|_| None).collect()),
@@ -251,6 +265,7 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
     let mut admin = Some(admin);
     for (i, p) in plain.into_iter().enumerate() {
         setups.push(CoreSetup {
+            sink: sinks[i].take(),
             rain: rain_cores[i].take(),
             plain: p,
             tls: tls_iter.as_mut().and_then(|it| it.next()),
@@ -382,8 +397,17 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
             metrics::render_thread_cpu(&metrics::thread_cpu_seconds(), &mut body);
             if node.rain.is_some() {
                 crate::rain::metrics::render(&rain, &mut body);
+                let handoff: Vec<_> = node.metrics.iter().map(|m| &m.handoff).collect();
+                let (sink, now_ms) = (node.config.handoff_sink.name(), node.clock().unix_ms);
+                crate::handoff::metrics::render(&handoff, sink, now_ms, &mut body);
             }
             AdminResponse { status: 200, content_type: "text/plain; version=0.0.4", body }
+        }
+        "/handoff" if node.rain.is_some() => {
+            let handoff: Vec<_> = node.metrics.iter().map(|m| &m.handoff).collect();
+            let (sink, now_ms) = (node.config.handoff_sink.name(), node.clock().unix_ms);
+            let body = crate::handoff::metrics::status_json(&handoff, sink, now_ms);
+            AdminResponse { status: 200, content_type: "application/json", body }
         }
         "/healthz" if node.shutting_down() => {
             AdminResponse { status: 503, content_type: "text/plain", body: "draining\n".into() }
@@ -410,6 +434,19 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
         let storage = CoreStorage::open(&core, &node.config.data_dir, rain_log_config(), files).await?;
         let _ = core.storage.set(storage);
         core.housekeeping(false);
+        if let Some(sink) = setup.sink {
+            // Its own task queue with a small share: under load the consumer yields the
+            // core to the connections and still drains (the queue has its bound behind it).
+            let queue = glommio::executor().create_task_queue(
+                glommio::Shares::Static(HANDOFF_SHARES),
+                glommio::Latency::NotImportant,
+                "handoff",
+            );
+            let bounds = crate::handoff::ConsumerBounds::from_config(&node.config);
+            glommio::spawn_local_into(crate::handoff::consumer::run(core.clone(), sink, bounds), queue)
+                .map_err(|e| anyhow::anyhow!("core {id}: starting the hand-off consumer: {e}"))?
+                .detach();
+        }
     }
     core.spawn_handoff_receivers(setup.receivers);
     core.connect_doorbells(setup.senders).await;

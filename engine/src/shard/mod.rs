@@ -233,6 +233,10 @@ impl Core {
                 m.set_dispenser(&d.stats(), remaining);
             }
         }
+        if let Some(storage) = self.storage.get() {
+            // The hand-off's depth grows while its consumer waits on a stalled sink.
+            self.metrics().handoff.durable_lsn.store(storage.opens.durable_lsn(), Ordering::Relaxed);
+        }
         if every_second {
             if let Some(storage) = self.storage.get() {
                 self.metrics().rain.cursors.set(&storage.cursors);

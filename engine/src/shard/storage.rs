@@ -106,11 +106,16 @@ impl CoreStorage {
 fn spawn_pump(core: Rc<Core>) -> LocalSender<(u64, AppendFuture)> {
     let (tx, rx) = local_channel::new_unbounded::<(u64, AppendFuture)>();
     glommio::spawn_local(async move {
+        // Failures are counted per stream in /metrics; the log gets one line per second.
+        let mut last_warned: Option<std::time::Instant> = None;
         while let Some((token, append)) = rx.recv().await {
             let ok = match append.await {
                 Ok(_) => true,
                 Err(e) => {
-                    log::warn!("core {}: append failed: {e}", core.id);
+                    if last_warned.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
+                        log::warn!("core {}: append failed: {e}", core.id);
+                        last_warned = Some(std::time::Instant::now());
+                    }
                     false
                 }
             };

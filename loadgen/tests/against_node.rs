@@ -328,7 +328,9 @@ fn shake_opens_every_win_and_checks_every_answer() {
     let c = |k: &str| s.scenario_counters[k];
     assert_eq!(s.sessions.established, 20);
     assert!(c("won") > 0 && c("lost") > 0, "{:?}", s.scenario_counters);
-    assert!(c("opened") + 20 >= c("won") && c("opened") <= c("won"), "{:?}", s.scenario_counters);
+    // Counters cover the window: a win of its last moment is opened after it, a win of the
+    // warm-up inside it (at most one per connection either way, one request in flight).
+    assert!(c("opened") + 20 >= c("won") && c("opened") <= c("won") + 20, "{:?}", s.scenario_counters);
     assert!(c("amount_fen_opened") >= c("opened"), "every opened packet has an amount");
     for k in ["duplicate_packets", "open_errors", "wrong_response_type", "wrong_packet", "too_fast", "interval_waits"] {
         assert_eq!(c(k), 0, "{k}: {:?}", s.scenario_counters);

@@ -364,6 +364,8 @@ async fn reader<S: Scenario, B: Backend>(
     let drain_end = B::sleep_until(ctx.instant(tl.drain_end_ns));
     tokio::pin!(drain_end);
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    // Where answers to warm-up requests count (discarded): the run's counters cover its window.
+    let mut warmup_counters: Vec<u64> = Vec::new();
     loop {
         // A read is cancelled only when nothing more is expected (or at the
         // drain deadline): a cancelled tokio-uring read may swallow bytes.
@@ -390,6 +392,9 @@ async fn reader<S: Scenario, B: Backend>(
             let ConnState { codec, scenario, pending, closed, lost, .. } = &mut *st;
             codec.feed(&buf[..n]);
             let stats = &mut *stats;
+            if warmup_counters.len() != stats.scenario_counters.len() {
+                warmup_counters.resize(stats.scenario_counters.len(), 0);
+            }
             let drained = codec.drain(|header, parsed| {
                 if header.request_id == 0 {
                     match parsed {
@@ -424,7 +429,10 @@ async fn reader<S: Scenario, B: Backend>(
                         }
                     }
                     Ok(Response::Error { code, retry_after_ms, .. }) => {
-                        scenario.on_error(p.sequence, code, retry_after_ms, &mut stats.scenario_counters);
+                        // Warm-up answers update the scenario's state but not its counters.
+                        let counters =
+                            if p.measured { &mut stats.scenario_counters[..] } else { &mut warmup_counters[..] };
+                        scenario.on_error(p.sequence, code, retry_after_ms, counters);
                         if p.measured {
                             stats.record_error(code, interval);
                         }
@@ -434,7 +442,9 @@ async fn reader<S: Scenario, B: Backend>(
                         }
                     }
                     Ok(response) => {
-                        let verdict = scenario.check(p.sequence, &response, &mut stats.scenario_counters);
+                        let counters =
+                            if p.measured { &mut stats.scenario_counters[..] } else { &mut warmup_counters[..] };
+                        let verdict = scenario.check(p.sequence, &response, counters);
                         if p.measured {
                             match verdict {
                                 Check::Ok => stats.record_ok(

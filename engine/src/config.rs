@@ -86,6 +86,13 @@ pub struct Config {
     pub cursor_step: u64,
     /// Ticket records read ahead per file.
     pub ticket_prefetch_records: usize,
+    /// The two peers (`redrain replica serve`, one in each other park) that hold copies of
+    /// the open queue; an open is answered when its record is on 2 of 3 copies. Empty:
+    /// the open queue is local (durable on this node's disk).
+    pub opens_replica_peers: Vec<SocketAddr>,
+    /// How long an open waits for a peer's copy before it is answered Busy (its record
+    /// stays in the queue and is confirmed when a peer returns).
+    pub opens_replica_commit_timeout_ms: u64,
     /// Where the payment hand-off drains the open queue: `file` or `nats`.
     pub handoff_sink: HandoffSinkKind,
     /// Directory of the `file` sink's NDJSON files [default: `data_dir/handoff`].
@@ -190,6 +197,8 @@ impl Default for Config {
             shake_users_max: 1_000_000,
             cursor_step: 4_096,
             ticket_prefetch_records: 4_096,
+            opens_replica_peers: Vec::new(),
+            opens_replica_commit_timeout_ms: 5_000,
             handoff_sink: HandoffSinkKind::File,
             handoff_dir: None,
             handoff_batch_records_max: 4_096,
@@ -263,6 +272,14 @@ impl Config {
         }
         if !(1..=1 << 24).contains(&self.cursor_step) || !(1..=1 << 20).contains(&self.ticket_prefetch_records) {
             return invalid("cursor_step/ticket_prefetch_records", "must be within 1..=16777216 / 1..=1048576");
+        }
+        if !self.opens_replica_peers.is_empty()
+            && (self.opens_replica_peers.len() != 2 || self.opens_replica_peers[0] == self.opens_replica_peers[1])
+        {
+            return invalid("opens_replica_peers", "give exactly two different peers (or none)");
+        }
+        if self.opens_replica_commit_timeout_ms == 0 {
+            return invalid("opens_replica_commit_timeout_ms", "must be positive");
         }
         if self.sealed_ticket_ttl_s == 0 {
             return invalid("sealed_ticket_ttl_s", "must be positive");

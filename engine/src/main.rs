@@ -253,6 +253,13 @@ struct ServeArgs {
     /// Wait for a JetStream publish ack before the attempt fails, ms [default: 5000].
     #[arg(long, env = "REDRAIN_HANDOFF_NATS_ACK_TIMEOUT_MS")]
     handoff_nats_ack_timeout_ms: Option<u64>,
+    /// Two peers holding copies of the open queue (`redrain replica serve`), comma-separated;
+    /// opens are then answered on 2 of 3 copies [default: none, local only].
+    #[arg(long, env = "REDRAIN_OPENS_REPLICA_PEERS", value_delimiter = ',')]
+    opens_replica_peers: Option<Vec<SocketAddr>>,
+    /// How long an open waits for a peer's copy before it is answered Busy, ms [default: 5000].
+    #[arg(long, env = "REDRAIN_OPENS_REPLICA_COMMIT_TIMEOUT_MS")]
+    opens_replica_commit_timeout_ms: Option<u64>,
     /// Write a CPU flamegraph (SVG) of the node to this file.
     #[arg(long)]
     profile: Option<PathBuf>,
@@ -310,6 +317,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         demo_event,
         clock_offset_ms,
         shake_interval_ms,
+        opens_replica_commit_timeout_ms,
         issuance_quota_per_s,
         cursor_step,
         handoff_sink,
@@ -333,6 +341,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.handoff_nats_tls_ca.is_some() {
         c.handoff_nats_tls_ca = args.handoff_nats_tls_ca.clone();
+    }
+    if let Some(peers) = args.opens_replica_peers.clone() {
+        c.opens_replica_peers = peers;
     }
     if args.tickets.is_some() {
         c.tickets = args.tickets.clone();

@@ -431,7 +431,15 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     };
     let core = Rc::new(Core::new(id, node.clone(), state));
     if node.rain.is_some() {
-        let storage = CoreStorage::open(&core, &node.config.data_dir, rain_log_config(), files).await?;
+        let peers = match node.config.opens_replica_peers.as_slice() {
+            [a, b] => Some(crate::shard::storage::OpenQueuePeers {
+                node_id: node.config.node_id,
+                peers: [*a, *b],
+                commit_timeout: Duration::from_millis(node.config.opens_replica_commit_timeout_ms),
+            }),
+            _ => None,
+        };
+        let storage = CoreStorage::open(&core, &node.config.data_dir, rain_log_config(), files, peers).await?;
         let _ = core.storage.set(storage);
         core.housekeeping(false);
         if let Some(sink) = setup.sink {
@@ -483,7 +491,7 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     core.housekeeping(true);
     if let Some(storage) = core.storage.get() {
         let deadline = Instant::now() + Duration::from_millis(1_000);
-        while storage.cursors.pending_appends() + storage.opens.pending_appends() > 0 && Instant::now() < deadline {
+        while storage.cursors.pending_appends() + storage.opens().pending_appends() > 0 && Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(2)).await;
         }
     }

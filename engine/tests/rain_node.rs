@@ -466,3 +466,112 @@ fn the_node_serves_the_rain_from_a_relative_data_dir_as_on_embedded_defaults() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A `redrain replica serve` process on a free loopback port; killed when dropped.
+struct Replica {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Replica {
+    fn start(dir: &Path, listen: &str) -> Replica {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
+            .args(["replica", "serve", "--listen", listen, "--data-dir", dir.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        Replica { child, addr, dir: dir.to_path_buf() }
+    }
+
+    /// Packet ids of the open records this replica holds for (node 0, `core`).
+    fn opened_packets(&self, core: u16) -> Vec<u64> {
+        let out = self.dir.with_extension(format!("core{core}.ndjson"));
+        let status = Command::new(env!("CARGO_BIN_EXE_redrain"))
+            .args(["replica", "export", "--data-dir", self.dir.to_str().unwrap(), "--origin", "0"])
+            .args(["--core", &core.to_string(), "--ndjson", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        if !status.status.success() {
+            return Vec::new(); // no replica of that core yet
+        }
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let payload = hex::decode(v["payload_hex"].as_str()?).ok()?;
+                let kind = v["kind"].as_u64()? as u8;
+                redrain_engine::rain::records::OpenRecord::decode(kind, &payload).ok().map(|r| r.packet_id)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn with_peers_an_open_is_answered_on_two_of_three_copies_and_waits_when_both_are_gone() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Replica::start(&root.path().join("park-a"), "127.0.0.1:0");
+    let b = Replica::start(&root.path().join("park-b"), "127.0.0.1:0");
+    let peers = format!("{},{}", a.addr, b.addr);
+    let node = start_rain(
+        tempfile::tempdir().unwrap(),
+        &["--opens-replica-peers", &peers, "--opens-replica-commit-timeout-ms", "1000"],
+    );
+    let mut c = node.login(21, 1);
+    let first = win(&mut c);
+    let (packet, amount, _) = open(&mut c, &first).unwrap();
+    // The record is on both peers (each holds the stream of the user's home core).
+    let core = redrain_engine::shard::handoff::home_core(21, 2) as u16;
+    let until = Instant::now() + TIMEOUT;
+    while !(a.opened_packets(core).contains(&packet) && b.opened_packets(core).contains(&packet)) {
+        assert!(Instant::now() < until, "the open record did not reach both peers");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // One peer gone: local + the other = 2 of 3, opens still answered.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let second = win(&mut c);
+    assert!(open(&mut c, &second).unwrap().1 > 0);
+    // Both gone: the record is durable here only; the open is answered Busy, and a retry
+    // appends nothing (it waits for a peer's copy).
+    drop(b);
+    let third = win(&mut c);
+    assert_eq!(server_code(open(&mut c, &third)), ErrorCode::Busy.as_u16());
+    assert_eq!(server_code(open(&mut c, &third)), ErrorCode::Busy.as_u16());
+    node.wait_metric("redrain_rain_opens_unconfirmed_total", &[], 1.0);
+    // A peer returns (same address and data): the record ships, and the retry opens it.
+    a = Replica::start(&root.path().join("park-a"), &a.addr.to_string());
+    let until = Instant::now() + Duration::from_secs(20);
+    let opened = loop {
+        match open(&mut c, &third) {
+            Ok(r) => break r,
+            Err(ClientError::Server { code, .. }) if code == ErrorCode::Busy.as_u16() => {
+                assert!(Instant::now() < until, "the open was not confirmed after a peer returned");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert!(opened.1 > 0);
+    assert_eq!(open(&mut c, &first).unwrap().1, amount, "earlier opens stay opened");
+    // Exactly one record per packet in the node's queue.
+    drop(c);
+    let mut node = node;
+    stop(&mut node);
+    let report = export_and_reconcile(&data_dir(&node));
+    assert_eq!(verdict(&report, "duplicate"), 0, "{report}");
+    assert_eq!(report["opened_records"].as_u64(), Some(3), "{report}");
+    drop(a);
+}

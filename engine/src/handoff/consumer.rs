@@ -71,7 +71,7 @@ pub async fn run(core: Rc<Core>, sink: CoreSink, bounds: ConsumerBounds) {
     let node = core.node.clone();
     let clock = || node.clock().unix_ms;
     let stop = || node.shutting_down();
-    drain(&storage.opens, sink, bounds, &core.metrics().handoff, core.id, &clock, &stop).await;
+    drain(storage.opens(), sink, bounds, &core.metrics().handoff, core.id, &clock, &stop).await;
 }
 
 /// Drains `log` into `sink` until `stop()`: the consumer without its core (benchmarks

@@ -34,6 +34,8 @@ pub struct RainMetrics {
     pub opens_repeated_total: AtomicU64,
     pub opens_instant_credit_total: AtomicU64,
     pub open_record_failures_total: AtomicU64,
+    /// Open records durable here that no peer confirmed in time (answered Busy).
+    pub opens_unconfirmed_total: AtomicU64,
     pub opened_amount_fen_total: AtomicU64,
     /// Packets in the core's opened set (recovered and new).
     pub opened_packets: AtomicU64,
@@ -91,7 +93,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Renders every core's rain block (one family per metric, a `core` label each).
 pub fn render(cores: &[&RainMetrics], out: &mut String) {
     type Getter = fn(&RainMetrics) -> &AtomicU64;
-    const FAMILIES: [(&str, &str, &str, Getter); 24] = [
+    const FAMILIES: [(&str, &str, &str, Getter); 25] = [
         ("redrain_rain_shakes_total", "counter", "Shakes answered (any outcome).", |m| &m.shakes_total),
         ("redrain_rain_shakes_won_total", "counter", "Shakes that won a sealed ticket.", |m| &m.shakes_won_total),
         ("redrain_rain_shakes_too_fast_total", "counter", "Shakes refused by the per-user interval.", |m| {
@@ -123,6 +125,12 @@ pub fn render(cores: &[&RainMetrics], out: &mut String) {
         ("redrain_rain_open_record_failures_total", "counter", "Open records that failed to become durable.", |m| {
             &m.open_record_failures_total
         }),
+        (
+            "redrain_rain_opens_unconfirmed_total",
+            "counter",
+            "Open records durable here that no peer confirmed in time (answered Busy, confirmed later).",
+            |m| &m.opens_unconfirmed_total,
+        ),
         ("redrain_rain_opened_amount_fen_total", "counter", "Money in opened packets (fen).", |m| {
             &m.opened_amount_fen_total
         }),

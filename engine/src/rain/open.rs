@@ -69,6 +69,8 @@ pub enum OpenState {
     InFlight,
     /// Opened (durably).
     Opened,
+    /// Its record is durable here but not yet on a peer (replicated queue, peers away).
+    Unconfirmed,
 }
 
 /// A request waiting for an open record to become durable.
@@ -87,12 +89,16 @@ pub struct OpenWaiter {
 pub struct OpenSet {
     opened: HashSet<u64>,
     in_flight: HashMap<u64, (Ticket, Vec<OpenWaiter>)>,
+    /// Records in the queue, not yet on 2 of 3 copies: packet -> its LSN.
+    unconfirmed: HashMap<u64, u64>,
 }
 
 impl OpenSet {
     pub fn state(&self, packet_id: u64) -> OpenState {
         if self.opened.contains(&packet_id) {
             OpenState::Opened
+        } else if self.unconfirmed.contains_key(&packet_id) {
+            OpenState::Unconfirmed
         } else if self.in_flight.contains_key(&packet_id) {
             OpenState::InFlight
         } else {
@@ -131,6 +137,28 @@ impl OpenSet {
         }
     }
 
+    /// The record of `packet_id` is in the queue (durable here) at `lsn`, but no peer
+    /// confirmed it yet: it must never be appended again. Returns who waited.
+    pub fn finish_unconfirmed(&mut self, packet_id: u64, lsn: u64) -> Option<(Ticket, Vec<OpenWaiter>)> {
+        let done = self.in_flight.remove(&packet_id)?;
+        self.unconfirmed.insert(packet_id, lsn);
+        Some(done)
+    }
+
+    /// Records up to `commit_lsn` are on 2 of 3 copies: their packets are opened.
+    pub fn confirm_up_to(&mut self, commit_lsn: u64) -> usize {
+        let before = self.unconfirmed.len();
+        let opened = &mut self.opened;
+        self.unconfirmed.retain(|packet, lsn| {
+            let confirmed = *lsn <= commit_lsn;
+            if confirmed {
+                opened.insert(*packet);
+            }
+            !confirmed
+        });
+        before - self.unconfirmed.len()
+    }
+
     /// The record of `packet_id` is durable (`ok`) or failed: returns who waited.
     pub fn finish(&mut self, packet_id: u64, ok: bool) -> Option<(Ticket, Vec<OpenWaiter>)> {
         let done = self.in_flight.remove(&packet_id)?;
@@ -164,5 +192,18 @@ mod tests {
         set.finish(5, true).unwrap();
         assert_eq!(set.state(5), OpenState::Opened);
         assert!(!set.join(5, waiter(4)));
+    }
+
+    #[test]
+    fn an_unconfirmed_record_is_never_appended_again_and_opens_once_a_peer_has_it() {
+        let ticket = Ticket { packet_id: 9, amount_fen: 100, batch_id: 0, key_id: 1 };
+        let mut set = OpenSet::default();
+        set.begin(ticket, waiter(1));
+        set.finish_unconfirmed(9, 40).unwrap();
+        assert_eq!(set.state(9), OpenState::Unconfirmed);
+        assert_eq!(set.confirm_up_to(39), 0);
+        assert_eq!(set.state(9), OpenState::Unconfirmed);
+        assert_eq!(set.confirm_up_to(40), 1);
+        assert_eq!(set.state(9), OpenState::Opened);
     }
 }

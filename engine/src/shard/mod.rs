@@ -224,6 +224,9 @@ impl Core {
         let clock = self.node.clock();
         {
             let mut state = self.state.borrow_mut();
+            if let Some(storage) = self.storage.get() {
+                state.on_committed(storage.opens_commit_lsn(), self.metrics());
+            }
             state.on_tick(clock, every_second);
             let m = &self.metrics().rain;
             m.opened_packets.store(state.opened_len() as u64, Ordering::Relaxed);
@@ -235,20 +238,26 @@ impl Core {
         }
         if let Some(storage) = self.storage.get() {
             // The hand-off's depth grows while its consumer waits on a stalled sink.
-            self.metrics().handoff.durable_lsn.store(storage.opens.durable_lsn(), Ordering::Relaxed);
+            self.metrics().handoff.durable_lsn.store(storage.opens().durable_lsn(), Ordering::Relaxed);
         }
         if every_second {
             if let Some(storage) = self.storage.get() {
                 self.metrics().rain.cursors.set(&storage.cursors);
-                self.metrics().rain.opens.set(&storage.opens);
+                self.metrics().rain.opens.set(storage.opens());
             }
         }
         self.dispatch();
     }
 
     /// An append of the storage facade finished.
-    pub fn on_appended(self: &Rc<Self>, token: u64, ok: bool) {
-        self.state.borrow_mut().on_appended(token, ok, self.metrics());
+    pub fn on_appended(self: &Rc<Self>, token: u64, outcome: storage::Appended) {
+        match outcome {
+            storage::Appended::Durable => self.state.borrow_mut().on_appended(token, true, self.metrics()),
+            storage::Appended::Failed => self.state.borrow_mut().on_appended(token, false, self.metrics()),
+            storage::Appended::Unconfirmed(lsn) => {
+                self.state.borrow_mut().on_append_unconfirmed(token, lsn, self.metrics())
+            }
+        }
         self.dispatch();
     }
 

@@ -123,6 +123,9 @@ impl ConnAnswers<'_> {
     }
 }
 
+/// Retry-after sent with Busy while an open's record waits for a peer's copy.
+const UNCONFIRMED_RETRY_AFTER_MS: u32 = 500;
+
 /// Retry-after sent with Busy when the pending table is full.
 const BUSY_RETRY_AFTER_MS: u32 = 100;
 
@@ -374,6 +377,14 @@ impl ShardState {
         let instant = rain.event.instant_credit(ticket.amount_fen);
         let flags = if instant { OPEN_FLAG_INSTANT_CREDIT } else { 0 };
         match self.opens.state(ticket.packet_id) {
+            OpenState::Unconfirmed => {
+                // Its record is in the queue; the answer waits for a peer's copy.
+                metrics.rejected(ErrorCode::Busy);
+                metrics.frame(Some(MessageType::Open), Outcome::System);
+                Response::error(ErrorCode::Busy, UNCONFIRMED_RETRY_AFTER_MS, "open recorded; waiting for a peer copy")
+                    .encode(request_id, out.tail());
+                Handled::Now
+            }
             OpenState::Opened => {
                 metrics.rain.opens_repeated_total.fetch_add(1, Relaxed);
                 metrics.frame(Some(MessageType::Open), Outcome::Ok);
@@ -480,6 +491,45 @@ impl ShardState {
                 self.poll_dispenser_io();
             }
             Pending::Exact => {}
+        }
+    }
+
+    /// An append is durable here but no peer confirmed it in time (replicated open queue
+    /// with its peers away). An open's record is in the queue and is never appended again:
+    /// its waiters hear Busy, and the packet opens when `on_committed` passes its LSN.
+    pub fn on_append_unconfirmed(&mut self, token: u64, lsn: u64, metrics: &CoreMetrics) {
+        let Some(pending) = self.pending.remove(&token) else { return };
+        match pending {
+            Pending::Open { packet_id } => {
+                let Some((_, waiters)) = self.opens.finish_unconfirmed(packet_id, lsn) else { return };
+                self.open_waiters -= waiters.len().min(self.open_waiters);
+                metrics.rain.opens_unconfirmed_total.fetch_add(1, Relaxed);
+                for w in waiters {
+                    let mut frame = Vec::with_capacity(64);
+                    metrics.rejected(ErrorCode::Busy);
+                    metrics.frame(Some(MessageType::Open), Outcome::System);
+                    Response::error(
+                        ErrorCode::Busy,
+                        UNCONFIRMED_RETRY_AFTER_MS,
+                        "open recorded; waiting for a peer copy",
+                    )
+                    .encode(w.request_id, &mut frame);
+                    self.outputs.push(Output::Respond { conn: w.conn, slot: w.slot, frame });
+                }
+            }
+            // Cursor records only need this disk.
+            Pending::Reserve { .. } | Pending::Exact => {
+                self.pending.insert(token, pending);
+                self.on_appended(token, true, metrics);
+            }
+        }
+    }
+
+    /// The open queue is on 2 of 3 copies up to `commit_lsn`: unconfirmed opens are opened.
+    pub fn on_committed(&mut self, commit_lsn: u64, metrics: &CoreMetrics) {
+        let confirmed = self.opens.confirm_up_to(commit_lsn);
+        if confirmed > 0 {
+            metrics.rain.opens_recorded_total.fetch_add(confirmed as u64, Relaxed);
         }
     }
 

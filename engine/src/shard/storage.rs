@@ -3,7 +3,8 @@
 //! into state-machine inputs.
 //!
 //! Streams: `core-<n>/cursors` (issuance cursors) and `core-<n>/opens` (the open queue),
-//! each a `redrain-storage` [`Log`] with group commit. Appends of one log resolve in LSN
+//! each a `redrain-storage` [`Log`] with group commit. With peers configured the open
+//! queue is a [`ReplicatedLog`]: an open is answered when its record is on 2 of 3 copies. Appends of one log resolve in LSN
 //! order, so one pump task per stream awaits them front to back and reports each to the
 //! core; a group commit of thousands of opens wakes the pump once and drains in one pass.
 //! Ticket files are read with glommio's buffered file I/O on the core's ring, never with a
@@ -14,18 +15,50 @@ use super::Core;
 use crate::rain::export::stream_dir;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::io::BufferedFile;
-use redrain_storage::{AppendFuture, GlommioFileSystem, Log, LogConfig};
+use redrain_storage::{
+    GlommioFileSystem, Log, LogConfig, Lsn, ReplicatedLog, ReplicationConfig, StorageError, StreamId,
+};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
+
+/// An append in flight: resolves when durable (locally, or on 2 of 3 copies).
+type Append = Pin<Box<dyn Future<Output = redrain_storage::Result<Lsn>>>>;
+
+/// The open queue: a local log, or a log replicated to the node's two peers.
+enum OpenQueue {
+    Local(Log),
+    Replicated(Rc<ReplicatedLog>),
+}
+
+/// The two peers (in the other parks) that hold copies of every core's open queue.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenQueuePeers {
+    pub node_id: u16,
+    pub peers: [std::net::SocketAddr; 2],
+    pub commit_timeout: std::time::Duration,
+}
+
+/// How an append ended, as the state machine needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Durable (on 2 of 3 copies when replicated).
+    Durable,
+    /// Not written.
+    Failed,
+    /// Durable here, but no peer confirmed it in time: the record is in the queue.
+    Unconfirmed(Lsn),
+}
 
 /// One core's streams and files.
 pub struct CoreStorage {
     pub cursors: Log,
-    pub opens: Log,
-    cursor_pump: LocalSender<(u64, AppendFuture)>,
-    open_pump: LocalSender<(u64, AppendFuture)>,
+    opens: OpenQueue,
+    cursor_pump: LocalSender<(u64, Append)>,
+    open_pump: LocalSender<(u64, Append)>,
     files: Vec<PathBuf>,
     open_files: RefCell<HashMap<usize, Rc<BufferedFile>>>,
 }
@@ -37,6 +70,7 @@ impl CoreStorage {
         data_dir: &Path,
         config: LogConfig,
         files: Vec<PathBuf>,
+        peers: Option<OpenQueuePeers>,
     ) -> anyhow::Result<CoreStorage> {
         let fs = Rc::new(GlommioFileSystem);
         let open_log = |stream: &'static str| {
@@ -50,21 +84,58 @@ impl CoreStorage {
             }
         };
         let cursors = open_log("cursors").await?;
-        let opens = open_log("opens").await?;
+        let opens = match peers {
+            None => OpenQueue::Local(open_log("opens").await?),
+            Some(p) => {
+                let dir = stream_dir(data_dir, core.id, "opens");
+                let stream = StreamId { origin_node: u32::from(p.node_id), core: core.id as u16 };
+                let mut replication = ReplicationConfig::new(stream, p.peers);
+                replication.commit_timeout = p.commit_timeout;
+                let (log, report) =
+                    ReplicatedLog::open(&dir, config.clone(), replication, fs.clone()).await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "core {}: opening the replicated open queue in {} (peers {:?}): {e}",
+                            core.id,
+                            dir.display(),
+                            p.peers
+                        )
+                    })?;
+                log::info!("core {}: open queue replicated to {:?}: {report:?}", core.id, p.peers);
+                OpenQueue::Replicated(Rc::new(log))
+            }
+        };
         let cursor_pump = spawn_pump(core.clone());
         let open_pump = spawn_pump(core.clone());
         Ok(CoreStorage { cursors, opens, cursor_pump, open_pump, files, open_files: RefCell::new(HashMap::new()) })
     }
 
+    /// The open queue's local log (replicated or not).
+    pub fn opens(&self) -> &Log {
+        match &self.opens {
+            OpenQueue::Local(log) => log,
+            OpenQueue::Replicated(r) => r.log(),
+        }
+    }
+
+    /// The highest LSN of the open queue on 2 of 3 copies (the local durable LSN when
+    /// the queue is not replicated).
+    pub fn opens_commit_lsn(&self) -> Lsn {
+        match &self.opens {
+            OpenQueue::Local(log) => log.durable_lsn(),
+            OpenQueue::Replicated(r) => r.commit_lsn(),
+        }
+    }
+
     /// Queues an append; its completion reaches the state machine in LSN order.
     pub fn append(&self, stream: Stream, kind: u8, payload: &[u8], token: u64) {
-        let (log, pump) = match stream {
-            Stream::Cursors => (&self.cursors, &self.cursor_pump),
-            Stream::Opens => (&self.opens, &self.open_pump),
-        };
         // The pump's queue holds at most the log's pending bound: appends beyond it are
         // refused at once (a ready future) by the log itself.
-        if pump.try_send((token, log.append(kind, payload))).is_err() {
+        let (append, pump): (Append, _) = match (stream, &self.opens) {
+            (Stream::Cursors, _) => (Box::pin(self.cursors.append(kind, payload)), &self.cursor_pump),
+            (Stream::Opens, OpenQueue::Local(log)) => (Box::pin(log.append(kind, payload)), &self.open_pump),
+            (Stream::Opens, OpenQueue::Replicated(r)) => (Box::pin(r.append_rc(kind, payload)), &self.open_pump),
+        };
+        if pump.try_send((token, append)).is_err() {
             log::error!("storage pump closed; append {token} dropped");
         }
     }
@@ -103,23 +174,29 @@ impl CoreStorage {
     }
 }
 
-fn spawn_pump(core: Rc<Core>) -> LocalSender<(u64, AppendFuture)> {
-    let (tx, rx) = local_channel::new_unbounded::<(u64, AppendFuture)>();
+fn spawn_pump(core: Rc<Core>) -> LocalSender<(u64, Append)> {
+    let (tx, rx) = local_channel::new_unbounded::<(u64, Append)>();
     glommio::spawn_local(async move {
         // Failures are counted per stream in /metrics; the log gets one line per second.
         let mut last_warned: Option<std::time::Instant> = None;
         while let Some((token, append)) = rx.recv().await {
-            let ok = match append.await {
-                Ok(_) => true,
+            let outcome = match append.await {
+                Ok(_) => Appended::Durable,
                 Err(e) => {
                     if last_warned.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
                         log::warn!("core {}: append failed: {e}", core.id);
                         last_warned = Some(std::time::Instant::now());
                     }
-                    false
+                    match e {
+                        // Raised only after the record was durable here.
+                        StorageError::NoQuorum { lsn } | StorageError::CommitTimeout { lsn } => {
+                            Appended::Unconfirmed(lsn)
+                        }
+                        _ => Appended::Failed,
+                    }
                 }
             };
-            core.on_appended(token, ok);
+            core.on_appended(token, outcome);
         }
     })
     .detach();

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Node, TIMEOUT};
+use common::{reconcile_demo, redrain, Node, TIMEOUT};
 use redrain_engine::tickets::reconcile::OpenedRecord;
 use redrain_net::client::{BlockingClient, ClientError};
 use redrain_net::message::{Request, Response, SEALED_TICKET_BYTES};
@@ -147,15 +147,6 @@ fn kill9(node: &mut Node) -> tempfile::TempDir {
     std::mem::replace(&mut node.dir, tempfile::tempdir().unwrap())
 }
 
-fn stop(node: &mut Node) {
-    unsafe { libc::kill(node.pid(), libc::SIGTERM) };
-    let until = Instant::now() + TIMEOUT;
-    while node.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < until, "node did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until every core's sink acknowledged every durable open.
 fn wait_drained(node: &Node) {
     // The streams' figures are copied once a second: let them catch up with the load's end.
@@ -178,33 +169,11 @@ fn wait_drained(node: &Node) {
     }
 }
 
-fn redrain(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_redrain")).args(args).output().expect("run redrain")
-}
-
 /// The node's own open queue, exported: what the sink must hold, exactly.
 fn exported_opens(data: &Path) -> Vec<OpenedRecord> {
     let out = redrain(&["rain", "export-opened", "--data-dir", data.to_str().unwrap()]);
     assert!(out.status.success(), "export: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-/// Reconciles NDJSON `opened` against the node's demo event.
-fn reconcile(data: &Path, opened: &Path) -> serde_json::Value {
-    let out = redrain(&[
-        "tickets",
-        "reconcile",
-        "--dir",
-        data.join("demo-event").to_str().unwrap(),
-        "--keyring",
-        data.join("demo-event.keyring.json").to_str().unwrap(),
-        "--opened",
-        opened.to_str().unwrap(),
-        "--json",
-    ]);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("reconcile: {e}: {} / {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    })
 }
 
 /// Checks a sink's records: each packet once, every acknowledged open with its amount,
@@ -225,7 +194,7 @@ fn check_sink_holds_every_open_once(sink: &[OpenedRecord], acked: &HashMap<u64, 
     let ndjson = data.join("sink-opened.ndjson");
     let text: String = sink.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
     std::fs::write(&ndjson, text).unwrap();
-    let report = reconcile(data, &ndjson);
+    let report = reconcile_demo(data, &ndjson);
     assert_eq!(report["opened_records"].as_u64(), Some(sink.len() as u64), "{report}");
     assert_eq!(report["ok"], true, "{report}");
 }
@@ -293,7 +262,7 @@ fn nats_sink_holds_every_acknowledged_open_exactly_once_across_server_and_node_k
     eprintln!("nats: {} acknowledged opens, {errors} sink errors during the outage", acked.len());
 
     let data = node.dir.path().join("data");
-    stop(&mut node);
+    node.stop();
     let records = stream_records(&url, "REDRAIN_OPENS");
     check_sink_holds_every_open_once(&records, &acked, &data);
 }
@@ -333,7 +302,7 @@ fn file_sink_holds_every_acknowledged_open_exactly_once_across_node_kills_and_ro
     let mut node = start_node(dir, &flags);
     wait_drained(&node);
     let data = node.dir.path().join("data");
-    stop(&mut node);
+    node.stop();
     let sink_dir = data.join("handoff");
     let files = std::fs::read_dir(&sink_dir).unwrap().count();
     assert!(files > 2, "8 KiB files rotate: {files} files");
@@ -408,7 +377,7 @@ fn a_full_sink_disk_stalls_the_hand_off_with_an_error_while_users_keep_opening_a
     wait_drained(&node);
     assert_eq!(node.metric_sum("redrain_handoff_stalled", &[]), 0.0);
     let data = node.dir.path().join("data");
-    stop(&mut node);
+    node.stop();
     check_sink_holds_every_open_once(&file_records(&sink_dir), &acked, &data);
     drop(tmpfs);
 }

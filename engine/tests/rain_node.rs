@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Node, TIMEOUT};
+use common::{promtool_check, reconcile_demo, redrain, Node, TIMEOUT};
 use redrain_engine::rain::seal::SealKey;
 use redrain_engine::tickets::format::Ticket;
 use redrain_engine::tickets::keyring::{cipher_for, Keyring};
@@ -65,52 +65,13 @@ fn win(c: &mut BlockingClient) -> Sealed {
     }
 }
 
-fn redrain(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_redrain")).args(args).output().expect("run redrain")
-}
-
-fn stop(node: &mut Node) {
-    unsafe { libc::kill(node.pid(), libc::SIGTERM) };
-    let until = Instant::now() + TIMEOUT;
-    while node.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < until, "node did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Takes a (stopped) node's directory for the next start.
-fn take_dir(node: &mut Node) -> tempfile::TempDir {
-    std::mem::replace(&mut node.dir, tempfile::tempdir().unwrap())
-}
-
-fn data_dir(node: &Node) -> std::path::PathBuf {
-    node.dir.path().join("data")
-}
-
 /// Exports the open queue and reconciles it against the demo event; returns the report.
 fn export_and_reconcile(data: &Path) -> serde_json::Value {
     let opened = data.join("opened.ndjson");
     let out =
         redrain(&["rain", "export-opened", "--data-dir", data.to_str().unwrap(), "--out", opened.to_str().unwrap()]);
     assert!(out.status.success(), "export: {}", String::from_utf8_lossy(&out.stderr));
-    let out = redrain(&[
-        "tickets",
-        "reconcile",
-        "--dir",
-        data.join("demo-event").to_str().unwrap(),
-        "--keyring",
-        data.join("demo-event.keyring.json").to_str().unwrap(),
-        "--opened",
-        opened.to_str().unwrap(),
-        "--json",
-    ]);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "reconcile output: {e}: {} / {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    reconcile_demo(data, &opened)
 }
 
 fn verdict(report: &serde_json::Value, name: &str) -> u64 {
@@ -162,9 +123,9 @@ fn many_users_shake_and_open_concurrently_and_reconciliation_is_clean() {
     let told = told.lock().unwrap().clone();
     let told_total: u64 = told.values().map(|a| u64::from(*a)).sum();
     assert_eq!(node.metric_sum("redrain_rain_opens_recorded_total", &[]) as usize, told.len());
-    stop(&mut node);
+    node.stop();
 
-    let report = export_and_reconcile(&data_dir(&node));
+    let report = export_and_reconcile(&node.data_dir());
     assert_eq!(report["opened_records"].as_u64(), Some(told.len() as u64), "{report}");
     for bad in ["duplicate", "unknown", "tampered", "mismatch", "malformed"] {
         assert_eq!(verdict(&report, bad), 0, "{bad}: {report}");
@@ -214,26 +175,7 @@ fn rain_metrics_of_every_core_are_a_valid_exposition() {
             assert!(m.contains(&format!("{family}{{core=\"{core}\"")), "{family} of core {core} missing");
         }
     }
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(_) if std::env::var_os("CI").is_none() => return,
-        Err(e) => panic!("promtool must be installed in CI: {e}"),
-    };
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&m);
 }
 
 #[test]
@@ -242,7 +184,7 @@ fn every_bad_ticket_kind_gets_its_own_code_and_nothing_is_recorded() {
     let mut alice = node.login(7, 1);
     let mut bob = node.login(8, 1);
     let sealed = win(&mut alice);
-    let forger = Forger::new(&data_dir(&node));
+    let forger = Forger::new(&node.data_dir());
     let key_id = forger.keyring.keys[0].key_id;
 
     let code = |c: &mut BlockingClient, s: &Sealed| server_code(open(c, s));
@@ -356,9 +298,9 @@ fn a_restart_keeps_opens_and_cursors_and_a_ticket_opens_after_its_slot_ended() {
     }
     let (packet, amount, _) = open(&mut c, &wins[0]).unwrap();
     drop(c);
-    stop(&mut node);
+    node.stop();
     // Restart 20 minutes later on the rain clock: every demo slot has ended.
-    let node = start_rain(take_dir(&mut node), &["--clock-offset-ms", "1200000"]);
+    let node = start_rain(node.take_dir(), &["--clock-offset-ms", "1200000"]);
     let mut c = node.login(9, 1);
     assert!(shake(&mut c).unwrap().is_none(), "no slot is open");
     assert!(node.metric_sum("redrain_rain_shakes_no_slot_total", &[]) >= 1.0);
@@ -416,7 +358,7 @@ fn sigkill_under_load_never_issues_or_opens_twice_and_loses_no_acknowledged_open
         }
         let mut node = node;
         let _ = node.child.wait();
-        dir = Some(take_dir(&mut node));
+        dir = Some(node.take_dir());
     }
     let dir = dir.unwrap();
     let report = export_and_reconcile(&dir.path().join("data"));
@@ -569,8 +511,8 @@ fn with_peers_an_open_is_answered_on_two_of_three_copies_and_waits_when_both_are
     // Exactly one record per packet in the node's queue.
     drop(c);
     let mut node = node;
-    stop(&mut node);
-    let report = export_and_reconcile(&data_dir(&node));
+    node.stop();
+    let report = export_and_reconcile(&node.data_dir());
     assert_eq!(verdict(&report, "duplicate"), 0, "{report}");
     assert_eq!(report["opened_records"].as_u64(), Some(3), "{report}");
     drop(a);

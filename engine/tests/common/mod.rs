@@ -132,6 +132,74 @@ impl Node {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// SIGTERM, then waits (bounded) for the drain to finish.
+    pub fn stop(&mut self) {
+        // SAFETY: a signal to our own child, by pid.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let until = Instant::now() + TIMEOUT;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < until, "node did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Takes a (stopped or killed) node's directory for the next start.
+    pub fn take_dir(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+/// Runs the `redrain` binary with `args`.
+pub fn redrain(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_redrain")).args(args).output().expect("run redrain")
+}
+
+/// Reconciles NDJSON `opened` against the demo event of data dir `data`; the JSON report.
+pub fn reconcile_demo(data: &std::path::Path, opened: &std::path::Path) -> serde_json::Value {
+    let out = redrain(&[
+        "tickets",
+        "reconcile",
+        "--dir",
+        data.join("demo-event").to_str().unwrap(),
+        "--keyring",
+        data.join("demo-event.keyring.json").to_str().unwrap(),
+        "--opened",
+        opened.to_str().unwrap(),
+        "--json",
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("reconcile: {e}: {} / {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// `promtool check metrics` must accept `text`; skipped when promtool is missing outside
+/// CI (CI installs it).
+pub fn promtool_check(text: &str) {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(_) if std::env::var_os("CI").is_none() => return,
+        Err(e) => panic!("promtool must be installed in CI: {e}"),
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub use redrain_net::prometheus::sum as metric_sum;

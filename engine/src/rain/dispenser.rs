@@ -26,7 +26,7 @@
 
 use super::event::{Event, EventFile};
 use super::records::CursorRecord;
-use crate::tickets::format::{check_record, record_ciphertext, record_key_id, FileTag, Ticket, RECORD_BYTES};
+use crate::tickets::format::{record_ciphertext, record_key_id, FileTag, Ticket, RECORD_BYTES};
 use std::collections::VecDeque;
 
 /// Bounds and rates of one core's dispenser.
@@ -276,8 +276,7 @@ impl Dispenser {
         index: u64,
         crc_seed: u32,
     ) -> Option<Drawn> {
-        let checked = check_record(record, index, crc_seed)
-            .and_then(|()| decryptor.decrypt(&record_ciphertext(record), record_key_id(record)));
+        let checked = decryptor.decrypt_record(record, index, crc_seed);
         match checked {
             Ok(ticket) => {
                 self.stats.tickets_issued_total += 1;

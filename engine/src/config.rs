@@ -127,6 +127,38 @@ pub struct Config {
     pub handoff_nats_connect_timeout_ms: u64,
     /// How long a publish waits for JetStream's ack before the attempt counts as failed.
     pub handoff_nats_ack_timeout_ms: u64,
+    /// How client sockets are read: `ring` (the core's own io_uring: multishot receives
+    /// into a provided-buffer ring, reaped in batches) or `glommio` (glommio's streams).
+    pub net_driver: NetDriver,
+    /// While requests keep coming, the `ring` driver reaps them this often, in µs,
+    /// instead of waking the core per request (0: whenever the core is idle).
+    pub net_batch_window_us: u32,
+    /// Receive buffers per core in the provided-buffer ring (power of two).
+    pub net_recv_buffers: u16,
+    /// Bytes per receive buffer.
+    pub net_recv_buffer_bytes: u32,
+    /// Submission queue entries of each core's network ring.
+    pub net_ring_entries: u32,
+}
+
+/// How client sockets are read (see `Config::net_driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetDriver {
+    Ring,
+    Glommio,
+}
+
+impl std::str::FromStr for NetDriver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ring" => Ok(NetDriver::Ring),
+            "glommio" => Ok(NetDriver::Glommio),
+            other => Err(format!("unknown network driver {other:?} (ring or glommio)")),
+        }
+    }
 }
 
 /// The hand-off sink.
@@ -216,6 +248,11 @@ impl Default for Config {
             handoff_nats_tls_required: false,
             handoff_nats_connect_timeout_ms: 5_000,
             handoff_nats_ack_timeout_ms: 5_000,
+            net_driver: NetDriver::Ring,
+            net_batch_window_us: 250,
+            net_recv_buffers: 512,
+            net_recv_buffer_bytes: 4096,
+            net_ring_entries: 1024,
         }
     }
 }
@@ -280,6 +317,15 @@ impl Config {
         }
         if self.opens_replica_commit_timeout_ms == 0 {
             return invalid("opens_replica_commit_timeout_ms", "must be positive");
+        }
+        if !self.net_recv_buffers.is_power_of_two() || self.net_recv_buffers > 32_768 {
+            return invalid("net_recv_buffers", "must be a power of two up to 32768");
+        }
+        if !(512..=1 << 20).contains(&self.net_recv_buffer_bytes) {
+            return invalid("net_recv_buffer_bytes", "must be within 512..=1048576");
+        }
+        if !(64..=32_768).contains(&self.net_ring_entries) || self.net_batch_window_us > 100_000 {
+            return invalid("net_ring_entries/net_batch_window_us", "need 64..=32768 entries and a window <= 100 ms");
         }
         if self.sealed_ticket_ttl_s == 0 {
             return invalid("sealed_ticket_ttl_s", "must be positive");

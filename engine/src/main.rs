@@ -175,6 +175,15 @@ struct ServeArgs {
     /// io_uring registered buffer bytes per core, capped to fit RLIMIT_MEMLOCK [default: 1048576].
     #[arg(long, env = "REDRAIN_IO_MEMORY_BYTES_PER_CORE")]
     io_memory_bytes_per_core: Option<usize>,
+    /// How client sockets are read: ring (the core's own io_uring, multishot receives) or glommio [default: ring].
+    #[arg(long, env = "REDRAIN_NET_DRIVER")]
+    net_driver: Option<redrain_engine::config::NetDriver>,
+    /// Ring driver: while requests keep coming, reap them this often, µs (0: whenever idle) [default: 250].
+    #[arg(long, env = "REDRAIN_NET_BATCH_WINDOW_US")]
+    net_batch_window_us: Option<u32>,
+    /// Ring driver: receive buffers per core, a power of two [default: 512].
+    #[arg(long, env = "REDRAIN_NET_RECV_BUFFERS")]
+    net_recv_buffers: Option<u16>,
     /// Graceful drain deadline on SIGTERM/SIGINT, ms [default: 5000].
     #[arg(long, env = "REDRAIN_SHUTDOWN_DRAIN_MS")]
     shutdown_drain_ms: Option<u32>,
@@ -312,6 +321,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         login_timeout_ms,
         write_timeout_ms,
         io_memory_bytes_per_core,
+        net_driver,
+        net_batch_window_us,
+        net_recv_buffers,
         shutdown_drain_ms,
         node_id,
         demo_event,

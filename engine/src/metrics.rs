@@ -153,6 +153,8 @@ pub struct CoreMetrics {
     pub rain: crate::rain::metrics::RainMetrics,
     /// The payment hand-off of this core's open queue (rendered by `handoff::metrics`).
     pub handoff: crate::handoff::metrics::HandoffMetrics,
+    /// The core's network ring (rendered by `shard::netring`).
+    pub net: crate::shard::netring::NetRingMetrics,
     frames_total: [[AtomicU64; OUTCOMES.len()]; TYPE_SLOTS],
     rejected_total: [AtomicU64; ErrorCode::ALL.len()],
     latency: [Histogram; TYPE_SLOTS],
@@ -322,6 +324,9 @@ pub fn render_prometheus(cores: &[&CoreMetrics], process: ProcessFigures, out: &
             let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(m).load(Relaxed));
         }
     }
+
+    let net: Vec<_> = cores.iter().map(|m| &m.net).collect();
+    crate::shard::netring::render_metrics(&net, out);
 
     family(out, "redrain_connections_closed_total", "counter", "Connections closed, by reason.");
     for (i, m) in cores.iter().enumerate() {

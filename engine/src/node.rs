@@ -430,6 +430,22 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
         _ => (ShardState::new(id, node.cores, None, None), Vec::new()),
     };
     let core = Rc::new(Core::new(id, node.clone(), state));
+    if node.config.net_driver == crate::config::NetDriver::Ring {
+        let config = crate::shard::netring::NetRingConfig {
+            entries: node.config.net_ring_entries,
+            buffers: node.config.net_recv_buffers,
+            buffer_bytes: node.config.net_recv_buffer_bytes,
+            batch_window: Duration::from_micros(u64::from(node.config.net_batch_window_us)),
+        };
+        match crate::shard::netring::NetRing::new(config) {
+            Ok(ring) => {
+                let ring = Rc::new(ring);
+                let _ = core.net.set(ring.clone());
+                glommio::spawn_local(ring.run()).detach();
+            }
+            Err(e) => log::warn!("core {id}: network ring unavailable ({e}); reading sockets through glommio"),
+        }
+    }
     if node.rain.is_some() {
         let peers = match node.config.opens_replica_peers.as_slice() {
             [a, b] => Some(crate::shard::storage::OpenQueuePeers {

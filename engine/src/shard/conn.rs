@@ -9,6 +9,7 @@
 
 use super::handoff::{home_core, Handoff};
 use super::mailbox::Mail;
+use super::netring::{NetToken, RecvEvent};
 use super::output::ConnOutput;
 use super::state::{Caller, ConnAnswers, Handled, RainRequest};
 use super::{ConnCtl, Core};
@@ -52,6 +53,8 @@ enum Start {
 struct Conn {
     core: Rc<Core>,
     stream: TcpStream,
+    /// The socket's registration in the core's network ring (None: glommio reads it).
+    net: Option<NetToken>,
     tls: Option<Box<rustls::ServerConnection>>,
     ctl: Rc<ConnCtl>,
     key: usize,
@@ -137,12 +140,14 @@ fn run(
 ) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
     let (key, ctl) = core.register_conn();
+    let net = core.net.get().map(|ring| ring.register(stream.as_raw_fd()));
     if matches!(start, Start::Fresh) {
         core.metrics().connections_accepted_total.fetch_add(1, Relaxed);
     }
     let mut conn = Conn {
         core,
         stream,
+        net,
         tls,
         ctl,
         key,
@@ -336,6 +341,16 @@ impl Conn {
         // Responses to frames before the Login (e.g. HelloOk) must reach the
         // client before anything the home core sends.
         self.flush(received_at).await.map_err(|e| Some(write_error_reason(&e)))?;
+        // This core's ring must stop receiving before the socket moves; what it got
+        // meanwhile moves with the session.
+        if let (Some(token), Some(ring)) = (self.net.take(), self.core.net.get()) {
+            let rest = ring.stop(token).await;
+            let bound = self.core.node.config.frame_bytes_max as usize + super::READ_SCRATCH_BYTES;
+            match self.tls.as_mut() {
+                Some(tls) => absorb_tls(tls, &rest, &mut self.inbound, bound).map_err(|()| Some(CloseReason::Tls))?,
+                None => self.inbound.extend_from_slice(&rest),
+            }
+        }
         // SAFETY: the fd is open for as long as `self.stream` lives.
         let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
             .try_clone_to_owned()
@@ -360,6 +375,7 @@ impl Conn {
                     self.tls = h.tls;
                     self.inbound = h.inbound;
                 }
+                self.net = self.core.net.get().map(|ring| ring.register(self.stream.as_raw_fd()));
                 metrics.handoff_queue_full_total.fetch_add(1, Relaxed);
                 metrics.frame(Some(MessageType::Login), Outcome::System);
                 metrics.rejected(ErrorCode::Busy);
@@ -372,7 +388,7 @@ impl Conn {
 
     /// Waits for inbound bytes (decrypting TLS into `inbound`) or a kick.
     async fn read(&mut self) -> ReadEvent {
-        let Conn { core, stream, tls, ctl, inbound, .. } = self;
+        let Conn { core, stream, net, tls, ctl, inbound, .. } = self;
         let frame_bytes_max = core.node.config.frame_bytes_max as usize;
         futures_lite::future::poll_fn(|cx| {
             if let Some(code) = ctl.close_requested() {
@@ -381,6 +397,27 @@ impl Conn {
             ctl.park(cx.waker());
             if ctl.has_completions() {
                 return Poll::Ready(ReadEvent::Answers);
+            }
+            if let (Some(token), Some(ring)) = (*net, core.net.get()) {
+                return match ring.poll_recv(token, cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(RecvEvent::Eof) => Poll::Ready(ReadEvent::Eof),
+                    Poll::Ready(RecvEvent::Failed(_)) => Poll::Ready(ReadEvent::Failed(CloseReason::Io)),
+                    Poll::Ready(RecvEvent::Data(data)) => {
+                        core.metrics().bytes_received_total.fetch_add(data.len() as u64, Relaxed);
+                        match tls {
+                            None if inbound.is_empty() => *inbound = data,
+                            None => inbound.extend_from_slice(&data),
+                            Some(tls) => {
+                                let bound = frame_bytes_max + super::READ_SCRATCH_BYTES;
+                                if absorb_tls(tls, &data, inbound, bound).is_err() {
+                                    return Poll::Ready(ReadEvent::Failed(CloseReason::Tls));
+                                }
+                            }
+                        }
+                        Poll::Ready(ReadEvent::Data)
+                    }
+                };
             }
             let mut scratch = core.scratch.borrow_mut();
             match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
@@ -482,6 +519,9 @@ impl Conn {
             }
         }
         self.core.unregister_conn(self.key);
+        if let (Some(token), Some(ring)) = (self.net.take(), self.core.net.get()) {
+            ring.release(token);
+        }
         if linger {
             linger_close(&mut self.stream).await;
         }

@@ -15,6 +15,7 @@ pub mod accept;
 pub mod conn;
 pub mod handoff;
 pub mod mailbox;
+pub mod netring;
 pub mod output;
 pub mod sessions;
 pub mod state;
@@ -152,6 +153,8 @@ pub struct Core {
     /// The core's streams and ticket files (set once at start, before accepting).
     pub storage: OnceCell<storage::CoreStorage>,
     outputs: RefCell<Vec<Output>>,
+    /// The core's own network ring (`net_driver = ring`), set at start.
+    pub net: OnceCell<Rc<netring::NetRing>>,
 }
 
 impl Core {
@@ -170,6 +173,7 @@ impl Core {
             state: RefCell::new(state),
             storage: OnceCell::new(),
             outputs: RefCell::new(Vec::new()),
+            net: OnceCell::new(),
         }
     }
 
@@ -239,6 +243,9 @@ impl Core {
         if let Some(storage) = self.storage.get() {
             // The hand-off's depth grows while its consumer waits on a stalled sink.
             self.metrics().handoff.durable_lsn.store(storage.opens().durable_lsn(), Ordering::Relaxed);
+        }
+        if let Some(ring) = self.net.get() {
+            self.metrics().net.set(ring.stats());
         }
         if every_second {
             if let Some(storage) = self.storage.get() {

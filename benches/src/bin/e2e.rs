@@ -38,6 +38,10 @@ const MAX_RUN_CONNECTIONS: u32 = 16;
 const MAX_RUN_IN_FLIGHT: u32 = 32;
 /// Connections of the fixed-rate runs.
 const RATE_RUN_CONNECTIONS: u32 = 16;
+/// Connection sweep, short form: saturated cost at this many connections, 1 in flight...
+const SWEEP_NARROW_CONNECTIONS: u32 = 100;
+/// ...and the cost at a tenth of that rate from the narrow and from this many connections.
+const SWEEP_WIDE_CONNECTIONS: u32 = 2_000;
 /// Ping payload of every run.
 const PAYLOAD_BYTES: usize = 16;
 
@@ -282,6 +286,33 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         info.insert("node_p99_ms_at_10pct".into(), low.summary.latency.p99_ms);
         info.insert("node_p99_ms_at_50pct".into(), mid.summary.latency.p99_ms);
+
+        // The connection sweep's short form (benches/conn-sweep.sh is the full one): node CPU
+        // per ping from the node's /metrics over each measured window (ramp excluded).
+        let window_cpu = |o: &RunOutput| o.summary.node.as_ref().and_then(|n| n.node_cpu_us_per_request);
+        let mut sat = base_config(node.client, &node.secret, duration, warmup);
+        sat.admin = Some(node.admin);
+        sat.connections = SWEEP_NARROW_CONNECTIONS;
+        sat.mode = LoadMode::ClosedLoop { in_flight_per_connection: 1 };
+        let sat = runner.run("node_saturated_100conns", sat, &node_cpu)?;
+        let rate = sat.summary.throughput_per_s / 10.0;
+        let mut fixed = Vec::new();
+        for conns in [SWEEP_NARROW_CONNECTIONS, SWEEP_WIDE_CONNECTIONS] {
+            let mut cfg = rate_config(node.client, &node.secret, duration, warmup, rate);
+            cfg.admin = Some(node.admin);
+            cfg.connections = conns;
+            fixed.push(runner.run(&format!("node_10pct_{conns}conns"), cfg, &node_cpu)?);
+        }
+        if let (Some(sat_us), Some(narrow_us), Some(wide_us)) =
+            (window_cpu(&sat), window_cpu(&fixed[0]), window_cpu(&fixed[1]))
+        {
+            info.insert("node_saturated_cpu_us_per_ping_100conns".into(), sat_us);
+            info.insert("node_10pct_cpu_us_per_ping_100conns".into(), narrow_us);
+            info.insert("node_10pct_cpu_us_per_ping_2000conns".into(), wide_us);
+            info.insert("node_10pct_p99_ms_2000conns".into(), fixed[1].summary.latency.p99_ms);
+            ratios.insert("cpu_per_ping_at_10pct_over_saturated".into(), narrow_us / sat_us);
+            ratios.insert("cpu_per_ping_2000conns_over_100conns".into(), wide_us / narrow_us);
+        }
     }
 
     let verdicts = baseline.as_ref().map(|b| baseline::check(b, &ratios)).unwrap_or_default();

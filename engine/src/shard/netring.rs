@@ -9,10 +9,10 @@
 //! per-request submission, no cancellation, no receive syscall.
 //!
 //! The ring signals an eventfd when work arrives. The core's reaper task waits for it
-//! through glommio (interrupt mode); once woken it reaps every `batch_window` while
-//! events keep coming (polling mode, as NAPI does for a NIC), so at moderate load one
-//! executor wake-up serves several requests; a tick that finds nothing returns to the
-//! eventfd. Writes stay on glommio's stream (a direct `send` that nearly always
+//! through glommio (interrupt mode); when the arrival rate says a window will hold
+//! several events it reaps every `batch_window` instead (polling mode, as NAPI does for
+//! a NIC), so at moderate load one executor wake-up serves several requests; a tick that
+//! finds nothing, or a rate that falls, returns it to the eventfd. Writes stay on glommio's stream (a direct `send` that nearly always
 //! succeeds at once).
 //!
 //! A receive completion is copied out of its ring buffer into the connection's slot
@@ -75,7 +75,8 @@ struct Slot {
     generation: u32,
     fd: RawFd,
     data: Vec<u8>,
-    end: Option<RecvEvent>,
+    /// How the receive ended: 0 not yet, 1 end of stream, else the errno + 1.
+    end: i32,
     waker: Option<Waker>,
     armed: Armed,
     /// A stop was asked: a cancel is in the kernel; the slot is kept until the receive ends.
@@ -180,14 +181,14 @@ impl BufRing {
         if entries.is_null() {
             return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
         }
-        let ring = Self {
-            entries,
-            entries_layout,
-            buffers: vec![0u8; usize::from(count) * buffer_bytes].into_boxed_slice(),
-            count,
-            buffer_bytes,
-            tail: Cell::new(0),
-        };
+        let mut buffers = vec![0u8; usize::from(count) * buffer_bytes].into_boxed_slice();
+        // Touch every page now: the pool is resident from the start (no page faults on
+        // the request path, and the RSS per session is not inflated by its first use).
+        for page in buffers.chunks_mut(4096) {
+            // SAFETY: a valid, exclusively borrowed byte.
+            unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 0) };
+        }
+        let ring = Self { entries, entries_layout, buffers, count, buffer_bytes, tail: Cell::new(0) };
         for bid in 0..count {
             ring.put(bid);
         }
@@ -296,7 +297,7 @@ impl NetRing {
             generation,
             fd,
             data: Vec::new(),
-            end: None,
+            end: 0,
             waker: None,
             armed: Armed::Yes,
             stopping: false,
@@ -349,14 +350,10 @@ impl NetRing {
         if !slot.data.is_empty() {
             return Poll::Ready(RecvEvent::Data(std::mem::take(&mut slot.data)));
         }
-        if let Some(end) = slot.end.take() {
-            // Keep reporting the end to later polls.
-            slot.end = Some(match &end {
-                RecvEvent::Eof => RecvEvent::Eof,
-                RecvEvent::Failed(e) => RecvEvent::Failed(*e),
-                RecvEvent::Data(_) => RecvEvent::Eof,
-            });
-            return Poll::Ready(end);
+        match slot.end {
+            0 => {}
+            1 => return Poll::Ready(RecvEvent::Eof),
+            e => return Poll::Ready(RecvEvent::Failed(e - 1)),
         }
         if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             slot.waker = Some(cx.waker().clone());
@@ -481,10 +478,10 @@ impl NetRing {
                     self.rearm.borrow_mut().push(token.index);
                 } else if result == 0 {
                     slot.armed = Armed::No;
-                    slot.end = Some(RecvEvent::Eof);
+                    slot.end = 1;
                 } else if result < 0 {
                     slot.armed = Armed::No;
-                    slot.end = Some(RecvEvent::Failed(-result));
+                    slot.end = 1 - result;
                 } else {
                     // Ended with data (e.g. the completion queue overflowed): receive again.
                     slot.armed = Armed::Rearm;
@@ -531,8 +528,11 @@ impl NetRing {
         }
         // SAFETY: `dup` is a fresh descriptor.
         let bell = unsafe { BufferedFile::from_raw_fd(dup) };
+        let mut rate = ArrivalRate::new(std::time::Instant::now());
         loop {
-            if self.reap() == 0 {
+            let reaped = self.reap();
+            rate.note(reaped, std::time::Instant::now());
+            if reaped == 0 || !rate.worth_polling(self.batch_window) {
                 // Interrupt mode: sleep until the kernel has work for this ring.
                 let mut stats = self.stats.get();
                 stats.eventfd_waits += 1;
@@ -550,11 +550,48 @@ impl NetRing {
                 } else {
                     glommio::timer::sleep(self.batch_window).await;
                 }
-                if self.reap() == 0 {
+                let reaped = self.reap();
+                rate.note(reaped, std::time::Instant::now());
+                if reaped == 0 || !rate.worth_polling(self.batch_window) {
                     break;
                 }
             }
         }
+    }
+}
+
+/// The reaper polls only when a window is expected to hold more than this many events:
+/// below it a polling tick would often find nothing and cost a wake-up of its own.
+const POLL_MIN_EVENTS_PER_WINDOW: f64 = 1.5;
+/// Span over which the arrival rate is measured.
+const RATE_SPAN: Duration = Duration::from_millis(10);
+
+/// Completions per second over the last [`RATE_SPAN`].
+#[derive(Debug)]
+struct ArrivalRate {
+    span_start: std::time::Instant,
+    count: u64,
+    per_s: f64,
+}
+
+impl ArrivalRate {
+    fn new(now: std::time::Instant) -> Self {
+        Self { span_start: now, count: 0, per_s: 0.0 }
+    }
+
+    fn note(&mut self, completions: usize, now: std::time::Instant) {
+        self.count += completions as u64;
+        let elapsed = now.saturating_duration_since(self.span_start);
+        if elapsed >= RATE_SPAN {
+            self.per_s = self.count as f64 / elapsed.as_secs_f64();
+            self.span_start = now;
+            self.count = 0;
+        }
+    }
+
+    /// Whether reaping every `window` pays: a zero window always polls (busy mode).
+    fn worth_polling(&self, window: Duration) -> bool {
+        window.is_zero() || self.per_s * window.as_secs_f64() >= POLL_MIN_EVENTS_PER_WINDOW
     }
 }
 
@@ -670,6 +707,24 @@ mod tests {
                 assert!(matches!(polled, RecvEvent::Failed(libc::EBADF)));
             })
         });
+    }
+
+    #[test]
+    fn the_reaper_polls_only_when_a_window_is_expected_to_hold_several_events() {
+        let t0 = std::time::Instant::now();
+        let window = Duration::from_micros(250);
+        let mut rate = ArrivalRate::new(t0);
+        // 2,000 events/s: half an event per 250 µs window; waking per event is cheaper.
+        rate.note(20, t0 + Duration::from_millis(10));
+        assert!(!rate.worth_polling(window));
+        // 8,000 events/s: two per window.
+        rate.note(80, t0 + Duration::from_millis(20));
+        assert!(rate.worth_polling(window));
+        // Within a span the last full span's rate holds.
+        rate.note(0, t0 + Duration::from_millis(25));
+        assert!(rate.worth_polling(window));
+        // A zero window is busy polling.
+        assert!(ArrivalRate::new(t0).worth_polling(Duration::ZERO));
     }
 
     #[test]

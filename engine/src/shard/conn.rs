@@ -11,6 +11,7 @@ use super::handoff::{home_core, Handoff};
 use super::mailbox::Mail;
 use super::output::ConnOutput;
 use super::state::{Caller, ConnAnswers, Handled, RainRequest};
+use super::tls::TlsSession;
 use super::{ConnCtl, Core};
 use crate::auth::TokenClaims;
 use crate::metrics::{CloseReason, Outcome, PassKinds};
@@ -19,7 +20,6 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use redrain_net::message::Response;
 use redrain_net::{ErrorCode, MessageType};
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -52,7 +52,7 @@ enum Start {
 struct Conn {
     core: Rc<Core>,
     stream: TcpStream,
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<TlsSession>>,
     ctl: Rc<ConnCtl>,
     key: usize,
     session: Session,
@@ -65,11 +65,10 @@ struct Conn {
     /// TLS records waiting to be written.
     wire: Vec<u8>,
     pass: PassKinds,
-    tls_handshake_counted: bool,
 }
 
 /// Accepts and serves one fresh connection.
-pub fn spawn_fresh(core: Rc<Core>, stream: TcpStream, tls: Option<Box<rustls::ServerConnection>>) {
+pub fn spawn_fresh(core: Rc<Core>, stream: TcpStream, tls: Option<Box<TlsSession>>) {
     glommio::spawn_local(run(core, stream, tls, Session::new(), Vec::new(), Start::Fresh)).detach();
 }
 
@@ -130,7 +129,7 @@ async fn linger_close(stream: &mut TcpStream) {
 fn run(
     core: Rc<Core>,
     stream: TcpStream,
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<TlsSession>>,
     session: Session,
     inbound: Vec<u8>,
     start: Start,
@@ -152,7 +151,6 @@ fn run(
         held: ConnOutput::default(),
         wire: Vec::new(),
         pass: PassKinds::default(),
-        tls_handshake_counted: false,
     };
     async move {
         let reason = conn.serve(start).await;
@@ -372,7 +370,7 @@ impl Conn {
 
     /// Waits for inbound bytes (decrypting TLS into `inbound`) or a kick.
     async fn read(&mut self) -> ReadEvent {
-        let Conn { core, stream, tls, ctl, inbound, .. } = self;
+        let Conn { core, stream, tls, ctl, inbound, wire, .. } = self;
         let frame_bytes_max = core.node.config.frame_bytes_max as usize;
         futures_lite::future::poll_fn(|cx| {
             if let Some(code) = ctl.close_requested() {
@@ -388,11 +386,11 @@ impl Conn {
                 Poll::Ready(Ok(0)) => Poll::Ready(ReadEvent::Eof),
                 Poll::Ready(Ok(n)) => {
                     core.metrics().bytes_received_total.fetch_add(n as u64, Relaxed);
-                    let data = &scratch[..n];
                     match tls {
-                        None => inbound.extend_from_slice(data),
+                        None => inbound.extend_from_slice(&scratch[..n]),
                         Some(tls) => {
-                            if absorb_tls(tls, data, inbound, frame_bytes_max + super::READ_SCRATCH_BYTES).is_err() {
+                            let inbound_bytes_max = frame_bytes_max + super::READ_SCRATCH_BYTES;
+                            if tls.absorb(&mut scratch[..n], inbound, wire, inbound_bytes_max).is_err() {
                                 return Poll::Ready(ReadEvent::Failed(CloseReason::Tls));
                             }
                         }
@@ -423,31 +421,15 @@ impl Conn {
     async fn write_out(&mut self, received_at: Instant, deadline: Instant, close_notify: bool) -> std::io::Result<()> {
         let plain_bytes = self.out.len();
         if let Some(tls) = self.tls.as_mut() {
-            if !self.tls_handshake_counted && !tls.is_handshaking() {
-                self.tls_handshake_counted = true;
-                self.core.metrics().tls_handshakes_total.fetch_add(1, Relaxed);
+            tls.count_handshake(self.core.metrics());
+            tls.seal(&self.out, &mut self.wire)?;
+            if close_notify {
+                tls.close_notify(&mut self.wire)?;
             }
-            let mut written = 0;
-            let mut notified = !close_notify;
-            loop {
-                if written < self.out.len() {
-                    written += tls.writer().write(&self.out[written..])?;
-                }
-                if written >= self.out.len() && !notified {
-                    tls.send_close_notify();
-                    notified = true;
-                }
-                while tls.wants_write() {
-                    tls.write_tls(&mut self.wire)?;
-                }
-                if !self.wire.is_empty() {
-                    write_all_before(&mut self.stream, &self.wire, deadline).await?;
-                    self.core.metrics().writes_total.fetch_add(1, Relaxed);
-                    self.wire.clear();
-                }
-                if written >= self.out.len() && notified {
-                    break;
-                }
+            if !self.wire.is_empty() {
+                write_all_before(&mut self.stream, &self.wire, deadline).await?;
+                self.core.metrics().writes_total.fetch_add(1, Relaxed);
+                self.wire.clear();
             }
         } else if !self.out.is_empty() {
             write_all_before(&mut self.stream, &self.out, deadline).await?;
@@ -536,32 +518,6 @@ fn write_error_reason(e: &std::io::Error) -> CloseReason {
     } else {
         CloseReason::Io
     }
-}
-
-/// Feeds ciphertext to rustls and appends the plaintext to `inbound`.
-fn absorb_tls(
-    tls: &mut rustls::ServerConnection,
-    mut data: &[u8],
-    inbound: &mut Vec<u8>,
-    inbound_bytes_max: usize,
-) -> Result<(), ()> {
-    while !data.is_empty() {
-        let n = tls.read_tls(&mut data).map_err(|_| ())?;
-        let state = tls.process_new_packets().map_err(|_| ())?;
-        let available = state.plaintext_bytes_to_read();
-        if available > 0 {
-            if inbound.len() + available > inbound_bytes_max {
-                return Err(());
-            }
-            let start = inbound.len();
-            inbound.resize(start + available, 0);
-            tls.reader().read_exact(&mut inbound[start..]).map_err(|_| ())?;
-        }
-        if n == 0 {
-            break;
-        }
-    }
-    Ok(())
 }
 
 fn closing_text(code: ErrorCode) -> &'static str {

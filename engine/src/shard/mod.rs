@@ -19,6 +19,7 @@ pub mod output;
 pub mod sessions;
 pub mod state;
 pub mod storage;
+pub mod tls;
 
 use crate::auth::TokenKeys;
 use crate::config::Config;

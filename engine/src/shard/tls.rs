@@ -279,3 +279,145 @@ fn write_grown<E: std::fmt::Display>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::io::{Read, Write};
+
+    const FRAMES_MAX: usize = 1 << 20;
+
+    fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let der = CertificateDer::from(cert.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Ciphertext the client wants to send.
+    fn client_wire(client: &mut rustls::ClientConnection) -> Vec<u8> {
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        wire
+    }
+
+    /// Feeds server records to the client; returns the plaintext it read.
+    fn to_client(client: &mut rustls::ClientConnection, mut wire: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        while !wire.is_empty() {
+            client.read_tls(&mut wire).unwrap();
+            client.process_new_packets().unwrap();
+            let _ = client.reader().read_to_end(&mut plain);
+        }
+        plain
+    }
+
+    /// A server session and a client that completed the handshake in memory.
+    fn established() -> (TlsSession, rustls::ClientConnection) {
+        let (server_config, client_config) = configs();
+        let mut server = TlsSession::new(server_config).unwrap();
+        let mut client =
+            rustls::ClientConnection::new(client_config, ServerName::try_from("localhost").unwrap()).unwrap();
+        for _ in 0..10 {
+            let (mut plain, mut wire) = (Vec::new(), Vec::new());
+            server.absorb(&mut client_wire(&mut client), &mut plain, &mut wire, FRAMES_MAX).unwrap();
+            server.seal(&[], &mut wire).unwrap();
+            assert!(plain.is_empty());
+            to_client(&mut client, &wire);
+            if !server.is_handshaking() && !client.is_handshaking() {
+                return (server, client);
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    #[test]
+    fn an_idle_session_holds_no_ciphertext_and_bytes_split_anywhere_arrive_whole() {
+        let (mut server, mut client) = established();
+        assert_eq!(server.pending_bytes(), 0);
+        // A burst of several records (more than one 16 KiB record), fed in uneven pieces.
+        let burst: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        client.writer().write_all(&burst).unwrap();
+        let wire = client_wire(&mut client);
+        let mut plain = Vec::new();
+        let mut out = Vec::new();
+        for (i, piece) in wire.chunks(1_777).enumerate() {
+            let mut piece = piece.to_vec();
+            server.absorb(&mut piece, &mut plain, &mut out, FRAMES_MAX).unwrap();
+            if i == 0 {
+                assert!(server.pending_bytes() > 0, "a split record is held until it completes");
+            }
+        }
+        assert_eq!(plain, burst);
+        assert_eq!(server.pending_bytes(), 0, "buffers are given back once the burst is through");
+        // After idling, the session serves again in both directions.
+        client.writer().write_all(b"after idle").unwrap();
+        let mut again = Vec::new();
+        server.absorb(&mut client_wire(&mut client), &mut again, &mut out, FRAMES_MAX).unwrap();
+        assert_eq!(again, b"after idle");
+        out.clear();
+        server.seal(&burst, &mut out).unwrap();
+        assert_eq!(to_client(&mut client, &out), burst);
+    }
+
+    #[test]
+    fn close_notify_reaches_the_client_after_the_last_data() {
+        let (mut server, mut client) = established();
+        let mut wire = Vec::new();
+        server.seal(b"last frame", &mut wire).unwrap();
+        server.close_notify(&mut wire).unwrap();
+        let mut plain = Vec::new();
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            client.read_tls(&mut rest).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(matches!(client.reader().read_to_end(&mut plain), Ok(_)), "clean EOF after close_notify");
+        assert_eq!(plain, b"last frame");
+    }
+
+    #[test]
+    fn garbage_input_and_oversized_plaintext_are_typed_errors() {
+        let (server_config, _) = configs();
+        let mut server = TlsSession::new(server_config).unwrap();
+        let mut garbage = *b"\x00\x01\x02 not a TLS record at all";
+        let err = server.absorb(&mut garbage, &mut Vec::new(), &mut Vec::new(), FRAMES_MAX).unwrap_err();
+        assert!(matches!(err, TlsError::Protocol(_)), "{err}");
+        // The alert rustls queued for the failure still goes out.
+        let mut wire = Vec::new();
+        server.close_notify(&mut wire).unwrap();
+        assert!(!wire.is_empty());
+
+        let (mut server, mut client) = established();
+        client.writer().write_all(&[7u8; 300]).unwrap();
+        let err = server.absorb(&mut client_wire(&mut client), &mut Vec::new(), &mut Vec::new(), 100).unwrap_err();
+        assert!(matches!(err, TlsError::PlaintextTooLarge { limit: 100 }), "{err}");
+    }
+
+    #[test]
+    fn a_session_moves_to_another_thread_and_continues() {
+        let (server, mut client) = established();
+        let mut server = std::thread::spawn(move || Box::new(server)).join().unwrap();
+        client.writer().write_all(b"on the home core").unwrap();
+        let mut plain = Vec::new();
+        server.absorb(&mut client_wire(&mut client), &mut plain, &mut Vec::new(), FRAMES_MAX).unwrap();
+        assert_eq!(plain, b"on the home core");
+    }
+}

@@ -190,6 +190,8 @@ pub struct RunArgs {
     /// Set by --processes on each child: the load start (ms since the epoch).
     #[arg(long, hide = true)]
     pub start_at_unix_ms: Option<u64>,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 #[derive(Debug, Error)]
@@ -198,6 +200,8 @@ pub enum CliError {
     SecretFile { path: String, source: std::io::Error },
     #[error("auth secret: {0}")]
     Secret(#[from] redrain_net::token::SecretError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 impl RunArgs {
@@ -245,6 +249,7 @@ impl RunArgs {
         cfg.lag_share_of_latency_max = self.lag_share;
         cfg.cpu_saturation_threshold = self.cpu_threshold;
         cfg.interval = self.interval.unwrap_or_else(|| RunConfig::interval_for(self.duration));
+        cfg.tls = self.tls.setup()?;
         Ok(cfg)
     }
 }

@@ -312,4 +312,27 @@ mod tests {
         let err = run.to_config(1).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/auth.secret"), "{err}");
     }
+
+    #[test]
+    fn tls_flags_need_tls_and_a_missing_ca_file_is_a_typed_error() {
+        assert!(Cli::try_parse_from(["x", "connect", "--resume"]).is_err(), "--resume needs --tls");
+        assert!(Cli::try_parse_from(["x", "connect", "--tls", "--tls-insecure", "--tls-ca", "a.pem"]).is_err());
+        let secret = "00112233445566778899aabbccddeeff";
+        let Command::Connect(run) =
+            parse(&["x", "connect", "--tls", "--tls-ca", "/nonexistent/ca.pem", "--secret-hex", secret]).command
+        else {
+            panic!()
+        };
+        let err = run.to_config(1).unwrap_err();
+        assert!(matches!(err, CliError::Tls(crate::tls::TlsSetupError::Ca { .. })), "{err}");
+        let Command::Ping { run, .. } =
+            parse(&["x", "ping", "--tls", "--tls-insecure", "--resume", "--secret-hex", secret]).command
+        else {
+            panic!()
+        };
+        let cfg = run.to_config(1).unwrap();
+        assert!(cfg.tls.as_ref().is_some_and(|t| t.resume));
+        let Command::Ping { run, .. } = parse(&["x", "ping", "--secret-hex", secret]).command else { panic!() };
+        assert!(run.to_config(1).unwrap().tls.is_none());
+    }
 }

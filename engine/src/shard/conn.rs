@@ -439,7 +439,8 @@ impl Conn {
         if self.out.capacity() > IDLE_BUFFER_BYTES_MAX {
             self.out = Vec::new();
         }
-        if self.wire.capacity() > IDLE_BUFFER_BYTES_MAX {
+        // TLS records exist only between sealing and the write: an idle TLS session keeps none.
+        if self.wire.capacity() > 0 {
             self.wire = Vec::new();
         }
         if plain_bytes > 0 {

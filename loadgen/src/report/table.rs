@@ -53,8 +53,10 @@ pub fn render(s: &RunSummary) -> String {
             "  ramp       {tls}{:.1} sessions/s over {:.2} s{}",
             se.established_per_s,
             se.ramp_s,
+            // Only where the warm-up carries no requests (heartbeats) is it the sessions' cost.
             s.node
                 .as_ref()
+                .filter(|_| s.headline == "sessions")
                 .and_then(|n| n.cpu_us_per_session_ramp)
                 .map(|u| format!(", node CPU {u:.1} us per session (ramp + warm-up)"))
                 .unwrap_or_default()

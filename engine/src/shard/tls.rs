@@ -121,6 +121,24 @@ impl TlsSession {
         self.drive_pending(wire, drive)
     }
 
+    /// [`absorb`](Self::absorb) for ciphertext the caller cannot lend mutably (a
+    /// receive buffer that goes back to its pool): it is copied into the session's
+    /// pending buffer and processed there; the buffer is released once empty.
+    pub fn absorb_copied(
+        &mut self,
+        ciphertext: &[u8],
+        plaintext: &mut Vec<u8>,
+        wire: &mut Vec<u8>,
+        plaintext_bytes_max: usize,
+    ) -> Result<(), TlsError> {
+        if self.pending.len() + ciphertext.len() > PENDING_CIPHERTEXT_BYTES_MAX {
+            return Err(self.fail(TlsError::PendingTooLarge));
+        }
+        self.pending.extend_from_slice(ciphertext);
+        let drive = Drive { plaintext: Some((plaintext, plaintext_bytes_max)), app_data: None, close_notify: false };
+        self.drive_pending(wire, drive)
+    }
+
     /// Encrypts `plaintext` into records appended to `wire`, after any
     /// handshake records still to be sent (e.g. session tickets).
     pub fn seal(&mut self, plaintext: &[u8], wire: &mut Vec<u8>) -> Result<(), TlsError> {
@@ -375,6 +393,20 @@ mod tests {
         out.clear();
         server.seal(&burst, &mut out).unwrap();
         assert_eq!(to_client(&mut client, &out), burst);
+    }
+
+    #[test]
+    fn ciphertext_lent_read_only_arrives_whole_and_leaves_no_buffer_behind() {
+        let (mut server, mut client) = established();
+        let burst: Vec<u8> = (0..30_000u32).map(|i| (i % 241) as u8).collect();
+        client.writer().write_all(&burst).unwrap();
+        let wire = client_wire(&mut client);
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        for piece in wire.chunks(1_000) {
+            server.absorb_copied(piece, &mut plain, &mut out, FRAMES_MAX).unwrap();
+        }
+        assert_eq!(plain, burst);
+        assert_eq!(server.pending_bytes(), 0);
     }
 
     #[test]

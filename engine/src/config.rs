@@ -22,6 +22,10 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for the TLS port.
     pub tls_key: Option<PathBuf>,
+    /// TLS session resumption: tickets are sealed under a key that rotates every
+    /// this many seconds and are honoured for one to two periods; 0 turns
+    /// resumption off (every reconnect is a full handshake).
+    pub tls_ticket_rotation_s: u64,
     /// Admin HTTP endpoint (`/metrics`, `/healthz`); keep it on loopback.
     pub admin_listen: SocketAddr,
     /// Where the node keeps its state (and the development auth secret).
@@ -199,6 +203,7 @@ impl Default for Config {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            tls_ticket_rotation_s: 3_600,
             admin_listen: "127.0.0.1:7080".parse().expect("literal address"),
             data_dir: PathBuf::from("./redrain-data"),
             cores: None,
@@ -280,6 +285,9 @@ impl Config {
         let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_owned() });
         if self.tls_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return invalid("tls_listen", "needs tls_cert and tls_key");
+        }
+        if self.tls_ticket_rotation_s > redrain_net::tls_resumption::ROTATION_PERIOD_S_MAX {
+            return invalid("tls_ticket_rotation_s", "must be at most 302400 (a ticket lives at most 7 days)");
         }
         if self.sessions_per_core_max == 0 {
             return invalid("sessions_per_core_max", "must be at least 1");

@@ -148,6 +148,9 @@ struct ServeArgs {
     /// PEM private key for the TLS port.
     #[arg(long, env = "REDRAIN_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// TLS ticket key rotation period in seconds; 0 turns resumption off [default: 3600].
+    #[arg(long, env = "REDRAIN_TLS_TICKET_ROTATION_S")]
+    tls_ticket_rotation_s: Option<u64>,
     /// Admin HTTP endpoint for /metrics and /healthz [default: 127.0.0.1:7080].
     #[arg(long, env = "REDRAIN_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
@@ -375,6 +378,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.tls_key.is_some() {
         c.tls_key = args.tls_key.clone();
+    }
+    if let Some(s) = args.tls_ticket_rotation_s {
+        c.tls_ticket_rotation_s = s;
     }
     if args.cores.is_some() {
         c.cores = args.cores;

@@ -145,6 +145,8 @@ pub struct CoreMetrics {
     pub handoffs_received_total: AtomicU64,
     pub handoff_queue_full_total: AtomicU64,
     pub tls_handshakes_total: AtomicU64,
+    /// TLS handshakes that resumed a session from a ticket (also in `tls_handshakes_total`).
+    pub tls_handshakes_resumed_total: AtomicU64,
     pub bytes_received_total: AtomicU64,
     pub bytes_sent_total: AtomicU64,
     /// Socket writes; with packet merging this grows slower than frames.
@@ -286,7 +288,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Renders all cores in the Prometheus text exposition format (0.0.4).
 pub fn render_prometheus(cores: &[&CoreMetrics], process: ProcessFigures, out: &mut String) {
     type Getter = fn(&CoreMetrics) -> &AtomicU64;
-    const PER_CORE: [(&str, &str, &str, Getter); 13] = [
+    const PER_CORE: [(&str, &str, &str, Getter); 14] = [
         ("redrain_connections_open", "gauge", "Connections open per core, logged in or not.", |m| &m.connections_open),
         ("redrain_sessions_active", "gauge", "Logged-in sessions homed on each core.", |m| &m.sessions_active),
         ("redrain_connections_accepted_total", "counter", "Connections accepted.", |m| &m.connections_accepted_total),
@@ -308,6 +310,12 @@ pub fn render_prometheus(cores: &[&CoreMetrics], process: ProcessFigures, out: &
             |m| &m.handoff_queue_full_total,
         ),
         ("redrain_tls_handshakes_total", "counter", "Completed TLS handshakes.", |m| &m.tls_handshakes_total),
+        (
+            "redrain_tls_handshakes_resumed_total",
+            "counter",
+            "Completed TLS handshakes that resumed a session from a ticket.",
+            |m| &m.tls_handshakes_resumed_total,
+        ),
         ("redrain_received_bytes_total", "counter", "Bytes read from client sockets (after TLS).", |m| {
             &m.bytes_received_total
         }),

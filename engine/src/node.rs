@@ -213,7 +213,10 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
     }
     let keys = load_keys(&config)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) if config.tls_listen.is_some() => Some(redrain_net::tls::server_config(cert, key)?),
+        (Some(cert), Some(key)) if config.tls_listen.is_some() => {
+            let rotation_s = (config.tls_ticket_rotation_s > 0).then_some(config.tls_ticket_rotation_s);
+            Some(redrain_net::tls::server_config_with_resumption(cert, key, rotation_s)?)
+        }
         _ => None,
     };
 

@@ -1,6 +1,7 @@
 //! TLS port: a TLS client that is not ours (Python's ssl module) completes a
 //! handshake, login, ping and pipelined pings against the real node, and
-//! receives the last frames the node writes before it closes.
+//! receives the last frames the node writes before it closes; sessions resume
+//! from tickets until the ticket's key rotates out; a burst after idling arrives whole.
 
 mod common;
 
@@ -42,6 +43,10 @@ print("OK user=%d version=%s" % (user, s.version()))
 /// Starts a node with a TLS port under a fresh self-signed "localhost"
 /// certificate; returns the node and the certificate's path (the client's CA).
 fn start_tls_node(cores: &str) -> (Node, std::path::PathBuf) {
+    start_tls_node_with(cores, &[])
+}
+
+fn start_tls_node_with(cores: &str, extra: &[&str]) -> (Node, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_path = dir.path().join("cert.pem");
@@ -49,7 +54,7 @@ fn start_tls_node(cores: &str) -> (Node, std::path::PathBuf) {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
     let args = ["--cores", cores, "--tls-listen", "127.0.0.1:0", "--tls-cert", cert_path.to_str().unwrap()];
-    let node = Node::start_in(dir, &[&args[..], &["--tls-key", key_path.to_str().unwrap()]].concat());
+    let node = Node::start_in(dir, &[&args[..], &["--tls-key", key_path.to_str().unwrap()], extra].concat());
     (node, cert_path)
 }
 
@@ -177,4 +182,123 @@ fn plaintext_on_the_tls_port_is_a_tls_error_and_the_node_keeps_serving() {
     node.wait_metric("redrain_connections_closed_total", &["reason=\"tls_error\""], 1.0);
     // The node still serves plain clients.
     node.login(5, 0).call(&redrain_net::message::Request::Ping { payload: b"" }).unwrap();
+}
+
+/// Connects three times: fresh, resumed with the first connection's ticket,
+/// and (after waiting two rotation periods) with the second's. Each time it
+/// logs in and pings; prints whether the handshake was a resumption.
+const PY_RESUME: &str = r#"
+import socket, ssl, struct, sys, time
+port, cafile, token, wait_s = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3]), float(sys.argv[4])
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+def frame(kind, rid, body=b""):
+    return struct.pack(">IBBI", 6 + len(body), kind, 0, rid) + body
+def session(previous):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost", session=previous)
+    s.sendall(frame(0x01, 1, struct.pack(">HH", 1, 1)) + frame(0x02, 2, token) + frame(0x03, 3, b"resume"))
+    buf = b""
+    while buf.count(b"resume") == 0:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise SystemExit("closed")
+        buf += chunk
+    reused, ticket = s.session_reused, s.session
+    s.close()
+    return reused, ticket
+first, t1 = session(None)
+second, t2 = session(t1)
+time.sleep(wait_s)
+third, _ = session(t2)
+print("reused:", first, second, third)
+"#;
+
+#[test]
+fn a_session_resumes_from_its_ticket_and_is_refused_once_the_ticket_key_rotated_out() {
+    // Keys rotate every second: a ticket is honoured for one to two seconds.
+    let (node, cert_path) = start_tls_node_with("2", &["--tls-ticket-rotation-s", "1"]);
+    let port = node.tls.expect("tls port").port().to_string();
+    let out = Command::new("python3")
+        .args(["-c", PY_RESUME, &port, cert_path.to_str().unwrap()])
+        .args([&hex::encode(node.token(77, 1)), "2.2"])
+        .output()
+        .expect("python3 must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "reused: False True False",
+        "got {stdout:?}; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.wait_metric("redrain_tls_handshakes_total", &[], 3.0);
+    assert_eq!(node.metric_sum("redrain_tls_handshakes_resumed_total", &[]), 1.0);
+}
+
+#[test]
+fn resumption_is_off_when_the_rotation_period_is_zero() {
+    let (node, cert_path) = start_tls_node_with("1", &["--tls-ticket-rotation-s", "0"]);
+    let port = node.tls.expect("tls port").port().to_string();
+    let out = Command::new("python3")
+        .args(["-c", PY_RESUME, &port, cert_path.to_str().unwrap()])
+        .args([&hex::encode(node.token(78, 1)), "0"])
+        .output()
+        .expect("python3 must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), "reused: False False False", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(node.metric_sum("redrain_tls_handshakes_resumed_total", &[]), 0.0);
+}
+
+/// Logs in, idles, sends a burst of pipelined pings far larger than one TLS
+/// record and the core's read buffer in one write, idles again, and repeats:
+/// every answer must come back, in order and intact.
+const PY_BURST: &str = r#"
+import socket, ssl, struct, sys, time
+port, cafile, token = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
+ctx = ssl.create_default_context(cafile=cafile)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
+def frame(kind, rid, body=b""):
+    return struct.pack(">IBBI", 6 + len(body), kind, 0, rid) + body
+buf = b""
+def recv_frame():
+    global buf
+    while True:
+        if len(buf) >= 4:
+            (n,) = struct.unpack(">I", buf[:4])
+            if len(buf) >= 4 + n:
+                f, buf = buf[:4 + n], buf[4 + n:]
+                return f[4], struct.unpack(">I", f[6:10])[0], f[10:]
+        chunk = s.recv(65536)
+        if not chunk:
+            raise SystemExit("closed")
+        buf += chunk
+s.sendall(frame(0x01, 1, struct.pack(">HH", 1, 1)) + frame(0x02, 2, token))
+assert recv_frame()[0] == 0x81 and recv_frame()[0] == 0x82
+rid = 10
+for round in range(3):
+    time.sleep(0.5)
+    pings = [(rid + i, bytes([(rid + i) % 256]) * 200) for i in range(400)]
+    s.sendall(b"".join(frame(0x03, r, body) for r, body in pings))
+    for r, body in pings:
+        got = recv_frame()
+        assert got == (0x83, r, body), (round, r, got[:2])
+    rid += 400
+print("OK", rid - 10)
+"#;
+
+#[test]
+fn a_tls_session_survives_bursts_after_idling_without_losing_bytes() {
+    let (node, cert_path) = start_tls_node("2");
+    let port = node.tls.expect("tls port").port().to_string();
+    for user in [301u64, 302, 303, 304] {
+        let out = Command::new("python3")
+            .args(["-c", PY_BURST, &port, cert_path.to_str().unwrap()])
+            .arg(hex::encode(node.token(user, 1)))
+            .output()
+            .expect("python3 must be installed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.trim() == "OK 1200",
+            "user {user}: {stdout:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -190,6 +190,8 @@ pub struct RunArgs {
     /// Set by --processes on each child: the load start (ms since the epoch).
     #[arg(long, hide = true)]
     pub start_at_unix_ms: Option<u64>,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 #[derive(Debug, Error)]
@@ -198,6 +200,8 @@ pub enum CliError {
     SecretFile { path: String, source: std::io::Error },
     #[error("auth secret: {0}")]
     Secret(#[from] redrain_net::token::SecretError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 impl RunArgs {
@@ -245,6 +249,7 @@ impl RunArgs {
         cfg.lag_share_of_latency_max = self.lag_share;
         cfg.cpu_saturation_threshold = self.cpu_threshold;
         cfg.interval = self.interval.unwrap_or_else(|| RunConfig::interval_for(self.duration));
+        cfg.tls = self.tls.setup()?;
         Ok(cfg)
     }
 }
@@ -306,5 +311,28 @@ mod tests {
         };
         let err = run.to_config(1).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/auth.secret"), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_need_tls_and_a_missing_ca_file_is_a_typed_error() {
+        assert!(Cli::try_parse_from(["x", "connect", "--resume"]).is_err(), "--resume needs --tls");
+        assert!(Cli::try_parse_from(["x", "connect", "--tls", "--tls-insecure", "--tls-ca", "a.pem"]).is_err());
+        let secret = "00112233445566778899aabbccddeeff";
+        let Command::Connect(run) =
+            parse(&["x", "connect", "--tls", "--tls-ca", "/nonexistent/ca.pem", "--secret-hex", secret]).command
+        else {
+            panic!()
+        };
+        let err = run.to_config(1).unwrap_err();
+        assert!(matches!(err, CliError::Tls(crate::tls::TlsSetupError::Ca { .. })), "{err}");
+        let Command::Ping { run, .. } =
+            parse(&["x", "ping", "--tls", "--tls-insecure", "--resume", "--secret-hex", secret]).command
+        else {
+            panic!()
+        };
+        let cfg = run.to_config(1).unwrap();
+        assert!(cfg.tls.as_ref().is_some_and(|t| t.resume));
+        let Command::Ping { run, .. } = parse(&["x", "ping", "--secret-hex", secret]).command else { panic!() };
+        assert!(run.to_config(1).unwrap().tls.is_none());
     }
 }

@@ -125,6 +125,8 @@ pub struct RunConfig {
     /// Start the load at this wall-clock time (ms since the epoch) if the
     /// ramp is done by then, so the processes of one run share their window.
     pub start_at_unix_ms: Option<u64>,
+    /// TLS to the node (`--tls`), for every scenario.
+    pub tls: Option<crate::tls::TlsClientSetup>,
 }
 
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -166,6 +168,7 @@ impl RunConfig {
             process_index: 0,
             process_count: 1,
             start_at_unix_ms: None,
+            tls: None,
         }
     }
 

@@ -34,6 +34,7 @@ pub mod scenario;
 pub mod schedule;
 pub mod stats;
 pub mod system;
+pub mod tls;
 
 pub use config::{LoadMode, RunConfig};
 pub use driver::{run, RunError};

@@ -57,6 +57,11 @@ pub struct Counters {
     pub unanswered: u64,
     /// Bytes that broke framing (the connection is dropped after one).
     pub framing_errors: u64,
+    /// Established sessions that ran a TLS handshake, and how many of those resumed.
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
+    /// Time from the ramp's start to the last session established (the longest thread's).
+    pub ramp_ns_max: u64,
 }
 
 impl Counters {
@@ -88,6 +93,9 @@ impl Counters {
         self.other_pushes += o.other_pushes;
         self.unanswered += o.unanswered;
         self.framing_errors += o.framing_errors;
+        self.tls_handshakes += o.tls_handshakes;
+        self.tls_resumed += o.tls_resumed;
+        self.ramp_ns_max = self.ramp_ns_max.max(o.ramp_ns_max);
     }
 }
 

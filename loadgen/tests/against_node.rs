@@ -10,6 +10,7 @@ use redrain_loadgen::report::{compare, hgrm};
 use redrain_loadgen::scenario::connect::ConnectScenario;
 use redrain_loadgen::scenario::ping::PingScenario;
 use redrain_loadgen::scenario::shake::ShakeScenario;
+use redrain_loadgen::tls::TlsClientSetup;
 use redrain_loadgen::RunSummary;
 use std::process::Command;
 use std::time::Duration;
@@ -348,4 +349,96 @@ fn shake_obeys_the_node_interval_unless_told_to_ignore_it() {
     assert!(s.scenario_counters["interval_waits"] > 0, "{:?}", s.scenario_counters);
     let out = redrain_loadgen::run(shake_config(&node, 4), ShakeScenario::new(false, true)).unwrap();
     assert!(out.summary.scenario_counters["too_fast"] > 0, "{:?}", out.summary.scenario_counters);
+}
+
+/// A node with a TLS port (2 cores, so sessions move to their home core with
+/// their TLS state) under a fresh self-signed "localhost" certificate; returns
+/// the TLS address and the certificate file (the clients' CA).
+fn tls_node(dir: &tempfile::TempDir) -> (NodeProcess, std::net::SocketAddr, std::path::PathBuf) {
+    let bin = find_node_binary().unwrap_or_else(|e| panic!("{e}"));
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let tls = redrain_loadgen::node_process::free_port().unwrap();
+    let tls_arg = tls.to_string();
+    let extra = ["--tls-listen", &tls_arg, "--tls-cert", cert_path.to_str().unwrap(), "--tls-key"];
+    let node =
+        NodeProcess::start_with_args(&bin, dir.path(), 2, None, &[&extra[..], &[key_path.to_str().unwrap()]].concat())
+            .unwrap_or_else(|e| panic!("{e}"));
+    (node, tls, cert_path)
+}
+
+#[test]
+fn ping_and_shake_speak_tls_on_both_runtimes_and_every_answer_matches() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, tls, ca) = tls_node(&dir);
+    for runtime in [Runtime::TokioUring, Runtime::Glommio] {
+        let mut cfg = ping_config(&node, 1000.0, Duration::from_secs(1));
+        cfg.target = tls;
+        cfg.runtime = runtime;
+        cfg.tls = Some(TlsClientSetup::new(Some(&ca), false, "localhost", false).unwrap());
+        let out = redrain_loadgen::run(cfg, PingScenario::new(100)).unwrap();
+        let s = &out.summary;
+        assert_clean(s);
+        assert!(s.requests.ok > 500, "{runtime:?}: {:?}", s.requests);
+        assert_eq!((s.sessions.tls_handshakes, s.sessions.tls_resumed), (10, 0), "{runtime:?}");
+    }
+    let mut cfg = ping_config(&node, 1000.0, Duration::from_secs(1));
+    cfg.target = tls;
+    cfg.mode = LoadMode::ClosedLoop { in_flight_per_connection: 16 };
+    cfg.tls = Some(TlsClientSetup::new(None, true, "localhost", false).unwrap());
+    let out = redrain_loadgen::run(cfg, PingScenario::new(16)).unwrap();
+    assert_clean(&out.summary);
+    assert!(out.summary.requests.ok > 100, "pipelined pings over TLS with --tls-insecure");
+    let mut cfg = shake_config(&node, 10);
+    cfg.target = tls;
+    cfg.tls = Some(TlsClientSetup::new(Some(&ca), false, "localhost", false).unwrap());
+    let out = redrain_loadgen::run(cfg, ShakeScenario::new(true, true)).unwrap();
+    assert_eq!(out.summary.sessions.established, 10);
+    assert_eq!(out.summary.correctness_violations(), 0, "{:?}", out.summary.requests);
+    assert!(out.summary.requests.ok > 0);
+}
+
+#[test]
+fn connect_over_tls_resumes_every_session_with_resume_and_reports_the_handshake_rate() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, tls, ca) = tls_node(&dir);
+    for resume in [false, true] {
+        let mut cfg = RunConfig::with_defaults(tls, node.secret.clone());
+        cfg.admin = Some(node.admin);
+        cfg.connections = 200;
+        cfg.threads = 1;
+        cfg.duration = Duration::from_secs(1);
+        cfg.warmup = Duration::from_millis(200);
+        cfg.interval = RunConfig::interval_for(cfg.duration);
+        cfg.user_id_base = if resume { 50_000 } else { 40_000 };
+        cfg.tls = Some(TlsClientSetup::new(Some(&ca), false, "localhost", resume).unwrap());
+        let out = redrain_loadgen::run(cfg, ConnectScenario).unwrap();
+        let se = &out.summary.sessions;
+        assert_eq!(se.established, 200, "{se:?}");
+        assert_eq!(se.tls_handshakes, 200);
+        assert_eq!(se.tls_resumed, if resume { 200 } else { 0 }, "resume={resume}");
+        assert!(se.established_per_s > 0.0 && se.ramp_s > 0.0, "{se:?}");
+        let node_summary = out.summary.node.as_ref().expect("node readings");
+        assert!(node_summary.cpu_us_per_session_ramp.is_some_and(|u| u > 0.0), "{node_summary:?}");
+    }
+}
+
+#[test]
+fn a_tls_run_against_a_node_with_an_untrusted_certificate_fails_its_sessions_as_tls() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, tls, _ca) = tls_node(&dir);
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other_ca = dir.path().join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let mut cfg = ping_config(&node, 100.0, Duration::from_millis(300));
+    cfg.target = tls;
+    cfg.tls = Some(TlsClientSetup::new(Some(&other_ca), false, "localhost", false).unwrap());
+    let out = redrain_loadgen::run(cfg, PingScenario::new(16)).unwrap();
+    assert_eq!(out.summary.sessions.established, 0);
+    assert_eq!(out.summary.sessions.failures.get("tls"), Some(&10), "{:?}", out.summary.sessions.failures);
 }

@@ -6,6 +6,7 @@
 //! - [`client`]: the client side of the codec (used by tests and the load generator).
 //! - [`token`]: login tokens (mint and verify) and [`time`]: the Unix clock they use.
 //! - [`tls`]: rustls configuration from PEM files.
+//! - [`tls_resumption`]: stateless TLS session tickets under keys rotated on a schedule.
 //! - [`listener`]: per-core `SO_REUSEPORT` listeners.
 //! - [`admin`]: a minimal HTTP/1.1 endpoint for `/metrics` and `/healthz`;
 //!   [`prometheus`] reads the text it serves (load generator, tests).
@@ -22,6 +23,7 @@ pub mod message;
 pub mod prometheus;
 pub mod time;
 pub mod tls;
+pub mod tls_resumption;
 pub mod token;
 
 pub use code::ErrorCode;

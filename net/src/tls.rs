@@ -4,6 +4,7 @@
 //! that a TLS session's state can move to the user's home core together with
 //! the socket after login; see the engine's connection driver.
 
+use crate::tls_resumption::{RotatingTicketer, TicketerError};
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
@@ -20,12 +21,31 @@ pub enum TlsConfigError {
     NoKey { path: String },
     #[error("certificate and key do not form a valid server configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error(transparent)]
+    Ticketer(#[from] TicketerError),
 }
+
+/// TLS 1.3 tickets sent after each handshake: a client reconnects with one and
+/// gets a fresh one on the resumed connection.
+const TLS13_TICKETS_PER_HANDSHAKE: usize = 1;
 
 /// Loads a certificate chain and private key and builds a server config with
 /// safe defaults (TLS 1.2 and 1.3, no client auth). PEM is parsed by
 /// rustls-pki-types (re-exported by rustls), which supersedes rustls-pemfile.
 pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+    server_config_with_resumption(cert_pem, key_pem, None)
+}
+
+/// [`server_config`] with stateless session resumption when `ticket_rotation_s`
+/// is given: one TLS 1.3 ticket per handshake (and TLS 1.2 tickets), sealed by a
+/// [`RotatingTicketer`] whose keys rotate every `ticket_rotation_s` seconds.
+/// Without it the node resumes nothing. No session state is kept per client
+/// either way (no session-id cache).
+pub fn server_config_with_resumption(
+    cert_pem: &Path,
+    key_pem: &Path,
+    ticket_rotation_s: Option<u64>,
+) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     use rustls::pki_types::pem::{self, PemObject};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read =
@@ -45,10 +65,18 @@ pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::Serv
         Err(e) => return Err(pem_error(key_pem, e)),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    match ticket_rotation_s {
+        Some(period_s) => {
+            config.ticketer = Arc::new(RotatingTicketer::new(period_s)?);
+            config.send_tls13_tickets = TLS13_TICKETS_PER_HANDSHAKE;
+        }
+        None => config.send_tls13_tickets = 0,
+    }
     Ok(Arc::new(config))
 }
 

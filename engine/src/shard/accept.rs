@@ -32,7 +32,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, tl
             continue;
         }
         let tls_conn = match (tls, core.node.tls.as_ref()) {
-            (true, Some(config)) => match rustls::ServerConnection::new(config.clone()) {
+            (true, Some(config)) => match super::tls::TlsSession::new(config.clone()) {
                 Ok(c) => Some(Box::new(c)),
                 Err(e) => {
                     log::warn!("core {}: TLS session setup failed: {e}", core.id);

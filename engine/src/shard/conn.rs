@@ -12,6 +12,7 @@ use super::mailbox::Mail;
 use super::netring::{NetToken, RecvEvent};
 use super::output::ConnOutput;
 use super::state::{Caller, ConnAnswers, Handled, RainRequest};
+use super::tls::TlsSession;
 use super::{ConnCtl, Core};
 use crate::auth::TokenClaims;
 use crate::metrics::{CloseReason, Outcome, PassKinds};
@@ -20,7 +21,6 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use redrain_net::message::Response;
 use redrain_net::{ErrorCode, MessageType};
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -55,7 +55,7 @@ struct Conn {
     stream: TcpStream,
     /// The socket's registration in the core's network ring (None: glommio reads it).
     net: Option<NetToken>,
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<TlsSession>>,
     ctl: Rc<ConnCtl>,
     key: usize,
     session: Session,
@@ -68,11 +68,10 @@ struct Conn {
     /// TLS records waiting to be written.
     wire: Vec<u8>,
     pass: PassKinds,
-    tls_handshake_counted: bool,
 }
 
 /// Accepts and serves one fresh connection.
-pub fn spawn_fresh(core: Rc<Core>, stream: TcpStream, tls: Option<Box<rustls::ServerConnection>>) {
+pub fn spawn_fresh(core: Rc<Core>, stream: TcpStream, tls: Option<Box<TlsSession>>) {
     glommio::spawn_local(run(core, stream, tls, Session::new(), Vec::new(), Start::Fresh)).detach();
 }
 
@@ -133,7 +132,7 @@ async fn linger_close(stream: &mut TcpStream) {
 fn run(
     core: Rc<Core>,
     stream: TcpStream,
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<TlsSession>>,
     session: Session,
     inbound: Vec<u8>,
     start: Start,
@@ -157,7 +156,6 @@ fn run(
         held: ConnOutput::default(),
         wire: Vec::new(),
         pass: PassKinds::default(),
-        tls_handshake_counted: false,
     };
     async move {
         let reason = conn.serve(start).await;
@@ -338,19 +336,21 @@ impl Conn {
         request_id: u32,
         received_at: Instant,
     ) -> Result<(), Option<CloseReason>> {
-        // Responses to frames before the Login (e.g. HelloOk) must reach the
-        // client before anything the home core sends.
-        self.flush(received_at).await.map_err(|e| Some(write_error_reason(&e)))?;
         // This core's ring must stop receiving before the socket moves; what it got
-        // meanwhile moves with the session.
+        // meanwhile moves with the session (TLS records it answers leave with the flush below).
         if let (Some(token), Some(ring)) = (self.net.take(), self.core.net.get()) {
-            let rest = ring.stop(token).await;
+            let mut rest = ring.stop(token).await;
             let bound = self.core.node.config.frame_bytes_max as usize + super::READ_SCRATCH_BYTES;
             match self.tls.as_mut() {
-                Some(tls) => absorb_tls(tls, &rest, &mut self.inbound, bound).map_err(|()| Some(CloseReason::Tls))?,
+                Some(tls) => tls
+                    .absorb(&mut rest, &mut self.inbound, &mut self.wire, bound)
+                    .map_err(|_| Some(CloseReason::Tls))?,
                 None => self.inbound.extend_from_slice(&rest),
             }
         }
+        // Responses to frames before the Login (e.g. HelloOk) must reach the
+        // client before anything the home core sends.
+        self.flush(received_at).await.map_err(|e| Some(write_error_reason(&e)))?;
         // SAFETY: the fd is open for as long as `self.stream` lives.
         let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
             .try_clone_to_owned()
@@ -388,7 +388,7 @@ impl Conn {
 
     /// Waits for inbound bytes (decrypting TLS into `inbound`) or a kick.
     async fn read(&mut self) -> ReadEvent {
-        let Conn { core, stream, net, tls, ctl, inbound, .. } = self;
+        let Conn { core, stream, net, tls, ctl, inbound, wire, .. } = self;
         let frame_bytes_max = core.node.config.frame_bytes_max as usize;
         futures_lite::future::poll_fn(|cx| {
             if let Some(code) = ctl.close_requested() {
@@ -403,14 +403,14 @@ impl Conn {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(RecvEvent::Eof) => Poll::Ready(ReadEvent::Eof),
                     Poll::Ready(RecvEvent::Failed(_)) => Poll::Ready(ReadEvent::Failed(CloseReason::Io)),
-                    Poll::Ready(RecvEvent::Data(data)) => {
+                    Poll::Ready(RecvEvent::Data(mut data)) => {
                         core.metrics().bytes_received_total.fetch_add(data.len() as u64, Relaxed);
                         match tls {
                             None if inbound.is_empty() => *inbound = data,
                             None => inbound.extend_from_slice(&data),
                             Some(tls) => {
                                 let bound = frame_bytes_max + super::READ_SCRATCH_BYTES;
-                                if absorb_tls(tls, &data, inbound, bound).is_err() {
+                                if tls.absorb(&mut data, inbound, wire, bound).is_err() {
                                     return Poll::Ready(ReadEvent::Failed(CloseReason::Tls));
                                 }
                             }
@@ -425,11 +425,11 @@ impl Conn {
                 Poll::Ready(Ok(0)) => Poll::Ready(ReadEvent::Eof),
                 Poll::Ready(Ok(n)) => {
                     core.metrics().bytes_received_total.fetch_add(n as u64, Relaxed);
-                    let data = &scratch[..n];
                     match tls {
-                        None => inbound.extend_from_slice(data),
+                        None => inbound.extend_from_slice(&scratch[..n]),
                         Some(tls) => {
-                            if absorb_tls(tls, data, inbound, frame_bytes_max + super::READ_SCRATCH_BYTES).is_err() {
+                            let inbound_bytes_max = frame_bytes_max + super::READ_SCRATCH_BYTES;
+                            if tls.absorb(&mut scratch[..n], inbound, wire, inbound_bytes_max).is_err() {
                                 return Poll::Ready(ReadEvent::Failed(CloseReason::Tls));
                             }
                         }
@@ -460,31 +460,15 @@ impl Conn {
     async fn write_out(&mut self, received_at: Instant, deadline: Instant, close_notify: bool) -> std::io::Result<()> {
         let plain_bytes = self.out.len();
         if let Some(tls) = self.tls.as_mut() {
-            if !self.tls_handshake_counted && !tls.is_handshaking() {
-                self.tls_handshake_counted = true;
-                self.core.metrics().tls_handshakes_total.fetch_add(1, Relaxed);
+            tls.count_handshake(self.core.metrics());
+            tls.seal(&self.out, &mut self.wire)?;
+            if close_notify {
+                tls.close_notify(&mut self.wire)?;
             }
-            let mut written = 0;
-            let mut notified = !close_notify;
-            loop {
-                if written < self.out.len() {
-                    written += tls.writer().write(&self.out[written..])?;
-                }
-                if written >= self.out.len() && !notified {
-                    tls.send_close_notify();
-                    notified = true;
-                }
-                while tls.wants_write() {
-                    tls.write_tls(&mut self.wire)?;
-                }
-                if !self.wire.is_empty() {
-                    write_all_before(&mut self.stream, &self.wire, deadline).await?;
-                    self.core.metrics().writes_total.fetch_add(1, Relaxed);
-                    self.wire.clear();
-                }
-                if written >= self.out.len() && notified {
-                    break;
-                }
+            if !self.wire.is_empty() {
+                write_all_before(&mut self.stream, &self.wire, deadline).await?;
+                self.core.metrics().writes_total.fetch_add(1, Relaxed);
+                self.wire.clear();
             }
         } else if !self.out.is_empty() {
             write_all_before(&mut self.stream, &self.out, deadline).await?;
@@ -494,7 +478,8 @@ impl Conn {
         if self.out.capacity() > IDLE_BUFFER_BYTES_MAX {
             self.out = Vec::new();
         }
-        if self.wire.capacity() > IDLE_BUFFER_BYTES_MAX {
+        // TLS records exist only between sealing and the write: an idle TLS session keeps none.
+        if self.wire.capacity() > 0 {
             self.wire = Vec::new();
         }
         if plain_bytes > 0 {
@@ -576,32 +561,6 @@ fn write_error_reason(e: &std::io::Error) -> CloseReason {
     } else {
         CloseReason::Io
     }
-}
-
-/// Feeds ciphertext to rustls and appends the plaintext to `inbound`.
-fn absorb_tls(
-    tls: &mut rustls::ServerConnection,
-    mut data: &[u8],
-    inbound: &mut Vec<u8>,
-    inbound_bytes_max: usize,
-) -> Result<(), ()> {
-    while !data.is_empty() {
-        let n = tls.read_tls(&mut data).map_err(|_| ())?;
-        let state = tls.process_new_packets().map_err(|_| ())?;
-        let available = state.plaintext_bytes_to_read();
-        if available > 0 {
-            if inbound.len() + available > inbound_bytes_max {
-                return Err(());
-            }
-            let start = inbound.len();
-            inbound.resize(start + available, 0);
-            tls.reader().read_exact(&mut inbound[start..]).map_err(|_| ())?;
-        }
-        if n == 0 {
-            break;
-        }
-    }
-    Ok(())
 }
 
 fn closing_text(code: ErrorCode) -> &'static str {

@@ -9,7 +9,7 @@ pub struct Handoff {
     /// The client socket (a duplicate; the source core closed its own fd).
     pub fd: OwnedFd,
     /// TLS state, when the session arrived on the TLS port.
-    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub tls: Option<Box<super::tls::TlsSession>>,
     /// The verified login that the home core must register and answer.
     pub claims: TokenClaims,
     pub login_request_id: u32,

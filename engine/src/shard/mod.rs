@@ -20,6 +20,7 @@ pub mod output;
 pub mod sessions;
 pub mod state;
 pub mod storage;
+pub mod tls;
 
 use crate::auth::TokenKeys;
 use crate::config::Config;

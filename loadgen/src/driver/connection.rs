@@ -9,6 +9,7 @@ use super::thread::{ThreadCtx, Timeline};
 use crate::config::LoadMode;
 use crate::scenario::{Check, LoadShape, Scenario, ScenarioConnection};
 use crate::schedule::{ramp_offset_ns, OpenLoopSchedule};
+use crate::tls::TlsClient;
 use redrain_net::client::ClientCodec;
 use redrain_net::code::ErrorCode;
 use redrain_net::message::Request;
@@ -33,6 +34,8 @@ pub enum SessionFailure {
     Closed,
     Protocol,
     Refused(u16),
+    /// The TLS handshake or a record failed.
+    Tls,
 }
 
 impl SessionFailure {
@@ -42,6 +45,7 @@ impl SessionFailure {
             SessionFailure::Timeout => "timeout".into(),
             SessionFailure::Closed => "closed_by_node".into(),
             SessionFailure::Protocol => "protocol".into(),
+            SessionFailure::Tls => "tls".into(),
             SessionFailure::Refused(code) => format!("refused:{}", code_name(*code)),
         }
     }
@@ -59,6 +63,7 @@ struct Established<T> {
     stream: T,
     codec: ClientCodec,
     heartbeat_interval_ms: u32,
+    tls: Option<TlsClient>,
 }
 
 fn io_kind(e: &std::io::Error) -> String {
@@ -71,13 +76,19 @@ fn io_kind(e: &std::io::Error) -> String {
     }
 }
 
+/// Connects, runs the TLS handshake when configured, and logs in.
 async fn establish<S: Scenario, B: Backend>(
     ctx: &ThreadCtx<S>,
     index: u64,
+    tls_config: Option<&std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<Established<B::Stream>, SessionFailure> {
     let cfg = &ctx.cfg;
     let source = socket::source_ip(index, cfg.source_ips);
     let stream = B::connect(cfg.target, source).await.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
+    let mut tls = match (&cfg.tls, tls_config) {
+        (Some(setup), Some(config)) => Some(setup.client(config).map_err(|_| SessionFailure::Tls)?),
+        _ => None,
+    };
     let mut codec = ClientCodec::new(cfg.frame_bytes_max);
     let mut out = Vec::with_capacity(128);
     let hello_id =
@@ -88,8 +99,15 @@ async fn establish<S: Scenario, B: Backend>(
         expires_at_unix_s: redrain_net::token::now_unix_s() + cfg.token_ttl.as_secs(),
     });
     let login_id = codec.encode(&Request::Login { token: &token }, &mut out);
+    // Over TLS, Hello + Login wait in the client session until the handshake is done.
+    if let Some(tls) = tls.as_mut() {
+        let mut wire = Vec::new();
+        tls.seal(&out, &mut wire).map_err(|_| SessionFailure::Tls)?;
+        out = wire;
+    }
     let (written, _) = B::write_all(&stream, out).await;
     written.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
+    let mut plain = Vec::new();
 
     let mut buf = vec![0u8; HANDSHAKE_READ_BYTES];
     let mut heartbeat_interval_ms = None;
@@ -101,7 +119,21 @@ async fn establish<S: Scenario, B: Backend>(
         if n == 0 {
             return Err(SessionFailure::Closed);
         }
-        codec.feed(&buf[..n]);
+        match tls.as_mut() {
+            None => codec.feed(&buf[..n]),
+            Some(tls) => {
+                plain.clear();
+                tls.open(&buf[..n], &mut plain).map_err(|_| SessionFailure::Tls)?;
+                codec.feed(&plain);
+                // The handshake's last flight, and the frames it held back.
+                let mut wire = Vec::new();
+                tls.seal(&[], &mut wire).map_err(|_| SessionFailure::Tls)?;
+                if !wire.is_empty() {
+                    let (written, _) = B::write_all(&stream, wire).await;
+                    written.map_err(|e| SessionFailure::Connect(io_kind(&e)))?;
+                }
+            }
+        }
         let mut failure = None;
         codec
             .drain(|header, parsed| {
@@ -124,7 +156,7 @@ async fn establish<S: Scenario, B: Backend>(
             return Err(f);
         }
         if let (Some(hb), true) = (heartbeat_interval_ms, logged_in) {
-            return Ok(Established { stream, codec, heartbeat_interval_ms: hb.max(HEARTBEAT_INTERVAL_MS_MIN) });
+            return Ok(Established { stream, codec, heartbeat_interval_ms: hb.max(HEARTBEAT_INTERVAL_MS_MIN), tls });
         }
     }
 }
@@ -137,17 +169,36 @@ pub async fn run_connection<S: Scenario, B: Backend>(ctx: Rc<ThreadCtx<S>>, inde
     let permit = ctx.connect_permits.acquire().await.ok();
     // With a connect rate the latency counts from the intended connect time;
     // without one, from when the attempt got its slot.
-    let started_ns = if cfg.connect_rate_per_s.is_some() { intended_ns } else { ctx.now_ns() };
+    let mut started_ns = if cfg.connect_rate_per_s.is_some() { intended_ns } else { ctx.now_ns() };
     ctx.stats.borrow_mut().counters.sessions_attempted += 1;
-    let result = tokio::select! {
-        r = establish::<S, B>(&ctx, index) => r,
-        _ = B::sleep_until(std::time::Instant::now() + cfg.connect_timeout) => Err(SessionFailure::Timeout),
+    let tls_config = cfg.tls.as_ref().map(|t| t.connection_config());
+    let mut result = Ok(());
+    if cfg.tls.as_ref().is_some_and(|t| t.resume) {
+        // The first handshake only fetches a ticket: not measured, and closed at once.
+        result = tokio::select! {
+            r = establish::<S, B>(&ctx, index, tls_config.as_ref()) => r.map(drop),
+            _ = B::sleep_until(std::time::Instant::now() + cfg.connect_timeout) => Err(SessionFailure::Timeout),
+        };
+        started_ns = ctx.now_ns();
+    }
+    let result = match result {
+        Ok(()) => tokio::select! {
+            r = establish::<S, B>(&ctx, index, tls_config.as_ref()) => r,
+            _ = B::sleep_until(std::time::Instant::now() + cfg.connect_timeout) => Err(SessionFailure::Timeout),
+        },
+        Err(e) => Err(e),
     };
     drop(permit);
     let established = match result {
         Ok(e) => {
             let mut stats = ctx.stats.borrow_mut();
             stats.counters.sessions_established += 1;
+            if let Some(tls) = &e.tls {
+                stats.counters.tls_handshakes += 1;
+                stats.counters.tls_resumed += u64::from(tls.is_resumed());
+            }
+            let ramp_ns = ctx.now_ns().saturating_sub(ctx.ramp_start_ns);
+            stats.counters.ramp_ns_max = stats.counters.ramp_ns_max.max(ramp_ns);
             let latency_us = ctx.now_ns().saturating_sub(started_ns) / 1000;
             stats.session_latency_us.saturating_record(latency_us.max(1));
             Some(e)
@@ -165,6 +216,8 @@ pub async fn run_connection<S: Scenario, B: Backend>(ctx: Rc<ThreadCtx<S>>, inde
 
 struct ConnState<C> {
     codec: ClientCodec,
+    /// The TLS client session, when the run speaks TLS.
+    tls: Option<TlsClient>,
     scenario: C,
     pending: PendingWindow,
     next_sequence: u64,
@@ -179,6 +232,7 @@ async fn run_load<S: Scenario, B: Backend>(ctx: &ThreadCtx<S>, index: u64, est: 
     let stream = est.stream;
     let state = RefCell::new(ConnState {
         codec: est.codec,
+        tls: est.tls,
         scenario: ctx.scenario.connection(index),
         pending: PendingWindow::new(),
         next_sequence: 0,
@@ -251,7 +305,18 @@ fn encode_next<C: ScenarioConnection>(
 }
 
 async fn write_batch<B: Backend, C>(stream: &B::Stream, state: &RefCell<ConnState<C>>, out: Vec<u8>) -> Vec<u8> {
-    let (written, mut out) = B::write_all(stream, out).await;
+    let sealed = match state.borrow_mut().tls.as_mut() {
+        None => Ok(None),
+        Some(tls) => {
+            let mut wire = Vec::with_capacity(out.len() + 64);
+            tls.seal(&out, &mut wire).map(|()| Some(wire))
+        }
+    };
+    let (written, mut out) = match sealed {
+        Ok(None) => B::write_all(stream, out).await,
+        Ok(Some(wire)) => (B::write_all(stream, wire).await.0, out),
+        Err(e) => (Err(e), out),
+    };
     if written.is_err() {
         let mut st = state.borrow_mut();
         st.lost |= !st.closed;
@@ -364,6 +429,8 @@ async fn reader<S: Scenario, B: Backend>(
     let drain_end = B::sleep_until(ctx.instant(tl.drain_end_ns));
     tokio::pin!(drain_end);
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    // Plaintext of one read, over TLS.
+    let mut plain = Vec::new();
     // Where answers to warm-up requests count (discarded): the run's counters cover its window.
     let mut warmup_counters: Vec<u64> = Vec::new();
     loop {
@@ -389,8 +456,19 @@ async fn reader<S: Scenario, B: Backend>(
             }
             let mut stats = ctx.stats.borrow_mut();
             let interval = tl.interval_of(now_ns);
-            let ConnState { codec, scenario, pending, closed, lost, .. } = &mut *st;
-            codec.feed(&buf[..n]);
+            let ConnState { codec, scenario, pending, closed, lost, tls, .. } = &mut *st;
+            match tls.as_mut() {
+                None => codec.feed(&buf[..n]),
+                Some(tls) => {
+                    plain.clear();
+                    if tls.open(&buf[..n], &mut plain).is_err() {
+                        stats.counters.framing_errors += 1;
+                        *lost = true;
+                        *closed = true;
+                    }
+                    codec.feed(&plain);
+                }
+            }
             let stats = &mut *stats;
             if warmup_counters.len() != stats.scenario_counters.len() {
                 warmup_counters.resize(stats.scenario_counters.len(), 0);

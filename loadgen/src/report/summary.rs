@@ -119,6 +119,17 @@ pub struct SessionCounts {
     pub failures: BTreeMap<String, u64>,
     pub lost: u64,
     pub closings_by_code: BTreeMap<String, u64>,
+    /// Sessions that ran a TLS handshake (`--tls`), and how many resumed a ticket.
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    #[serde(default)]
+    pub tls_resumed: u64,
+    /// From the ramp's start to the last session established.
+    #[serde(default)]
+    pub ramp_s: f64,
+    /// Sessions established per second over the ramp (handshakes/s with --tls).
+    #[serde(default)]
+    pub established_per_s: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -139,6 +150,11 @@ pub struct NodeSummary {
     /// saturate one node core on a 2-core box, so throughput alone cannot).
     #[serde(default)]
     pub node_cpu_us_per_request: Option<f64>,
+    /// Node process CPU from before the ramp to the window's start (ramp and
+    /// warm-up) per session established: what a connect + handshake + Hello +
+    /// Login costs the node (with --resume, both handshakes of each connection).
+    #[serde(default)]
+    pub cpu_us_per_session_ramp: Option<f64>,
     /// Node process CPU over the window, in cores (1.0 = one core fully busy).
     #[serde(default)]
     pub cpu_cores_busy: Option<f64>,
@@ -291,7 +307,7 @@ pub fn node_cpu(n: &mut NodeSummary, start: &TimedReading, end: &TimedReading, r
     }
 }
 
-fn node_summary(node: &NodeReadings, requests_answered: u64) -> Option<NodeSummary> {
+fn node_summary(node: &NodeReadings, requests_answered: u64, sessions_established: u64) -> Option<NodeSummary> {
     let get = |m: &Option<NodeMetrics>, name: &str| m.as_ref().and_then(|m| m.sum(name));
     if node.before.is_none() && node.held.is_none() {
         return None;
@@ -307,6 +323,14 @@ fn node_summary(node: &NodeReadings, requests_answered: u64) -> Option<NodeSumma
     };
     if let (Some(start), Some(end)) = (&node.window_start, &node.window_end) {
         node_cpu(&mut n, start, end, requests_answered);
+    }
+    if let (Some(c0), Some(c1)) = (
+        get(&node.before, PROCESS_CPU_SECONDS),
+        node.window_start.as_ref().and_then(|w| w.metrics.sum(PROCESS_CPU_SECONDS)),
+    ) {
+        if sessions_established > 0 {
+            n.cpu_us_per_session_ramp = Some((c1 - c0).max(0.0) * 1e6 / sessions_established as f64);
+        }
     }
     if let (Some(r0), Some(r1), Some(s0), Some(s1)) =
         (n.rss_bytes_before, n.rss_bytes_held, n.sessions_before, n.sessions_held)
@@ -544,8 +568,16 @@ pub fn build_summary(
             failures: c.session_failures.clone(),
             lost: c.connections_lost,
             closings_by_code: c.closings_by_code.iter().map(|(k, v)| (code_name(*k), *v)).collect(),
+            tls_handshakes: c.tls_handshakes,
+            tls_resumed: c.tls_resumed,
+            ramp_s: c.ramp_ns_max as f64 / 1e9,
+            established_per_s: if c.ramp_ns_max > 0 {
+                c.sessions_established as f64 / (c.ramp_ns_max as f64 / 1e9)
+            } else {
+                0.0
+            },
         },
-        node: node_summary(node, c.responses_matched),
+        node: node_summary(node, c.responses_matched, c.sessions_established),
         scenario_counters: info
             .counter_names
             .iter()

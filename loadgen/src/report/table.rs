@@ -42,6 +42,26 @@ pub fn render(s: &RunSummary) -> String {
         se.lost,
         map_line(&se.closings_by_code)
     );
+    if se.tls_handshakes > 0 || se.ramp_s > 0.0 {
+        let tls = if se.tls_handshakes > 0 {
+            format!("TLS handshakes {} ({} resumed), ", se.tls_handshakes, se.tls_resumed)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  ramp       {tls}{:.1} sessions/s over {:.2} s{}",
+            se.established_per_s,
+            se.ramp_s,
+            // Only where the warm-up carries no requests (heartbeats) is it the sessions' cost.
+            s.node
+                .as_ref()
+                .filter(|_| s.headline == "sessions")
+                .and_then(|n| n.cpu_us_per_session_ramp)
+                .map(|u| format!(", node CPU {u:.1} us per session (ramp + warm-up)"))
+                .unwrap_or_default()
+        );
+    }
     let r = &s.requests;
     let _ = writeln!(
         out,

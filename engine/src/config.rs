@@ -127,6 +127,8 @@ pub struct Config {
     pub handoff_nats_connect_timeout_ms: u64,
     /// How long a publish waits for JetStream's ack before the attempt counts as failed.
     pub handoff_nats_ack_timeout_ms: u64,
+    /// Timelines: inboxes, sync, groups, lucky packets (`[timeline]` table).
+    pub timeline: crate::timeline::TimelineConfig,
 }
 
 /// The hand-off sink.
@@ -216,6 +218,7 @@ impl Default for Config {
             handoff_nats_tls_required: false,
             handoff_nats_connect_timeout_ms: 5_000,
             handoff_nats_ack_timeout_ms: 5_000,
+            timeline: crate::timeline::TimelineConfig::default(),
         }
     }
 }
@@ -241,6 +244,9 @@ impl Config {
     /// Checks cross-field rules and bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_owned() });
+        if let Err(reason) = self.timeline.validate(self.frame_bytes_max) {
+            return invalid("timeline", &reason);
+        }
         if self.tls_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return invalid("tls_listen", "needs tls_cert and tls_key");
         }

@@ -429,7 +429,16 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
         }
         _ => (ShardState::new(id, node.cores, None, None), Vec::new()),
     };
+    let mut state = state;
+    state.set_timelines(crate::timeline::Timelines::new(
+        id,
+        node.cores,
+        node.config.node_id,
+        node.config.timeline.clone(),
+        redrain_net::time::now_unix_ms(),
+    ));
     let core = Rc::new(Core::new(id, node.clone(), state));
+    crate::timeline::storage::open_on_core(&core).await?;
     if node.rain.is_some() {
         let peers = match node.config.opens_replica_peers.as_slice() {
             [a, b] => Some(crate::shard::storage::OpenQueuePeers {

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod message;
 pub mod prometheus;
 pub mod time;
+pub mod timeline;
 pub mod tls;
 pub mod token;
 

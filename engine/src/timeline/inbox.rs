@@ -60,15 +60,6 @@ impl Inbox {
         self.allocated
     }
 
-    /// A message this inbox holds already: (seq, durable).
-    pub fn find(&self, from: u64, client_msg_id: u64) -> Option<(u64, bool)> {
-        self.recent
-            .iter()
-            .rev()
-            .find(|e| e.from == from && e.client_msg_id == client_msg_id)
-            .map(|e| (e.seq, e.state == State::Committed))
-    }
-
     /// Adds an entry waiting for its write.
     pub fn push(&mut self, seq: u64, from: u64, client_msg_id: u64, wire: Box<[u8]>) {
         debug_assert!(self.recent.back().is_none_or(|e| e.seq < seq), "seqs strictly increase");
@@ -86,8 +77,10 @@ impl Inbox {
     }
 
     /// The entry `seq` could not be written: it never existed (its seq is skipped).
-    pub fn fail(&mut self, seq: u64) {
-        self.recent.retain(|e| e.seq != seq);
+    /// Returns its (sender, client message id).
+    pub fn fail(&mut self, seq: u64) -> Option<(u64, u64)> {
+        let at = self.recent.iter().position(|e| e.seq == seq)?;
+        self.recent.remove(at).map(|e| (e.from, e.client_msg_id))
     }
 
     /// An entry found in the log at start.

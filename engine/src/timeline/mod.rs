@@ -362,6 +362,10 @@ pub struct Timelines {
     sync_reads: HashMap<u64, SyncRead>,
     sent: HashMap<(u64, u64), Sent>,
     sent_order: VecDeque<(u64, u64)>,
+    /// (recipient, sender, client message id) -> seq of messages delivered here, so a
+    /// retried send is stored once even after its entry left memory or the node restarted.
+    delivered: HashMap<(u64, u64, u64), u64>,
+    delivered_order: VecDeque<(u64, u64, u64)>,
     /// Sends this second per user: (second, count).
     rate: HashMap<u64, (u64, u32)>,
     last_message_id: u64,
@@ -399,6 +403,8 @@ impl Timelines {
             sync_reads: HashMap::new(),
             sent: HashMap::new(),
             sent_order: VecDeque::new(),
+            delivered: HashMap::new(),
+            delivered_order: VecDeque::new(),
             rate: HashMap::new(),
             last_message_id: 0,
             next_token: TOKEN_BASE,
@@ -652,6 +658,17 @@ impl Timelines {
         }
     }
 
+    fn remember_delivered(&mut self, key: (u64, u64, u64), seq: u64) {
+        if self.delivered.insert(key, seq).is_none() {
+            self.delivered_order.push_back(key);
+            if self.delivered_order.len() > self.config.send_dedup_entries_max {
+                if let Some(old) = self.delivered_order.pop_front() {
+                    self.delivered.remove(&old);
+                }
+            }
+        }
+    }
+
     fn defer_group(&mut self, caller: Caller, group: u64, op: GroupOp, out: &mut ConnAnswers<'_>) -> Handled {
         let token = self.token();
         out.defer(token);
@@ -861,16 +878,17 @@ impl Timelines {
             let inbox = self.inboxes.entry(user).or_insert_with(|| Inbox::starting_at(ceiling));
             // A retried send that this inbox already holds: answer its seq.
             if msg.client_msg_id != 0 {
-                if let Some((seq, committed)) = inbox.find(msg.from, msg.client_msg_id) {
-                    if committed {
-                        delivery.seqs.push((user, seq));
-                    } else if let Some(Pending::Entry { deliveries, .. }) = self
-                        .pending
-                        .values_mut()
-                        .find(|p| matches!(p, Pending::Entry { user: u, seq: s, .. } if *u == user && *s == seq))
-                    {
-                        deliveries.push(dtoken);
-                        delivery.remaining += 1;
+                if let Some(&seq) = self.delivered.get(&(user, msg.from, msg.client_msg_id)) {
+                    let in_flight = self.pending.values_mut().find_map(|p| match p {
+                        Pending::Entry { user: u, seq: s, deliveries } if *u == user && *s == seq => Some(deliveries),
+                        _ => None,
+                    });
+                    match in_flight {
+                        Some(deliveries) => {
+                            deliveries.push(dtoken);
+                            delivery.remaining += 1;
+                        }
+                        None => delivery.seqs.push((user, seq)),
                     }
                     continue;
                 }
@@ -901,6 +919,9 @@ impl Timelines {
             let payload = records::encode_entry(user, msg.client_msg_id, &wire);
             let inbox = self.inboxes.get_mut(&user).expect("inserted above");
             inbox.push(seq, msg.from, msg.client_msg_id, wire.into_boxed_slice());
+            if msg.client_msg_id != 0 {
+                self.remember_delivered((user, msg.from, msg.client_msg_id), seq);
+            }
             let token = self.token();
             self.pending.insert(token, Pending::Entry { user, seq, deliveries: vec![dtoken] });
             self.outputs.push(TimelineOutput::Append { kind: records::KIND_ENTRY, payload, token });
@@ -1081,7 +1102,9 @@ impl Timelines {
                         }
                         None => {
                             self.stats.entries_failed += 1;
-                            inbox.fail(seq);
+                            if let Some(from_cmid) = inbox.fail(seq) {
+                                self.delivered.remove(&(user, from_cmid.0, from_cmid.1));
+                            }
                         }
                     }
                 }
@@ -1229,6 +1252,9 @@ impl Timelines {
                     self.remember_sent((user, client_msg_id), Sent::Recovered { message_id: entry.message_id });
                 }
                 self.last_message_id = self.last_message_id.max(entry.message_id);
+                if client_msg_id != 0 {
+                    self.remember_delivered((user, entry.from, client_msg_id), entry.seq);
+                }
                 let inbox = self.inboxes.entry(user).or_default();
                 inbox.recover(entry.seq, entry.from, client_msg_id, wire, lsn, &self.config);
                 self.ceilings.recover(user, entry.seq);

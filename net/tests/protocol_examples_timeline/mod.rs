@@ -54,17 +54,20 @@ pub fn expected() -> Vec<(&'static str, Vec<u8>)> {
         (
             "send",
             req(
-                Q::Send { target_kind: TARGET_USER, target: 43, client_msg_id: 1, content_type: CONTENT_TEXT, payload: b"hi" },
+                Q::Send {
+                    target_kind: TARGET_USER,
+                    target: 43,
+                    client_msg_id: 1,
+                    content_type: CONTENT_TEXT,
+                    payload: b"hi",
+                },
                 8,
             ),
         ),
         ("send_ok", resp(A::SendOk { message_id: 1000, seq: 5 }, 8)),
         ("notify", resp(A::Notify { latest_seq: 5 }, 0)),
         ("sync", req(Q::Sync { since_seq: 4, limit: 100 }, 9)),
-        (
-            "sync_ok",
-            resp(A::SyncOk { latest_seq: 5, more: false, entries: SyncEntries::from_encoded(1, &entry) }, 9),
-        ),
+        ("sync_ok", resp(A::SyncOk { latest_seq: 5, more: false, entries: SyncEntries::from_encoded(1, &entry) }, 9)),
         ("sync_ack", req(Q::SyncAck { conv_kind: TARGET_USER, conv_id: 43, read_seq: 5 }, 12)),
         ("sync_ack_ok", resp(A::SyncAckOk { seq: 6 }, 12)),
         ("group_create", req(Q::GroupCreate { members: U64List::from_bytes(&members) }, 11)),
@@ -89,10 +92,7 @@ pub fn expected() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         ("lucky_open", req(Q::LuckyOpen { group_id: GROUP, packet_id: 1001 }, 17)),
-        (
-            "lucky_open_ok",
-            resp(A::LuckyOpenOk { packet_id: 1001, amount_fen: 388, flags: 0, opened: 1, count: 3 }, 17),
-        ),
+        ("lucky_open_ok", resp(A::LuckyOpenOk { packet_id: 1001, amount_fen: 388, flags: 0, opened: 1, count: 3 }, 17)),
         ("error_seq_from_future", error),
     ]
 }

@@ -430,12 +430,13 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
         _ => (ShardState::new(id, node.cores, None, None), Vec::new()),
     };
     let mut state = state;
-    state.set_timelines(crate::timeline::Timelines::new(
+    state.set_timelines(crate::timeline::Timelines::with_frame_limit(
         id,
         node.cores,
         node.config.node_id,
         node.config.timeline.clone(),
         redrain_net::time::now_unix_ms(),
+        node.config.frame_bytes_max,
     ));
     let core = Rc::new(Core::new(id, node.clone(), state));
     crate::timeline::storage::open_on_core(&core).await?;

@@ -127,7 +127,8 @@ impl Inbox {
                 // Not durable yet (and nothing after it is).
                 return (count, false);
             }
-            if count == limit || out.len() + e.wire.len() > bytes_max {
+            // The first entry always goes, so a Sync always makes progress.
+            if count == limit || (count > 0 && out.len() + e.wire.len() > bytes_max) {
                 return (count, true);
             }
             out.extend_from_slice(&e.wire);
@@ -247,9 +248,10 @@ mod tests {
         inbox.fail(3);
         inbox.commit(4, 103, &config);
         assert_eq!(inbox.latest_seq(), 4);
-        assert_eq!(inbox.older_after(0, 10), vec![100], "one entry left memory for the index");
-        let (count, more) = inbox.copy_after(1, 10, 1 << 20, &mut out);
-        assert_eq!((count, more), (2, false), "seq 2 and 4; 3 failed and was skipped");
+        assert_eq!(inbox.older_after(0, 10), vec![100, 101], "durable entries beyond 2 in memory moved to the index");
+        assert_eq!(inbox.older_after(1, 10), vec![101]);
+        let (count, more) = inbox.copy_after(2, 10, 1 << 20, &mut out);
+        assert_eq!((count, more), (1, false), "seq 4 only; 3 failed and was skipped");
     }
 
     #[test]

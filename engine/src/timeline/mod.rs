@@ -115,12 +115,11 @@ impl TimelineConfig {
         if self.message_bytes_max == 0 || self.message_bytes_max > usize::from(u16::MAX) {
             return Err("timeline.message_bytes_max must be within 1..=65535".into());
         }
-        if self.sync_bytes_max < entry_max || self.sync_bytes_max + 64 > frame_bytes_max as usize {
-            return Err(format!(
-                "timeline.sync_bytes_max must hold one largest entry ({entry_max} bytes) and fit a frame \
-                 ({frame_bytes_max} bytes - 64)"
-            ));
+        if self.sync_bytes_max < entry_max {
+            return Err(format!("timeline.sync_bytes_max must hold one largest entry ({entry_max} bytes)"));
         }
+        // A SyncOk never outgrows the frames the node sends (checked here, clamped at start).
+        let _ = frame_bytes_max;
         if self.inbox_memory_entries == 0
             || self.group_members_max < 2
             || self.group_members_max > redrain_net::timeline::GROUP_CREATE_MEMBERS_MAX
@@ -382,6 +381,19 @@ pub fn group_home_core(group: u64, cores: usize) -> usize {
 
 impl Timelines {
     pub fn new(core: usize, cores: usize, node_id: u16, config: TimelineConfig, seed: u64) -> Self {
+        Self::with_frame_limit(core, cores, node_id, config, seed, redrain_net::frame::FRAME_BYTES_LIMIT)
+    }
+
+    /// Like [`new`](Self::new), with SyncOk answers kept within `frame_bytes_max`.
+    pub fn with_frame_limit(
+        core: usize,
+        cores: usize,
+        node_id: u16,
+        mut config: TimelineConfig,
+        seed: u64,
+        frame_bytes_max: u32,
+    ) -> Self {
+        config.sync_bytes_max = config.sync_bytes_max.min((frame_bytes_max as usize).saturating_sub(64)).max(1);
         Self {
             core,
             cores,

@@ -158,15 +158,18 @@ impl TimelineStorage {
 
     async fn read_lsns(&self, lsns: &[u64]) -> Result<Vec<Vec<u8>>, String> {
         let mut out = Vec::with_capacity(lsns.len());
-        let mut buffered: Vec<u8> = Vec::new();
+        // The records of the last read, parsed once (in log order, so by LSN): a page of
+        // older entries is mostly neighbours in one read.
+        let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
         for &lsn in lsns {
-            let mut found = find_record(&buffered, lsn);
+            let mut found = find_record(&records, lsn);
             if found.is_none() {
-                buffered = self.log().read_batches(lsn, 256 << 10).await.map_err(|e| e.to_string())?;
-                found = find_record(&buffered, lsn);
+                let buffered = self.log().read_batches(lsn, 256 << 10).await.map_err(|e| e.to_string())?;
+                records = parse_records(&buffered);
+                found = find_record(&records, lsn);
             }
             match found {
-                Some(payload) => out.push(payload),
+                Some(payload) => out.push(payload.to_vec()),
                 None => return Err(format!("record {lsn} not in the log")),
             }
         }
@@ -174,9 +177,13 @@ impl TimelineStorage {
     }
 }
 
-fn find_record(batches: &[u8], lsn: u64) -> Option<Vec<u8>> {
+fn parse_records(batches: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let (views, _) = redrain_storage::record::split_batches(batches);
-    views.iter().flat_map(|b| b.records()).find(|r| r.lsn == lsn).map(|r| r.payload.to_vec())
+    views.iter().flat_map(|b| b.records()).map(|r| (r.lsn, r.payload.to_vec())).collect()
+}
+
+fn find_record(records: &[(u64, Vec<u8>)], lsn: u64) -> Option<&[u8]> {
+    records.binary_search_by_key(&lsn, |(l, _)| *l).ok().map(|i| records[i].1.as_slice())
 }
 
 fn spawn_pump(core: Rc<Core>) -> LocalSender<(u64, Append)> {

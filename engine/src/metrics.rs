@@ -153,6 +153,8 @@ pub struct CoreMetrics {
     pub rain: crate::rain::metrics::RainMetrics,
     /// The payment hand-off of this core's open queue (rendered by `handoff::metrics`).
     pub handoff: crate::handoff::metrics::HandoffMetrics,
+    /// Timelines of this core (rendered by `timeline::metrics`).
+    pub timeline: crate::timeline::metrics::TimelineMetrics,
     frames_total: [[AtomicU64; OUTCOMES.len()]; TYPE_SLOTS],
     rejected_total: CounterArray<{ ErrorCode::ALL.len() }>,
     latency: [Histogram; TYPE_SLOTS],

@@ -395,6 +395,8 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
             };
             metrics::render_prometheus(&cores, figures, &mut body);
             metrics::render_thread_cpu(&metrics::thread_cpu_seconds(), &mut body);
+            let timeline: Vec<_> = node.metrics.iter().map(|m| &m.timeline).collect();
+            crate::timeline::metrics::render(&timeline, &mut body);
             if node.rain.is_some() {
                 crate::rain::metrics::render(&rain, &mut body);
                 let handoff: Vec<_> = node.metrics.iter().map(|m| &m.handoff).collect();

@@ -314,4 +314,14 @@ fn after_kill_9_every_acknowledged_message_is_synced_seqs_keep_increasing_and_re
         }
     }
     eprintln!("in-flight sends whose retry answered another message id than an inbox holds: {ids_differ}");
+    // The timeline figures in /metrics saw this traffic (copied on the housekeeping tick).
+    node.wait_metric("redrain_timeline_sends_total", &[], after_ids.len() as f64);
+    node.wait_metric("redrain_timeline_entries_committed_total", &[], 1.0);
+    node.wait_metric("redrain_timeline_syncs_total", &[], 2.0 * USERS as f64);
+    node.wait_metric("redrain_timeline_sync_log_reads_total", &[], 1.0);
+    node.wait_metric("redrain_timeline_groups", &[], 1.0);
+    node.wait_metric("redrain_timeline_notifies_total", &[], 1.0);
+    let m = node.metrics();
+    assert_eq!(common::metric_sum(&m, "redrain_timeline_entries_failed_total", &[]), 0.0);
+    common::promtool_check(&m);
 }

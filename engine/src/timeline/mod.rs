@@ -23,6 +23,7 @@
 
 pub mod inbox;
 pub mod lucky;
+pub mod metrics;
 pub mod records;
 pub mod storage;
 

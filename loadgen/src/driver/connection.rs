@@ -253,8 +253,10 @@ fn encode_next<C: ScenarioConnection>(
     pending.push(id, Pending { sequence, intended_ns, sent_ns, measured });
 }
 
-/// After the schedule: one request at a time while the scenario wants more (a final
-/// sync), until it is done or the drain deadline. These requests are not measured.
+/// After the schedule: more requests while the scenario wants them (a final sync), one
+/// per ask and within the pipeline depth, until it is done with nothing outstanding or
+/// the drain deadline. An answer that never comes (lost by the node) does not stop the
+/// scenario's other requests. These requests are not measured.
 async fn drain_requests<S: Scenario, B: Backend>(
     ctx: &ThreadCtx<S>,
     stream: &B::Stream,
@@ -264,26 +266,27 @@ async fn drain_requests<S: Scenario, B: Backend>(
 ) {
     let mut out = Vec::with_capacity(256);
     let deadline = ctx.instant(tl.drain_end_ns);
+    let depth = ctx.cfg.pipeline_depth.max(1) as usize;
     loop {
         let now_ns = ctx.now_ns();
         if now_ns >= tl.drain_end_ns || state.borrow().closed {
             return;
         }
-        if state.borrow().pending.outstanding() > 0 {
-            tokio::select! {
-                _ = room.notified() => {}
-                _ = B::sleep_until(deadline) => return,
-            }
-            continue;
-        }
-        let want = state.borrow_mut().scenario.drain_want();
+        let outstanding = state.borrow().pending.outstanding();
+        let want = if outstanding < depth { state.borrow_mut().scenario.drain_want() } else { DrainWant::Later };
         match want {
-            DrainWant::Done => return,
-            DrainWant::Later => B::sleep_until(std::time::Instant::now() + DRAIN_POLL).await,
+            DrainWant::Done if outstanding == 0 => return,
             DrainWant::Now => {
                 encode_next(&mut state.borrow_mut(), now_ns, now_ns, false, &mut out);
                 ctx.stats.borrow_mut().counters.warmup_requests_sent += 1;
                 out = write_batch::<B, _>(stream, state, out).await;
+            }
+            DrainWant::Done | DrainWant::Later => {
+                tokio::select! {
+                    _ = room.notified() => {}
+                    _ = B::sleep_until(std::time::Instant::now() + DRAIN_POLL) => {}
+                    _ = B::sleep_until(deadline) => return,
+                }
             }
         }
     }

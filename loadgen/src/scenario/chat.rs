@@ -570,6 +570,9 @@ impl ScenarioConnection for ChatConnection {
     }
 
     fn drain_want(&mut self) -> DrainWant {
+        if self.sync_in_flight {
+            return DrainWant::Later;
+        }
         if self.more || self.notified_seq > self.known_latest.max(self.synced_seq) {
             self.force_sync = true;
             return DrainWant::Now;

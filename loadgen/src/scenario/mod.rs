@@ -96,9 +96,9 @@ pub trait ScenarioConnection: 'static {
     fn on_push(&mut self, _response: &Response<'_>, _counters: &mut [u64]) -> bool {
         false
     }
-    /// Asked after the schedule ended and every request was answered, until the drain
-    /// deadline: whether to send one more request (a final sync). Scenarios that only
-    /// answer what they asked say `Done`.
+    /// Asked after the schedule ended, until the drain deadline (also while earlier
+    /// requests are outstanding): whether to send one more request (a final sync).
+    /// Scenarios that only answer what they asked say `Done`.
     fn drain_want(&mut self) -> DrainWant {
         DrainWant::Done
     }

@@ -131,6 +131,8 @@ pub struct Config {
     pub handoff_nats_connect_timeout_ms: u64,
     /// How long a publish waits for JetStream's ack before the attempt counts as failed.
     pub handoff_nats_ack_timeout_ms: u64,
+    /// Timelines: inboxes, sync, groups, lucky packets (`[timeline]` table).
+    pub timeline: crate::timeline::TimelineConfig,
     /// How client sockets are read: `ring` (the core's own io_uring: multishot receives
     /// into a provided-buffer ring, reaped in batches) or `glommio` (glommio's streams).
     pub net_driver: NetDriver,
@@ -253,6 +255,7 @@ impl Default for Config {
             handoff_nats_tls_required: false,
             handoff_nats_connect_timeout_ms: 5_000,
             handoff_nats_ack_timeout_ms: 5_000,
+            timeline: crate::timeline::TimelineConfig::default(),
             net_driver: NetDriver::Ring,
             net_batch_window_us: 250,
             net_recv_buffers: 512,
@@ -283,6 +286,9 @@ impl Config {
     /// Checks cross-field rules and bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_owned() });
+        if let Err(reason) = self.timeline.validate(self.frame_bytes_max) {
+            return invalid("timeline", &reason);
+        }
         if self.tls_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return invalid("tls_listen", "needs tls_cert and tls_key");
         }

@@ -8,6 +8,7 @@
 //! - [`rain`]: the red-packet rain on the node: event, dispenser, seal, open, streams.
 //! - [`shard`]: one pinned core: connections, hand-off, accept loops.
 //! - [`session`]: the per-connection protocol state machine (sans-IO).
+//! - [`timeline`]: inboxes with per-user seqs, groups, notify and sync, lucky packets.
 //! - [`tickets`]: the red-packet ticket toolchain (budget, generation, verification,
 //!   reconciliation) and the ticket shard reader the node uses.
 
@@ -20,3 +21,4 @@ pub mod rain;
 pub mod session;
 pub mod shard;
 pub mod tickets;
+pub mod timeline;

@@ -157,8 +157,10 @@ pub struct CoreMetrics {
     pub handoff: crate::handoff::metrics::HandoffMetrics,
     /// The core's network ring (rendered by `shard::netring`).
     pub net: crate::shard::netring::NetRingMetrics,
+    /// Timelines of this core (rendered by `timeline::metrics`).
+    pub timeline: crate::timeline::metrics::TimelineMetrics,
     frames_total: [[AtomicU64; OUTCOMES.len()]; TYPE_SLOTS],
-    rejected_total: [AtomicU64; ErrorCode::ALL.len()],
+    rejected_total: CounterArray<{ ErrorCode::ALL.len() }>,
     latency: [Histogram; TYPE_SLOTS],
 }
 
@@ -470,5 +472,23 @@ mod tests {
         let line = "42 (core (1) x) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
         assert_eq!(parse_task_stat(line, 100.0), Some(("core (1) x".to_owned(), 3.0)));
         assert_eq!(parse_task_stat("garbage", 100.0), None);
+    }
+}
+
+/// A fixed array of counters that is `Default` at any length (std derives `Default` for
+/// arrays of at most 32; the error codes outgrew that).
+#[derive(Debug)]
+pub struct CounterArray<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Default for CounterArray<N> {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl<const N: usize> std::ops::Deref for CounterArray<N> {
+    type Target = [AtomicU64; N];
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }

@@ -398,6 +398,8 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
             };
             metrics::render_prometheus(&cores, figures, &mut body);
             metrics::render_thread_cpu(&metrics::thread_cpu_seconds(), &mut body);
+            let timeline: Vec<_> = node.metrics.iter().map(|m| &m.timeline).collect();
+            crate::timeline::metrics::render(&timeline, &mut body);
             if node.rain.is_some() {
                 crate::rain::metrics::render(&rain, &mut body);
                 let handoff: Vec<_> = node.metrics.iter().map(|m| &m.handoff).collect();
@@ -432,6 +434,15 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
         }
         _ => (ShardState::new(id, node.cores, None, None), Vec::new()),
     };
+    let mut state = state;
+    state.set_timelines(crate::timeline::Timelines::with_frame_limit(
+        id,
+        node.cores,
+        node.config.node_id,
+        node.config.timeline.clone(),
+        redrain_net::time::now_unix_ms(),
+        node.config.frame_bytes_max,
+    ));
     let core = Rc::new(Core::new(id, node.clone(), state));
     if node.config.net_driver == crate::config::NetDriver::Ring {
         let config = crate::shard::netring::NetRingConfig {
@@ -449,6 +460,7 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
             Err(e) => log::warn!("core {id}: network ring unavailable ({e}); reading sockets through glommio"),
         }
     }
+    crate::timeline::storage::open_on_core(&core).await?;
     if node.rain.is_some() {
         let peers = match node.config.opens_replica_peers.as_slice() {
             [a, b] => Some(crate::shard::storage::OpenQueuePeers {

@@ -9,7 +9,7 @@
 
 use crate::auth::{TokenClaims, TokenError, TokenKeys};
 use crate::metrics::{CoreMetrics, Outcome, PassKinds};
-use crate::shard::state::RainRequest;
+use crate::shard::state::{RainRequest, TimelineCall};
 use redrain_net::frame::{FrameDecoder, FrameError, FrameRef};
 use redrain_net::message::{Request, Response};
 use redrain_net::{ErrorCode, MessageType, PROTOCOL_VERSION};
@@ -36,7 +36,7 @@ pub struct SessionLimits {
 }
 
 /// What the driver must do after a processing pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// All complete frames were handled; wait for more bytes.
     NeedMore,
@@ -46,8 +46,9 @@ pub enum Step {
     /// Close the connection after flushing the output (the reason frame, if any,
     /// is already in the output).
     Close(ErrorCode),
-    /// A rain request of the logged-in user: the driver hands it to the core's state
-    /// machine (its answer goes into the output in request order), then processes on.
+    /// A domain request of the logged-in user (rain, or a timeline request): the driver
+    /// hands it to the core's state machine (its answer goes into the output in request
+    /// order), then processes on.
     Rain { user_id: u64, request_id: u32, request: RainRequest },
 }
 
@@ -197,6 +198,10 @@ impl Session {
             }
             (Phase::Active { user_id, .. }, Request::Open { sealed }) => {
                 return Step::Rain { user_id, request_id: rid, request: RainRequest::Open(*sealed) };
+            }
+            (Phase::Active { user_id, .. }, Request::Timeline(t)) => {
+                let call = TimelineCall { kind: t.kind(), body: frame.body.to_vec() };
+                return Step::Rain { user_id, request_id: rid, request: RainRequest::Timeline(Box::new(call)) };
             }
             (Phase::Active { .. }, Request::Reserved { .. }) => {
                 Err((ErrorCode::NotServed, "message type reserved but not served by this node"))
@@ -406,7 +411,7 @@ mod tests {
         let keys = TokenKeys::new(SECRET, None).unwrap();
         let metrics = CoreMetrics::default();
         let mut input = Vec::new();
-        Request::Reserved { kind: MessageType::Send, body: b"abc" }.encode(1, &mut input);
+        Request::Reserved { kind: MessageType::AdminSwitch, body: b"abc" }.encode(1, &mut input);
         Request::Logout.encode(2, &mut input);
         Request::Ping { payload: b"" }.encode(3, &mut input);
         let mut out = Vec::new();

@@ -176,7 +176,12 @@ fn unknown_types_and_out_of_order_frames_get_typed_errors() {
     encode_frame(&mut raw, MessageType::Pong as u8, 6, |_| {});
     c.send_raw(&raw).unwrap();
     assert_eq!(error_code(&c.recv().unwrap()), Some(ErrorCode::OutOfOrder));
-    expect_server_error(c.call(&Request::Reserved { kind: MessageType::Send, body: b"x" }), ErrorCode::NotServed);
+    expect_server_error(
+        c.call(&Request::Reserved { kind: MessageType::AdminSwitch, body: b"x" }),
+        ErrorCode::NotServed,
+    );
+    // Send is served now: a body that does not match its layout is malformed.
+    expect_server_error(c.call(&Request::Reserved { kind: MessageType::Send, body: b"x" }), ErrorCode::MalformedBody);
     // Malformed body of a known type.
     raw.clear();
     encode_frame(&mut raw, MessageType::Logout as u8, 7, |b| b.push(1));

@@ -159,6 +159,7 @@ impl Sim {
                     }
                     Output::Send { core: to, mail } => core.mail.push((to, mail)),
                     Output::Close { .. } => {}
+                    Output::Timeline(o) => panic!("unexpected timeline output {o:?}"),
                 }
             }
         }

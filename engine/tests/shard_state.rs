@@ -115,6 +115,8 @@ impl Core {
                     }
                     Output::Send { core, mail } => self.mail_out.push((core, mail)),
                     Output::Close { conn, code } => self.closed.push((conn, code)),
+                    // No timeline requests here (see timeline_state.rs).
+                    Output::Timeline(o) => panic!("unexpected timeline output {o:?}"),
                 }
             }
         }
@@ -321,8 +323,8 @@ fn opens_are_exactly_once_wait_for_storage_and_a_failed_record_opens_nothing() {
     core.complete();
     // Two devices (connections 1 and 2) of user 7 open at once: both wait for one record.
     let open = RainRequest::Open(sealed);
-    assert!(matches!(core.request(1, 7, open, now + 2_000), Handled::Later { .. }));
-    assert!(matches!(core.request(2, 7, open, now + 2_000), Handled::Later { .. }));
+    assert!(matches!(core.request(1, 7, open.clone(), now + 2_000), Handled::Later { .. }));
+    assert!(matches!(core.request(2, 7, open.clone(), now + 2_000), Handled::Later { .. }));
     assert!(core.take(1).is_empty() && core.take(2).is_empty(), "no answer before durability");
     assert_eq!(core.disk.held.len(), 1, "one record for both opens");
     core.complete();

@@ -1,4 +1,4 @@
-//! Command line: `connect`, `ping`, `shake` and `compare`.
+//! Command line: `connect`, `ping`, `shake`, `chat` and `compare`.
 
 use crate::config::{LoadMode, RunConfig, Runtime, SOURCE_IPS_MAX};
 use crate::duration::parse_duration;
@@ -43,6 +43,23 @@ pub enum Command {
         /// Do not open wins (measures shakes alone).
         #[arg(long)]
         no_open: bool,
+    },
+    /// Timelines: one-to-one and group messages; every device syncs on each notify and
+    /// every delivery is checked (missing, duplicated) after a final drain (same load flags
+    /// as ping; the node's sends_per_user_per_s bounds --rate / --connections).
+    Chat {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Groups created before the load (0 = one-to-one messages only); members of a
+        /// group send to it, the other connections to a random other connection.
+        #[arg(long, default_value_t = 0)]
+        groups: usize,
+        /// Members of each group, its creator included.
+        #[arg(long, default_value_t = 10)]
+        group_size: usize,
+        /// Also sync after this many requests without a notify (0 = only on notify).
+        #[arg(long, default_value_t = 0)]
+        sync_every: u64,
     },
     /// Print the differences and ratios (b / a) of two JSON summaries.
     Compare { a: PathBuf, b: PathBuf },

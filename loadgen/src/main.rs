@@ -8,6 +8,7 @@ use redrain_loadgen::config::RunConfig;
 use redrain_loadgen::floor::{self, FloorConfig};
 use redrain_loadgen::report::summary::add_counts;
 use redrain_loadgen::report::{compare, hgrm, merge, svg, table};
+use redrain_loadgen::scenario::chat::{self, ChatParams, ChatScenario};
 use redrain_loadgen::scenario::connect::ConnectScenario;
 use redrain_loadgen::scenario::ping::PingScenario;
 use redrain_loadgen::scenario::shake::ShakeScenario;
@@ -110,6 +111,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Shake { run: args, ignore_shake_interval, no_open } => {
             let cfg = args.to_config(cpus)?;
             run_scenario(&args, cfg, ShakeScenario::new(!ignore_shake_interval, !no_open))
+        }
+        Command::Chat { run: args, groups, group_size, sync_every } => {
+            let cfg = args.to_config(cpus)?;
+            let params = ChatParams { groups, group_size, sync_every };
+            // With --processes the parent only spawns; each child makes its own groups.
+            let parent = cfg.process_count > 1 && args.start_at_unix_ms.is_none();
+            let ids = if parent { Vec::new() } else { chat::create_groups(&cfg, &params)? };
+            let scenario = if parent {
+                ChatScenario::new(&cfg, ChatParams { groups: 0, ..params }, &[])?
+            } else {
+                ChatScenario::new(&cfg, params, &ids)?
+            };
+            run_scenario(&args, cfg, scenario)
         }
         Command::Compare { a, b } => {
             let sa = compare::load(&a)?;

@@ -7,6 +7,7 @@
 use redrain_loadgen::config::{LoadMode, RunConfig, Runtime};
 use redrain_loadgen::node_process::{find_node_binary, NodeProcess};
 use redrain_loadgen::report::{compare, hgrm};
+use redrain_loadgen::scenario::chat::{self, ChatParams, ChatScenario};
 use redrain_loadgen::scenario::connect::ConnectScenario;
 use redrain_loadgen::scenario::ping::PingScenario;
 use redrain_loadgen::scenario::shake::ShakeScenario;
@@ -441,4 +442,51 @@ fn a_tls_run_against_a_node_with_an_untrusted_certificate_fails_its_sessions_as_
     let out = redrain_loadgen::run(cfg, PingScenario::new(16)).unwrap();
     assert_eq!(out.summary.sessions.established, 0);
     assert_eq!(out.summary.sessions.failures.get("tls"), Some(&10), "{:?}", out.summary.sessions.failures);
+}
+
+/// A two-core node, so that messages cross cores (one-to-one deliveries and group fan-out).
+fn chat_run(params: ChatParams, connections: u32, rate_per_s: f64) -> RunSummary {
+    let bin = find_node_binary().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&bin, dir.path(), 2, None).unwrap_or_else(|e| panic!("{e}"));
+    let mut cfg = ping_config(&node, rate_per_s, Duration::from_secs(2));
+    cfg.connections = connections;
+    cfg.warmup = Duration::from_millis(300);
+    let groups = chat::create_groups(&cfg, &params).unwrap();
+    let scenario = ChatScenario::new(&cfg, params, &groups).unwrap();
+    redrain_loadgen::run(cfg, scenario).unwrap().summary
+}
+
+fn assert_every_delivery_checked(s: &RunSummary) {
+    let c = |k: &str| s.scenario_counters[k];
+    assert_eq!(s.sessions.established, u64::from(s.config.connections), "{:?}", s.sessions);
+    assert!(c("sent") > 0 && c("acked") == c("sent"), "every send acknowledged: {:?}", s.scenario_counters);
+    assert_eq!(c("missing"), 0, "{:?}", s.scenario_counters);
+    assert_eq!(c("duplicated"), 0, "{:?}", s.scenario_counters);
+    assert!(c("notifies") > 0 && c("syncs") > 0, "{:?}", s.scenario_counters);
+    for k in ["send_errors", "sync_errors", "earlier_runs", "wrong_response_type"] {
+        assert_eq!(c(k), 0, "{k}: {:?}", s.scenario_counters);
+    }
+    assert_eq!(s.requests.errors, 0, "{:?}", s.errors_by_code);
+    assert!(s.scenario_latency["send>sync"].count > 0, "{:?}", s.scenario_latency);
+    assert!(s.scenario_latency["send>notify"].count > 0, "{:?}", s.scenario_latency);
+}
+
+#[test]
+fn chat_one_to_one_returns_every_acknowledged_message_once_to_sender_and_target() {
+    let _serial = serial();
+    let s = chat_run(ChatParams { groups: 0, group_size: 0, sync_every: 5 }, 20, 200.0);
+    assert_every_delivery_checked(&s);
+    let c = |k: &str| s.scenario_counters[k];
+    // Each message lands in two inboxes: the sender's and the target's.
+    assert_eq!(c("delivered"), 2 * c("acked"), "{:?}", s.scenario_counters);
+}
+
+#[test]
+fn chat_group_messages_reach_every_member_once() {
+    let _serial = serial();
+    // Two groups of 8 and 4 connections outside any group (they send one-to-one).
+    let s = chat_run(ChatParams { groups: 2, group_size: 8, sync_every: 0 }, 20, 200.0);
+    assert_every_delivery_checked(&s);
+    assert!(s.scenario_counters["delivered"] > 2 * s.scenario_counters["acked"], "{:?}", s.scenario_counters);
 }

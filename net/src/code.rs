@@ -69,6 +69,23 @@ pub enum ErrorCode {
     TicketUnknownBatch = 28,
     /// The ticket was sealed by another node (open it where it was won).
     TicketOtherNode = 29,
+    // Timelines, groups and lucky packets (30-39).
+    /// A message payload is longer than the node's `message_bytes_max`.
+    MessageTooLarge = 30,
+    /// Only members of the group may do this (send, add, list, open its packets).
+    NotGroupMember = 31,
+    /// No group has this id.
+    UnknownGroup = 32,
+    /// The group is at its member cap.
+    GroupFull = 33,
+    /// `Sync` named a seq beyond the inbox's latest.
+    SeqFromFuture = 34,
+    /// Every share of the lucky packet is taken.
+    LuckyAllGone = 35,
+    /// No lucky packet with this id in this group.
+    UnknownLuckyPacket = 36,
+    /// A lucky packet whose total and count are impossible (each share needs >= 0.01).
+    BadLuckyPacket = 37,
 }
 
 /// How a failure counts in metrics and alarms.
@@ -83,7 +100,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 37] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownType,
@@ -113,6 +130,14 @@ impl ErrorCode {
         Self::TicketKeyRefused,
         Self::TicketUnknownBatch,
         Self::TicketOtherNode,
+        Self::MessageTooLarge,
+        Self::NotGroupMember,
+        Self::UnknownGroup,
+        Self::GroupFull,
+        Self::SeqFromFuture,
+        Self::LuckyAllGone,
+        Self::UnknownLuckyPacket,
+        Self::BadLuckyPacket,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -156,6 +181,14 @@ impl ErrorCode {
             Self::TicketKeyRefused => "ticket_key_refused",
             Self::TicketUnknownBatch => "ticket_unknown_batch",
             Self::TicketOtherNode => "ticket_other_node",
+            Self::MessageTooLarge => "message_too_large",
+            Self::NotGroupMember => "not_group_member",
+            Self::UnknownGroup => "unknown_group",
+            Self::GroupFull => "group_full",
+            Self::SeqFromFuture => "seq_from_future",
+            Self::LuckyAllGone => "lucky_all_gone",
+            Self::UnknownLuckyPacket => "unknown_lucky_packet",
+            Self::BadLuckyPacket => "bad_lucky_packet",
         }
     }
 
@@ -169,7 +202,9 @@ impl ErrorCode {
             | Self::TooFast
             | Self::TicketExpired
             | Self::TicketKeyRefused
-            | Self::TicketOtherNode => ErrorClass::Logical,
+            | Self::TicketOtherNode
+            | Self::GroupFull
+            | Self::LuckyAllGone => ErrorClass::Logical,
             Self::SessionLimit | Self::Busy | Self::ShuttingDown | Self::Internal | Self::NotServed => {
                 ErrorClass::System
             }

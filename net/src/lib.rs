@@ -22,6 +22,7 @@ pub mod listener;
 pub mod message;
 pub mod prometheus;
 pub mod time;
+pub mod timeline;
 pub mod tls;
 pub mod tls_resumption;
 pub mod token;

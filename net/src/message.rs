@@ -11,6 +11,7 @@
 
 use crate::code::ErrorCode;
 use crate::frame::{encode_frame, FrameRef};
+use crate::timeline::{TimelineRequest, TimelineResponse};
 use thiserror::Error;
 
 /// Bytes of a login token: version(1) user(8) device(4) expiry(8) mac(32).
@@ -89,6 +90,8 @@ pub enum MessageType {
     GroupLeave = 0x32,
     GroupMembers = 0x33,
     // Reserved for operator requests over an authenticated admin session.
+    /// Open a group lucky packet (timeline issue, within its 0x20-0x33 range).
+    LuckyOpen = 0x23,
     AdminSwitch = 0x40,
     AdminQuota = 0x41,
     HelloOk = 0x81,
@@ -100,6 +103,7 @@ pub enum MessageType {
     SendOk = 0xA0,
     SyncOk = 0xA1,
     SyncAckOk = 0xA2,
+    LuckyOpenOk = 0xA3,
     GroupCreateOk = 0xB0,
     GroupJoinOk = 0xB1,
     GroupLeaveOk = 0xB2,
@@ -116,7 +120,7 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 34] = [
+    pub const ALL: [MessageType; 36] = [
         Self::Hello,
         Self::Login,
         Self::Ping,
@@ -151,6 +155,8 @@ impl MessageType {
         Self::Closing,
         Self::Backoff,
         Self::Error,
+        Self::LuckyOpen,
+        Self::LuckyOpenOk,
     ];
 
     pub fn from_u8(value: u8) -> Option<Self> {
@@ -199,6 +205,8 @@ impl MessageType {
             Self::Closing => "closing",
             Self::Backoff => "backoff",
             Self::Error => "error",
+            Self::LuckyOpen => "lucky_open",
+            Self::LuckyOpenOk => "lucky_open_ok",
         }
     }
 }
@@ -256,6 +264,8 @@ pub enum Request<'a> {
         kind: MessageType,
         body: &'a [u8],
     },
+    /// Timelines, groups and lucky packets (see [`crate::timeline`]).
+    Timeline(TimelineRequest<'a>),
 }
 
 /// A server-to-client message.
@@ -308,6 +318,8 @@ pub enum Response<'a> {
         kind: MessageType,
         body: &'a [u8],
     },
+    /// Timeline answers and the `Notify` push (see [`crate::timeline`]).
+    Timeline(TimelineResponse<'a>),
 }
 
 fn be_u16(b: &[u8]) -> u16 {
@@ -378,6 +390,7 @@ impl<'a> Request<'a> {
                 })?;
                 Request::Open { sealed }
             }
+            kind if TimelineRequest::is_timeline(kind) => Request::Timeline(TimelineRequest::parse(kind, body)?),
             _ => Request::Reserved { kind, body },
         })
     }
@@ -405,6 +418,7 @@ impl<'a> Request<'a> {
             Request::Reserved { kind, body } => {
                 encode_frame(out, kind as u8, request_id, |b| b.extend_from_slice(body))
             }
+            Request::Timeline(t) => encode_frame(out, t.kind() as u8, request_id, |b| t.encode_body(b)),
         }
     }
 
@@ -417,6 +431,7 @@ impl<'a> Request<'a> {
             Request::Shake => MessageType::Shake,
             Request::Open { .. } => MessageType::Open,
             Request::Reserved { kind, .. } => *kind,
+            Request::Timeline(t) => t.kind(),
         }
     }
 }
@@ -523,6 +538,7 @@ impl<'a> Response<'a> {
                     .map_err(|_| BodyError::BadField { kind, field: "message is not UTF-8" })?;
                 Response::Closing { code: be_u16(body), message }
             }
+            kind if TimelineResponse::is_timeline(kind) => Response::Timeline(TimelineResponse::parse(kind, body)?),
             _ => Response::Reserved { kind, body },
         })
     }
@@ -590,6 +606,7 @@ impl<'a> Response<'a> {
             Response::Reserved { kind, body } => {
                 encode_frame(out, kind as u8, request_id, |b| b.extend_from_slice(body))
             }
+            Response::Timeline(t) => encode_frame(out, t.kind() as u8, request_id, |b| t.encode_body(b)),
         }
     }
 
@@ -616,7 +633,7 @@ mod tests {
             assert_eq!(MessageType::from_u8(t as u8), Some(t));
             seen.insert(t as u8);
         }
-        assert_eq!(seen.len(), 34);
+        assert_eq!(seen.len(), MessageType::ALL.len());
         assert_eq!(MessageType::from_u8(0x7e), None);
     }
 
@@ -685,7 +702,7 @@ mod tests {
                 3 => Request::Logout,
                 4 => Request::Shake,
                 5 => Request::Open { sealed: &sealed },
-                _ => Request::Reserved { kind: MessageType::Send, body: &payload },
+                _ => Request::Reserved { kind: MessageType::AdminSwitch, body: &payload },
             };
             let mut out = Vec::new();
             req.encode(rid, &mut out);

@@ -16,6 +16,9 @@ use redrain_net::message::{
 use sha2::Sha256;
 use std::collections::BTreeMap;
 
+#[path = "protocol_examples_timeline/mod.rs"]
+mod timeline_examples;
+
 /// The documented example secret (docs/protocol.md, sections 7.1 and 14.3).
 const EXAMPLE_SECRET: &[u8] = b"redrain-example-secret-v1";
 const EXAMPLE_SECRET_HEX: &str = "7265647261696e2d6578616d706c652d7365637265742d7631";
@@ -120,7 +123,7 @@ fn example_secret_and_mac_match_the_doc() {
 #[test]
 fn every_doc_example_equals_the_codec_output() {
     let token = example_token();
-    let expected: Vec<(&str, Vec<u8>)> = vec![
+    let mut expected: Vec<(&str, Vec<u8>)> = vec![
         ("hello", encode_request(&Request::Hello { version_min: 1, version_max: 1 }, 1)),
         (
             "hello_ok",
@@ -177,6 +180,7 @@ fn every_doc_example_equals_the_codec_output() {
             encode_response(&Response::error(ErrorCode::TooFast, 250, "shake interval not yet passed"), 7),
         ),
     ];
+    expected.extend(timeline_examples::expected());
 
     let doc = doc_examples(&doc_text());
     let mut failures = Vec::new();

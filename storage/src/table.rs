@@ -312,6 +312,15 @@ impl Table {
         Ok(lsn)
     }
 
+    /// Visits every live (key, value), in no particular order (start-up recovery).
+    pub fn for_each(&self, mut visit: impl FnMut(&[u8], &[u8])) {
+        for (key, entry) in &self.index.borrow().map {
+            if let Some(value) = entry.value.as_deref() {
+                visit(key, value);
+            }
+        }
+    }
+
     /// The current value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.index.borrow().get(key).map(<[u8]>::to_vec)

@@ -256,7 +256,11 @@ impl Conn {
     /// Moves deferred answers that arrived into the output, in request order.
     fn take_answers(&mut self) {
         for (slot, frame) in self.ctl.take_completions() {
-            self.held.complete(slot, frame, &mut self.out);
+            if slot == super::PUSH_SLOT {
+                self.out.extend_from_slice(&frame);
+            } else {
+                self.held.complete(slot, frame, &mut self.out);
+            }
         }
     }
 

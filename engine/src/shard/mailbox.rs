@@ -22,6 +22,8 @@ pub enum Mail {
     Handoff(Box<Handoff>),
     /// The rain's cross-core traffic (tickets for a core that ran dry).
     Rain(RainMail),
+    /// Timelines: deliveries, group requests and their answers.
+    Timeline(crate::timeline::TimelineMail),
 }
 
 /// The n x n queue matrix shared by all cores.

@@ -86,6 +86,10 @@ impl NodeShared {
     }
 }
 
+/// The slot of a delivered frame that is a push, not a deferred answer: it goes straight
+/// into the connection's output.
+pub const PUSH_SLOT: u64 = u64::MAX;
+
 /// Bits of a [`ConnId`] that hold the connection's serial; the slab key sits above.
 const CONN_SERIAL_BITS: u32 = 40;
 
@@ -153,6 +157,8 @@ pub struct Core {
     pub state: RefCell<ShardState>,
     /// The core's streams and ticket files (set once at start, before accepting).
     pub storage: OnceCell<storage::CoreStorage>,
+    /// The core's timeline log and groups table (set once at start, before accepting).
+    pub timeline_storage: OnceCell<crate::timeline::storage::TimelineStorage>,
     outputs: RefCell<Vec<Output>>,
     /// The core's own network ring (`net_driver = ring`), set at start.
     pub net: OnceCell<Rc<netring::NetRing>>,
@@ -173,6 +179,7 @@ impl Core {
             next_conn_serial: Cell::new(1),
             state: RefCell::new(state),
             storage: OnceCell::new(),
+            timeline_storage: OnceCell::new(),
             outputs: RefCell::new(Vec::new()),
             net: OnceCell::new(),
         }
@@ -206,6 +213,7 @@ impl Core {
                         ctl.kick(code);
                     }
                 }
+                Output::Timeline(output) => crate::timeline::storage::carry_out(self, output),
                 Output::Send { core, mail } => {
                     if self.node.mailboxes.queue(self.id, core).push(Mail::Rain(mail)).is_ok() {
                         self.ring(core);
@@ -233,6 +241,9 @@ impl Core {
                 state.on_committed(storage.opens_commit_lsn(), self.metrics());
             }
             state.on_tick(clock, every_second);
+            let first_lsn = self.timeline_storage.get().map_or(0, |t| t.log().first_lsn());
+            state.timelines_mut().on_tick(clock, first_lsn);
+            self.metrics().timeline.set(&state.timelines().stats);
             let m = &self.metrics().rain;
             m.opened_packets.store(state.opened_len() as u64, Ordering::Relaxed);
             m.opens_pending.store(state.pending_len() as u64, Ordering::Relaxed);
@@ -274,6 +285,18 @@ impl Core {
     fn ctl(&self, conn: ConnId) -> Option<Rc<ConnCtl>> {
         let key = (conn >> CONN_SERIAL_BITS) as usize;
         self.conns.borrow().get(key).filter(|ctl| ctl.id.get() == conn).cloned()
+    }
+
+    /// Routes a deferred answer to its connection (dropped if it closed meanwhile).
+    pub(crate) fn deliver_answer(&self, conn: ConnId, slot: u64, frame: Vec<u8>) {
+        self.deliver(conn, slot, frame)
+    }
+
+    /// Puts a push (Notify) straight into a connection's output.
+    pub(crate) fn push_to(&self, conn: ConnId, frame: Vec<u8>) {
+        if let Some(ctl) = self.ctl(conn) {
+            ctl.deliver(PUSH_SLOT, frame);
+        }
     }
 
     /// Routes a deferred answer to its connection (dropped if it closed meanwhile).
@@ -395,6 +418,7 @@ impl Core {
                         conn::spawn_resumed(self.clone(), *h);
                     }
                     Mail::Rain(mail) => self.state.borrow_mut().on_mail(mail, self.node.clock()),
+                    Mail::Timeline(mail) => self.state.borrow_mut().timelines_mut().on_mail(mail),
                 }
             }
             self.dispatch();

@@ -23,7 +23,9 @@ use crate::rain::records::{
     OpenRecord, KIND_CURSOR_EXACT, KIND_CURSOR_RESERVED, KIND_OPENED, OPEN_RECORD_INSTANT_CREDIT,
 };
 use crate::rain::RainShared;
+use crate::timeline::{TimelineConfig, TimelineOutput, Timelines};
 use redrain_net::message::{Response, OPEN_FLAG_INSTANT_CREDIT, OPEN_FLAG_REPEAT, SEALED_TICKET_BYTES};
+use redrain_net::timeline::TimelineRequest;
 use redrain_net::{ErrorCode, MessageType};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -43,10 +45,20 @@ pub struct Clock {
 }
 
 /// A domain request of a logged-in session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RainRequest {
     Shake,
     Open([u8; SEALED_TICKET_BYTES]),
+    /// A timeline, group or lucky-packet request (its frame, parsed again by the
+    /// timelines; see [`crate::timeline`]).
+    Timeline(Box<TimelineCall>),
+}
+
+/// A timeline request as the session hands it over: its type and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineCall {
+    pub kind: MessageType,
+    pub body: Vec<u8>,
 }
 
 /// This core's durable streams.
@@ -80,6 +92,8 @@ pub enum Output {
     Send { core: usize, mail: RainMail },
     /// Close a connection after telling it why (`Closing` push).
     Close { conn: ConnId, code: ErrorCode },
+    /// Timelines: carried out by `timeline::storage::carry_out`.
+    Timeline(TimelineOutput),
 }
 
 /// What an append was for.
@@ -114,11 +128,11 @@ pub struct ConnAnswers<'a> {
 }
 
 impl ConnAnswers<'_> {
-    fn tail(&mut self) -> &mut Vec<u8> {
+    pub(crate) fn tail(&mut self) -> &mut Vec<u8> {
         self.held.tail(self.ready)
     }
 
-    fn defer(&mut self, slot: u64) {
+    pub(crate) fn defer(&mut self, slot: u64) {
         self.held.defer(slot);
     }
 }
@@ -144,6 +158,8 @@ pub struct ShardState {
     next_token: u64,
     outputs: Vec<Output>,
     io: Vec<DispenserIo>,
+    timelines: Timelines,
+    timeline_outputs: Vec<TimelineOutput>,
 }
 
 impl ShardState {
@@ -162,7 +178,22 @@ impl ShardState {
             next_token: 1,
             outputs: Vec::new(),
             io: Vec::new(),
+            timelines: Timelines::new(core, cores, 0, TimelineConfig::default(), 0),
+            timeline_outputs: Vec::new(),
         }
+    }
+
+    /// Replaces the timelines (at start, with the node's config) before any connection.
+    pub fn set_timelines(&mut self, timelines: Timelines) {
+        self.timelines = timelines;
+    }
+
+    pub fn timelines(&self) -> &Timelines {
+        &self.timelines
+    }
+
+    pub fn timelines_mut(&mut self) -> &mut Timelines {
+        &mut self.timelines
     }
 
     pub fn core(&self) -> usize {
@@ -194,12 +225,14 @@ impl ShardState {
         }
         metrics.logins_total.fetch_add(1, Relaxed);
         metrics.sessions_active.store(self.sessions.logged_in() as u64, Relaxed);
+        self.timelines.on_login(conn, user_id);
         ((self.core as u64) << 48) | (seq & ((1 << 48) - 1))
     }
 
     /// `conn` closed (its answers still waiting are dropped by the driver).
     pub fn on_closed(&mut self, conn: ConnId, metrics: &CoreMetrics) {
         self.sessions.closed(conn);
+        self.timelines.on_closed(conn);
         metrics.sessions_active.store(self.sessions.logged_in() as u64, Relaxed);
     }
 
@@ -238,6 +271,8 @@ impl ShardState {
     /// Takes the outputs produced so far.
     pub fn drain_outputs(&mut self, into: &mut Vec<Output>) {
         into.append(&mut self.outputs);
+        self.timelines.drain(&mut self.timeline_outputs);
+        into.extend(self.timeline_outputs.drain(..).map(Output::Timeline));
     }
 
     fn token(&mut self) -> u64 {
@@ -256,6 +291,9 @@ impl ShardState {
         metrics: &CoreMetrics,
     ) -> Handled {
         let Caller { conn, user, request_id } = caller;
+        if let RainRequest::Timeline(call) = request {
+            return self.on_timeline_request(caller, call, clock, out, metrics);
+        }
         let Some(rain) = self.rain.clone() else {
             metrics.rejected(ErrorCode::NotServed);
             Response::error(ErrorCode::NotServed, 0, "no red-packet event is loaded on this node")
@@ -268,6 +306,38 @@ impl ShardState {
                 Handled::Now
             }
             RainRequest::Open(sealed) => self.open(&rain, conn, user, request_id, sealed, clock, out, metrics),
+            RainRequest::Timeline(_) => unreachable!("handled above"),
+        }
+    }
+
+    /// A timeline request (its body was checked by the session; parsed again here).
+    fn on_timeline_request(
+        &mut self,
+        caller: Caller,
+        call: &TimelineCall,
+        clock: Clock,
+        out: &mut ConnAnswers<'_>,
+        metrics: &CoreMetrics,
+    ) -> Handled {
+        let request = match TimelineRequest::parse(call.kind, &call.body) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics.rejected(e.code());
+                metrics.frame(Some(call.kind), Outcome::from(e.code()));
+                Response::error(e.code(), 0, "malformed timeline body").encode(caller.request_id, out.tail());
+                return Handled::Now;
+            }
+        };
+        match self.timelines.on_request(caller, &request, clock, out) {
+            Ok(handled) => {
+                metrics.frame(Some(call.kind), Outcome::Ok);
+                handled
+            }
+            Err(code) => {
+                metrics.rejected(code);
+                metrics.frame(Some(call.kind), Outcome::from(code));
+                Handled::Now
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use super::pending::{Miss, Pending, PendingWindow};
 use super::socket;
 use super::thread::{ThreadCtx, Timeline};
 use crate::config::LoadMode;
-use crate::scenario::{Check, LoadShape, Scenario, ScenarioConnection};
+use crate::scenario::{Check, DrainWant, LoadShape, Scenario, ScenarioConnection};
 use crate::schedule::{ramp_offset_ns, OpenLoopSchedule};
 use crate::tls::TlsClient;
 use redrain_net::client::ClientCodec;
@@ -25,6 +25,8 @@ pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 const HANDSHAKE_READ_BYTES: usize = 4 * 1024;
 /// Shortest heartbeat interval honoured (a node advertising less is clamped).
 const HEARTBEAT_INTERVAL_MS_MIN: u32 = 100;
+/// How long a draining connection waits before asking its scenario again.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Why a session could not be established (the key in `session_failures`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +270,7 @@ async fn run_load<S: Scenario, B: Backend>(ctx: &ThreadCtx<S>, index: u64, est: 
                 _ = closed_notify.notified() => {}
             }
         }
+        drain_requests::<S, B>(ctx, &stream, &state, &room, &tl).await;
         writer_done.set(true);
         if state.borrow().pending.outstanding() == 0 {
             stop_reader.notify_one();
@@ -302,6 +305,45 @@ fn encode_next<C: ScenarioConnection>(
     let request = scenario.next_request(sequence);
     let id = codec.encode(&request, out);
     pending.push(id, Pending { sequence, intended_ns, sent_ns, measured });
+}
+
+/// After the schedule: more requests while the scenario wants them (a final sync), one
+/// per ask and within the pipeline depth, until it is done with nothing outstanding or
+/// the drain deadline. An answer that never comes (lost by the node) does not stop the
+/// scenario's other requests. These requests are not measured.
+async fn drain_requests<S: Scenario, B: Backend>(
+    ctx: &ThreadCtx<S>,
+    stream: &B::Stream,
+    state: &RefCell<ConnState<S::Connection>>,
+    room: &Notify,
+    tl: &Timeline,
+) {
+    let mut out = Vec::with_capacity(256);
+    let deadline = ctx.instant(tl.drain_end_ns);
+    let depth = ctx.cfg.pipeline_depth.max(1) as usize;
+    loop {
+        let now_ns = ctx.now_ns();
+        if now_ns >= tl.drain_end_ns || state.borrow().closed {
+            return;
+        }
+        let outstanding = state.borrow().pending.outstanding();
+        let want = if outstanding < depth { state.borrow_mut().scenario.drain_want() } else { DrainWant::Later };
+        match want {
+            DrainWant::Done if outstanding == 0 => return,
+            DrainWant::Now => {
+                encode_next(&mut state.borrow_mut(), now_ns, now_ns, false, &mut out);
+                ctx.stats.borrow_mut().counters.warmup_requests_sent += 1;
+                out = write_batch::<B, _>(stream, state, out).await;
+            }
+            DrainWant::Done | DrainWant::Later => {
+                tokio::select! {
+                    _ = room.notified() => {}
+                    _ = B::sleep_until(std::time::Instant::now() + DRAIN_POLL) => {}
+                    _ = B::sleep_until(deadline) => return,
+                }
+            }
+        }
+    }
 }
 
 async fn write_batch<B: Backend, C>(stream: &B::Stream, state: &RefCell<ConnState<C>>, out: Vec<u8>) -> Vec<u8> {
@@ -481,7 +523,11 @@ async fn reader<S: Scenario, B: Backend>(
                             *lost = true;
                             *closed = true;
                         }
-                        Ok(_) => stats.counters.other_pushes += 1,
+                        Ok(push) => {
+                            if !scenario.on_push(&push, &mut stats.scenario_counters[..]) {
+                                stats.counters.other_pushes += 1;
+                            }
+                        }
                         Err(_) => stats.counters.malformed_responses += 1,
                     }
                     return;

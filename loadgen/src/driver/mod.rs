@@ -11,7 +11,7 @@ pub mod thread;
 
 use crate::config::{ConfigError, RunConfig, Runtime};
 use crate::node_metrics::{self, NodeMetrics};
-use crate::report::summary::{build_summary, NodeReadings, RunSummary, ScenarioInfo, TimedReading};
+use crate::report::summary::{build_summary, LatencySummary, NodeReadings, RunSummary, ScenarioInfo, TimedReading};
 use crate::scenario::{Headline, Scenario};
 use crate::stats::{self, MergedStats};
 use crate::system::{self, SystemError};
@@ -152,8 +152,12 @@ pub fn run<S: Scenario>(cfg: RunConfig, scenario: S) -> Result<RunOutput, RunErr
         }
     }
     let process_cpu_ns = system::process_cpu_ns().saturating_sub(process_cpu0);
-    let merged = stats::merge(&per_thread);
+    let mut merged = stats::merge(&per_thread);
+    let scenario_histograms = scenario.finish(&mut merged.scenario_counters);
     let node = NodeReadings { before, held, window_start, window_end };
-    let summary = build_summary(&cfg, &info, &merged, &node, started_at_unix_ms, process_cpu_ns, fd_limit, warnings);
+    let mut summary =
+        build_summary(&cfg, &info, &merged, &node, started_at_unix_ms, process_cpu_ns, fd_limit, warnings);
+    summary.scenario_latency =
+        scenario_histograms.iter().map(|(name, h)| ((*name).to_owned(), LatencySummary::of(h))).collect();
     Ok(RunOutput { summary, stats: merged, headline: info.headline })
 }

@@ -230,6 +230,10 @@ pub struct RunSummary {
     pub sessions: SessionCounts,
     pub node: Option<NodeSummary>,
     pub scenario_counters: BTreeMap<String, u64>,
+    /// The scenario's own latencies (chat: send to notify, send to sync), from this
+    /// process only (`merge` keeps the first input's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scenario_latency: BTreeMap<String, LatencySummary>,
     pub generator: GeneratorHealth,
     pub interval_s: f64,
     pub intervals: Vec<IntervalSummary>,
@@ -584,6 +588,7 @@ pub fn build_summary(
             .zip(&m.scenario_counters)
             .map(|(k, v)| ((*k).to_owned(), *v))
             .collect(),
+        scenario_latency: BTreeMap::new(),
         generator: GeneratorHealth {
             limited: !reasons.is_empty(),
             rules_fired: rules,

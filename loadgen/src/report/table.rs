@@ -82,6 +82,9 @@ pub fn render(s: &RunSummary) -> String {
     latency_row(&mut out, "requests", &s.request_latency);
     latency_row(&mut out, "service", &s.service_time);
     latency_row(&mut out, "sessions", &s.session_latency);
+    for (name, l) in &s.scenario_latency {
+        latency_row(&mut out, name, l);
+    }
     match &s.floor {
         Some(f) => {
             latency_row(&mut out, "floor rtt", &f.round_trip);

@@ -7,9 +7,10 @@
 //! handshake and login, scheduling, matching responses to requests by request id,
 //! latency histograms, error codes, duplicate and unexpected responses.
 //!
-//! `shake` plays the red-packet rain (shake, open every win); later issues add chat and
-//! mixed loads here.
+//! `shake` plays the red-packet rain (shake, open every win); `chat` sends one-to-one and
+//! group messages and syncs every device's timeline.
 
+pub mod chat;
 pub mod connect;
 pub mod ping;
 pub mod shake;
@@ -58,6 +59,24 @@ pub trait Scenario: Send + Sync + 'static {
     fn headline(&self) -> Headline;
     /// State of connection `index` (0-based, unique within the run).
     fn connection(&self, index: u64) -> Self::Connection;
+    /// Called once after every connection ended: a scenario that keeps run-wide books
+    /// (deliveries checked across connections) writes its final counters over the summed
+    /// per-connection ones and returns its own latency histograms (name, microseconds).
+    fn finish(&self, _counters: &mut [u64]) -> Vec<(&'static str, hdrhistogram::Histogram<u64>)> {
+        Vec::new()
+    }
+}
+
+/// What a connection still wants once its schedule is over (see
+/// [`ScenarioConnection::drain_want`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainWant {
+    /// Send the next request now.
+    Now,
+    /// Nothing now; ask again shortly (other connections' work may still arrive).
+    Later,
+    /// Nothing more: the connection may end.
+    Done,
 }
 
 /// The request generator and response checker of one connection.
@@ -72,4 +91,15 @@ pub trait ScenarioConnection: 'static {
     /// Sees the `Error` answer to request number `sequence` (the driver counts it by
     /// code too). Scenarios with requests that depend on earlier answers use it.
     fn on_error(&mut self, _sequence: u64, _code: u16, _retry_after_ms: u32, _counters: &mut [u64]) {}
+    /// Sees a push (request id 0) other than `Closing`; true when the scenario used it
+    /// (otherwise the driver counts it in `other_pushes`).
+    fn on_push(&mut self, _response: &Response<'_>, _counters: &mut [u64]) -> bool {
+        false
+    }
+    /// Asked after the schedule ended, until the drain deadline (also while earlier
+    /// requests are outstanding): whether to send one more request (a final sync).
+    /// Scenarios that only answer what they asked say `Done`.
+    fn drain_want(&mut self) -> DrainWant {
+        DrainWant::Done
+    }
 }

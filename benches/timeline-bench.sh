@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Timeline figures on one node (durable on the local disk, not replicated): committed
+# inbox entries/s one-to-one and to groups, syncs/s, send-to-notify latency, and memory per
+# idle user with an inbox of ~50 entries. Every run is bounded (--duration, --drain-timeout)
+# and the node it starts is stopped by its pid. See docs/performance.md, "Timelines".
+#
+#   cargo build --release -p redrain-engine --bin redrain -p redrain-loadgen
+#   benches/timeline-bench.sh            # all runs; RUNS="one_to_one group100" for some
+set -euo pipefail
+BIN=${BIN:-target/release}
+PORT=${PORT:-17140}
+ADMIN=${ADMIN:-17141}
+DUR=${DUR:-10s}
+CORES=${CORES:-2}
+RUNS=${RUNS:-"one_to_one group100 group500 memory"}
+WORK=$(mktemp -d /tmp/redrain-timeline-bench.XXXXXX)
+NODE=""
+trap '[ -n "$NODE" ] && kill "$NODE" 2>/dev/null; rm -rf "$WORK/data"' EXIT
+printf '[timeline]\nsends_per_user_per_s = 1000000\n' > "$WORK/timeline.toml"
+
+metric() { # sum of a metric over its series
+    curl -s "127.0.0.1:$ADMIN/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f\n", s }'
+}
+
+start_node() {
+    rm -rf "$WORK/data"
+    REDRAIN_DEMO_EVENT=false "$BIN/redrain" serve --cores "$CORES" --listen "127.0.0.1:$PORT" \
+        --admin-listen "127.0.0.1:$ADMIN" --data-dir "$WORK/data" --config "$WORK/timeline.toml" \
+        > "$WORK/node.out" 2> "$WORK/node.log" &
+    NODE=$!
+    for _ in $(seq 100); do grep -q "redrain ready" "$WORK/node.out" 2>/dev/null && return; sleep 0.1; done
+    echo "node did not start"; cat "$WORK/node.log"; exit 1
+}
+
+stop_node() { kill "$NODE"; wait "$NODE" 2>/dev/null || true; NODE=""; }
+
+loadgen() {
+    "$BIN/redrain-loadgen" chat --target "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
+        --secret-file "$WORK/data/auth.secret" --threads 1 "$@"
+}
+
+# One measured run: the node's committed entries/s and syncs/s over 5 s in the middle of
+# the window, and the generator's own table.
+throughput() {
+    local name=$1; shift
+    start_node
+    loadgen --duration "$DUR" --warmup 2s --json "$WORK/$name.json" "$@" > "$WORK/$name.txt" &
+    local gen=$!
+    sleep 4
+    local e0 s0 n0 t0 e1 s1 n1 t1
+    e0=$(metric redrain_timeline_entries_committed_total); s0=$(metric redrain_timeline_syncs_total)
+    n0=$(metric redrain_timeline_sends_total); t0=$(date +%s.%N)
+    sleep 5
+    e1=$(metric redrain_timeline_entries_committed_total); s1=$(metric redrain_timeline_syncs_total)
+    n1=$(metric redrain_timeline_sends_total); t1=$(date +%s.%N)
+    wait "$gen" || true
+    stop_node
+    echo "== $name: $*"
+    awk -v e=$((e1 - e0)) -v s=$((s1 - s0)) -v n=$((n1 - n0)) -v t0="$t0" -v t1="$t1" 'BEGIN {
+        dt = t1 - t0; printf "node: %.0f sends/s committed, %.0f entries/s committed, %.0f syncs/s\n", n / dt, e / dt, s / dt }'
+    grep -E "requests|throughput|chat |send>|node cpu|node " "$WORK/$name.txt" || true
+}
+
+for run in $RUNS; do
+    case $run in
+    one_to_one) throughput one_to_one --connections 2000 --in-flight 4 --sync-every 0 ;;
+    group100) throughput group100 --connections 1000 --groups 10 --group-size 100 --in-flight 1 ;;
+    group500) throughput group500 --connections 1000 --groups 2 --group-size 500 --in-flight 1 ;;
+    memory)
+        # 10,000 users in 1,000 groups of 10 (each member sends ~5 messages: ~50 entries per
+        # inbox; the entries per inbox measured are printed). The baseline is the same 10,000 sessions held and closed without a message
+        # (`connect`), so the allocator already holds what connections cost.
+        start_node
+        "$BIN/redrain-loadgen" connect --target "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
+            --secret-file "$WORK/data/auth.secret" --threads 1 --connections 10000 --connect-rate 5000 \
+            --duration 2s > "$WORK/memory-connect.txt" || true
+        sleep 2
+        r0=$(metric redrain_process_resident_bytes)
+        loadgen --connections 10000 --groups 1000 --group-size 10 --rate 8000 --duration 12s --warmup 0s --drain-timeout 30s \
+            --connect-rate 5000 > "$WORK/memory.txt" || true
+        sleep 2
+        r1=$(metric redrain_process_resident_bytes); inboxes=$(metric redrain_timeline_inboxes)
+        entries=$(metric redrain_timeline_entries_committed_total); sessions=$(metric redrain_sessions_active)
+        stop_node
+        echo "== memory: RSS $r0 -> $r1 bytes, $inboxes inboxes, $entries entries, $sessions sessions left"
+        awk -v a="$r0" -v b="$r1" -v i="$inboxes" -v e="$entries" 'BEGIN {
+            printf "memory per idle user: %.0f bytes (%.1f entries per inbox)\n", (b - a) / i, e / i }'
+        grep -E "chat " "$WORK/memory.txt" || true
+        ;;
+    esac
+done

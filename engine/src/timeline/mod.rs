@@ -1,0 +1,1339 @@
+//! Timelines: write-diffusion inboxes with per-user sequence numbers, groups, push-notify
+//! and sync, and group lucky packets - one core's part, as a plain state machine.
+//!
+//! - [`Timelines`] (this file) owns the inboxes of the users homed on this core, the
+//!   groups homed here (group id -> member list) and their lucky packets, and the sends
+//!   in flight. It is driven by `shard::state::ShardState` (requests, mail, storage
+//!   completions, ticks) and gives [`TimelineOutput`]s back; it never touches a socket,
+//!   a file or the clock.
+//! - [`inbox`]: one user's inbox (recent entries in memory, an index of older ones) and
+//!   the sequence ceilings; [`lucky`]: double-mean shares; [`records`]: stream layouts;
+//!   [`storage`]: the glommio edge (the timeline log and the groups table).
+//!
+//! How a send travels: the sender's home core (the *origin*) checks the request and
+//! routes it. One-to-one: the origin coordinates; it sends one `Deliver` per recipient
+//! core (itself included, without mail). Group: the origin forwards it to the group's
+//! home core, which checks membership, becomes the coordinator and fans out to the member
+//! cores in one batch per core. Each recipient core gives each recipient the next seq,
+//! appends the entry, and answers `Delivered` when the write is durable; the coordinator
+//! answers the origin once every core answered, and the origin answers the client
+//! (`SendOk` = message id and the sender's own seq). A retried send (same client message
+//! id) joins or repeats the first; after a restart it is delivered again with the same
+//! message id and every recipient that already holds it answers the seq it has.
+
+pub mod inbox;
+pub mod lucky;
+pub mod metrics;
+pub mod records;
+pub mod storage;
+
+use crate::shard::state::{Caller, Clock, ConnAnswers, ConnId, Handled};
+use inbox::{Ceilings, Inbox};
+use lucky::{LuckyPacket, Share};
+use rand::SeedableRng;
+use records::LuckyCreated;
+use redrain_net::frame::encode_frame;
+use redrain_net::message::Response;
+use redrain_net::timeline::{
+    SyncEntries, SyncEntry, TimelineRequest, TimelineResponse, U64List, CONTENT_LUCKY, CONTENT_READ_MARKER,
+    LUCKY_FLAG_REPEAT, LUCKY_PAYLOAD_BYTES, TARGET_GROUP, TARGET_USER,
+};
+use redrain_net::{ErrorCode, MessageType};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Tokens and output slots of the timelines carry this bit, so they never meet the
+/// rain's (which count up from 1 in the same connection and storage token spaces).
+pub const TOKEN_BASE: u64 = 1 << 62;
+
+/// Bounds and steps of the timelines (`[timeline]` in the config file).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimelineConfig {
+    /// Longest message payload a client may send (bytes).
+    pub message_bytes_max: usize,
+    /// Sends (messages, lucky packets, read markers) one user may make per second.
+    pub sends_per_user_per_s: u32,
+    /// Sends and deliveries one core may have waiting for storage or other cores.
+    pub fanout_pending_max: usize,
+    /// Entries of one inbox kept in memory; older ones are read from the log through
+    /// the inbox's index.
+    pub inbox_memory_entries: usize,
+    /// Older entries one inbox indexes (seq -> LSN); beyond it the oldest are dropped.
+    pub inbox_index_entries_max: usize,
+    /// Members a group may have.
+    pub group_members_max: usize,
+    /// Groups one core may home.
+    pub groups_per_core_max: usize,
+    /// Sequence ceilings are persisted in steps of this many numbers.
+    pub seq_step: u64,
+    /// Users sharing one persisted ceiling: user ids with the same `id >> seq_bucket_shift`.
+    pub seq_bucket_shift: u32,
+    /// Most entries one SyncOk carries (a client asking for more gets this many).
+    pub sync_entries_max: u16,
+    /// Most bytes of entries one SyncOk carries (keep below `frame_bytes_max`).
+    pub sync_bytes_max: usize,
+    /// Client message ids remembered per core for idempotent sends.
+    pub send_dedup_entries_max: usize,
+    /// Undrawn lucky packets one core holds.
+    pub lucky_packets_max: usize,
+    /// Largest total of one lucky packet (fen).
+    pub lucky_total_fen_max: u32,
+    /// Timeline log: bytes kept (older sealed segments are deleted; their entries leave
+    /// the indexes). 0 = keep all.
+    pub retention_bytes_max: u64,
+    /// Timeline log: age of the oldest sealed segment kept, in seconds. 0 = keep all.
+    pub retention_age_s: u64,
+}
+
+impl Default for TimelineConfig {
+    fn default() -> Self {
+        Self {
+            message_bytes_max: 4096,
+            sends_per_user_per_s: 50,
+            fanout_pending_max: 200_000,
+            inbox_memory_entries: 50,
+            inbox_index_entries_max: 100_000,
+            group_members_max: 500,
+            groups_per_core_max: 1_000_000,
+            seq_step: 10_000,
+            seq_bucket_shift: 8,
+            sync_entries_max: 500,
+            sync_bytes_max: 60_000,
+            send_dedup_entries_max: 1_000_000,
+            lucky_packets_max: 1_000_000,
+            lucky_total_fen_max: 20_000_000,
+            retention_bytes_max: 0,
+            retention_age_s: 0,
+        }
+    }
+}
+
+impl TimelineConfig {
+    /// Checks the bounds against each other and the frame size.
+    pub fn validate(&self, frame_bytes_max: u32) -> Result<(), String> {
+        let entry_max = redrain_net::timeline::SYNC_ENTRY_HEADER_BYTES + self.message_bytes_max;
+        if self.message_bytes_max == 0 || self.message_bytes_max > usize::from(u16::MAX) {
+            return Err("timeline.message_bytes_max must be within 1..=65535".into());
+        }
+        if self.sync_bytes_max < entry_max {
+            return Err(format!("timeline.sync_bytes_max must hold one largest entry ({entry_max} bytes)"));
+        }
+        // A SyncOk never outgrows the frames the node sends (checked here, clamped at start).
+        let _ = frame_bytes_max;
+        if self.inbox_memory_entries == 0
+            || self.group_members_max < 2
+            || self.group_members_max > redrain_net::timeline::GROUP_CREATE_MEMBERS_MAX
+            || self.seq_step == 0
+            || self.sync_entries_max == 0
+            || self.fanout_pending_max == 0
+            || self.sends_per_user_per_s == 0
+            || self.seq_bucket_shift > 32
+        {
+            return Err("timeline bounds must be positive (group_members_max 2..=4096, seq_bucket_shift <= 32)".into());
+        }
+        Ok(())
+    }
+}
+
+/// A message as it travels to its recipients' cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub message_id: u64,
+    pub from: u64,
+    pub client_msg_id: u64,
+    pub conv_kind: u8,
+    pub conv_id: u64,
+    pub sent_at_ms: u64,
+    pub content_type: u8,
+    pub payload: Vec<u8>,
+}
+
+/// (core, token): where an answer or a delivery report goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplyTo {
+    pub core: usize,
+    pub token: u64,
+}
+
+/// A group request forwarded to the group's home core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupOp {
+    Send(Arc<Message>),
+    Join(u64),
+    Leave(u64),
+    Members,
+    LuckyOpen(u64),
+}
+
+/// An answer to a client, built wherever the work was done; the origin encodes it with
+/// the request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok { kind: MessageType, body: Vec<u8> },
+    Err { code: ErrorCode, retry_after_ms: u32, text: &'static str },
+}
+
+impl Reply {
+    fn ok(response: TimelineResponse<'_>) -> Self {
+        let mut body = Vec::with_capacity(32);
+        response.encode_body(&mut body);
+        Reply::Ok { kind: response.kind(), body }
+    }
+
+    fn err(code: ErrorCode, text: &'static str) -> Self {
+        Reply::Err { code, retry_after_ms: 0, text }
+    }
+
+    fn busy(text: &'static str) -> Self {
+        Reply::Err { code: ErrorCode::Busy, retry_after_ms: BUSY_RETRY_AFTER_MS, text }
+    }
+
+    /// Appends the frame answering `request_id`.
+    pub fn encode(&self, request_id: u32, out: &mut Vec<u8>) {
+        match self {
+            Reply::Ok { kind, body } => encode_frame(out, *kind as u8, request_id, |b| b.extend_from_slice(body)),
+            Reply::Err { code, retry_after_ms, text } => {
+                Response::error(*code, *retry_after_ms, text).encode(request_id, out)
+            }
+        }
+    }
+
+    fn send_ok(&self) -> Option<(u64, u64)> {
+        match self {
+            Reply::Ok { kind: MessageType::SendOk, body } if body.len() == 16 => Some((
+                u64::from_be_bytes(body[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(body[8..].try_into().expect("8 bytes")),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Messages between cores about timelines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimelineMail {
+    /// Write `msg` into the inboxes of `users` (homed on the destination core).
+    Deliver { msg: Arc<Message>, users: Vec<u64>, coordinator: ReplyTo },
+    /// Every inbox of a `Deliver` is written (`ok`), with each user's seq.
+    Delivered { token: u64, ok: bool, seqs: Vec<(u64, u64)> },
+    /// A request about a group, for the group's home core.
+    Group { group: u64, user: u64, op: GroupOp, origin: ReplyTo },
+    /// The answer to a request, for its origin core.
+    Answer { token: u64, reply: Reply },
+}
+
+/// What the driver must do for the timelines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimelineOutput {
+    /// A deferred answer for `conn`'s output slot `slot`.
+    Respond { conn: ConnId, slot: u64, frame: Vec<u8> },
+    /// A push (Notify) straight into `conn`'s output.
+    Push { conn: ConnId, frame: Vec<u8> },
+    /// Append to this core's timeline log; report with [`Timelines::on_appended`] (with
+    /// the LSN when durable).
+    Append { kind: u8, payload: Vec<u8>, token: u64 },
+    /// Put a group's member list into this core's groups table; report with
+    /// [`Timelines::on_group_stored`].
+    PutGroup { group: u64, members: Vec<u8>, token: u64 },
+    /// Read these records (by LSN) of the timeline log; report with [`Timelines::on_read`].
+    Read { lsns: Vec<u64>, token: u64 },
+    /// Mail for another core.
+    Mail { core: usize, mail: TimelineMail },
+}
+
+/// Retry-after sent with Busy.
+const BUSY_RETRY_AFTER_MS: u32 = 100;
+/// Retry-after sent with RateLimited (the rest of the second).
+const RATE_RETRY_AFTER_MS: u32 = 1_000;
+
+/// A client request waiting at its origin for an answer.
+struct Waiting {
+    conn: ConnId,
+    slot: u64,
+    request_id: u32,
+    /// (user, client message id) of a send, for the idempotency table.
+    dedup: Option<(u64, u64)>,
+}
+
+/// A send at its coordinator: waiting for every recipient core (and a lucky packet's
+/// creation record).
+struct Fanout {
+    origin: ReplyTo,
+    message_id: u64,
+    sender: u64,
+    sender_seq: u64,
+    remaining: usize,
+    ok: bool,
+}
+
+/// A `Deliver` at a recipient core: waiting for its inbox writes.
+struct Delivery {
+    coordinator: ReplyTo,
+    remaining: usize,
+    ok: bool,
+    seqs: Vec<(u64, u64)>,
+}
+
+/// What an append of the timeline log was for.
+enum Pending {
+    /// An inbox entry; the deliveries waiting for it.
+    Entry {
+        user: u64,
+        seq: u64,
+        deliveries: Vec<u64>,
+    },
+    Ceiling,
+    LuckyCreated {
+        fanout: u64,
+    },
+    LuckyOpened {
+        packet: u64,
+        user: u64,
+        waiters: Vec<ReplyTo>,
+    },
+}
+
+/// A group change waiting for the table.
+struct GroupPut {
+    origin: ReplyTo,
+    reply: Reply,
+}
+
+/// One client message id at its sender's core.
+enum Sent {
+    InFlight {
+        message_id: u64,
+        waiters: Vec<Waiting>,
+    },
+    Done {
+        message_id: u64,
+        seq: u64,
+    },
+    /// Found in the log at start: delivered again on a retry (recipients that hold it
+    /// answer their seq), with this id.
+    Recovered {
+        message_id: u64,
+    },
+}
+
+/// A Sync waiting for older entries from the log.
+struct SyncRead {
+    origin: ReplyTo,
+    latest_seq: u64,
+}
+
+/// Counters of one core's timelines (copied into the metrics block).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TimelineStats {
+    pub sends_acked: u64,
+    pub entries_committed: u64,
+    pub entries_failed: u64,
+    pub notifies_pushed: u64,
+    pub syncs: u64,
+    pub sync_log_reads: u64,
+    pub lucky_opened: u64,
+    pub inboxes: u64,
+    pub groups: u64,
+    pub pending: u64,
+}
+
+/// One core's timelines.
+pub struct Timelines {
+    core: usize,
+    cores: usize,
+    node_id: u16,
+    config: TimelineConfig,
+    inboxes: HashMap<u64, Inbox>,
+    ceilings: Ceilings,
+    groups: HashMap<u64, Vec<u64>>,
+    next_group: u64,
+    lucky: HashMap<u64, LuckyPacket>,
+    /// Online devices of users homed here.
+    online: HashMap<u64, Vec<ConnId>>,
+    conn_user: HashMap<ConnId, u64>,
+    /// Users whose latest seq moved since the last drain (one Notify per device each).
+    notify: Vec<u64>,
+    waiting: HashMap<u64, Waiting>,
+    fanouts: HashMap<u64, Fanout>,
+    deliveries: HashMap<u64, Delivery>,
+    pending: HashMap<u64, Pending>,
+    group_puts: HashMap<u64, GroupPut>,
+    sync_reads: HashMap<u64, SyncRead>,
+    sent: HashMap<(u64, u64), Sent>,
+    sent_order: VecDeque<(u64, u64)>,
+    /// (recipient, sender, client message id) -> seq of messages delivered here, so a
+    /// retried send is stored once even after its entry left memory or the node restarted.
+    delivered: HashMap<(u64, u64, u64), u64>,
+    delivered_order: VecDeque<(u64, u64, u64)>,
+    /// Sends this second per user: (second, count).
+    rate: HashMap<u64, (u64, u32)>,
+    last_message_id: u64,
+    next_token: u64,
+    rng: rand_chacha::ChaCha8Rng,
+    outputs: Vec<TimelineOutput>,
+    pub stats: TimelineStats,
+}
+
+/// The core that owns a group: its creator's core, written into its id.
+pub fn group_home_core(group: u64, cores: usize) -> usize {
+    ((group >> 40) & 0xff) as usize % cores
+}
+
+impl Timelines {
+    pub fn new(core: usize, cores: usize, node_id: u16, config: TimelineConfig, seed: u64) -> Self {
+        Self::with_frame_limit(core, cores, node_id, config, seed, redrain_net::frame::FRAME_BYTES_LIMIT)
+    }
+
+    /// Like [`new`](Self::new), with SyncOk answers kept within `frame_bytes_max`.
+    pub fn with_frame_limit(
+        core: usize,
+        cores: usize,
+        node_id: u16,
+        mut config: TimelineConfig,
+        seed: u64,
+        frame_bytes_max: u32,
+    ) -> Self {
+        config.sync_bytes_max = config.sync_bytes_max.min((frame_bytes_max as usize).saturating_sub(64)).max(1);
+        Self {
+            core,
+            cores,
+            node_id,
+            ceilings: Ceilings::new(config.seq_step, config.seq_bucket_shift),
+            config,
+            inboxes: HashMap::new(),
+            groups: HashMap::new(),
+            next_group: 1,
+            lucky: HashMap::new(),
+            online: HashMap::new(),
+            conn_user: HashMap::new(),
+            notify: Vec::new(),
+            waiting: HashMap::new(),
+            fanouts: HashMap::new(),
+            deliveries: HashMap::new(),
+            pending: HashMap::new(),
+            group_puts: HashMap::new(),
+            sync_reads: HashMap::new(),
+            sent: HashMap::new(),
+            sent_order: VecDeque::new(),
+            delivered: HashMap::new(),
+            delivered_order: VecDeque::new(),
+            rate: HashMap::new(),
+            last_message_id: 0,
+            next_token: TOKEN_BASE,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ core as u64),
+            outputs: Vec::new(),
+            stats: TimelineStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &TimelineConfig {
+        &self.config
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    fn me(&self, token: u64) -> ReplyTo {
+        ReplyTo { core: self.core, token }
+    }
+
+    /// Whether a token belongs to the timelines.
+    pub fn owns_token(token: u64) -> bool {
+        token >= TOKEN_BASE
+    }
+
+    /// A message id: unique and increasing per source (node, core): Unix ms (42 bits),
+    /// counter (8), node (10), core (4). Within one millisecond the counter carries into
+    /// the time bits, so ids never repeat and never go back while the clock does not.
+    fn message_id(&mut self, unix_ms: u64) -> u64 {
+        let source = (u64::from(self.node_id) & 0x3ff) << 4 | (self.core as u64 & 0xf);
+        let floor = (unix_ms & ((1 << 42) - 1)) << 22;
+        let next = (self.last_message_id & !0x3fff) + (1 << 14);
+        let id = floor.max(next) | source;
+        self.last_message_id = id;
+        id
+    }
+
+    // ---- sessions -------------------------------------------------------------------
+
+    /// A session of `user` logged in on `conn` (this is its home core).
+    pub fn on_login(&mut self, conn: ConnId, user: u64) {
+        if let Some(old) = self.conn_user.insert(conn, user) {
+            self.forget_conn(conn, old);
+        }
+        self.online.entry(user).or_default().push(conn);
+    }
+
+    /// `conn` closed.
+    pub fn on_closed(&mut self, conn: ConnId) {
+        if let Some(user) = self.conn_user.remove(&conn) {
+            self.forget_conn(conn, user);
+        }
+    }
+
+    fn forget_conn(&mut self, conn: ConnId, user: u64) {
+        if let Some(conns) = self.online.get_mut(&user) {
+            conns.retain(|c| *c != conn);
+            if conns.is_empty() {
+                self.online.remove(&user);
+            }
+        }
+    }
+
+    // ---- requests --------------------------------------------------------------------
+
+    /// Handles a timeline request of a logged-in user homed here.
+    pub fn on_request(
+        &mut self,
+        caller: Caller,
+        request: &TimelineRequest<'_>,
+        clock: Clock,
+        out: &mut ConnAnswers<'_>,
+    ) -> Result<Handled, ErrorCode> {
+        let Caller { conn, user, request_id } = caller;
+        let immediate = |reply: Reply, out: &mut ConnAnswers<'_>| {
+            reply.encode(request_id, out.tail());
+            Handled::Now
+        };
+        let pending_total = self.waiting.len() + self.fanouts.len() + self.pending.len();
+        if pending_total >= self.config.fanout_pending_max && !matches!(request, TimelineRequest::Sync { .. }) {
+            immediate(Reply::busy("too many timeline requests waiting on this core"), out);
+            return Err(ErrorCode::Busy);
+        }
+        match *request {
+            TimelineRequest::Sync { since_seq, limit } => {
+                self.stats.syncs += 1;
+                match self.sync(user, since_seq, limit) {
+                    Ok(SyncAnswer::Now(reply)) => Ok(immediate(reply, out)),
+                    Ok(SyncAnswer::Read { lsns, latest_seq }) => {
+                        let token = self.token();
+                        let origin = self.me(token);
+                        self.waiting.insert(token, Waiting { conn, slot: token, request_id, dedup: None });
+                        out.defer(token);
+                        self.sync_reads.insert(token, SyncRead { origin, latest_seq });
+                        self.outputs.push(TimelineOutput::Read { lsns, token });
+                        self.stats.sync_log_reads += 1;
+                        Ok(Handled::Later { slot: token })
+                    }
+                    Err((code, text)) => {
+                        immediate(Reply::err(code, text), out);
+                        Err(code)
+                    }
+                }
+            }
+            TimelineRequest::Send { target_kind, target, client_msg_id, content_type, payload } => {
+                if payload.len() > self.config.message_bytes_max {
+                    immediate(Reply::err(ErrorCode::MessageTooLarge, "message longer than message_bytes_max"), out);
+                    return Err(ErrorCode::MessageTooLarge);
+                }
+                if content_type == CONTENT_LUCKY {
+                    let valid = target_kind == TARGET_GROUP && payload.len() == LUCKY_PAYLOAD_BYTES && {
+                        let total = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
+                        let count = u16::from_be_bytes([payload[4], payload[5]]);
+                        LuckyPacket::valid(total, count)
+                            && total <= self.config.lucky_total_fen_max
+                            && usize::from(count) <= self.config.group_members_max
+                    };
+                    if !valid {
+                        immediate(
+                            Reply::err(ErrorCode::BadLuckyPacket, "a lucky packet needs a group, total >= count >= 1"),
+                            out,
+                        );
+                        return Err(ErrorCode::BadLuckyPacket);
+                    }
+                }
+                if let Some(retry) = self.rate_limited(user, clock) {
+                    Reply::Err {
+                        code: ErrorCode::RateLimited,
+                        retry_after_ms: retry,
+                        text: "too many sends this second",
+                    }
+                    .encode(request_id, out.tail());
+                    return Err(ErrorCode::RateLimited);
+                }
+                let key = (user, client_msg_id);
+                let message_id = match self.sent.get_mut(&key) {
+                    Some(Sent::Done { message_id, seq }) => {
+                        let reply = Reply::ok(TimelineResponse::SendOk { message_id: *message_id, seq: *seq });
+                        return Ok(immediate(reply, out));
+                    }
+                    Some(Sent::InFlight { waiters, .. }) => {
+                        let slot = self.next_token;
+                        self.next_token += 1;
+                        out.defer(slot);
+                        waiters.push(Waiting { conn, slot, request_id, dedup: None });
+                        return Ok(Handled::Later { slot });
+                    }
+                    Some(Sent::Recovered { message_id }) => *message_id,
+                    None => self.message_id(clock.unix_ms),
+                };
+                self.remember_sent(key, Sent::InFlight { message_id, waiters: Vec::new() });
+                let token = self.token();
+                out.defer(token);
+                self.waiting.insert(token, Waiting { conn, slot: token, request_id, dedup: Some(key) });
+                let msg = Arc::new(Message {
+                    message_id,
+                    from: user,
+                    client_msg_id,
+                    conv_kind: target_kind,
+                    conv_id: target,
+                    sent_at_ms: clock.unix_ms,
+                    content_type,
+                    payload: payload.to_vec(),
+                });
+                let origin = self.me(token);
+                if target_kind == TARGET_USER {
+                    let users = if target == user { vec![user] } else { vec![user, target] };
+                    self.fan_out(msg, users, origin);
+                } else {
+                    self.route_group(target, user, GroupOp::Send(msg), origin);
+                }
+                Ok(Handled::Later { slot: token })
+            }
+            TimelineRequest::SyncAck { conv_kind, conv_id, read_seq } => {
+                if let Some(retry) = self.rate_limited(user, clock) {
+                    Reply::Err {
+                        code: ErrorCode::RateLimited,
+                        retry_after_ms: retry,
+                        text: "too many sends this second",
+                    }
+                    .encode(request_id, out.tail());
+                    return Err(ErrorCode::RateLimited);
+                }
+                let latest = self.inboxes.get(&user).map_or(self.ceilings.ceiling_of(user), |i| i.latest_seq());
+                if read_seq > latest {
+                    immediate(Reply::err(ErrorCode::SeqFromFuture, "read_seq is beyond the inbox's latest seq"), out);
+                    return Err(ErrorCode::SeqFromFuture);
+                }
+                let mut payload = Vec::with_capacity(17);
+                payload.push(conv_kind);
+                payload.extend_from_slice(&conv_id.to_be_bytes());
+                payload.extend_from_slice(&read_seq.to_be_bytes());
+                let token = self.token();
+                out.defer(token);
+                self.waiting.insert(token, Waiting { conn, slot: token, request_id, dedup: None });
+                let msg = Arc::new(Message {
+                    message_id: self.message_id(clock.unix_ms),
+                    from: user,
+                    client_msg_id: 0,
+                    conv_kind,
+                    conv_id,
+                    sent_at_ms: clock.unix_ms,
+                    content_type: CONTENT_READ_MARKER,
+                    payload,
+                });
+                self.fan_out(msg, vec![user], self.me(token));
+                Ok(Handled::Later { slot: token })
+            }
+            TimelineRequest::GroupCreate { members } => Ok(self.create_group(caller, members, out)),
+            TimelineRequest::GroupJoin { group_id, user: member } => {
+                Ok(self.defer_group(caller, group_id, GroupOp::Join(member), out))
+            }
+            TimelineRequest::GroupLeave { group_id, user: member } => {
+                Ok(self.defer_group(caller, group_id, GroupOp::Leave(member), out))
+            }
+            TimelineRequest::GroupMembers { group_id } => Ok(self.defer_group(caller, group_id, GroupOp::Members, out)),
+            TimelineRequest::LuckyOpen { group_id, packet_id } => {
+                Ok(self.defer_group(caller, group_id, GroupOp::LuckyOpen(packet_id), out))
+            }
+        }
+    }
+
+    fn rate_limited(&mut self, user: u64, clock: Clock) -> Option<u32> {
+        let second = clock.mono_ms / 1000;
+        let entry = self.rate.entry(user).or_insert((second, 0));
+        if entry.0 != second {
+            *entry = (second, 0);
+        }
+        if entry.1 >= self.config.sends_per_user_per_s {
+            return Some(RATE_RETRY_AFTER_MS - (clock.mono_ms % 1000) as u32);
+        }
+        entry.1 += 1;
+        None
+    }
+
+    fn remember_sent(&mut self, key: (u64, u64), sent: Sent) {
+        if self.sent.insert(key, sent).is_none() {
+            self.sent_order.push_back(key);
+            while self.sent_order.len() > self.config.send_dedup_entries_max {
+                let Some(old) = self.sent_order.pop_front() else { break };
+                // Never forget a send in flight: its waiters hang on it.
+                if matches!(self.sent.get(&old), Some(Sent::InFlight { .. })) {
+                    self.sent_order.push_back(old);
+                    break;
+                }
+                self.sent.remove(&old);
+            }
+        }
+    }
+
+    fn remember_delivered(&mut self, key: (u64, u64, u64), seq: u64) {
+        if self.delivered.insert(key, seq).is_none() {
+            self.delivered_order.push_back(key);
+            if self.delivered_order.len() > self.config.send_dedup_entries_max {
+                if let Some(old) = self.delivered_order.pop_front() {
+                    self.delivered.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn defer_group(&mut self, caller: Caller, group: u64, op: GroupOp, out: &mut ConnAnswers<'_>) -> Handled {
+        let token = self.token();
+        out.defer(token);
+        self.waiting
+            .insert(token, Waiting { conn: caller.conn, slot: token, request_id: caller.request_id, dedup: None });
+        self.route_group(group, caller.user, op, self.me(token));
+        Handled::Later { slot: token }
+    }
+
+    fn route_group(&mut self, group: u64, user: u64, op: GroupOp, origin: ReplyTo) {
+        let home = group_home_core(group, self.cores);
+        if home == self.core {
+            self.on_group_op(group, user, op, origin);
+        } else {
+            self.outputs
+                .push(TimelineOutput::Mail { core: home, mail: TimelineMail::Group { group, user, op, origin } });
+        }
+    }
+
+    fn create_group(&mut self, caller: Caller, members: U64List<'_>, out: &mut ConnAnswers<'_>) -> Handled {
+        let mut list: Vec<u64> = members.iter().chain(std::iter::once(caller.user)).collect();
+        list.sort_unstable();
+        list.dedup();
+        if list.len() > self.config.group_members_max {
+            Reply::err(ErrorCode::GroupFull, "more members than group_members_max")
+                .encode(caller.request_id, out.tail());
+            return Handled::Now;
+        }
+        if self.groups.len() >= self.config.groups_per_core_max {
+            Reply::busy("this core holds groups_per_core_max groups").encode(caller.request_id, out.tail());
+            return Handled::Now;
+        }
+        let group = (u64::from(self.node_id) & 0xffff) << 48 | (self.core as u64 & 0xff) << 40 | self.next_group;
+        self.next_group += 1;
+        let count = list.len() as u16;
+        let token = self.token();
+        out.defer(token);
+        self.waiting
+            .insert(token, Waiting { conn: caller.conn, slot: token, request_id: caller.request_id, dedup: None });
+        self.put_group(
+            group,
+            list,
+            self.me(token),
+            Reply::ok(TimelineResponse::GroupCreateOk { group_id: group, members: count }),
+        );
+        Handled::Later { slot: token }
+    }
+
+    fn put_group(&mut self, group: u64, members: Vec<u64>, origin: ReplyTo, reply: Reply) {
+        let token = self.token();
+        self.outputs.push(TimelineOutput::PutGroup { group, members: records::encode_members(&members), token });
+        self.groups.insert(group, members);
+        self.group_puts.insert(token, GroupPut { origin, reply });
+    }
+
+    /// A group request at the group's home core.
+    fn on_group_op(&mut self, group: u64, user: u64, op: GroupOp, origin: ReplyTo) {
+        let Some(members) = self.groups.get(&group) else {
+            return self.answer(origin, Reply::err(ErrorCode::UnknownGroup, "no group with this id"));
+        };
+        if members.binary_search(&user).is_err() {
+            return self.answer(origin, Reply::err(ErrorCode::NotGroupMember, "only members may do this"));
+        }
+        match op {
+            GroupOp::Members => {
+                let bytes = records::encode_members(members);
+                let reply = Reply::ok(TimelineResponse::GroupMembersOk { members: U64List::from_bytes(&bytes) });
+                self.answer(origin, reply)
+            }
+            GroupOp::Join(member) => {
+                let mut list = members.clone();
+                let Err(at) = list.binary_search(&member) else {
+                    let n = list.len() as u16;
+                    return self.answer(origin, Reply::ok(TimelineResponse::GroupJoinOk { members: n }));
+                };
+                if list.len() >= self.config.group_members_max {
+                    return self.answer(origin, Reply::err(ErrorCode::GroupFull, "the group is at group_members_max"));
+                }
+                list.insert(at, member);
+                let n = list.len() as u16;
+                self.put_group(group, list, origin, Reply::ok(TimelineResponse::GroupJoinOk { members: n }));
+            }
+            GroupOp::Leave(member) => {
+                let mut list = members.clone();
+                let Ok(at) = list.binary_search(&member) else {
+                    let n = list.len() as u16;
+                    return self.answer(origin, Reply::ok(TimelineResponse::GroupLeaveOk { members: n }));
+                };
+                list.remove(at);
+                let n = list.len() as u16;
+                self.put_group(group, list, origin, Reply::ok(TimelineResponse::GroupLeaveOk { members: n }));
+            }
+            GroupOp::Send(msg) => {
+                let users = members.clone();
+                let token = self.token();
+                let sender = msg.from;
+                let mut extra = 0;
+                if msg.content_type == CONTENT_LUCKY {
+                    if self.lucky.len() >= self.config.lucky_packets_max {
+                        return self.answer(origin, Reply::busy("too many lucky packets on this core"));
+                    }
+                    let total = u32::from_be_bytes(msg.payload[..4].try_into().expect("checked at the origin"));
+                    let count = u16::from_be_bytes([msg.payload[4], msg.payload[5]]);
+                    let created = LuckyCreated { packet_id: msg.message_id, group, sender, total_fen: total, count };
+                    self.lucky.entry(msg.message_id).or_insert_with(|| LuckyPacket::new(group, total, count));
+                    let append = self.token();
+                    self.pending.insert(append, Pending::LuckyCreated { fanout: token });
+                    self.outputs.push(TimelineOutput::Append {
+                        kind: records::KIND_LUCKY_CREATED,
+                        payload: created.encode(),
+                        token: append,
+                    });
+                    extra = 1;
+                }
+                self.start_fanout(token, msg, users, origin, extra);
+            }
+            GroupOp::LuckyOpen(packet) => {
+                let Some(p) = self.lucky.get_mut(&packet).filter(|p| p.group == group) else {
+                    return self.answer(origin, Reply::err(ErrorCode::UnknownLuckyPacket, "no such lucky packet here"));
+                };
+                match p.open(user, &mut self.rng) {
+                    Share::Repeat(amount) => {
+                        let reply = Reply::ok(TimelineResponse::LuckyOpenOk {
+                            packet_id: packet,
+                            amount_fen: amount,
+                            flags: LUCKY_FLAG_REPEAT,
+                            opened: p.opened_count(),
+                            count: p.count,
+                        });
+                        self.answer(origin, reply)
+                    }
+                    Share::AllGone => self.answer(origin, Reply::err(ErrorCode::LuckyAllGone, "every share is taken")),
+                    Share::InFlight => {
+                        let waiting = self.pending.values_mut().find_map(|pd| match pd {
+                            Pending::LuckyOpened { packet: pk, user: u, waiters } if *pk == packet && *u == user => {
+                                Some(waiters)
+                            }
+                            _ => None,
+                        });
+                        match waiting {
+                            Some(w) => w.push(origin),
+                            None => self.answer(origin, Reply::busy("share being recorded")),
+                        }
+                    }
+                    Share::Reserved(amount) => {
+                        let token = self.token();
+                        self.pending.insert(token, Pending::LuckyOpened { packet, user, waiters: vec![origin] });
+                        self.outputs.push(TimelineOutput::Append {
+                            kind: records::KIND_LUCKY_OPENED,
+                            payload: records::encode_lucky_opened(packet, user, amount),
+                            token,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Coordinates `msg` to `users`: one Deliver per core.
+    fn fan_out(&mut self, msg: Arc<Message>, users: Vec<u64>, origin: ReplyTo) {
+        let token = self.token();
+        self.start_fanout(token, msg, users, origin, 0);
+    }
+
+    fn start_fanout(&mut self, token: u64, msg: Arc<Message>, users: Vec<u64>, origin: ReplyTo, extra: usize) {
+        let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); self.cores];
+        for u in users {
+            by_core[crate::shard::handoff::home_core(u, self.cores)].push(u);
+        }
+        let cores = by_core.iter().filter(|v| !v.is_empty()).count();
+        self.fanouts.insert(
+            token,
+            Fanout {
+                origin,
+                message_id: msg.message_id,
+                sender: msg.from,
+                sender_seq: 0,
+                remaining: cores + extra,
+                ok: true,
+            },
+        );
+        let coordinator = self.me(token);
+        for (core, users) in by_core.into_iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+            if core == self.core {
+                self.deliver(msg.clone(), users, coordinator);
+            } else {
+                let mail = TimelineMail::Deliver { msg: msg.clone(), users, coordinator };
+                self.outputs.push(TimelineOutput::Mail { core, mail });
+            }
+        }
+        if cores + extra == 0 {
+            self.finish_fanout(token);
+        }
+    }
+
+    /// Writes `msg` into the inboxes of `users` (homed here).
+    fn deliver(&mut self, msg: Arc<Message>, users: Vec<u64>, coordinator: ReplyTo) {
+        let dtoken = self.token();
+        let mut delivery = Delivery { coordinator, remaining: 0, ok: true, seqs: Vec::with_capacity(users.len()) };
+        if self.pending.len() >= self.config.fanout_pending_max {
+            delivery.ok = false;
+            self.deliveries.insert(dtoken, delivery);
+            return self.finish_delivery(dtoken);
+        }
+        for user in users {
+            let ceiling = self.ceilings.ceiling_of(user);
+            let inbox = self.inboxes.entry(user).or_insert_with(|| Inbox::starting_at(ceiling));
+            // A retried send that this inbox already holds: answer its seq.
+            if msg.client_msg_id != 0 {
+                if let Some(&seq) = self.delivered.get(&(user, msg.from, msg.client_msg_id)) {
+                    let in_flight = self.pending.values_mut().find_map(|p| match p {
+                        Pending::Entry { user: u, seq: s, deliveries } if *u == user && *s == seq => Some(deliveries),
+                        _ => None,
+                    });
+                    match in_flight {
+                        Some(deliveries) => {
+                            deliveries.push(dtoken);
+                            delivery.remaining += 1;
+                        }
+                        None => delivery.seqs.push((user, seq)),
+                    }
+                    continue;
+                }
+            }
+            let seq = inbox.allocate();
+            if let Some(ceiling) = self.ceilings.raise(user, seq) {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.pending.insert(token, Pending::Ceiling);
+                self.outputs.push(TimelineOutput::Append {
+                    kind: records::KIND_SEQ_CEILING,
+                    payload: records::encode_ceiling(ceiling.0, ceiling.1),
+                    token,
+                });
+            }
+            let mut wire = Vec::with_capacity(redrain_net::timeline::SYNC_ENTRY_HEADER_BYTES + msg.payload.len());
+            SyncEntry {
+                seq,
+                message_id: msg.message_id,
+                from: msg.from,
+                conv_kind: msg.conv_kind,
+                conv_id: msg.conv_id,
+                sent_at_ms: msg.sent_at_ms,
+                content_type: msg.content_type,
+                payload: &msg.payload,
+            }
+            .encode(&mut wire);
+            let payload = records::encode_entry(user, msg.client_msg_id, &wire);
+            let inbox = self.inboxes.get_mut(&user).expect("inserted above");
+            inbox.push(seq, msg.from, msg.client_msg_id, wire.into_boxed_slice());
+            if msg.client_msg_id != 0 {
+                self.remember_delivered((user, msg.from, msg.client_msg_id), seq);
+            }
+            let token = self.token();
+            self.pending.insert(token, Pending::Entry { user, seq, deliveries: vec![dtoken] });
+            self.outputs.push(TimelineOutput::Append { kind: records::KIND_ENTRY, payload, token });
+            delivery.remaining += 1;
+        }
+        let done = delivery.remaining == 0;
+        self.deliveries.insert(dtoken, delivery);
+        if done {
+            self.finish_delivery(dtoken);
+        }
+    }
+
+    fn finish_delivery(&mut self, dtoken: u64) {
+        let Some(d) = self.deliveries.remove(&dtoken) else { return };
+        self.report_delivered(d.coordinator, d.ok, d.seqs);
+    }
+
+    fn report_delivered(&mut self, coordinator: ReplyTo, ok: bool, seqs: Vec<(u64, u64)>) {
+        if coordinator.core == self.core {
+            self.on_delivered(coordinator.token, ok, seqs);
+        } else {
+            let mail = TimelineMail::Delivered { token: coordinator.token, ok, seqs };
+            self.outputs.push(TimelineOutput::Mail { core: coordinator.core, mail });
+        }
+    }
+
+    fn on_delivered(&mut self, token: u64, ok: bool, seqs: Vec<(u64, u64)>) {
+        let Some(f) = self.fanouts.get_mut(&token) else { return };
+        f.ok &= ok;
+        if let Some((_, seq)) = seqs.iter().find(|(u, _)| *u == f.sender) {
+            f.sender_seq = *seq;
+        }
+        f.remaining -= 1;
+        if f.remaining == 0 {
+            self.finish_fanout(token);
+        }
+    }
+
+    fn finish_fanout(&mut self, token: u64) {
+        let Some(f) = self.fanouts.remove(&token) else { return };
+        let reply = if f.ok {
+            Reply::ok(TimelineResponse::SendOk { message_id: f.message_id, seq: f.sender_seq })
+        } else {
+            Reply::Err {
+                code: ErrorCode::Internal,
+                retry_after_ms: BUSY_RETRY_AFTER_MS,
+                text: "not every inbox was written; retry the send",
+            }
+        };
+        self.answer(f.origin, reply);
+    }
+
+    /// Sends `reply` to the request waiting at `origin`.
+    fn answer(&mut self, origin: ReplyTo, reply: Reply) {
+        if origin.core == self.core {
+            self.on_answer(origin.token, reply);
+        } else {
+            let mail = TimelineMail::Answer { token: origin.token, reply };
+            self.outputs.push(TimelineOutput::Mail { core: origin.core, mail });
+        }
+    }
+
+    fn on_answer(&mut self, token: u64, reply: Reply) {
+        let Some(w) = self.waiting.remove(&token) else { return };
+        let mut waiters = vec![];
+        if let Some(key) = w.dedup {
+            match self.sent.remove(&key) {
+                Some(Sent::InFlight { message_id, waiters: joined }) => {
+                    waiters = joined;
+                    match reply.send_ok() {
+                        Some((_, seq)) => {
+                            self.stats.sends_acked += 1;
+                            self.sent.insert(key, Sent::Done { message_id, seq });
+                        }
+                        // Not stored everywhere: a retry delivers again with the same id.
+                        None => {
+                            self.sent.insert(key, Sent::Recovered { message_id });
+                        }
+                    }
+                }
+                Some(other) => {
+                    self.sent.insert(key, other);
+                }
+                None => {}
+            }
+        }
+        for w in std::iter::once(w).chain(waiters) {
+            let mut frame = Vec::with_capacity(32);
+            reply.encode(w.request_id, &mut frame);
+            self.outputs.push(TimelineOutput::Respond { conn: w.conn, slot: w.slot, frame });
+        }
+    }
+
+    // ---- sync ------------------------------------------------------------------------
+
+    fn sync(&mut self, user: u64, since_seq: u64, limit: u16) -> Result<SyncAnswer, (ErrorCode, &'static str)> {
+        let limit = limit.clamp(1, self.config.sync_entries_max);
+        let Some(inbox) = self.inboxes.get(&user) else {
+            let latest_seq = self.ceilings.ceiling_of(user);
+            if since_seq > latest_seq {
+                return Err((ErrorCode::SeqFromFuture, "since_seq is beyond the inbox's latest seq"));
+            }
+            let reply = Reply::ok(TimelineResponse::SyncOk {
+                latest_seq,
+                more: false,
+                entries: SyncEntries::from_encoded(0, &[]),
+            });
+            return Ok(SyncAnswer::Now(reply));
+        };
+        let latest_seq = inbox.latest_seq();
+        if since_seq > latest_seq {
+            return Err((ErrorCode::SeqFromFuture, "since_seq is beyond the inbox's latest seq"));
+        }
+        let older = inbox.older_after(since_seq, usize::from(limit));
+        if !older.is_empty() {
+            return Ok(SyncAnswer::Read { lsns: older, latest_seq });
+        }
+        let mut bytes = Vec::new();
+        let (count, more) = inbox.copy_after(since_seq, usize::from(limit), self.config.sync_bytes_max, &mut bytes);
+        let reply = Reply::ok(TimelineResponse::SyncOk {
+            latest_seq,
+            more,
+            entries: SyncEntries::from_encoded(count as u16, &bytes),
+        });
+        Ok(SyncAnswer::Now(reply))
+    }
+
+    /// Older entries read from the log for a Sync (`records`: entry payloads by LSN).
+    pub fn on_read(&mut self, token: u64, records: Result<Vec<Vec<u8>>, String>) {
+        let Some(read) = self.sync_reads.remove(&token) else { return };
+        let reply = match records {
+            Ok(records) => {
+                let mut bytes = Vec::new();
+                let mut count = 0u16;
+                let mut truncated = false;
+                for r in &records {
+                    let Some((_, _, wire)) = records::decode_entry(r) else { continue };
+                    if bytes.len() + wire.len() > self.config.sync_bytes_max {
+                        truncated = true;
+                        break;
+                    }
+                    bytes.extend_from_slice(wire);
+                    count += 1;
+                }
+                let last_seq = SyncEntries::from_encoded(count, &bytes).iter().last().map_or(0, |e| e.seq);
+                Reply::ok(TimelineResponse::SyncOk {
+                    latest_seq: read.latest_seq,
+                    more: truncated || last_seq < read.latest_seq,
+                    entries: SyncEntries::from_encoded(count, &bytes),
+                })
+            }
+            Err(_) => Reply::Err {
+                code: ErrorCode::Internal,
+                retry_after_ms: BUSY_RETRY_AFTER_MS,
+                text: "older entries could not be read",
+            },
+        };
+        self.answer(read.origin, reply);
+    }
+
+    // ---- storage completions -------------------------------------------------------
+
+    /// An append of the timeline log finished: `Some(lsn)` when durable.
+    pub fn on_appended(&mut self, token: u64, lsn: Option<u64>) {
+        let Some(pending) = self.pending.remove(&token) else { return };
+        let ok = lsn.is_some();
+        match pending {
+            Pending::Entry { user, seq, deliveries } => {
+                if let Some(inbox) = self.inboxes.get_mut(&user) {
+                    match lsn {
+                        Some(lsn) => {
+                            self.stats.entries_committed += 1;
+                            inbox.commit(seq, lsn, &self.config);
+                            if !inbox.notify_pending {
+                                inbox.notify_pending = true;
+                                self.notify.push(user);
+                            }
+                        }
+                        None => {
+                            self.stats.entries_failed += 1;
+                            if let Some(from_cmid) = inbox.fail(seq) {
+                                self.delivered.remove(&(user, from_cmid.0, from_cmid.1));
+                            }
+                        }
+                    }
+                }
+                for d in deliveries {
+                    let Some(delivery) = self.deliveries.get_mut(&d) else { continue };
+                    delivery.ok &= ok;
+                    if ok {
+                        delivery.seqs.push((user, seq));
+                    }
+                    delivery.remaining -= 1;
+                    if delivery.remaining == 0 {
+                        self.finish_delivery(d);
+                    }
+                }
+            }
+            Pending::Ceiling => {}
+            Pending::LuckyCreated { fanout } => {
+                if let Some(f) = self.fanouts.get_mut(&fanout) {
+                    f.ok &= ok;
+                    f.remaining -= 1;
+                    if f.remaining == 0 {
+                        self.finish_fanout(fanout);
+                    }
+                }
+            }
+            Pending::LuckyOpened { packet, user, waiters } => {
+                let Some(p) = self.lucky.get_mut(&packet) else { return };
+                let amount = p.finish(user, ok);
+                let (opened, count) = (p.opened_count(), p.count);
+                let reply = match amount {
+                    Some(amount) if ok => {
+                        self.stats.lucky_opened += 1;
+                        Reply::ok(TimelineResponse::LuckyOpenOk {
+                            packet_id: packet,
+                            amount_fen: amount,
+                            flags: 0,
+                            opened,
+                            count,
+                        })
+                    }
+                    _ => Reply::Err {
+                        code: ErrorCode::Internal,
+                        retry_after_ms: BUSY_RETRY_AFTER_MS,
+                        text: "the share could not be recorded; retry",
+                    },
+                };
+                for (i, origin) in waiters.into_iter().enumerate() {
+                    let reply = match (&reply, i) {
+                        // Later joiners of the same user's open hear it as a repeat.
+                        (Reply::Ok { .. }, i) if i > 0 => Reply::ok(TimelineResponse::LuckyOpenOk {
+                            packet_id: packet,
+                            amount_fen: amount.unwrap_or(0),
+                            flags: LUCKY_FLAG_REPEAT,
+                            opened,
+                            count,
+                        }),
+                        (r, _) => r.clone(),
+                    };
+                    self.answer(origin, reply);
+                }
+            }
+        }
+    }
+
+    /// A group's member list is durable in the table (`ok`) or not.
+    pub fn on_group_stored(&mut self, token: u64, ok: bool) {
+        let Some(put) = self.group_puts.remove(&token) else { return };
+        let reply = if ok {
+            put.reply
+        } else {
+            Reply::Err {
+                code: ErrorCode::Internal,
+                retry_after_ms: BUSY_RETRY_AFTER_MS,
+                text: "group not stored; retry",
+            }
+        };
+        self.answer(put.origin, reply);
+    }
+
+    /// Mail from another core.
+    pub fn on_mail(&mut self, mail: TimelineMail) {
+        match mail {
+            TimelineMail::Deliver { msg, users, coordinator } => self.deliver(msg, users, coordinator),
+            TimelineMail::Delivered { token, ok, seqs } => self.on_delivered(token, ok, seqs),
+            TimelineMail::Group { group, user, op, origin } => self.on_group_op(group, user, op, origin),
+            TimelineMail::Answer { token, reply } => self.on_answer(token, reply),
+        }
+    }
+
+    /// Mail that could not be sent (the destination's queue was full): the request it
+    /// carried fails as Busy (a retried send is idempotent).
+    pub fn on_mail_refused(&mut self, mail: TimelineMail) {
+        match mail {
+            TimelineMail::Deliver { coordinator, .. } => self.report_delivered(coordinator, false, Vec::new()),
+            TimelineMail::Group { origin, .. } => self.on_answer(origin.token, Reply::busy("group core queue full")),
+            TimelineMail::Delivered { token, .. } | TimelineMail::Answer { token, .. } => {
+                // The reverse direction is full: the waiting side times out with its
+                // connection; nothing was lost on disk.
+                log::warn!("timeline answer {token} dropped: mailbox full");
+            }
+        }
+    }
+
+    /// Housekeeping: forget old rate windows; drop index entries the log no longer holds.
+    pub fn on_tick(&mut self, clock: Clock, first_retained_lsn: u64) {
+        let second = clock.mono_ms / 1000;
+        if self.rate.len() > 1024 {
+            self.rate.retain(|_, (s, _)| *s == second);
+        }
+        if first_retained_lsn > 0 {
+            for inbox in self.inboxes.values_mut() {
+                inbox.forget_before(first_retained_lsn);
+            }
+        }
+        self.stats.inboxes = self.inboxes.len() as u64;
+        self.stats.groups = self.groups.len() as u64;
+        self.stats.pending = (self.pending.len() + self.waiting.len() + self.fanouts.len()) as u64;
+    }
+
+    /// Takes the outputs so far; first turns moved seqs into one Notify per device.
+    pub fn drain(&mut self, into: &mut Vec<TimelineOutput>) {
+        for user in std::mem::take(&mut self.notify) {
+            let Some(inbox) = self.inboxes.get_mut(&user) else { continue };
+            inbox.notify_pending = false;
+            let latest_seq = inbox.latest_seq();
+            for conn in self.online.get(&user).into_iter().flatten() {
+                let mut frame = Vec::with_capacity(16);
+                Response::Timeline(TimelineResponse::Notify { latest_seq }).encode(0, &mut frame);
+                self.outputs.push(TimelineOutput::Push { conn: *conn, frame });
+                self.stats.notifies_pushed += 1;
+            }
+        }
+        into.append(&mut self.outputs);
+    }
+
+    // ---- recovery --------------------------------------------------------------------
+
+    /// One record of the timeline log, at start (in LSN order).
+    pub fn recover_record(&mut self, kind: u8, lsn: u64, payload: &[u8]) -> bool {
+        match kind {
+            records::KIND_ENTRY => {
+                let Some((user, client_msg_id, wire)) = records::decode_entry(payload) else { return false };
+                let entry = SyncEntries::from_encoded(1, wire).iter().next().expect("decoded");
+                if entry.from == user && client_msg_id != 0 && entry.content_type != CONTENT_READ_MARKER {
+                    self.remember_sent((user, client_msg_id), Sent::Recovered { message_id: entry.message_id });
+                }
+                self.last_message_id = self.last_message_id.max(entry.message_id);
+                if client_msg_id != 0 {
+                    self.remember_delivered((user, entry.from, client_msg_id), entry.seq);
+                }
+                let inbox = self.inboxes.entry(user).or_default();
+                inbox.recover(entry.seq, entry.from, client_msg_id, wire, lsn, &self.config);
+                self.ceilings.recover(user, entry.seq);
+                true
+            }
+            records::KIND_SEQ_CEILING => {
+                let Some((bucket, ceiling)) = records::decode_ceiling(payload) else { return false };
+                self.ceilings.recover_bucket(bucket, ceiling);
+                true
+            }
+            records::KIND_LUCKY_CREATED => {
+                let Some(c) = LuckyCreated::decode(payload) else { return false };
+                self.lucky.entry(c.packet_id).or_insert_with(|| LuckyPacket::new(c.group, c.total_fen, c.count));
+                true
+            }
+            records::KIND_LUCKY_OPENED => {
+                let Some((packet, user, amount)) = records::decode_lucky_opened(payload) else { return false };
+                match self.lucky.get_mut(&packet) {
+                    Some(p) => {
+                        p.recover_open(user, amount);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// A group recovered from the table.
+    pub fn recover_group(&mut self, group: u64, members: Vec<u64>) {
+        if group_home_core(group, self.cores) == self.core && (group >> 40) & 0xff == self.core as u64 {
+            self.next_group = self.next_group.max((group & ((1 << 40) - 1)) + 1);
+        }
+        self.groups.insert(group, members);
+    }
+
+    /// After recovery: every inbox continues above its bucket's persisted ceiling.
+    pub fn finish_recovery(&mut self) {
+        for (user, inbox) in self.inboxes.iter_mut() {
+            inbox.continue_from(self.ceilings.ceiling_of(*user));
+        }
+        self.ceilings.after_recovery();
+    }
+
+    /// The next seq a user without an inbox in memory starts above (its bucket's ceiling).
+    pub fn inbox(&self, user: u64) -> Option<&Inbox> {
+        self.inboxes.get(&user)
+    }
+
+    pub fn group(&self, group: u64) -> Option<&[u64]> {
+        self.groups.get(&group).map(Vec::as_slice)
+    }
+
+    pub fn lucky_packet(&self, packet: u64) -> Option<&LuckyPacket> {
+        self.lucky.get(&packet)
+    }
+
+    /// Bytes of heap held by inboxes (an estimate, for the memory figure).
+    pub fn inbox_heap_bytes(&self) -> usize {
+        self.inboxes.values().map(Inbox::heap_bytes).sum::<usize>()
+            + self.inboxes.capacity() * (std::mem::size_of::<(u64, Inbox)>() + 1)
+    }
+}
+
+enum SyncAnswer {
+    Now(Reply),
+    Read { lsns: Vec<u64>, latest_seq: u64 },
+}

@@ -69,6 +69,14 @@ pub enum ErrorCode {
     TicketUnknownBatch = 28,
     /// The ticket was sealed by another node (open it where it was won).
     TicketOtherNode = 29,
+    // Overload protection and operator switches (40-49).
+    /// The operator paused shaking on this node; retry after `retry_after_ms`.
+    Paused = 40,
+    /// The operator is draining this node: log in elsewhere. Connection closed.
+    Draining = 41,
+    /// More requests of this connection are waiting than the node allows in flight;
+    /// retry after `retry_after_ms`.
+    PipelineFull = 42,
 }
 
 /// How a failure counts in metrics and alarms.
@@ -83,7 +91,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownType,
@@ -113,6 +121,9 @@ impl ErrorCode {
         Self::TicketKeyRefused,
         Self::TicketUnknownBatch,
         Self::TicketOtherNode,
+        Self::Paused,
+        Self::Draining,
+        Self::PipelineFull,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -156,6 +167,9 @@ impl ErrorCode {
             Self::TicketKeyRefused => "ticket_key_refused",
             Self::TicketUnknownBatch => "ticket_unknown_batch",
             Self::TicketOtherNode => "ticket_other_node",
+            Self::Paused => "paused",
+            Self::Draining => "draining",
+            Self::PipelineFull => "pipeline_full",
         }
     }
 
@@ -169,8 +183,15 @@ impl ErrorCode {
             | Self::TooFast
             | Self::TicketExpired
             | Self::TicketKeyRefused
-            | Self::TicketOtherNode => ErrorClass::Logical,
-            Self::SessionLimit | Self::Busy | Self::ShuttingDown | Self::Internal | Self::NotServed => {
+            | Self::TicketOtherNode
+            | Self::Paused
+            | Self::PipelineFull => ErrorClass::Logical,
+            Self::SessionLimit
+            | Self::Busy
+            | Self::ShuttingDown
+            | Self::Internal
+            | Self::NotServed
+            | Self::Draining => {
                 ErrorClass::System
             }
             _ => ErrorClass::ClientFault,
@@ -191,6 +212,7 @@ impl ErrorCode {
                 | Self::IdleTimeout
                 | Self::ShuttingDown
                 | Self::LoggedOut
+                | Self::Draining
         )
     }
 }

@@ -153,6 +153,8 @@ pub struct CoreMetrics {
     pub rain: crate::rain::metrics::RainMetrics,
     /// The payment hand-off of this core's open queue (rendered by `handoff::metrics`).
     pub handoff: crate::handoff::metrics::HandoffMetrics,
+    /// Overload protection (admission, degrade level, switches, retries).
+    pub overload: crate::overload::metrics::OverloadMetrics,
     frames_total: [[AtomicU64; OUTCOMES.len()]; TYPE_SLOTS],
     rejected_total: [AtomicU64; ErrorCode::ALL.len()],
     latency: [Histogram; TYPE_SLOTS],
@@ -170,6 +172,7 @@ impl CoreMetrics {
     /// Counts one frame of `kind` (None = unknown type) with its outcome.
     pub fn frame(&self, kind: Option<MessageType>, outcome: Outcome) {
         self.frames_total[type_slot(kind)][outcome as usize].fetch_add(1, Relaxed);
+        self.overload.outcome(outcome);
     }
 
     /// Counts a frame answered with an error code (by reason).

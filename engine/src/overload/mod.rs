@@ -10,7 +10,12 @@
 //!
 //! Nothing here touches a socket, a file or the clock.
 
+pub mod admin;
 pub mod admission;
 pub mod backoff;
+pub mod core;
+pub mod metrics;
+pub mod persist;
 pub mod rates;
+pub mod reload;
 pub mod switches;

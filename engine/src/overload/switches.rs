@@ -167,6 +167,7 @@ pub struct SwitchBoard {
     version: AtomicU64,
     applied: Vec<AtomicU64>,
     persisted: AtomicU64,
+    restored: std::sync::atomic::AtomicBool,
     audit: Mutex<Vec<AuditEntry>>,
 }
 
@@ -181,8 +182,31 @@ impl SwitchBoard {
             version: AtomicU64::new(1),
             applied: (0..cores).map(|_| AtomicU64::new(0)).collect(),
             persisted: AtomicU64::new(1),
+            restored: std::sync::atomic::AtomicBool::new(false),
             audit: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Takes the switches read back from the table at start (they are durable already);
+    /// the keyring's blacklist, loaded from the keyring file, is kept.
+    pub fn restore(&self, mut switches: Switches) {
+        let mut g = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        switches.keyring_blacklist = g.1.keyring_blacklist.clone();
+        let version = g.0 + 1;
+        *g = (version, Arc::new(switches));
+        self.version.store(version, Ordering::Release);
+        self.persisted.fetch_max(version, Ordering::AcqRel);
+        self.restored.store(true, Ordering::Release);
+    }
+
+    /// Whether the switches were restored (cores wait for it before accepting).
+    pub fn is_restored(&self) -> bool {
+        self.restored.load(Ordering::Acquire)
+    }
+
+    /// Marks the board restored without a table (a node without core 0's storage).
+    pub fn mark_restored(&self) {
+        self.restored.store(true, Ordering::Release);
     }
 
     pub fn version(&self) -> u64 {

@@ -312,6 +312,11 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
             .map_err(|e| anyhow::anyhow!("starting the executor of core {id} (io_uring setup failed?): {e}"))?;
         handles.push(handle);
     }
+    // Ready means the operator's switches are in force (core 0 restores them first).
+    let restore_deadline = Instant::now() + Duration::from_secs(30);
+    while !node.switches.is_restored() && Instant::now() < restore_deadline && !node.shutting_down() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     println!(
         "redrain ready: client={} tls={} admin={} cores={cores}",
         bound.client,
@@ -491,7 +496,10 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     // Operator switches: core 0 restores them from their table before any core accepts.
     if node.rain.is_some() {
         if id == 0 {
-            crate::overload::persist::restore(&core, &node.config.data_dir).await?;
+            if let Err(e) = crate::overload::persist::restore(&core, &node.config.data_dir).await {
+                node.shutdown.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
         } else {
             let deadline = Instant::now() + Duration::from_secs(30);
             while !node.switches.is_restored() && Instant::now() < deadline && !node.shutting_down() {

@@ -55,17 +55,26 @@ pub struct Backoff {
     level: u8,
     /// When the load last asked for the current level (or more).
     held_since_ms: u64,
+    /// What the previous sample asked for (levels above [`LEVEL_AT_ONCE_MAX`] need two
+    /// samples in a row: one late timer on a noisy host must not shed every shake).
+    previous_wanted: u8,
 }
+
+/// The level may rise this far on one sample; higher levels need two in a row.
+pub const LEVEL_AT_ONCE_MAX: u8 = 2;
+/// Below this CPU share the core is not the cause of a late timer (the host is), so
+/// timer lateness is not taken as queueing delay.
+pub const CPU_BUSY_FOR_DELAY: f64 = 0.5;
 
 impl Backoff {
     pub fn new(config: BackoffConfig) -> Self {
-        Self { config, level: 0, held_since_ms: 0 }
+        Self { config, level: 0, held_since_ms: 0, previous_wanted: 0 }
     }
 
     /// The level the load alone asks for.
     pub fn level_for(&self, sample: &LoadSample) -> u8 {
         let bound = self.config.queue_delay_max_us.max(1);
-        let d = sample.queue_delay_us;
+        let d = if sample.cpu_busy >= CPU_BUSY_FOR_DELAY { sample.queue_delay_us } else { 0 };
         let by_delay = if d * 4 < bound {
             0
         } else if d * 2 < bound {
@@ -92,7 +101,10 @@ impl Backoff {
 
     /// Feeds one tick's sample; returns the new advice when the level changed.
     pub fn update(&mut self, sample: &LoadSample, floor: u8, now_ms: u64) -> Option<Advice> {
-        let wanted = self.level_for(sample).max(floor.min(LEVEL_MAX));
+        let by_load = self.level_for(sample);
+        let confirmed = by_load.min(self.previous_wanted.max(LEVEL_AT_ONCE_MAX));
+        self.previous_wanted = by_load;
+        let wanted = confirmed.max(floor.min(LEVEL_MAX));
         let before = self.level;
         if wanted >= self.level {
             self.level = wanted;
@@ -127,7 +139,8 @@ mod tests {
     fn the_level_rises_at_once_with_queueing_delay_and_falls_one_step_per_second() {
         let mut b = Backoff::new(CONFIG);
         assert_eq!(b.update(&LoadSample::default(), 0, 0), None);
-        let hot = LoadSample { queue_delay_us: 9_000, ..LoadSample::default() };
+        let hot = LoadSample { queue_delay_us: 9_000, cpu_busy: 1.0, ..LoadSample::default() };
+        assert_eq!(b.update(&hot, 0, 50).map(|a| a.level), Some(LEVEL_AT_ONCE_MAX), "one late tick: at most 2");
         let advice = b.update(&hot, 0, 100).expect("level changed");
         assert_eq!(advice, Advice { level: 4, shake_interval_ms: 16_000, retry_after_ms: 1_600 });
         let calm = LoadSample::default();
@@ -153,7 +166,10 @@ mod tests {
         assert_eq!(b.level_for(&LoadSample { opens_pending_fill: 0.95, ..LoadSample::default() }), 3);
         assert_eq!(b.level_for(&LoadSample { opens_pending_fill: 0.6, ..LoadSample::default() }), 2);
         assert_eq!(b.level_for(&LoadSample { cpu_busy: 1.0, ..LoadSample::default() }), 1);
-        assert_eq!(b.level_for(&LoadSample { queue_delay_us: 999, ..LoadSample::default() }), 0);
-        assert_eq!(b.level_for(&LoadSample { queue_delay_us: 1_000, ..LoadSample::default() }), 1);
+        let busy = |queue_delay_us| LoadSample { queue_delay_us, cpu_busy: 0.8, ..LoadSample::default() };
+        assert_eq!(b.level_for(&busy(999)), 0);
+        assert_eq!(b.level_for(&busy(1_000)), 1);
+        // A late timer on an idle core is the host's doing, not a queue.
+        assert_eq!(b.level_for(&LoadSample { queue_delay_us: 50_000, ..LoadSample::default() }), 0);
     }
 }

@@ -412,7 +412,7 @@ impl Conn {
                 return Poll::Ready(ReadEvent::Kicked(code));
             }
             ctl.park(cx.waker());
-            if ctl.has_completions() {
+            if ctl.has_completions() || ctl.take_nudge() {
                 return Poll::Ready(ReadEvent::Answers);
             }
             let mut scratch = core.scratch.borrow_mut();

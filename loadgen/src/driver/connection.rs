@@ -271,6 +271,7 @@ async fn open_loop_writer<S: Scenario, B: Backend>(
     tl: &Timeline,
 ) {
     let mut out = Vec::with_capacity(4096);
+    let mut warmup_skips = vec![0u64; ctx.scenario.counter_names().len()];
     while let Some(next_ns) = sched.peek() {
         if ctx.now_ns() < next_ns {
             B::sleep_until(ctx.instant(next_ns)).await;
@@ -294,6 +295,14 @@ async fn open_loop_writer<S: Scenario, B: Backend>(
                     break;
                 }
                 let measured = t >= tl.measure_start_ns;
+                // A slot the node told this client to leave out (server-driven backoff):
+                // nothing is sent; the scenario counts it.
+                let counters =
+                    if measured { &mut stats.scenario_counters[..] } else { &mut warmup_skips[..] };
+                if st.scenario.skip(counters) {
+                    sched.advance();
+                    continue;
+                }
                 encode_next(&mut st, t, now_ns, measured, &mut out);
                 if measured {
                     stats.counters.requests_sent += 1;
@@ -403,7 +412,10 @@ async fn reader<S: Scenario, B: Backend>(
                             *lost = true;
                             *closed = true;
                         }
-                        Ok(_) => stats.counters.other_pushes += 1,
+                        Ok(push) => {
+                            scenario.on_push(&push);
+                            stats.counters.other_pushes += 1
+                        }
                         Err(_) => stats.counters.malformed_responses += 1,
                     }
                     return;

@@ -72,4 +72,11 @@ pub trait ScenarioConnection: 'static {
     /// Sees the `Error` answer to request number `sequence` (the driver counts it by
     /// code too). Scenarios with requests that depend on earlier answers use it.
     fn on_error(&mut self, _sequence: u64, _code: u16, _retry_after_ms: u32, _counters: &mut [u64]) {}
+    /// Sees a server push other than `Closing` (a `Backoff`: server-driven pacing).
+    fn on_push(&mut self, _push: &Response<'_>) {}
+    /// Whether to leave the next open-loop slot out (the node asked this client to back
+    /// off); counted by the scenario in `counters`.
+    fn skip(&mut self, _counters: &mut [u64]) -> bool {
+        false
+    }
 }

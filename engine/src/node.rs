@@ -427,13 +427,17 @@ pub(crate) fn load_admin_tokens(config: &Config) -> anyhow::Result<(Vec<u8>, Opt
                 Ok(text) => parse(&text, &path.display().to_string())?,
                 Err(_) => {
                     let token = create_secret_file(&path, 32)?;
-                    log::warn!("created development admin token {} (set admin_token_hex in production)", path.display());
+                    log::warn!(
+                        "created development admin token {} (set admin_token_hex in production)",
+                        path.display()
+                    );
                     token
                 }
             }
         }
     };
-    let previous = config.admin_token_previous_hex.as_deref().map(|t| parse(t, "admin_token_previous_hex")).transpose()?;
+    let previous =
+        config.admin_token_previous_hex.as_deref().map(|t| parse(t, "admin_token_previous_hex")).transpose()?;
     Ok((current, previous))
 }
 

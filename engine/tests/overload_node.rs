@@ -194,10 +194,11 @@ fn every_switch_acts_on_every_core_and_survives_a_restart() {
     assert_eq!(before["applied_version_per_core"].as_array().unwrap().len(), 2);
     let v = before["version"].as_u64().unwrap();
     assert!(before["applied_version_per_core"].as_array().unwrap().iter().all(|a| a.as_u64().unwrap() >= v));
-    assert!(before["recent_changes"].as_array().unwrap().iter().any(|c| c["who"]
-        .as_str()
+    assert!(before["recent_changes"]
+        .as_array()
         .unwrap()
-        .contains("operator=test")));
+        .iter()
+        .any(|c| c["who"].as_str().unwrap().contains("operator=test")));
 
     // Restart: the switches come back from their table.
     drop(clients);
@@ -211,11 +212,25 @@ fn every_switch_acts_on_every_core_and_survives_a_restart() {
     assert_eq!(after["degrade_floor"], 2);
     assert_eq!(node.http_get("/healthz").0, 503);
     // The CLI reads the dev token from the data dir.
-    let out = redrain(&["admin", "--admin", &node.admin.to_string(), "--data-dir", node.data_dir().to_str().unwrap(), "status"]);
+    let out = redrain(&[
+        "admin",
+        "--admin",
+        &node.admin.to_string(),
+        "--data-dir",
+        node.data_dir().to_str().unwrap(),
+        "status",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cli["paused"], true);
-    let out = redrain(&["admin", "--admin", &node.admin.to_string(), "--token", "00112233445566778899aabbccddeeff", "resume"]);
+    let out = redrain(&[
+        "admin",
+        "--admin",
+        &node.admin.to_string(),
+        "--token",
+        "00112233445566778899aabbccddeeff",
+        "resume",
+    ]);
     assert!(!out.status.success(), "a wrong token fails the CLI");
 }
 
@@ -266,7 +281,8 @@ fn sighup_reloads_the_admin_tokens_and_the_keyring_blacklist() {
     // Rotate: b becomes current, a stays accepted as previous.
     std::fs::write(&config, format!("admin_token_hex = \"{b}\"\nadmin_token_previous_hex = \"{a}\"\n")).unwrap();
     let keyring_path = node.data_dir().join("demo-event.keyring.json");
-    let mut keyring: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&keyring_path).unwrap()).unwrap();
+    let mut keyring: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&keyring_path).unwrap()).unwrap();
     keyring["blacklist"] = serde_json::json!([3]);
     std::fs::write(&keyring_path, serde_json::to_string_pretty(&keyring).unwrap()).unwrap();
     // SAFETY: a signal to our own child, by pid.

@@ -191,9 +191,7 @@ impl ErrorCode {
             | Self::ShuttingDown
             | Self::Internal
             | Self::NotServed
-            | Self::Draining => {
-                ErrorClass::System
-            }
+            | Self::Draining => ErrorClass::System,
             _ => ErrorClass::ClientFault,
         }
     }

@@ -536,7 +536,11 @@ impl<'a> Response<'a> {
             }
             MessageType::Backoff => {
                 expect_len(kind, body, BACKOFF_BODY_BYTES, "9")?;
-                Response::Backoff { level: body[0], shake_interval_ms: be_u32(&body[1..]), retry_after_ms: be_u32(&body[5..]) }
+                Response::Backoff {
+                    level: body[0],
+                    shake_interval_ms: be_u32(&body[1..]),
+                    retry_after_ms: be_u32(&body[5..]),
+                }
             }
             _ => Response::Reserved { kind, body },
         })

@@ -57,7 +57,8 @@ pub fn handle(node: &Arc<NodeShared>, req: &AdminRequest) -> AdminResponse {
             };
             let deadline = Instant::now() + APPLY_WAIT;
             let durable = node.rain.is_some();
-            let done = || node.switches.applied_everywhere(version) && (!durable || node.switches.persisted() >= version);
+            let done =
+                || node.switches.applied_everywhere(version) && (!durable || node.switches.persisted() >= version);
             while !done() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }

@@ -113,7 +113,13 @@ pub struct Steering {
 /// assert!(matches!(admit(&config, &steering, RequestKind::Shake, 1_000, 4_000), Verdict::Reject { .. }));
 /// assert_eq!(admit(&config, &steering, RequestKind::Open, 1_000, 4_000), Verdict::Admit);
 /// ```
-pub fn admit(config: &AdmissionConfig, steering: &Steering, kind: RequestKind, read_at_us: u64, now_us: u64) -> Verdict {
+pub fn admit(
+    config: &AdmissionConfig,
+    steering: &Steering,
+    kind: RequestKind,
+    read_at_us: u64,
+    now_us: u64,
+) -> Verdict {
     let waited_us = now_us.saturating_sub(read_at_us);
     let bound = config.queue_delay_max_us;
     let reject = |code, reason| Verdict::Reject { code, retry_after_ms: steering.retry_after_ms, reason };

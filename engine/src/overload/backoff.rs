@@ -133,7 +133,8 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    const CONFIG: BackoffConfig = BackoffConfig { queue_delay_max_us: 4_000, shake_interval_ms: 1_000, retry_after_ms: 100 };
+    const CONFIG: BackoffConfig =
+        BackoffConfig { queue_delay_max_us: 4_000, shake_interval_ms: 1_000, retry_after_ms: 100 };
 
     #[test]
     fn the_level_rises_at_once_with_queueing_delay_and_falls_one_step_per_second() {

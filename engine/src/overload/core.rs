@@ -3,13 +3,13 @@
 //! request, run the tick (load sample, degrade level, switches), write a Backoff push.
 
 use super::admission::{admit, AdmissionConfig, RejectReason, RequestKind, Steering, Verdict};
-use crate::metrics::Outcome;
-use redrain_net::{ErrorCode, MessageType};
 use super::backoff::{Advice, Backoff, BackoffConfig, LoadSample};
 use super::switches::Switches;
 use crate::metrics::CoreMetrics;
+use crate::metrics::Outcome;
 use crate::shard::Core;
 use redrain_net::message::Response;
+use redrain_net::{ErrorCode, MessageType};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -139,7 +139,14 @@ impl CoreOverload {
 
     /// One tick: `now_us` since start, `cpu_us` the core thread's CPU time, `opens_fill` the
     /// open queue's pending share. Returns the new advice when the level changed.
-    pub fn on_tick(&mut self, now_us: u64, cpu_us: u64, tick_us: u64, opens_fill: f64, metrics: &CoreMetrics) -> Option<Advice> {
+    pub fn on_tick(
+        &mut self,
+        now_us: u64,
+        cpu_us: u64,
+        tick_us: u64,
+        opens_fill: f64,
+        metrics: &CoreMetrics,
+    ) -> Option<Advice> {
         let (late_us, busy) = match self.last_tick_us {
             Some(last) => {
                 let elapsed = now_us.saturating_sub(last).max(1);
@@ -231,7 +238,14 @@ impl Core {
     /// The gate every request of a logged-in session (and every login) passes: with
     /// `deferred` answers of its connection outstanding, the pipelining bound first, then
     /// admission. A rejection is answered into `out` (in request order) and counted.
-    pub fn gate(&self, kind: RequestKind, read_at: Instant, deferred: usize, request_id: u32, out: &mut Vec<u8>) -> Gate {
+    pub fn gate(
+        &self,
+        kind: RequestKind,
+        read_at: Instant,
+        deferred: usize,
+        request_id: u32,
+        out: &mut Vec<u8>,
+    ) -> Gate {
         let metrics = self.metrics();
         if deferred >= self.node.config.pipelined_requests_max {
             metrics.overload.pipeline_full_total.fetch_add(1, Relaxed);

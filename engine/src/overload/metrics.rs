@@ -76,7 +76,9 @@ impl OverloadMetrics {
 
 /// Configured limits rendered as `redrain_limit{name=...}`.
 pub fn render_limits(limits: &[(&str, f64)], out: &mut String) {
-    out.push_str("# HELP redrain_limit Configured bounds and quotas in force (switches included).\n# TYPE redrain_limit gauge\n");
+    out.push_str(
+        "# HELP redrain_limit Configured bounds and quotas in force (switches included).\n# TYPE redrain_limit gauge\n",
+    );
     for (name, v) in limits {
         let _ = writeln!(out, "redrain_limit{{name=\"{name}\"}} {v}");
     }
@@ -101,15 +103,22 @@ pub fn render(cores: &[&OverloadMetrics], out: &mut String) {
         ("redrain_pipeline_full_total", "counter", "Requests answered PipelineFull.", |m| &m.pipeline_full_total),
         ("redrain_degrade_level", "gauge", "Degrade level of each core (0 = normal).", |m| &m.degrade_level),
         ("redrain_backoff_pushes_total", "counter", "Backoff pushes written to sessions.", |m| &m.backoff_pushes_total),
-        ("redrain_switch_version", "gauge", "Version of the operator switches each core runs with.", |m| &m.switch_version),
+        ("redrain_switch_version", "gauge", "Version of the operator switches each core runs with.", |m| {
+            &m.switch_version
+        }),
         ("redrain_queue_delay_us", "gauge", "Worst queueing delay of the last tick, us.", |m| &m.queue_delay_us),
-        ("redrain_core_busy_permille", "gauge", "Share of the last tick the core ran, per mille.", |m| &m.cpu_busy_permille),
+        ("redrain_core_busy_permille", "gauge", "Share of the last tick the core ran, per mille.", |m| {
+            &m.cpu_busy_permille
+        }),
         ("redrain_key_refused_draws_total", "counter", "Tickets drawn under a refused key, not issued.", |m| {
             &m.key_refused_draws_total
         }),
-        ("redrain_final_system_failures_total", "counter", "System failures answered to a request marked as the client's last attempt.", |m| {
-            &m.final_system_failures_total
-        }),
+        (
+            "redrain_final_system_failures_total",
+            "counter",
+            "System failures answered to a request marked as the client's last attempt.",
+            |m| &m.final_system_failures_total,
+        ),
     ];
     for (name, kind, help, get) in SIMPLE {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

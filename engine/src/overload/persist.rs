@@ -24,7 +24,12 @@ thread_local! {
 }
 
 fn table_config() -> TableConfig {
-    TableConfig { entries_max: 16 + AUDIT_KEYS_MAX as usize, key_bytes_max: 64, value_bytes_max: 64 << 10, ..TableConfig::default() }
+    TableConfig {
+        entries_max: 16 + AUDIT_KEYS_MAX as usize,
+        key_bytes_max: 64,
+        value_bytes_max: 64 << 10,
+        ..TableConfig::default()
+    }
 }
 
 /// Opens the table on this (core 0's) executor and restores the switches into the board.

@@ -140,10 +140,21 @@ pub fn from_entries(get: impl Fn(&str) -> Option<String>) -> (Switches, Vec<Stri
     read("paused", &mut |v| v.parse::<u8>().map(|b| s.paused = b == 1).is_ok());
     read("quota_per_s", &mut |v| v.is_empty() || v.parse().map(|q| s.quota_per_s = Some(q)).is_ok());
     read("degrade_floor", &mut |v| {
-        v.parse::<u8>().ok().filter(|l| *l <= crate::overload::backoff::LEVEL_MAX).map(|l| s.degrade_floor = l).is_some()
+        v.parse::<u8>()
+            .ok()
+            .filter(|l| *l <= crate::overload::backoff::LEVEL_MAX)
+            .map(|l| s.degrade_floor = l)
+            .is_some()
     });
     read("blacklist", &mut |v| {
-        v.split(',').filter(|k| !k.is_empty()).try_for_each(|k| k.parse().map(|k| { s.blacklist.insert(k); })).is_ok()
+        v.split(',')
+            .filter(|k| !k.is_empty())
+            .try_for_each(|k| {
+                k.parse().map(|k| {
+                    s.blacklist.insert(k);
+                })
+            })
+            .is_ok()
     });
     read("adopt_node", &mut |v| v.is_empty() || v.parse().map(|n| s.adopt_node = Some(n)).is_ok());
     read("draining", &mut |v| v.parse::<u8>().map(|b| s.draining = b == 1).is_ok());

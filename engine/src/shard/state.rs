@@ -361,8 +361,7 @@ impl ShardState {
                 };
                 counter.fetch_add(1, Relaxed);
                 let page_id = dispenser.next_page(&rain.event);
-                Response::ShakeOk { shake_interval_ms, page_id, sealed: None }
-                    .encode(request_id, out.tail());
+                Response::ShakeOk { shake_interval_ms, page_id, sealed: None }.encode(request_id, out.tail());
             }
         }
         self.poll_dispenser_io();

@@ -297,8 +297,7 @@ async fn open_loop_writer<S: Scenario, B: Backend>(
                 let measured = t >= tl.measure_start_ns;
                 // A slot the node told this client to leave out (server-driven backoff):
                 // nothing is sent; the scenario counts it.
-                let counters =
-                    if measured { &mut stats.scenario_counters[..] } else { &mut warmup_skips[..] };
+                let counters = if measured { &mut stats.scenario_counters[..] } else { &mut warmup_skips[..] };
                 if st.scenario.skip(counters) {
                     sched.advance();
                     continue;

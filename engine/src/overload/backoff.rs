@@ -21,8 +21,11 @@ pub const STEP_DOWN_MS: u64 = 1_000;
 /// What the core measured since the last tick.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LoadSample {
-    /// Worst queueing delay seen (timer lateness), us.
+    /// How late the core's timer fired, us (counted only while the core is busy).
     pub queue_delay_us: u64,
+    /// Worst wait a request had between its bytes being read and its handling, us
+    /// (always counted: it is the requests' own queue).
+    pub request_delay_us: u64,
     /// Share of wall time the core's thread ran, 0.0..=1.0.
     pub cpu_busy: f64,
     /// Opens waiting for storage / their bound, 0.0..=1.0.
@@ -74,7 +77,8 @@ impl Backoff {
     /// The level the load alone asks for.
     pub fn level_for(&self, sample: &LoadSample) -> u8 {
         let bound = self.config.queue_delay_max_us.max(1);
-        let d = if sample.cpu_busy >= CPU_BUSY_FOR_DELAY { sample.queue_delay_us } else { 0 };
+        let late = if sample.cpu_busy >= CPU_BUSY_FOR_DELAY { sample.queue_delay_us } else { 0 };
+        let d = late.max(sample.request_delay_us);
         let by_delay = if d * 4 < bound {
             0
         } else if d * 2 < bound {
@@ -172,5 +176,7 @@ mod tests {
         assert_eq!(b.level_for(&busy(1_000)), 1);
         // A late timer on an idle core is the host's doing, not a queue.
         assert_eq!(b.level_for(&LoadSample { queue_delay_us: 50_000, ..LoadSample::default() }), 0);
+        // The requests' own wait counts whatever the CPU share (a throttled or starved core).
+        assert_eq!(b.level_for(&LoadSample { request_delay_us: 50_000, ..LoadSample::default() }), 4);
     }
 }

@@ -158,11 +158,12 @@ impl CoreOverload {
         self.last_tick_us = Some(now_us);
         self.last_cpu_us = cpu_us;
         let sample = LoadSample {
-            queue_delay_us: late_us.max(std::mem::take(&mut self.window_delay_us)),
+            queue_delay_us: late_us,
+            request_delay_us: std::mem::take(&mut self.window_delay_us),
             cpu_busy: busy,
             opens_pending_fill: opens_fill,
         };
-        metrics.overload.queue_delay_us.store(sample.queue_delay_us, Relaxed);
+        metrics.overload.queue_delay_us.store(sample.queue_delay_us.max(sample.request_delay_us), Relaxed);
         metrics.overload.cpu_busy_permille.store((busy * 1000.0) as u64, Relaxed);
         let changed = self.backoff.update(&sample, self.switches.degrade_floor, now_us / 1000);
         if let Some(advice) = changed {

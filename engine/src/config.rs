@@ -130,7 +130,7 @@ pub struct Config {
 
     // Overload protection, quotas and the admin API (docs/operations.md, "Overload").
     /// A shake that waited longer than this since its bytes were read is answered Busy at
-    /// once (logins and syncs: half of it; opens: 4x).
+    /// once (logins and syncs: half of it; opens: 100x, when their caller has given up).
     pub queue_delay_max_us: u64,
     /// Retry-after of a rejected request at degrade level 0 (doubles per level).
     pub busy_retry_after_ms: u32,

@@ -16,8 +16,10 @@
 
 use redrain_net::ErrorCode;
 
-/// How long the oldest requests of an open may have waited, relative to the bound.
-pub const REDEEM_DELAY_FACTOR: u64 = 4;
+/// An open (or ack) is shed only when it waited this many times the bound: by then its
+/// caller has given up (200 ms at the default bound). Until then it is served, whatever
+/// else is being shed.
+pub const REDEEM_DELAY_FACTOR: u64 = 100;
 /// From this degrade level on, logins and syncs are shed.
 pub const LOGIN_SHED_LEVEL: u8 = 3;
 /// At this degrade level (the top), new shakes are shed too.
@@ -183,7 +185,7 @@ mod tests {
     #[test]
     fn opens_outlast_shakes_and_logins_are_shed_first_at_every_delay() {
         let steering = Steering::default();
-        for waited in (0..20_000).step_by(250) {
+        for waited in (0..400_000).step_by(250) {
             let shed = |k| verdict_reason(admit(&CONFIG, &steering, k, 0, waited)).is_some();
             // Whenever an open is shed, shakes and logins are shed too; whenever a shake is
             // shed, logins are.
@@ -197,8 +199,8 @@ mod tests {
         }
         assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Login, 0, 1_001)).is_some());
         assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Shake, 0, 1_001)).is_none());
-        assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Open, 0, 8_000)).is_none());
-        assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Open, 0, 8_001)).is_some());
+        assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Open, 0, 200_000)).is_none());
+        assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Open, 0, 200_001)).is_some());
     }
 
     #[test]

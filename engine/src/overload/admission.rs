@@ -6,8 +6,8 @@
 //!    user already holds something the node promised (a sealed ticket, a stored message);
 //!    failing it is the worst experience and wastes the work already done. Rejected only
 //!    when it waited [`REDEEM_DELAY_FACTOR`] times the bound (its caller has given up).
-//! 2. [`Priority::Shake`]: new work; shed on the queueing-delay bound, on pause, and at
-//!    the top degrade level.
+//! 2. [`Priority::Shake`]: new work; shed on the queueing-delay bound and on pause; the
+//!    degrade level slows shakes down through the interval clients are told.
 //! 3. [`Priority::Admit`]: logins and syncs. They are shed first (at half the bound, and
 //!    from degrade level [`LOGIN_SHED_LEVEL`]): a new session adds load, and a sync can be
 //!    retried later without loss (the client keeps its highest seq).
@@ -22,8 +22,6 @@ use redrain_net::ErrorCode;
 pub const REDEEM_DELAY_FACTOR: u64 = 100;
 /// From this degrade level on, logins and syncs are shed.
 pub const LOGIN_SHED_LEVEL: u8 = 3;
-/// At this degrade level (the top), new shakes are shed too.
-pub const SHAKE_SHED_LEVEL: u8 = crate::overload::backoff::LEVEL_MAX;
 
 /// A request as admission control sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,9 +137,10 @@ pub fn admit(
                 reject(ErrorCode::Paused, RejectReason::Paused)
             } else if waited_us > bound {
                 reject(ErrorCode::Busy, RejectReason::QueueDelay)
-            } else if steering.level >= SHAKE_SHED_LEVEL {
-                reject(ErrorCode::Busy, RejectReason::Degraded)
             } else {
+                // Never shed by the level alone (a run that shed every shake at the top
+                // level left the node idle while clients waited): the level slows clients
+                // down through the shake interval they are told instead.
                 Verdict::Admit
             }
         }
@@ -204,13 +203,13 @@ mod tests {
     }
 
     #[test]
-    fn degrade_levels_shed_logins_first_then_shakes_and_never_opens() {
+    fn degrade_levels_shed_logins_and_never_shakes_or_opens() {
         for level in 0..=crate::overload::backoff::LEVEL_MAX {
             let steering = Steering { level, ..Steering::default() };
             let shed = |k| verdict_reason(admit(&CONFIG, &steering, k, 0, 0));
             assert_eq!(shed(RequestKind::Open), None);
             assert_eq!(shed(RequestKind::Login).is_some(), level >= LOGIN_SHED_LEVEL, "level {level}");
-            assert_eq!(shed(RequestKind::Shake).is_some(), level >= SHAKE_SHED_LEVEL, "level {level}");
+            assert_eq!(shed(RequestKind::Shake), None, "level {level}");
         }
     }
 

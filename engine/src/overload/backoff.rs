@@ -23,8 +23,8 @@ pub const STEP_DOWN_MS: u64 = 1_000;
 pub struct LoadSample {
     /// How late the core's timer fired, us (counted only while the core is busy).
     pub queue_delay_us: u64,
-    /// Worst wait a request had between its bytes being read and its handling, us
-    /// (always counted: it is the requests' own queue).
+    /// The wait one in ten requests of the tick reached between its bytes being read and
+    /// its handling, us (always counted: it is the requests' own queue).
     pub request_delay_us: u64,
     /// Share of wall time the core's thread ran, 0.0..=1.0.
     pub cpu_busy: f64,

@@ -51,8 +51,9 @@ pub struct CoreOverload {
     switch_version: u64,
     /// Bumped whenever the advice changes; a session whose last push is older gets one.
     advice_epoch: u32,
-    /// Worst admission delay seen since the last tick, us.
-    window_delay_us: u64,
+    /// Requests admitted since the last tick by how long they waited, in buckets of the
+    /// bound: < 1/4, < 1/2, < 1, < 2, more.
+    window_delays: [u64; 5],
     last_tick_us: Option<u64>,
     last_cpu_us: u64,
 }
@@ -78,7 +79,7 @@ impl CoreOverload {
             switches: Arc::default(),
             switch_version: 0,
             advice_epoch: 0,
-            window_delay_us: 0,
+            window_delays: [0; 5],
             last_tick_us: None,
             last_cpu_us: 0,
         }
@@ -87,7 +88,20 @@ impl CoreOverload {
     /// Admission of one request whose bytes were read at `read_at_us` (counted when
     /// rejected).
     pub fn admit(&mut self, kind: RequestKind, read_at_us: u64, now_us: u64, metrics: &CoreMetrics) -> Verdict {
-        self.window_delay_us = self.window_delay_us.max(now_us.saturating_sub(read_at_us));
+        let waited = now_us.saturating_sub(read_at_us);
+        let bound = self.config.queue_delay_max_us.max(1);
+        let bucket = if waited * 4 < bound {
+            0
+        } else if waited * 2 < bound {
+            1
+        } else if waited < bound {
+            2
+        } else if waited < bound * 2 {
+            3
+        } else {
+            4
+        };
+        self.window_delays[bucket] += 1;
         let verdict = admit(
             &AdmissionConfig { queue_delay_max_us: self.config.queue_delay_max_us },
             &self.steering,
@@ -137,6 +151,23 @@ impl CoreOverload {
         quota_changed
     }
 
+    /// The wait that one in ten requests of the last tick reached (the lower edge of its
+    /// bucket), and a new window. One stalled pass does not make an overload.
+    fn request_delay_p90_us(&mut self) -> u64 {
+        let counts = std::mem::take(&mut self.window_delays);
+        let total: u64 = counts.iter().sum();
+        let bound = self.config.queue_delay_max_us;
+        let edges = [0, bound / 4, bound / 2, bound, bound * 2];
+        let mut above = 0;
+        for b in (0..counts.len()).rev() {
+            above += counts[b];
+            if total > 0 && above * 10 >= total {
+                return edges[b];
+            }
+        }
+        0
+    }
+
     /// One tick: `now_us` since start, `cpu_us` the core thread's CPU time, `opens_fill` the
     /// open queue's pending share. Returns the new advice when the level changed.
     pub fn on_tick(
@@ -159,7 +190,7 @@ impl CoreOverload {
         self.last_cpu_us = cpu_us;
         let sample = LoadSample {
             queue_delay_us: late_us,
-            request_delay_us: std::mem::take(&mut self.window_delay_us),
+            request_delay_us: self.request_delay_p90_us(),
             cpu_busy: busy,
             opens_pending_fill: opens_fill,
         };

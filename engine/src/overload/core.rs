@@ -56,6 +56,8 @@ pub struct CoreOverload {
     window_delays: [u64; 5],
     last_tick_us: Option<u64>,
     last_cpu_us: u64,
+    /// The CPU share this core may use (cgroup quota over the cores; 1.0 = a whole CPU).
+    cpu_share: f64,
 }
 
 impl Default for CoreOverload {
@@ -82,6 +84,7 @@ impl CoreOverload {
             window_delays: [0; 5],
             last_tick_us: None,
             last_cpu_us: 0,
+            cpu_share: 1.0,
         }
     }
 
@@ -119,6 +122,11 @@ impl CoreOverload {
     /// `base_ms` (a shake interval) scaled to the current degrade level.
     pub fn scale(&self, base_ms: u32) -> u32 {
         base_ms.saturating_mul(1 << self.backoff.level())
+    }
+
+    /// Sets the CPU share this core may use (see [`cgroup_cpu_share`]).
+    pub fn set_cpu_share(&mut self, share: f64) {
+        self.cpu_share = share.clamp(0.01, 1.0);
     }
 
     pub fn level(&self) -> u8 {
@@ -181,7 +189,7 @@ impl CoreOverload {
         let (late_us, busy) = match self.last_tick_us {
             Some(last) => {
                 let elapsed = now_us.saturating_sub(last).max(1);
-                let busy = cpu_us.saturating_sub(self.last_cpu_us) as f64 / elapsed as f64;
+                let busy = cpu_us.saturating_sub(self.last_cpu_us) as f64 / (elapsed as f64 * self.cpu_share);
                 (elapsed.saturating_sub(tick_us), busy.min(1.0))
             }
             None => (0, 0.0),
@@ -355,5 +363,51 @@ impl Core {
         if self.id == 0 {
             super::persist::persist_if_changed(self);
         }
+    }
+}
+
+/// The CPU share one core of this process may use, from its cgroup's CPU quota (v2
+/// `cpu.max`, v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us`) spread over `cores`; 1.0 when
+/// unlimited or unknown. A core's busy share is measured against it, so a node in a
+/// container with a CPU limit sees its overload as one without.
+pub fn cgroup_cpu_share(cores: usize) -> f64 {
+    let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else { return 1.0 };
+    let mut quota = None;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if controllers.is_empty() {
+            let text = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.max")).unwrap_or_default();
+            quota = quota.or(parse_cpu_max(&text));
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{path}/{f}")).unwrap_or_default();
+            let text = format!("{} {}", read("cpu.cfs_quota_us").trim(), read("cpu.cfs_period_us").trim());
+            quota = parse_cpu_max(&text).or(quota);
+        }
+    }
+    quota.map(|cpus| (cpus / cores.max(1) as f64).clamp(0.01, 1.0)).unwrap_or(1.0)
+}
+
+/// CPUs a quota line allows: `"max 100000"` or `"-1 100000"` = unlimited (None),
+/// `"25000 100000"` = 0.25.
+pub fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut it = text.split_whitespace();
+    let quota: f64 = it.next()?.parse().ok().filter(|q: &f64| *q > 0.0)?;
+    let period: f64 = it.next()?.parse().ok().filter(|p: &f64| *p > 0.0)?;
+    Some(quota / period)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quota_lines_give_the_cpus_allowed_and_unlimited_gives_none() {
+        assert_eq!(parse_cpu_max("max 100000"), None);
+        assert_eq!(parse_cpu_max("-1 100000"), None);
+        assert_eq!(parse_cpu_max("25000 100000"), Some(0.25));
+        assert_eq!(parse_cpu_max("200000 100000\n"), Some(2.0));
+        assert_eq!(parse_cpu_max(""), None);
+        assert_eq!(parse_cpu_max("garbage"), None);
     }
 }

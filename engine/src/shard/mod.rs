@@ -178,6 +178,7 @@ impl Core {
     pub fn new(id: usize, node: Arc<NodeShared>, mut state: ShardState) -> Self {
         state.overload =
             crate::overload::core::CoreOverload::new(crate::overload::core::OverloadConfig::from_config(&node.config));
+        state.overload.set_cpu_share(crate::overload::core::cgroup_cpu_share(node.cores));
         state.set_session_timeouts(sessions::SessionTimeouts {
             idle_ms: u64::from(node.config.idle_timeout_ms),
             login_ms: u64::from(node.config.login_timeout_ms),

@@ -130,7 +130,7 @@ pub struct Config {
 
     // Overload protection, quotas and the admin API (docs/operations.md, "Overload").
     /// A shake that waited longer than this since its bytes were read is answered Busy at
-    /// once (logins and syncs: half of it; opens: 100x, when their caller has given up).
+    /// once (logins and syncs too; opens only at 100x, when their caller has given up).
     pub queue_delay_max_us: u64,
     /// Retry-after of a rejected request at degrade level 0 (doubles per level).
     pub busy_retry_after_ms: u32,
@@ -241,7 +241,7 @@ impl Default for Config {
             handoff_nats_tls_required: false,
             handoff_nats_connect_timeout_ms: 5_000,
             handoff_nats_ack_timeout_ms: 5_000,
-            queue_delay_max_us: 2_000,
+            queue_delay_max_us: 50_000,
             busy_retry_after_ms: 100,
             pipelined_requests_max: 256,
             conn_output_bytes_max: 256 * 1024,

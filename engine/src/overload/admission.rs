@@ -8,8 +8,9 @@
 //!    when it waited [`REDEEM_DELAY_FACTOR`] times the bound (its caller has given up).
 //! 2. [`Priority::Shake`]: new work; shed on the queueing-delay bound and on pause; the
 //!    degrade level slows shakes down through the interval clients are told.
-//! 3. [`Priority::Admit`]: logins and syncs. They are shed first (at half the bound, and
-//!    from degrade level [`LOGIN_SHED_LEVEL`]): a new session adds load, and a sync can be
+//! 3. [`Priority::Admit`]: logins and syncs. They are shed first (from degrade level
+//!    [`LOGIN_SHED_LEVEL`], and on the same wait bound as shakes: a tighter one rejected
+//!    logins for one OS preemption on a loaded host): a new session adds load, and a sync can be
 //!    retried later without loss (the client keeps its highest seq).
 //! 4. [`Priority::Control`]: Hello, Ping, Logout: a few bytes each, never shed, so sessions
 //!    stay alive through an overload and pick up the backoff.
@@ -17,7 +18,7 @@
 use redrain_net::ErrorCode;
 
 /// An open (or ack) is shed only when it waited this many times the bound: by then its
-/// caller has given up (200 ms at the default bound). Until then it is served, whatever
+/// caller has given up (5 s at the default bound). Until then it is served, whatever
 /// else is being shed.
 pub const REDEEM_DELAY_FACTOR: u64 = 100;
 /// From this degrade level on, logins and syncs are shed.
@@ -147,7 +148,7 @@ pub fn admit(
         Priority::Admit => {
             if steering.draining && kind == RequestKind::Login {
                 reject(ErrorCode::Draining, RejectReason::Draining)
-            } else if waited_us > bound / 2 {
+            } else if waited_us > bound {
                 reject(ErrorCode::Busy, RejectReason::QueueDelay)
             } else if steering.level >= LOGIN_SHED_LEVEL {
                 reject(ErrorCode::Busy, RejectReason::Degraded)
@@ -196,8 +197,8 @@ mod tests {
             }
             assert!(!shed(RequestKind::Ping), "pings are never shed");
         }
-        assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Login, 0, 1_001)).is_some());
-        assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Shake, 0, 1_001)).is_none());
+        assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Login, 0, 2_001)).is_some());
+        assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Login, 0, 2_000)).is_none());
         assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Open, 0, 200_000)).is_none());
         assert!(verdict_reason(admit(&CONFIG, &steering, RequestKind::Open, 0, 200_001)).is_some());
     }

@@ -77,19 +77,24 @@ impl Backoff {
     /// The level the load alone asks for.
     pub fn level_for(&self, sample: &LoadSample) -> u8 {
         let bound = self.config.queue_delay_max_us.max(1);
-        let late = if sample.cpu_busy >= CPU_BUSY_FOR_DELAY { sample.queue_delay_us } else { 0 };
-        let d = late.max(sample.request_delay_us);
-        let by_delay = if d * 4 < bound {
-            0
-        } else if d * 2 < bound {
-            1
-        } else if d < bound {
-            2
-        } else if d < bound * 2 {
-            3
-        } else {
-            4
+        let by_wait = |d: u64| {
+            if d * 4 < bound {
+                0
+            } else if d * 2 < bound {
+                1
+            } else if d < bound {
+                2
+            } else if d < bound * 2 {
+                3
+            } else {
+                4
+            }
         };
+        // A late timer on a busy core says the core is behind, not that requests wait too
+        // long: it slows clients (up to level 2) but never sheds logins by itself. The
+        // requests' own waits can take the level to the top.
+        let late = if sample.cpu_busy >= CPU_BUSY_FOR_DELAY { sample.queue_delay_us } else { 0 };
+        let by_delay = by_wait(late).min(LEVEL_AT_ONCE_MAX).max(by_wait(sample.request_delay_us));
         // A saturated CPU by itself is the normal state of a busy core: it asks for level
         // 1 (longer shake intervals) so the queue does not build, no more.
         let by_cpu = u8::from(sample.cpu_busy >= 0.95);
@@ -144,7 +149,7 @@ mod tests {
     fn the_level_rises_at_once_with_queueing_delay_and_falls_one_step_per_second() {
         let mut b = Backoff::new(CONFIG);
         assert_eq!(b.update(&LoadSample::default(), 0, 0), None);
-        let hot = LoadSample { queue_delay_us: 9_000, cpu_busy: 1.0, ..LoadSample::default() };
+        let hot = LoadSample { request_delay_us: 9_000, cpu_busy: 1.0, ..LoadSample::default() };
         assert_eq!(b.update(&hot, 0, 50).map(|a| a.level), Some(LEVEL_AT_ONCE_MAX), "one late tick: at most 2");
         let advice = b.update(&hot, 0, 100).expect("level changed");
         assert_eq!(advice, Advice { level: 4, shake_interval_ms: 16_000, retry_after_ms: 1_600 });
@@ -174,6 +179,7 @@ mod tests {
         let busy = |queue_delay_us| LoadSample { queue_delay_us, cpu_busy: 0.8, ..LoadSample::default() };
         assert_eq!(b.level_for(&busy(999)), 0);
         assert_eq!(b.level_for(&busy(1_000)), 1);
+        assert_eq!(b.level_for(&busy(50_000)), LEVEL_AT_ONCE_MAX, "a late timer alone never sheds logins");
         // A late timer on an idle core is the host's doing, not a queue.
         assert_eq!(b.level_for(&LoadSample { queue_delay_us: 50_000, ..LoadSample::default() }), 0);
         // The requests' own wait counts whatever the CPU share (a throttled or starved core).

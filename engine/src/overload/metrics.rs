@@ -99,16 +99,32 @@ pub fn render(cores: &[&OverloadMetrics], out: &mut String) {
         }
     }
     type Getter = fn(&OverloadMetrics) -> &AtomicU64;
-    const SIMPLE: [(&str, &str, &str, Getter); 8] = [
+    const SCALED: [(&str, &str, Getter, f64); 2] = [
+        (
+            "redrain_queue_delay_seconds",
+            "Queueing delay of the last tick (timer lateness, or the wait one in ten requests reached).",
+            |m| &m.queue_delay_us,
+            1e-6,
+        ),
+        (
+            "redrain_core_busy_ratio",
+            "Share of the last tick the core's thread ran, of the CPU it may use.",
+            |m| &m.cpu_busy_permille,
+            1e-3,
+        ),
+    ];
+    for (name, help, get, scale) in SCALED {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (core, m) in cores.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(m).load(Relaxed) as f64 * scale);
+        }
+    }
+    const SIMPLE: [(&str, &str, &str, Getter); 6] = [
         ("redrain_pipeline_full_total", "counter", "Requests answered PipelineFull.", |m| &m.pipeline_full_total),
         ("redrain_degrade_level", "gauge", "Degrade level of each core (0 = normal).", |m| &m.degrade_level),
         ("redrain_backoff_pushes_total", "counter", "Backoff pushes written to sessions.", |m| &m.backoff_pushes_total),
         ("redrain_switch_version", "gauge", "Version of the operator switches each core runs with.", |m| {
             &m.switch_version
-        }),
-        ("redrain_queue_delay_us", "gauge", "Worst queueing delay of the last tick, us.", |m| &m.queue_delay_us),
-        ("redrain_core_busy_permille", "gauge", "Share of the last tick the core ran, per mille.", |m| {
-            &m.cpu_busy_permille
         }),
         ("redrain_key_refused_draws_total", "counter", "Tickets drawn under a refused key, not issued.", |m| {
             &m.key_refused_draws_total

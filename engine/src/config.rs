@@ -131,6 +131,31 @@ pub struct Config {
     pub handoff_nats_connect_timeout_ms: u64,
     /// How long a publish waits for JetStream's ack before the attempt counts as failed.
     pub handoff_nats_ack_timeout_ms: u64,
+
+    // Overload protection, quotas and the admin API (docs/operations.md, "Overload").
+    /// A shake that waited longer than this since its bytes were read is answered Busy at
+    /// once (logins and syncs too; opens only at 100x, when their caller has given up).
+    pub queue_delay_max_us: u64,
+    /// Retry-after of a rejected request at degrade level 0 (doubles per level).
+    pub busy_retry_after_ms: u32,
+    /// Requests of one connection waiting for an answer at most; more are answered
+    /// PipelineFull.
+    pub pipelined_requests_max: usize,
+    /// Bytes of responses one connection may have produced before they are written; the
+    /// rest of its input waits until they are.
+    pub conn_output_bytes_max: usize,
+    /// Messages (Send) one user may send per second (burst: the same number).
+    pub messages_per_user_per_s: u32,
+    /// Syncs one user may make per second (burst: the same number).
+    pub syncs_per_user_per_s: u32,
+    /// Hex admin token (>= 16 bytes) for the switch endpoints. When unset, a development
+    /// token is created in `data_dir/admin.token` on first start.
+    pub admin_token_hex: Option<String>,
+    /// Previous admin token, still accepted during rotation.
+    pub admin_token_previous_hex: Option<String>,
+    /// The file this configuration was read from (SIGHUP reads it again); not a key.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
     /// Timelines: inboxes, sync, groups, lucky packets (`[timeline]` table).
     pub timeline: crate::timeline::TimelineConfig,
     /// How client sockets are read: `ring` (the core's own io_uring: multishot receives
@@ -261,6 +286,15 @@ impl Default for Config {
             net_recv_buffers: 512,
             net_recv_buffer_bytes: 4096,
             net_ring_entries: 1024,
+            queue_delay_max_us: 50_000,
+            busy_retry_after_ms: 100,
+            pipelined_requests_max: 256,
+            conn_output_bytes_max: 256 * 1024,
+            messages_per_user_per_s: 20,
+            syncs_per_user_per_s: 10,
+            admin_token_hex: None,
+            admin_token_previous_hex: None,
+            config_file: None,
         }
     }
 }
@@ -280,7 +314,10 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+        let mut config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
+        config.config_file = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Checks cross-field rules and bounds.
@@ -355,6 +392,30 @@ impl Config {
         if self.handoff_file_bytes_max < 4096 || self.handoff_file_age_max_s == 0 {
             return invalid("handoff_file_bytes_max/handoff_file_age_max_s", "need >= 4096 bytes and >= 1 s");
         }
+        if self.queue_delay_max_us == 0 || self.busy_retry_after_ms == 0 {
+            return invalid("queue_delay_max_us/busy_retry_after_ms", "must be positive");
+        }
+        if !(1..=65_536).contains(&self.pipelined_requests_max) {
+            return invalid("pipelined_requests_max", "must be within 1..=65536");
+        }
+        if !(4096..=64 << 20).contains(&self.conn_output_bytes_max) {
+            return invalid("conn_output_bytes_max", "must be within 4096..=67108864");
+        }
+        if self.messages_per_user_per_s == 0 || self.syncs_per_user_per_s == 0 {
+            return invalid("messages_per_user_per_s/syncs_per_user_per_s", "must be positive");
+        }
+        for (field, token) in
+            [("admin_token_hex", &self.admin_token_hex), ("admin_token_previous_hex", &self.admin_token_previous_hex)]
+        {
+            if let Some(t) = token {
+                if t.trim().len() < 32 || hex::decode(t.trim()).is_err() {
+                    return invalid(field, "give at least 16 bytes as hex");
+                }
+            }
+        }
+        if !self.admin_listen.ip().is_loopback() && self.admin_token_hex.is_none() {
+            return invalid("admin_listen", "a non-loopback admin endpoint needs admin_token_hex");
+        }
         if self.handoff_sink == HandoffSinkKind::Nats {
             if self.handoff_nats_urls.is_empty() || self.handoff_nats_urls.iter().any(|u| u.trim().is_empty()) {
                 return invalid("handoff_nats_urls", "give at least one server URL");
@@ -411,6 +472,21 @@ mod tests {
         for accepted in [1024, 65_536, 16_777_216] {
             validate(accepted).unwrap();
         }
+    }
+
+    #[test]
+    fn overload_bounds_and_admin_tokens_are_checked() {
+        let field = |text: &str| match toml::from_str::<Config>(text).unwrap().validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{text}: expected a refusal, got {other:?}"),
+        };
+        assert_eq!(field("queue_delay_max_us = 0"), "queue_delay_max_us/busy_retry_after_ms");
+        assert_eq!(field("pipelined_requests_max = 0"), "pipelined_requests_max");
+        assert_eq!(field("conn_output_bytes_max = 10"), "conn_output_bytes_max");
+        assert_eq!(field("admin_token_hex = \"abcd\""), "admin_token_hex");
+        assert_eq!(field("admin_listen = \"0.0.0.0:7080\""), "admin_listen");
+        let ok = "admin_listen = \"0.0.0.0:7080\"\nadmin_token_hex = \"00112233445566778899aabbccddeeff\"";
+        toml::from_str::<Config>(ok).unwrap().validate().unwrap();
     }
 
     #[test]

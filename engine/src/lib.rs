@@ -17,6 +17,7 @@ pub mod config;
 pub mod handoff;
 pub mod metrics;
 pub mod node;
+pub mod overload;
 pub mod rain;
 pub mod session;
 pub mod shard;

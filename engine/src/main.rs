@@ -36,6 +36,97 @@ enum Command {
     Rain(RainArgs),
     /// The payment hand-off of a running node.
     Handoff(HandoffArgs),
+    /// Operator switches of a running node (the admin API; needs the admin token).
+    Admin(AdminArgs),
+}
+
+#[derive(Args, Debug)]
+struct AdminArgs {
+    #[command(flatten)]
+    base: ConfigArgs,
+    /// The node's admin endpoint.
+    #[arg(long, env = "REDRAIN_ADMIN_LISTEN", default_value = "127.0.0.1:7080")]
+    admin: SocketAddr,
+    /// Admin token as hex [default: admin_token_hex of the config, or <data dir>/admin.token].
+    #[arg(long, env = "REDRAIN_ADMIN_TOKEN")]
+    token: Option<String>,
+    /// Who is changing the switch (goes into the node's audit log).
+    #[arg(long, env = "USER", default_value = "operator")]
+    operator: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Switches, the version each core runs with, degrade levels, recent changes.
+    Status,
+    /// Answer shakes with Paused (opens go on).
+    Pause,
+    /// Undo pause.
+    Resume,
+    /// Set the node's issuance quota (tickets per second, all cores).
+    Quota { per_s: u64 },
+    /// Hold the degrade level at least at L (0 = normal, 4 = top).
+    Degrade { level: u8 },
+    /// Refuse tickets under ticket key KEY (at open, and never issue them).
+    Blacklist { key: u16 },
+    /// Take KEY off the operator blacklist.
+    Whitelist { key: u16 },
+    /// Issue failed peer NODE's files (applies at the next start).
+    Adopt { node: u16 },
+    /// Refuse new logins and report 503 on /healthz so the balancer moves users away.
+    Drain,
+}
+
+fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let token = match args.token.clone() {
+        Some(t) => t,
+        None => {
+            let config = load_config(&args.base)?;
+            match config.admin_token_hex {
+                Some(t) => t,
+                None => {
+                    let path = redrain_engine::overload::admin::dev_token_path(&config.data_dir);
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading the admin token {} (or pass --token)", path.display()))?
+                }
+            }
+        }
+    };
+    let (method, path) = match args.command {
+        AdminCommand::Status => ("GET", "/admin/status".to_string()),
+        AdminCommand::Pause => ("POST", "/admin/pause".into()),
+        AdminCommand::Resume => ("POST", "/admin/resume".into()),
+        AdminCommand::Quota { per_s } => ("POST", format!("/admin/quota/{per_s}")),
+        AdminCommand::Degrade { level } => ("POST", format!("/admin/degrade/{level}")),
+        AdminCommand::Blacklist { key } => ("POST", format!("/admin/blacklist/{key}")),
+        AdminCommand::Whitelist { key } => ("POST", format!("/admin/whitelist/{key}")),
+        AdminCommand::Adopt { node } => ("POST", format!("/admin/adopt/{node}")),
+        AdminCommand::Drain => ("POST", "/admin/drain".into()),
+    };
+    let timeout = Duration::from_secs(10);
+    let mut s = std::net::TcpStream::connect_timeout(&args.admin, timeout)
+        .with_context(|| format!("connecting to the admin endpoint {}", args.admin))?;
+    s.set_read_timeout(Some(timeout))?;
+    let operator: String = args.operator.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nX-Operator: {operator}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n",
+        args.admin,
+        token.trim()
+    )?;
+    let mut text = String::new();
+    s.take(1 << 20).read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    let status_line = head.lines().next().unwrap_or("");
+    print!("{body}");
+    if !status_line.starts_with("HTTP/1.1 2") {
+        anyhow::bail!("{}{path}: {status_line}", args.admin);
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -416,6 +507,7 @@ fn main() {
         Command::Replica(a) => redrain_storage::replica_cli::run(a),
         Command::Rain(a) => rain(a).map(|()| 0),
         Command::Handoff(a) => handoff(a).map(|()| 0),
+        Command::Admin(a) => admin(a).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -159,6 +159,8 @@ pub struct CoreMetrics {
     pub net: crate::shard::netring::NetRingMetrics,
     /// Timelines of this core (rendered by `timeline::metrics`).
     pub timeline: crate::timeline::metrics::TimelineMetrics,
+    /// Overload protection (admission, degrade level, switches, retries).
+    pub overload: crate::overload::metrics::OverloadMetrics,
     frames_total: [[AtomicU64; OUTCOMES.len()]; TYPE_SLOTS],
     rejected_total: CounterArray<{ ErrorCode::ALL.len() }>,
     latency: [Histogram; TYPE_SLOTS],
@@ -176,6 +178,7 @@ impl CoreMetrics {
     /// Counts one frame of `kind` (None = unknown type) with its outcome.
     pub fn frame(&self, kind: Option<MessageType>, outcome: Outcome) {
         self.frames_total[type_slot(kind)][outcome as usize].fetch_add(1, Relaxed);
+        self.overload.outcome(outcome);
     }
 
     /// Counts a frame answered with an error code (by reason).

@@ -18,7 +18,7 @@ use crate::shard::{accept, Core, NodeShared, HOUSEKEEPING_TICK, SWEEP_EVERY_TICK
 use anyhow::{bail, Context};
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
-use redrain_net::admin::{AdminHandler, AdminResponse};
+use redrain_net::admin::{AdminHandler, AdminMethod, AdminRequest, AdminResponse};
 use redrain_net::listener;
 use redrain_net::ErrorCode;
 use std::net::SocketAddr;
@@ -162,7 +162,6 @@ struct CoreSetup {
     rain: Option<(CoreRecovery, crate::rain::dispenser::Dispenser)>,
     plain: std::net::TcpListener,
     tls: Option<std::net::TcpListener>,
-    admin: Option<std::net::TcpListener>,
     senders: Vec<Option<SharedSender<()>>>,
     receivers: Vec<(usize, SharedReceiver<()>)>,
 }
@@ -227,7 +226,7 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
     };
     let admin = std::net::TcpListener::bind(config.admin_listen)
         .with_context(|| format!("binding admin {}", config.admin_listen))?;
-    admin.set_nonblocking(true)?;
+    let (admin_current, admin_previous) = load_admin_tokens(&config)?;
     let bound = BoundAddrs {
         client: plain[0].local_addr()?,
         tls: tls_listeners.as_ref().map(|l| l[0].local_addr()).transpose()?,
@@ -260,19 +259,24 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
         started: Instant::now(),
         fd_limit: limits.fd_soft,
         sessions_per_core_max,
+        switches: Arc::new(crate::overload::switches::SwitchBoard::new(cores, Default::default())),
+        admin_tokens: Arc::new(redrain_net::admin::AdminTokens::new(admin_current, admin_previous)),
+        admin_counters: Default::default(),
         config,
     });
+    if node.rain.is_none() {
+        // No storage on the cores: switches live in memory only.
+        node.switches.mark_restored();
+    }
 
     let mut setups: Vec<CoreSetup> = Vec::with_capacity(cores);
     let mut tls_iter = tls_listeners.map(|v| v.into_iter());
-    let mut admin = Some(admin);
     for (i, p) in plain.into_iter().enumerate() {
         setups.push(CoreSetup {
             sink: sinks[i].take(),
             rain: rain_cores[i].take(),
             plain: p,
             tls: tls_iter.as_mut().and_then(|it| it.next()),
-            admin: admin.take(),
             senders: (0..cores).map(|_| None).collect(),
             receivers: Vec::new(),
         });
@@ -288,6 +292,16 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
     }
 
     spawn_signal_thread(node.clone())?;
+    // The admin API runs on its own thread, off the shard cores.
+    let admin_server = redrain_net::admin::spawn(
+        admin,
+        redrain_net::admin::AdminServerState {
+            handler: admin_handler(node.clone()),
+            tokens: node.admin_tokens.clone(),
+            counters: node.admin_counters.clone(),
+        },
+    )
+    .context("starting the admin endpoint")?;
     let profiler = profile.map(|p| spawn_profiler(p, node.clone())).transpose()?;
 
     let mut handles = Vec::with_capacity(cores);
@@ -300,6 +314,11 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
             .spawn(move || core_main(id, node, setup))
             .map_err(|e| anyhow::anyhow!("starting the executor of core {id} (io_uring setup failed?): {e}"))?;
         handles.push(handle);
+    }
+    // Ready means the operator's switches are in force (core 0 restores them first).
+    let restore_deadline = Instant::now() + Duration::from_secs(30);
+    while !node.switches.is_restored() && Instant::now() < restore_deadline && !node.shutting_down() {
+        std::thread::sleep(Duration::from_millis(2));
     }
     println!(
         "redrain ready: client={} tls={} admin={} cores={cores}",
@@ -319,6 +338,7 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
     if let Some(p) = profiler {
         let _ = p.join();
     }
+    admin_server.stop();
     if let Some(msg) = failed {
         bail!(msg);
     }
@@ -327,10 +347,15 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
 }
 
 fn spawn_signal_thread(node: Arc<NodeShared>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     std::thread::Builder::new().name("redrain-signals".into()).spawn(move || {
         for sig in signals.forever() {
+            if sig == SIGHUP {
+                crate::overload::reload::reload(&node);
+                continue;
+            }
             if node.shutdown.swap(true, Ordering::Relaxed) {
                 log::warn!("second signal {sig}: exiting without drain");
                 std::process::exit(130);
@@ -383,7 +408,45 @@ fn spawn_profiler(p: ProfileRequest, node: Arc<NodeShared>) -> anyhow::Result<st
 }
 
 fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
-    Rc::new(move |path: &str| match path {
+    Arc::new(move |req: &AdminRequest| {
+        if req.path.starts_with(redrain_net::admin::PROTECTED_PREFIX) {
+            return crate::overload::admin::handle(&node, req);
+        }
+        if req.method != AdminMethod::Read {
+            return AdminResponse::text(405, "method not allowed\n");
+        }
+        read_only(&node, &req.path)
+    })
+}
+
+/// Generates the dev admin token or reads the configured ones (current, previous).
+pub(crate) fn load_admin_tokens(config: &Config) -> anyhow::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let parse = |hex_text: &str, what: &str| hex::decode(hex_text.trim()).with_context(|| format!("{what}: not hex"));
+    let current = match &config.admin_token_hex {
+        Some(t) => parse(t, "admin_token_hex")?,
+        None => {
+            let path = crate::overload::admin::dev_token_path(&config.data_dir);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => parse(&text, &path.display().to_string())?,
+                Err(_) => {
+                    let token = create_secret_file(&path, 32)?;
+                    log::warn!(
+                        "created development admin token {} (set admin_token_hex in production)",
+                        path.display()
+                    );
+                    token
+                }
+            }
+        }
+    };
+    let previous =
+        config.admin_token_previous_hex.as_deref().map(|t| parse(t, "admin_token_previous_hex")).transpose()?;
+    Ok((current, previous))
+}
+
+/// The open (token-free) read-only endpoints.
+fn read_only(node: &Arc<NodeShared>, path: &str) -> AdminResponse {
+    match path {
         "/metrics" => {
             let mut body = String::with_capacity(32 * 1024);
             let cores: Vec<&CoreMetrics> = node.metrics.iter().collect();
@@ -406,6 +469,7 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
                 let (sink, now_ms) = (node.config.handoff_sink.name(), node.clock().unix_ms);
                 crate::handoff::metrics::render(&handoff, sink, now_ms, &mut body);
             }
+            crate::overload::admin::render_metrics(node, &mut body);
             AdminResponse { status: 200, content_type: "text/plain; version=0.0.4", body }
         }
         "/handoff" if node.rain.is_some() => {
@@ -417,9 +481,12 @@ fn admin_handler(node: Arc<NodeShared>) -> AdminHandler {
         "/healthz" if node.shutting_down() => {
             AdminResponse { status: 503, content_type: "text/plain", body: "draining\n".into() }
         }
+        "/healthz" if node.switches.snapshot().1.draining => {
+            AdminResponse { status: 503, content_type: "text/plain", body: "draining (operator)\n".into() }
+        }
         "/healthz" => AdminResponse { status: 200, content_type: "text/plain", body: "ok\n".into() },
         _ => AdminResponse { status: 404, content_type: "text/plain", body: "not found\n".into() },
-    })
+    }
 }
 
 async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow::Result<()> {
@@ -461,6 +528,20 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
         }
     }
     crate::timeline::storage::open_on_core(&core).await?;
+    // Operator switches: core 0 restores them from their table before any core accepts.
+    if node.rain.is_some() {
+        if id == 0 {
+            if let Err(e) = crate::overload::persist::restore(&core, &node.config.data_dir).await {
+                node.shutdown.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !node.switches.is_restored() && Instant::now() < deadline && !node.shutting_down() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
     if node.rain.is_some() {
         let peers = match node.config.opens_replica_peers.as_slice() {
             [a, b] => Some(crate::shard::storage::OpenQueuePeers {
@@ -494,9 +575,6 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     if let Some(tls) = setup.tls {
         accept_tasks.push(glommio::spawn_local(accept::accept_loop(core.clone(), listener::into_glommio(tls), true)));
     }
-    let admin_task = setup.admin.map(|a| {
-        glommio::spawn_local(redrain_net::admin::serve(listener::into_glommio(a), admin_handler(node.clone())))
-    });
 
     let mut tick = 0u32;
     while !node.shutting_down() {
@@ -526,7 +604,5 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
             glommio::timer::sleep(Duration::from_millis(2)).await;
         }
     }
-    // Keep the admin endpoint up (reporting draining) until every core is done.
-    drop(admin_task);
     Ok(())
 }

@@ -100,7 +100,10 @@ impl Session {
         let mut used = 0;
         while self.phase != Phase::Closed {
             match decoder.decode(&input[used..]) {
-                Ok(None) => return (used, Step::NeedMore),
+                Ok(None) => {
+                    env.metrics.overload.set_attempt(0);
+                    return (used, Step::NeedMore);
+                }
                 Ok(Some((frame, n))) => {
                     used += n;
                     let step = self.on_frame(&frame, env, out);
@@ -138,6 +141,8 @@ impl Session {
     fn on_frame(&mut self, frame: &FrameRef<'_>, env: &Env<'_>, out: &mut Vec<u8>) -> Step {
         let rid = frame.header.request_id;
         let kind = MessageType::from_u8(frame.header.kind);
+        // The retry marks of this frame, for the outcome counters (reset at the pass's end).
+        env.metrics.overload.set_attempt(frame.header.flags);
         let request = match Request::parse(frame) {
             Ok(r) => r,
             Err(e) => {

@@ -40,6 +40,10 @@ pub enum Command {
         /// Shake without waiting for the node's minimum interval (abuse test).
         #[arg(long)]
         ignore_shake_interval: bool,
+        /// Ignore server-driven backoff (Backoff pushes, the retry-after of Busy and
+        /// Paused): the abuse case; by default the generator obeys it.
+        #[arg(long)]
+        ignore_backoff: bool,
         /// Do not open wins (measures shakes alone).
         #[arg(long)]
         no_open: bool,

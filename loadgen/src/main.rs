@@ -108,9 +108,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = args.to_config(cpus)?;
             run_scenario(&args, cfg, PingScenario::new(payload_bytes))
         }
-        Command::Shake { run: args, ignore_shake_interval, no_open } => {
+        Command::Shake { run: args, ignore_shake_interval, no_open, ignore_backoff } => {
             let cfg = args.to_config(cpus)?;
-            run_scenario(&args, cfg, ShakeScenario::new(!ignore_shake_interval, !no_open))
+            run_scenario(&args, cfg, ShakeScenario::new(!ignore_shake_interval, !no_open).obey_backoff(!ignore_backoff))
         }
         Command::Chat { run: args, groups, group_size, sync_every } => {
             let cfg = args.to_config(cpus)?;

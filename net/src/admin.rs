@@ -1,127 +1,285 @@
-//! A deliberately small HTTP/1.1 server for the admin port (`/metrics`,
-//! `/healthz`). One request per connection, `Connection: close`, request head
-//! bounded to [`REQUEST_HEAD_BYTES_MAX`]; it only needs to serve Prometheus
-//! scrapers and health probes on loopback.
+//! The admin HTTP endpoint: hyper (HTTP/1.1) on its own small thread with a
+//! current-thread tokio runtime, off the shard cores.
+//!
+//! `GET`/`HEAD` of any path go to the handler; `POST` only to `/admin/...`; other
+//! methods are answered 405 with an `Allow` header. Every `/admin/...` path needs an
+//! admin token (`Authorization: Bearer <hex>`), compared in constant time with the
+//! current and the previous token (rotation); a missing token is 401, a wrong one 403,
+//! and both are counted. `/metrics`, `/healthz` and the other read-only paths stay open.
+//! Connections are bounded ([`CONNECTIONS_MAX`]), one request each, and a client that
+//! does not send its request head within [`REQUEST_TIMEOUT`] is dropped.
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpListener;
-use std::rc::Rc;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 
-/// Largest request head accepted before answering 431.
-pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// A client that does not finish its request head within this time is dropped.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin connections served at once; more are closed immediately.
 pub const CONNECTIONS_MAX: usize = 64;
+/// Path prefix of the endpoints that need the admin token.
+pub const PROTECTED_PREFIX: &str = "/admin/";
 
-/// What a handler returns for a path.
+/// The request method as the handler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminMethod {
+    /// GET or HEAD (hyper leaves the body out of a HEAD answer).
+    Read,
+    /// POST: a change.
+    Change,
+}
+
+/// Which admin token a request presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSlot {
+    Current,
+    Previous,
+}
+
+impl TokenSlot {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenSlot::Current => "current",
+            TokenSlot::Previous => "previous",
+        }
+    }
+}
+
+/// One request, as the handler gets it.
+#[derive(Debug, Clone)]
+pub struct AdminRequest {
+    pub method: AdminMethod,
+    /// Path without the query.
+    pub path: String,
+    pub query: Option<String>,
+    pub peer: SocketAddr,
+    /// The token that authorized it (always set on `/admin/...` paths).
+    pub token: Option<TokenSlot>,
+    /// The `X-Operator` header, if sent (who, in the audit log).
+    pub operator: Option<String>,
+}
+
+/// What a handler returns.
 pub struct AdminResponse {
     pub status: u16,
     pub content_type: &'static str,
     pub body: String,
 }
 
-/// Handler from request path (without query) to response.
-pub type AdminHandler = Rc<dyn Fn(&str) -> AdminResponse>;
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
+impl AdminResponse {
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self { status, content_type: "text/plain", body: body.into() }
     }
 }
 
-/// Parses the request line; returns (method, path without query).
-pub fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
-    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
-    let line = std::str::from_utf8(&head[..line_end]).ok()?;
-    let mut parts = line.split(' ');
-    let method = parts.next()?;
-    let target = parts.next()?;
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
-        return None;
-    }
-    Some((method, target.split('?').next().unwrap_or(target)))
+/// The handler: called on a blocking thread, so it may wait (bounded) for the cores.
+pub type AdminHandler = Arc<dyn Fn(&AdminRequest) -> AdminResponse + Send + Sync>;
+
+/// The admin tokens (current and previous), replaceable at run time (SIGHUP).
+#[derive(Default)]
+pub struct AdminTokens {
+    tokens: RwLock<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-async fn serve_one(mut stream: glommio::net::TcpStream, handler: AdminHandler) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    let response = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
+impl AdminTokens {
+    pub fn new(current: Vec<u8>, previous: Option<Vec<u8>>) -> Self {
+        Self { tokens: RwLock::new((current, previous)) }
+    }
+
+    pub fn replace(&self, current: Vec<u8>, previous: Option<Vec<u8>>) {
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = (current, previous);
+    }
+
+    /// Which token `presented` is. Both tokens are always compared, each in constant
+    /// time, so the answer's timing tells nothing about either.
+    pub fn check(&self, presented: &[u8]) -> Option<TokenSlot> {
+        let g = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let current = !g.0.is_empty() && bool::from(g.0.as_slice().ct_eq(presented));
+        let previous = g.1.as_ref().is_some_and(|p| !p.is_empty() && bool::from(p.as_slice().ct_eq(presented)));
+        if current {
+            Some(TokenSlot::Current)
+        } else if previous {
+            Some(TokenSlot::Previous)
+        } else {
+            None
         }
-        head.extend_from_slice(&chunk[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            break match parse_request_line(&head) {
-                None => AdminResponse { status: 400, content_type: "text/plain", body: "bad request\n".into() },
-                Some(("GET", path)) | Some(("HEAD", path)) => handler(path),
-                Some(_) => AdminResponse { status: 405, content_type: "text/plain", body: "only GET\n".into() },
-            };
+    }
+}
+
+/// Counters of the admin endpoint (rendered by the node's /metrics).
+#[derive(Debug, Default)]
+pub struct AdminCounters {
+    pub requests_total: AtomicU64,
+    /// `/admin/...` requests without a token.
+    pub unauthenticated_total: AtomicU64,
+    /// `/admin/...` requests with a wrong token.
+    pub wrong_token_total: AtomicU64,
+    /// Connections closed at once because [`CONNECTIONS_MAX`] were open.
+    pub connections_refused_total: AtomicU64,
+}
+
+/// Everything the server thread shares with the node.
+pub struct AdminServerState {
+    pub handler: AdminHandler,
+    pub tokens: Arc<AdminTokens>,
+    pub counters: Arc<AdminCounters>,
+}
+
+/// A running admin server; dropping it does not stop it, [`AdminServer::stop`] does.
+pub struct AdminServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Stops accepting and joins the thread (within a poll interval).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
-        if head.len() > REQUEST_HEAD_BYTES_MAX {
-            break AdminResponse { status: 431, content_type: "text/plain", body: "request head too large\n".into() };
-        }
+    }
+}
+
+/// How often the accept loop looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// Starts the admin server on its own thread (`redrain-admin`).
+pub fn spawn(listener: std::net::TcpListener, state: AdminServerState) -> std::io::Result<AdminServer> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = stop.clone();
+    let thread = std::thread::Builder::new().name("redrain-admin".into()).spawn(move || {
+        runtime.block_on(accept_loop(listener, Arc::new(state), stop_flag));
+        // Requests still running are cut at shutdown.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+    })?;
+    Ok(AdminServer { stop, thread: Some(thread) })
+}
+
+async fn accept_loop(listener: std::net::TcpListener, state: Arc<AdminServerState>, stop: Arc<AtomicBool>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return log::error!("admin endpoint: {e}"),
     };
-    let head_out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len()
-    );
-    stream.write_all(head_out.as_bytes()).await?;
-    stream.write_all(response.body.as_bytes()).await?;
-    stream.flush().await?;
-    Ok(())
-}
-
-/// Accepts admin connections until the listener fails or the task is dropped.
-pub async fn serve(listener: TcpListener, handler: AdminHandler) {
-    let active = Rc::new(std::cell::Cell::new(0usize));
-    loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    while !stop.load(Ordering::Relaxed) {
+        let (stream, peer) = match tokio::time::timeout(STOP_POLL, listener.accept()).await {
+            Err(_) => continue,
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 log::warn!("admin accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if active.get() >= CONNECTIONS_MAX {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            state.counters.connections_refused_total.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
-        }
-        active.set(active.get() + 1);
-        let handler = handler.clone();
-        let active = active.clone();
-        glommio::spawn_local(async move {
-            if let Err(e) = serve_one(stream, handler).await {
-                log::debug!("admin connection: {e}");
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&state, req, peer).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(io, service)
+                .await;
+            if let Err(e) = served {
+                log::debug!("admin connection from {peer}: {e}");
             }
-            active.set(active.get() - 1);
-        })
-        .detach();
+            drop(permit);
+        });
+    }
+}
+
+fn respond(status: u16, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// The bearer token of a request, decoded from hex (None: no usable header).
+fn bearer(req: &Request<Incoming>) -> Option<Vec<u8>> {
+    let v = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let token = v.strip_prefix("Bearer ")?.trim();
+    hex::decode(token).ok()
+}
+
+async fn answer(state: &AdminServerState, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    state.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_owned();
+    let protected = path.starts_with(PROTECTED_PREFIX);
+    let method = match *req.method() {
+        Method::GET | Method::HEAD => AdminMethod::Read,
+        Method::POST if protected => AdminMethod::Change,
+        _ => {
+            let allow = if protected { "GET, HEAD, POST" } else { "GET, HEAD" };
+            let mut r = respond(405, "text/plain", format!("method not allowed; allowed: {allow}\n"));
+            r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allow));
+            return r;
+        }
+    };
+    let token = if protected {
+        let Some(presented) = bearer(&req) else {
+            state.counters.unauthenticated_total.fetch_add(1, Ordering::Relaxed);
+            let mut r = respond(401, "text/plain", "admin token required (Authorization: Bearer <hex>)\n".into());
+            r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+            return r;
+        };
+        match state.tokens.check(&presented) {
+            Some(slot) => Some(slot),
+            None => {
+                state.counters.wrong_token_total.fetch_add(1, Ordering::Relaxed);
+                log::warn!("admin: wrong token from {peer} for {path}");
+                return respond(403, "text/plain", "wrong admin token\n".into());
+            }
+        }
+    } else {
+        None
+    };
+    let operator = req
+        .headers()
+        .get("x-operator")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().filter(|c| !c.is_control()).take(64).collect());
+    let request = AdminRequest { method, path, query: req.uri().query().map(str::to_owned), peer, token, operator };
+    let handler = state.handler.clone();
+    match tokio::task::spawn_blocking(move || handler(&request)).await {
+        Ok(r) => respond(r.status, r.content_type, r.body),
+        Err(e) => respond(500, "text/plain", format!("handler failed: {e}\n")),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_request_line;
+    use super::*;
 
     #[test]
-    fn request_line_is_parsed_and_query_dropped() {
-        assert_eq!(parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"), Some(("GET", "/metrics")));
-        assert_eq!(parse_request_line(b"GET /metrics\r\n\r\n"), None);
-        assert_eq!(parse_request_line(b"garbage"), None);
+    fn tokens_match_current_or_previous_and_nothing_else() {
+        let tokens = AdminTokens::new(vec![1; 16], Some(vec![2; 16]));
+        assert_eq!(tokens.check(&[1; 16]), Some(TokenSlot::Current));
+        assert_eq!(tokens.check(&[2; 16]), Some(TokenSlot::Previous));
+        assert_eq!(tokens.check(&[3; 16]), None);
+        assert_eq!(tokens.check(&[1; 15]), None, "a prefix is not the token");
+        assert_eq!(tokens.check(&[]), None);
+        tokens.replace(vec![3; 16], None);
+        assert_eq!(tokens.check(&[3; 16]), Some(TokenSlot::Current));
+        assert_eq!(tokens.check(&[2; 16]), None, "a rotated-out token is refused");
     }
 }

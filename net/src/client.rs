@@ -128,6 +128,8 @@ pub struct BlockingClient {
     stream: TcpStream,
     codec: ClientCodec,
     out: Vec<u8>,
+    /// The last `Backoff` push seen by [`Self::call`]: (level, shake interval, retry-after).
+    pub last_backoff: Option<(u8, u32, u32)>,
 }
 
 impl BlockingClient {
@@ -136,7 +138,7 @@ impl BlockingClient {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        let mut c = Self { stream, codec: ClientCodec::new(1 << 20), out: Vec::new() };
+        let mut c = Self { stream, codec: ClientCodec::new(1 << 20), out: Vec::new(), last_backoff: None };
         let f = c.call(&Request::Hello { version_min: PROTOCOL_VERSION, version_max: PROTOCOL_VERSION })?;
         match f.parse()? {
             Response::HelloOk { .. } => Ok(c),
@@ -146,7 +148,7 @@ impl BlockingClient {
 
     /// Wraps an already connected stream without a handshake (for bad-input tests).
     pub fn from_stream(stream: TcpStream) -> Self {
-        Self { stream, codec: ClientCodec::new(1 << 20), out: Vec::new() }
+        Self { stream, codec: ClientCodec::new(1 << 20), out: Vec::new(), last_backoff: None }
     }
 
     pub fn stream(&mut self) -> &mut TcpStream {
@@ -165,9 +167,19 @@ impl BlockingClient {
     }
 
     /// Sends one request and waits for its response (errors become `ClientError::Server`).
+    /// A `Backoff` push that arrives first is remembered in [`Self::last_backoff`].
     pub fn call(&mut self, req: &Request<'_>) -> Result<ResponseFrame, ClientError> {
         let id = self.send(req)?;
-        let f = self.recv()?;
+        let mut f = self.recv()?;
+        while f.request_id == 0 {
+            match f.parse()? {
+                Response::Backoff { level, shake_interval_ms, retry_after_ms } => {
+                    self.last_backoff = Some((level, shake_interval_ms, retry_after_ms));
+                    f = self.recv()?;
+                }
+                _ => break,
+            }
+        }
         if let Response::Error { code, retry_after_ms, message } = f.parse()? {
             return Err(ClientError::Server { code, retry_after_ms, message: message.to_owned() });
         }

@@ -86,6 +86,14 @@ pub enum ErrorCode {
     UnknownLuckyPacket = 36,
     /// A lucky packet whose total and count are impossible (each share needs >= 0.01).
     BadLuckyPacket = 37,
+    // Overload protection and operator switches (40-49).
+    /// The operator paused shaking on this node; retry after `retry_after_ms`.
+    Paused = 40,
+    /// The operator is draining this node: log in elsewhere. Connection closed.
+    Draining = 41,
+    /// More requests of this connection are waiting than the node allows in flight;
+    /// retry after `retry_after_ms`.
+    PipelineFull = 42,
 }
 
 /// How a failure counts in metrics and alarms.
@@ -100,7 +108,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 37] = [
+    pub const ALL: [ErrorCode; 40] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownType,
@@ -138,6 +146,9 @@ impl ErrorCode {
         Self::LuckyAllGone,
         Self::UnknownLuckyPacket,
         Self::BadLuckyPacket,
+        Self::Paused,
+        Self::Draining,
+        Self::PipelineFull,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -189,6 +200,9 @@ impl ErrorCode {
             Self::LuckyAllGone => "lucky_all_gone",
             Self::UnknownLuckyPacket => "unknown_lucky_packet",
             Self::BadLuckyPacket => "bad_lucky_packet",
+            Self::Paused => "paused",
+            Self::Draining => "draining",
+            Self::PipelineFull => "pipeline_full",
         }
     }
 
@@ -204,10 +218,15 @@ impl ErrorCode {
             | Self::TicketKeyRefused
             | Self::TicketOtherNode
             | Self::GroupFull
-            | Self::LuckyAllGone => ErrorClass::Logical,
-            Self::SessionLimit | Self::Busy | Self::ShuttingDown | Self::Internal | Self::NotServed => {
-                ErrorClass::System
-            }
+            | Self::LuckyAllGone
+            | Self::Paused
+            | Self::PipelineFull => ErrorClass::Logical,
+            Self::SessionLimit
+            | Self::Busy
+            | Self::ShuttingDown
+            | Self::Internal
+            | Self::NotServed
+            | Self::Draining => ErrorClass::System,
             _ => ErrorClass::ClientFault,
         }
     }
@@ -226,6 +245,7 @@ impl ErrorCode {
                 | Self::IdleTimeout
                 | Self::ShuttingDown
                 | Self::LoggedOut
+                | Self::Draining
         )
     }
 }

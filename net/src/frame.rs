@@ -22,13 +22,23 @@ pub const FRAME_LENGTH_OVERHEAD: u32 = 6;
 /// Hard ceiling for any configured maximum frame size (16 MiB).
 pub const FRAME_BYTES_LIMIT: u32 = 16 << 20;
 
+/// Flag bits 0-1 of a request: which retry of the request this is (0 = first try,
+/// 3 = third retry or later). Servers send 0.
+pub const FLAG_RETRY_MASK: u8 = 0x03;
+/// Flag bit 2 of a request: the client will not retry this request again, so a system
+/// failure answered to it is final (the node counts those: the key alarm).
+pub const FLAG_LAST_ATTEMPT: u8 = 0x04;
+/// Flag bits a frame may carry; any other bit set is a framing error.
+pub const FLAGS_ASSIGNED: u8 = FLAG_RETRY_MASK | FLAG_LAST_ATTEMPT;
+
 /// Decoded fixed header of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     /// Message type byte (see [`crate::MessageType`]); unknown values are kept so
     /// the caller can answer them with a typed error.
     pub kind: u8,
-    /// Reserved flag bits; v1 senders must send 0.
+    /// Flag bits: the low three carry the client's retry marks ([`FLAG_RETRY_MASK`],
+    /// [`FLAG_LAST_ATTEMPT`]); the others are reserved and must be 0.
     pub flags: u8,
     /// Chosen by the client, echoed in the matching response; 0 for server pushes.
     pub request_id: u32,
@@ -92,7 +102,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         let flags = buf[5];
-        if flags != 0 {
+        if flags & !FLAGS_ASSIGNED != 0 {
             return Err(FrameError::ReservedFlags { flags });
         }
         let frame_bytes = frame_bytes as usize;
@@ -114,6 +124,13 @@ pub fn encode_frame(out: &mut Vec<u8>, kind: u8, request_id: u32, write_body: im
     write_body(out);
     let length = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&length.to_be_bytes());
+}
+
+/// Sets the retry marks of the frame that starts at `frame_start` in `out` (a client
+/// retrying a request): `retry` is clamped to 3; `last` says no further retry follows.
+pub fn mark_retry(out: &mut [u8], frame_start: usize, retry: u8, last: bool) {
+    let flags = retry.min(FLAG_RETRY_MASK) | if last { FLAG_LAST_ATTEMPT } else { 0 };
+    out[frame_start + 5] = flags;
 }
 
 #[cfg(test)]
@@ -150,6 +167,23 @@ mod tests {
     fn short_length_and_reserved_flags_are_rejected() {
         let dec = FrameDecoder::new(64);
         assert_eq!(dec.decode(&[0, 0, 0, 5]).unwrap_err(), FrameError::TooShort { length: 5 });
-        assert_eq!(dec.decode(&[0, 0, 0, 6, 3, 1, 0, 0, 0, 0]).unwrap_err(), FrameError::ReservedFlags { flags: 1 });
+        assert_eq!(dec.decode(&[0, 0, 0, 6, 3, 8, 0, 0, 0, 0]).unwrap_err(), FrameError::ReservedFlags { flags: 8 });
+        assert_eq!(
+            dec.decode(&[0, 0, 0, 6, 3, 0x80, 0, 0, 0, 0]).unwrap_err(),
+            FrameError::ReservedFlags { flags: 0x80 }
+        );
+    }
+
+    #[test]
+    fn retry_marks_are_carried_in_the_three_assigned_flag_bits() {
+        let dec = FrameDecoder::new(64);
+        let mut out = Vec::new();
+        encode_frame(&mut out, 3, 7, |_| {});
+        mark_retry(&mut out, 0, 9, true);
+        let (f, _) = dec.decode(&out).unwrap().unwrap();
+        assert_eq!(f.header.flags & FLAG_RETRY_MASK, 3, "retries above 3 are sent as 3");
+        assert_ne!(f.header.flags & FLAG_LAST_ATTEMPT, 0);
+        mark_retry(&mut out, 0, 1, false);
+        assert_eq!(dec.decode(&out).unwrap().unwrap().0.header.flags, 1);
     }
 }

@@ -313,6 +313,14 @@ pub enum Response<'a> {
         code: u16,
         message: &'a str,
     },
+    /// Server push (request id 0): the node's degrade level changed. Until the next
+    /// push, shake no more often than `shake_interval_ms` and wait `retry_after_ms`
+    /// before retrying a rejected request.
+    Backoff {
+        level: u8,
+        shake_interval_ms: u32,
+        retry_after_ms: u32,
+    },
     /// A reserved server type this build does not interpret.
     Reserved {
         kind: MessageType,
@@ -321,6 +329,9 @@ pub enum Response<'a> {
     /// Timeline answers and the `Notify` push (see [`crate::timeline`]).
     Timeline(TimelineResponse<'a>),
 }
+
+/// Bytes of a `Backoff` push body.
+pub const BACKOFF_BODY_BYTES: usize = 9;
 
 fn be_u16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
@@ -538,6 +549,14 @@ impl<'a> Response<'a> {
                     .map_err(|_| BodyError::BadField { kind, field: "message is not UTF-8" })?;
                 Response::Closing { code: be_u16(body), message }
             }
+            MessageType::Backoff => {
+                expect_len(kind, body, BACKOFF_BODY_BYTES, "9")?;
+                Response::Backoff {
+                    level: body[0],
+                    shake_interval_ms: be_u32(&body[1..]),
+                    retry_after_ms: be_u32(&body[5..]),
+                }
+            }
             kind if TimelineResponse::is_timeline(kind) => Response::Timeline(TimelineResponse::parse(kind, body)?),
             _ => Response::Reserved { kind, body },
         })
@@ -601,6 +620,13 @@ impl<'a> Response<'a> {
                     b.extend_from_slice(&code.to_be_bytes());
                     b.extend_from_slice(&(text.len() as u16).to_be_bytes());
                     b.extend_from_slice(text.as_bytes());
+                })
+            }
+            Response::Backoff { level, shake_interval_ms, retry_after_ms } => {
+                encode_frame(out, MessageType::Backoff as u8, request_id, |b| {
+                    b.push(level);
+                    b.extend_from_slice(&shake_interval_ms.to_be_bytes());
+                    b.extend_from_slice(&retry_after_ms.to_be_bytes());
                 })
             }
             Response::Reserved { kind, body } => {
@@ -713,7 +739,7 @@ mod tests {
         }
 
         #[test]
-        fn responses_round_trip(x in any::<u64>(), y in any::<u32>(), z in any::<u16>(), text in "\\PC{0,100}", payload in proptest::collection::vec(any::<u8>(), 0..=256), pick in 0u8..9, rid in any::<u32>()) {
+        fn responses_round_trip(x in any::<u64>(), y in any::<u32>(), z in any::<u16>(), text in "\\PC{0,100}", payload in proptest::collection::vec(any::<u8>(), 0..=256), pick in 0u8..10, rid in any::<u32>()) {
             let sealed = [y as u8; SEALED_TICKET_BYTES];
             let resp = match pick {
                 0 => Response::HelloOk { version: z, frame_bytes_max: y, heartbeat_interval_ms: y / 2, idle_timeout_ms: y / 3, server_time_ms: x },
@@ -724,6 +750,7 @@ mod tests {
                 5 => Response::ShakeOk { shake_interval_ms: y, page_id: y / 7, sealed: Some(&sealed) },
                 6 => Response::ShakeOk { shake_interval_ms: y, page_id: 0, sealed: None },
                 7 => Response::OpenOk { packet_id: x, amount_fen: y, batch_id: z, flags: (x % 4) as u8 },
+                8 => Response::Backoff { level: z as u8, shake_interval_ms: y, retry_after_ms: y / 3 },
                 _ => Response::Closing { code: z, message: &text },
             };
             let mut out = Vec::new();

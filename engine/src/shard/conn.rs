@@ -16,6 +16,8 @@ use super::tls::TlsSession;
 use super::{ConnCtl, Core};
 use crate::auth::TokenClaims;
 use crate::metrics::{CloseReason, Outcome, PassKinds};
+use crate::overload::admission::RequestKind;
+use crate::overload::core::Gate;
 use crate::session::{Env, Session, Step};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -68,6 +70,8 @@ struct Conn {
     /// TLS records waiting to be written.
     wire: Vec<u8>,
     pass: PassKinds,
+    /// The core's advice epoch this connection was last told (Backoff push).
+    backoff_seen: u32,
 }
 
 /// Accepts and serves one fresh connection.
@@ -156,7 +160,9 @@ fn run(
         held: ConnOutput::default(),
         wire: Vec::new(),
         pass: PassKinds::default(),
+        backoff_seen: 0,
     };
+    conn.backoff_seen = conn.core.advice_epoch();
     async move {
         let reason = conn.serve(start).await;
         Box::pin(conn.finish(reason)).await;
@@ -167,6 +173,8 @@ fn run(
 enum PassEnd {
     /// Everything complete was answered; flush and read more.
     Continue,
+    /// The output reached its bound; flush it and process the rest of the input.
+    OutputFull,
     Close(CloseReason),
     /// A verified login whose home core is elsewhere.
     HandOff {
@@ -189,8 +197,8 @@ impl Conn {
                 ReadEvent::Data => self.take_answers(),
                 ReadEvent::Answers => {
                     self.take_answers();
-                    if self.flush(Instant::now()).await.is_err() {
-                        return Some(CloseReason::Io);
+                    if let Err(e) = self.flush(Instant::now()).await {
+                        return Some(write_error_reason(&e));
                     }
                     continue;
                 }
@@ -234,8 +242,14 @@ impl Conn {
     /// `Some(None)`: the session moved to another core; `Some(Some(r))`: close.
     async fn pass(&mut self, received_at: Instant) -> Option<Option<CloseReason>> {
         loop {
-            match self.process() {
+            match self.process(received_at) {
                 PassEnd::Continue => break,
+                // Bounded output: write what this pass produced, then go on with its input.
+                PassEnd::OutputFull => {
+                    if let Err(e) = self.flush(received_at).await {
+                        return Some(Some(write_error_reason(&e)));
+                    }
+                }
                 PassEnd::Close(reason) => return Some(Some(reason)),
                 PassEnd::HandOff { home, claims, request_id } => {
                     match Box::pin(self.hand_off(home, claims, request_id, received_at)).await {
@@ -262,10 +276,13 @@ impl Conn {
                 self.held.complete(slot, frame, &mut self.out);
             }
         }
+        if matches!(self.session.phase(), crate::session::Phase::Active { .. }) {
+            self.core.backoff_push(&mut self.backoff_seen, &mut self.out);
+        }
     }
 
     /// Runs the session state machine over buffered plaintext (no I/O).
-    fn process(&mut self) -> PassEnd {
+    fn process(&mut self, received_at: Instant) -> PassEnd {
         // One clock read per pass, shared by every frame in it.
         let now_unix_ms = redrain_net::time::now_unix_ms();
         loop {
@@ -290,6 +307,13 @@ impl Conn {
                 Step::Close(_) => return PassEnd::Close(CloseReason::Error),
                 Step::Rain { user_id, request_id, request } => {
                     let core = &self.core;
+                    let deferred = self.held.deferred();
+                    let out = self.held.tail(&mut self.out);
+                    match core.gate(RequestKind::of_rain(&request), received_at, deferred, request_id, out) {
+                        Gate::Pass => {}
+                        Gate::Answered => continue,
+                        Gate::Close => return PassEnd::Close(CloseReason::Error),
+                    }
                     let handled = core.state.borrow_mut().on_request(
                         Caller { conn: self.ctl.id.get(), user: user_id, request_id },
                         &request,
@@ -305,8 +329,17 @@ impl Conn {
                         // An open waiting for storage: not part of this pass's latency.
                         Handled::Later { .. } => core.dispatch(),
                     }
+                    if self.out.len() >= core.node.config.conn_output_bytes_max {
+                        return PassEnd::OutputFull;
+                    }
                 }
                 Step::Login { claims, request_id } => {
+                    let out = self.held.tail(&mut self.out);
+                    match self.core.gate(RequestKind::Login, received_at, 0, request_id, out) {
+                        Gate::Pass => {}
+                        Gate::Answered => continue,
+                        Gate::Close => return PassEnd::Close(CloseReason::Error),
+                    }
                     let home = home_core(claims.user_id, node.cores);
                     if home != self.core.id {
                         return PassEnd::HandOff { home, claims, request_id };
@@ -399,7 +432,7 @@ impl Conn {
                 return Poll::Ready(ReadEvent::Kicked(code));
             }
             ctl.park(cx.waker());
-            if ctl.has_completions() {
+            if ctl.has_completions() || ctl.take_nudge() {
                 return Poll::Ready(ReadEvent::Answers);
             }
             if let (Some(token), Some(ring)) = (*net, core.net.get()) {

@@ -63,6 +63,11 @@ pub struct NodeShared {
     pub fd_limit: u64,
     /// Connections one core may hold (configured, and capped by the fd limit).
     pub sessions_per_core_max: usize,
+    /// The operator's switches (every core copies them on its tick).
+    pub switches: Arc<crate::overload::switches::SwitchBoard>,
+    /// Admin API tokens (replaced on SIGHUP) and counters.
+    pub admin_tokens: Arc<redrain_net::admin::AdminTokens>,
+    pub admin_counters: Arc<redrain_net::admin::AdminCounters>,
 }
 
 impl NodeShared {
@@ -103,6 +108,8 @@ pub struct ConnCtl {
     pub id: Cell<ConnId>,
     /// Deferred answers (slot, frame) waiting for the connection's task.
     completions: RefCell<Vec<(u64, Vec<u8>)>>,
+    /// Set when the core wants the task to run a pass without input (a Backoff push).
+    nudged: Cell<bool>,
 }
 
 impl ConnCtl {
@@ -137,6 +144,19 @@ impl ConnCtl {
         !self.completions.borrow().is_empty()
     }
 
+    /// Wakes the connection's task to flush what the core has for it (a push).
+    pub fn nudge(&self) {
+        self.nudged.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Whether the core nudged the connection since the last call.
+    pub fn take_nudge(&self) -> bool {
+        self.nudged.replace(false)
+    }
+
     fn park(&self, waker: &Waker) {
         let mut slot = self.waker.borrow_mut();
         if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -166,6 +186,9 @@ pub struct Core {
 
 impl Core {
     pub fn new(id: usize, node: Arc<NodeShared>, mut state: ShardState) -> Self {
+        state.overload =
+            crate::overload::core::CoreOverload::new(crate::overload::core::OverloadConfig::from_config(&node.config));
+        state.overload.set_cpu_share(crate::overload::core::cgroup_cpu_share(node.cores));
         state.set_session_timeouts(sessions::SessionTimeouts {
             idle_ms: u64::from(node.config.idle_timeout_ms),
             login_ms: u64::from(node.config.login_timeout_ms),
@@ -234,6 +257,7 @@ impl Core {
     /// and the copy of its figures into the metrics block. `every_second`: also persist
     /// exact cursors and refresh the storage figures.
     pub fn housekeeping(self: &Rc<Self>, every_second: bool) {
+        self.overload_tick();
         let clock = self.node.clock();
         {
             let mut state = self.state.borrow_mut();
@@ -316,6 +340,13 @@ impl Core {
 
     pub fn connections(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// Wakes every connection of this core (a Backoff push is due).
+    pub fn nudge_all(&self) {
+        for (_, ctl) in self.conns.borrow().iter() {
+            ctl.nudge();
+        }
     }
 
     pub fn is_full(&self) -> bool {

@@ -160,6 +160,8 @@ pub struct ShardState {
     io: Vec<DispenserIo>,
     timelines: Timelines,
     timeline_outputs: Vec<TimelineOutput>,
+    /// Overload protection: degrade level, switches, admission (see `crate::overload`).
+    pub overload: crate::overload::core::CoreOverload,
 }
 
 impl ShardState {
@@ -180,6 +182,23 @@ impl ShardState {
             io: Vec::new(),
             timelines: Timelines::new(core, cores, 0, TimelineConfig::default(), 0),
             timeline_outputs: Vec::new(),
+            overload: Default::default(),
+        }
+    }
+
+    /// Takes the operator's switches (a new version from the board): pause, drain,
+    /// degrade floor and refused keys act through `overload`; a quota change re-paces
+    /// the dispenser (the node quota split over the cores; none: the configured one).
+    pub fn apply_switches(&mut self, version: u64, switches: Arc<crate::overload::switches::Switches>) {
+        let quota = switches.quota_per_s;
+        if self.overload.apply_switches(version, switches) {
+            if let (Some(d), Some(rain)) = (self.dispenser.as_mut(), self.rain.as_ref()) {
+                let per_core = match quota {
+                    Some(q) => q as f64 / self.cores as f64,
+                    None => rain.config.dispenser.quota_per_sec,
+                };
+                d.set_quota_per_sec(per_core);
+            }
         }
     }
 
@@ -350,7 +369,9 @@ impl ShardState {
         out: &mut ConnAnswers<'_>,
         metrics: &CoreMetrics,
     ) {
-        let interval_ms = u64::from(rain.config.shake_interval_ms);
+        // The interval clients are told (and held to) grows with the degrade level.
+        let shake_interval_ms = self.overload.scale(rain.config.shake_interval_ms);
+        let interval_ms = u64::from(shake_interval_ms);
         metrics.rain.shakes_total.fetch_add(1, Relaxed);
         if let Some(last) = self.last_shake_ms.get(&user) {
             let since = clock.mono_ms.saturating_sub(*last);
@@ -367,7 +388,7 @@ impl ShardState {
             if self.last_shake_ms.len() >= rain.config.shake_users_max {
                 metrics.rejected(ErrorCode::Busy);
                 metrics.frame(Some(MessageType::Shake), Outcome::System);
-                Response::error(ErrorCode::Busy, rain.config.shake_interval_ms, "too many users shaking on this core")
+                Response::error(ErrorCode::Busy, shake_interval_ms, "too many users shaking on this core")
                     .encode(request_id, out.tail());
                 return;
             }
@@ -376,7 +397,14 @@ impl ShardState {
         metrics.frame(Some(MessageType::Shake), Outcome::Ok);
         let Some(dispenser) = self.dispenser.as_mut() else { return };
         dispenser.advance(rain.event.slot_at(clock.unix_ms), clock.unix_ms);
-        let drawn = dispenser.draw(&rain.event.decryptor);
+        let mut drawn = dispenser.draw(&rain.event.decryptor);
+        if let Ok(d) = &drawn {
+            // A key the operator refused: the ticket is not issued (its packet is given up).
+            if self.overload.switches().key_refused(d.ticket.key_id) {
+                metrics.overload.key_refused_draws_total.fetch_add(1, Relaxed);
+                drawn = Err(NoWin::NotReady);
+            }
+        }
         match drawn {
             Ok(drawn) => {
                 metrics.rain.shakes_won_total.fetch_add(1, Relaxed);
@@ -388,7 +416,7 @@ impl ShardState {
                     drawn.ticket.key_id,
                 );
                 Response::ShakeOk {
-                    shake_interval_ms: rain.config.shake_interval_ms,
+                    shake_interval_ms,
                     page_id: rain.event.page_of_batch(drawn.ticket.batch_id),
                     sealed: Some(&sealed),
                 }
@@ -403,8 +431,7 @@ impl ShardState {
                 };
                 counter.fetch_add(1, Relaxed);
                 let page_id = dispenser.next_page(&rain.event);
-                Response::ShakeOk { shake_interval_ms: rain.config.shake_interval_ms, page_id, sealed: None }
-                    .encode(request_id, out.tail());
+                Response::ShakeOk { shake_interval_ms, page_id, sealed: None }.encode(request_id, out.tail());
             }
         }
         self.poll_dispenser_io();
@@ -444,6 +471,13 @@ impl ShardState {
             }
         };
         let ticket = verified.ticket;
+        if self.overload.switches().key_refused(ticket.key_id) {
+            let code = ErrorCode::TicketKeyRefused;
+            metrics.rejected(code);
+            metrics.frame(Some(MessageType::Open), Outcome::from(code));
+            Response::error(code, 0, open_error_text(code)).encode(request_id, out.tail());
+            return Handled::Now;
+        }
         let instant = rain.event.instant_credit(ticket.amount_fen);
         let flags = if instant { OPEN_FLAG_INSTANT_CREDIT } else { 0 };
         match self.opens.state(ticket.packet_id) {

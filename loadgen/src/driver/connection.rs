@@ -378,6 +378,7 @@ async fn open_loop_writer<S: Scenario, B: Backend>(
     tl: &Timeline,
 ) {
     let mut out = Vec::with_capacity(4096);
+    let mut warmup_skips = vec![0u64; ctx.scenario.counter_names().len()];
     while let Some(next_ns) = sched.peek() {
         if ctx.now_ns() < next_ns {
             B::sleep_until(ctx.instant(next_ns)).await;
@@ -401,6 +402,13 @@ async fn open_loop_writer<S: Scenario, B: Backend>(
                     break;
                 }
                 let measured = t >= tl.measure_start_ns;
+                // A slot the node told this client to leave out (server-driven backoff):
+                // nothing is sent; the scenario counts it.
+                let counters = if measured { &mut stats.scenario_counters[..] } else { &mut warmup_skips[..] };
+                if st.scenario.skip(counters) {
+                    sched.advance();
+                    continue;
+                }
                 encode_next(&mut st, t, now_ns, measured, &mut out);
                 if measured {
                     stats.counters.requests_sent += 1;

@@ -102,4 +102,9 @@ pub trait ScenarioConnection: 'static {
     fn drain_want(&mut self) -> DrainWant {
         DrainWant::Done
     }
+    /// Whether to leave the next open-loop slot out (the node asked this client to back
+    /// off); counted by the scenario in `counters`.
+    fn skip(&mut self, _counters: &mut [u64]) -> bool {
+        false
+    }
 }

@@ -520,6 +520,14 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
         };
         match crate::shard::netring::NetRing::new(config) {
             Ok(ring) => {
+                if id == 0 {
+                    log::info!(
+                        "network: ring driver on every core ({} x {} B receive buffers, batch window {} us)",
+                        config.buffers,
+                        config.buffer_bytes,
+                        config.batch_window.as_micros()
+                    );
+                }
                 let ring = Rc::new(ring);
                 let _ = core.net.set(ring.clone());
                 glommio::spawn_local(ring.run()).detach();

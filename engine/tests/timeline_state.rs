@@ -68,6 +68,8 @@ struct Sim {
     fail_every: u64,
     /// The disks complete nothing while set (every append stays in flight).
     disk_paused: bool,
+    /// While set, log reads are held here (core, lsns, token) instead of answered.
+    held_reads: Option<Vec<(usize, Vec<u64>, u64)>>,
     group_results: Vec<Response<'static>>,
     errors: Vec<u16>,
     /// retry_after_ms of every error answer, in order.
@@ -116,6 +118,7 @@ impl Sim {
             group_members: HashMap::new(),
             fail_every: 0,
             disk_paused: false,
+            held_reads: None,
             group_results: Vec::new(),
             errors: Vec::new(),
             retry_after_ms: Vec::new(),
@@ -248,6 +251,9 @@ impl Sim {
                 self.cores[core].on_group_stored(token, true);
             }
             TimelineOutput::Read { lsns, token } => {
+                if let Some(held) = self.held_reads.as_mut() {
+                    return held.push((core, lsns, token));
+                }
                 let records = lsns
                     .iter()
                     .map(|lsn| {
@@ -606,6 +612,44 @@ fn a_group_send_beyond_the_fanout_byte_bound_is_refused_busy_and_leaves_nothing_
     sim.pump(true);
     assert!(sim.unacked.is_empty(), "the retry is acknowledged");
     assert_eq!(entries(&sim), 12, "and stored once for each member");
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
+}
+
+#[test]
+fn a_sync_beyond_the_concurrent_log_read_bound_is_refused_busy_and_the_held_read_still_answers() {
+    let mut sim = Sim::with_config(12, 2, 2, TimelineConfig { sync_reads_max: 1, ..config() });
+    let (a, b) = (2, 3); // the two devices of user 2, offline while it receives
+    sim.connect(0);
+    // More entries than an inbox keeps in memory: a sync from 0 must read the log.
+    for c in 1..=3 * config().inbox_memory_entries as u64 {
+        sim.send(0, TARGET_USER, 2, c, b"m");
+    }
+    sim.pump(true);
+    assert!(sim.unacked.is_empty());
+    sim.connect(a);
+    sim.connect(b);
+    sim.held_reads = Some(Vec::new());
+    sim.errors.clear();
+    sim.sync(a);
+    sim.pump(true);
+    assert_eq!(sim.held_reads.as_ref().map(Vec::len), Some(1), "the first sync reads the log");
+    assert!(sim.errors.is_empty());
+    sim.sync(b);
+    sim.pump(true);
+    assert_eq!(sim.errors, vec![ErrorCode::Busy.as_u16()], "the second sync is refused while the first reads");
+    assert!(sim.retry_after_ms[sim.retry_after_ms.len() - 1] > 0, "Busy carries a retry-after");
+    assert_eq!(sim.held_reads.as_ref().map(Vec::len), Some(1), "the refused sync started no read");
+    // The held read completes; then both devices catch up.
+    for (core, lsns, token) in sim.held_reads.take().unwrap() {
+        let records = lsns
+            .iter()
+            .map(|lsn| sim.disks[core].records.iter().find(|r| r.1 == *lsn).map(|r| r.2.clone()).ok_or("gone".into()))
+            .collect::<Result<Vec<_>, String>>();
+        sim.cores[core].on_read(token, records);
+    }
+    sim.pump(true);
+    assert!(sim.devices[a].since_seq > 0, "the held sync was answered");
     sim.drain_and_sync_all();
     sim.check_exactly_once();
 }

@@ -785,3 +785,13 @@ fn lucky_packet_sums_exactly_each_member_opens_once_and_count_is_respected_from_
         assert_eq!(p.remaining_count, 0);
     }
 }
+
+#[test]
+fn a_config_without_room_for_one_entry_in_flight_or_one_sync_read_is_refused() {
+    let frame = redrain_net::frame::FRAME_BYTES_LIMIT;
+    assert!(config().validate(frame).is_ok());
+    let one_entry = fanout_bytes(1, config().message_bytes_max);
+    assert!(TimelineConfig { fanout_pending_bytes_max: one_entry, ..config() }.validate(frame).is_ok());
+    assert!(TimelineConfig { fanout_pending_bytes_max: one_entry - 1, ..config() }.validate(frame).is_err());
+    assert!(TimelineConfig { sync_reads_max: 0, ..config() }.validate(frame).is_err());
+}

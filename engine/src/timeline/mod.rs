@@ -138,7 +138,7 @@ impl TimelineConfig {
             || self.seq_step == 0
             || self.sync_entries_max == 0
             || self.fanout_pending_max == 0
-            || self.fanout_pending_bytes_max < FANOUT_ENTRY_OVERHEAD_BYTES + entry_max
+            || self.fanout_pending_bytes_max < fanout_bytes(1, self.message_bytes_max)
             || self.sync_reads_max == 0
             || self.sends_per_user_per_s == 0
             || self.seq_bucket_shift > 32

@@ -6,7 +6,8 @@ use rand::{Rng, SeedableRng};
 use redrain_engine::shard::handoff::home_core;
 use redrain_engine::shard::output::ConnOutput;
 use redrain_engine::shard::state::{Caller, Clock, ConnAnswers, Handled};
-use redrain_engine::timeline::{group_home_core, TimelineConfig, TimelineOutput, Timelines};
+use redrain_engine::timeline::records::KIND_ENTRY;
+use redrain_engine::timeline::{fanout_bytes, group_home_core, TimelineConfig, TimelineOutput, Timelines};
 use redrain_net::client::ClientCodec;
 use redrain_net::message::Response;
 use redrain_net::timeline::{
@@ -65,8 +66,14 @@ struct Sim {
     unacked: HashMap<(u64, u64), (usize, Vec<u8>)>,
     group_members: HashMap<u64, Vec<u64>>,
     fail_every: u64,
+    /// The disks complete nothing while set (every append stays in flight).
+    disk_paused: bool,
+    /// While set, log reads are held here (core, lsns, token) instead of answered.
+    held_reads: Option<Vec<(usize, Vec<u64>, u64)>>,
     group_results: Vec<Response<'static>>,
     errors: Vec<u16>,
+    /// retry_after_ms of every error answer, in order.
+    retry_after_ms: Vec<u32>,
 }
 
 fn config() -> TimelineConfig {
@@ -75,6 +82,10 @@ fn config() -> TimelineConfig {
 
 impl Sim {
     fn new(seed: u64, users: u64, devices_per_user: usize) -> Self {
+        Self::with_config(seed, users, devices_per_user, config())
+    }
+
+    fn with_config(seed: u64, users: u64, devices_per_user: usize, config: TimelineConfig) -> Self {
         let mut devices = Vec::new();
         for user in 1..=users {
             for _ in 0..devices_per_user {
@@ -94,7 +105,7 @@ impl Sim {
             }
         }
         Sim {
-            cores: (0..CORES).map(|c| Timelines::new(c, CORES, 1, config(), seed)).collect(),
+            cores: (0..CORES).map(|c| Timelines::new(c, CORES, 1, config.clone(), seed)).collect(),
             disks: (0..CORES).map(|_| Disk { next_lsn: 1, ..Disk::default() }).collect(),
             groups_table: vec![BTreeMap::new(); CORES],
             mail: VecDeque::new(),
@@ -106,8 +117,11 @@ impl Sim {
             unacked: HashMap::new(),
             group_members: HashMap::new(),
             fail_every: 0,
+            disk_paused: false,
+            held_reads: None,
             group_results: Vec::new(),
             errors: Vec::new(),
+            retry_after_ms: Vec::new(),
         }
     }
 
@@ -188,7 +202,13 @@ impl Sim {
                 progressed = true;
             }
             for core in 0..CORES {
-                let n = if commit_all { usize::MAX } else { self.rng.gen_range(0..4) };
+                let n = if self.disk_paused {
+                    0
+                } else if commit_all {
+                    usize::MAX
+                } else {
+                    self.rng.gen_range(0..4)
+                };
                 for _ in 0..n {
                     let Some((kind, payload, token)) = self.disks[core].queued.pop_front() else { break };
                     progressed = true;
@@ -231,6 +251,9 @@ impl Sim {
                 self.cores[core].on_group_stored(token, true);
             }
             TimelineOutput::Read { lsns, token } => {
+                if let Some(held) = self.held_reads.as_mut() {
+                    return held.push((core, lsns, token));
+                }
                 let records = lsns
                     .iter()
                     .map(|lsn| {
@@ -295,11 +318,12 @@ impl Sim {
                         }
                     }
                     Response::Timeline(other) => self.group_results.push(owned(other)),
-                    Response::Error { code, .. } => {
+                    Response::Error { code, retry_after_ms, .. } => {
                         if matches!(asked, Some(Asked::Sync)) {
                             dev.syncing = false;
                         }
                         self.errors.push(code);
+                        self.retry_after_ms.push(retry_after_ms);
                     }
                     other => panic!("unexpected {other:?}"),
                 }
@@ -548,6 +572,89 @@ fn a_failed_write_fails_the_send_and_a_retry_delivers_it_once() {
 }
 
 #[test]
+fn a_group_send_beyond_the_fanout_byte_bound_is_refused_busy_and_leaves_nothing_behind() {
+    // Room for exactly one send of a 2-byte message to a group of 6 in flight.
+    let bound = fanout_bytes(6, 2);
+    let mut sim = Sim::with_config(11, 6, 1, TimelineConfig { fanout_pending_bytes_max: bound, ..config() });
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    let g = sim.create_group(0, &[2, 3, 4, 5, 6]);
+    let home = group_home_core(g, CORES);
+    let queued = |sim: &Sim| sim.disks.iter().map(|d| d.queued.len()).sum::<usize>();
+    let entries = |sim: &Sim| sim.disks.iter().flat_map(|d| &d.records).filter(|r| r.0 == KIND_ENTRY).count();
+
+    sim.disk_paused = true;
+    sim.send(0, TARGET_GROUP, g, 1, b"hi");
+    sim.pump(false);
+    assert_eq!(sim.cores[home].fanout_pending_bytes(), bound, "the first send holds the whole bound");
+    let appends_of_first = queued(&sim);
+    assert!(appends_of_first >= 6, "one entry per member is waiting for the disk");
+
+    sim.errors.clear();
+    sim.send(1, TARGET_GROUP, g, 2, b"yo");
+    sim.pump(false);
+    assert_eq!(sim.errors, vec![ErrorCode::Busy.as_u16()], "the second send is refused Busy");
+    assert!(sim.retry_after_ms[sim.retry_after_ms.len() - 1] > 0, "Busy carries a retry-after");
+    assert_eq!(queued(&sim), appends_of_first, "the refused send appended nothing");
+    assert_eq!(sim.cores[home].fanout_pending_bytes(), bound, "the refused send holds no bytes");
+
+    sim.disk_paused = false;
+    sim.pump(true);
+    assert_eq!(sim.cores[home].fanout_pending_bytes(), 0, "a durable send gives its bytes back");
+    assert!(sim.acked.contains_key(&(1, 1)), "the first send is acknowledged");
+    assert_eq!(entries(&sim), 6, "one entry per member, of the first message only");
+
+    // The refused send, retried once the first is durable, is delivered once.
+    let (d, body) = sim.unacked[&(2, 2)].clone();
+    let req = TimelineRequest::parse(redrain_net::MessageType::Send, &body).unwrap();
+    sim.request(d, req, Asked::Send { client_msg_id: 2 });
+    sim.pump(true);
+    assert!(sim.unacked.is_empty(), "the retry is acknowledged");
+    assert_eq!(entries(&sim), 12, "and stored once for each member");
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
+}
+
+#[test]
+fn a_sync_beyond_the_concurrent_log_read_bound_is_refused_busy_and_the_held_read_still_answers() {
+    let mut sim = Sim::with_config(12, 2, 2, TimelineConfig { sync_reads_max: 1, ..config() });
+    let (a, b) = (2, 3); // the two devices of user 2, offline while it receives
+    sim.connect(0);
+    // More entries than an inbox keeps in memory: a sync from 0 must read the log.
+    for c in 1..=3 * config().inbox_memory_entries as u64 {
+        sim.send(0, TARGET_USER, 2, c, b"m");
+    }
+    sim.pump(true);
+    assert!(sim.unacked.is_empty());
+    sim.connect(a);
+    sim.connect(b);
+    sim.held_reads = Some(Vec::new());
+    sim.errors.clear();
+    sim.sync(a);
+    sim.pump(true);
+    assert_eq!(sim.held_reads.as_ref().map(Vec::len), Some(1), "the first sync reads the log");
+    assert!(sim.errors.is_empty());
+    sim.sync(b);
+    sim.pump(true);
+    assert_eq!(sim.errors, vec![ErrorCode::Busy.as_u16()], "the second sync is refused while the first reads");
+    assert!(sim.retry_after_ms[sim.retry_after_ms.len() - 1] > 0, "Busy carries a retry-after");
+    assert_eq!(sim.held_reads.as_ref().map(Vec::len), Some(1), "the refused sync started no read");
+    // The held read completes; then both devices catch up.
+    for (core, lsns, token) in sim.held_reads.take().unwrap() {
+        let records = lsns
+            .iter()
+            .map(|lsn| sim.disks[core].records.iter().find(|r| r.1 == *lsn).map(|r| r.2.clone()).ok_or("gone".into()))
+            .collect::<Result<Vec<_>, String>>();
+        sim.cores[core].on_read(token, records);
+    }
+    sim.pump(true);
+    assert!(sim.devices[a].since_seq > 0, "the held sync was answered");
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
+}
+
+#[test]
 fn bad_input_gets_typed_errors_and_stores_nothing() {
     let mut sim = Sim::new(3, 8, 1);
     for d in 0..sim.devices.len() {
@@ -677,4 +784,14 @@ fn lucky_packet_sums_exactly_each_member_opens_once_and_count_is_respected_from_
         assert_eq!(shares, recovered);
         assert_eq!(p.remaining_count, 0);
     }
+}
+
+#[test]
+fn a_config_without_room_for_one_entry_in_flight_or_one_sync_read_is_refused() {
+    let frame = redrain_net::frame::FRAME_BYTES_LIMIT;
+    assert!(config().validate(frame).is_ok());
+    let one_entry = fanout_bytes(1, config().message_bytes_max);
+    assert!(TimelineConfig { fanout_pending_bytes_max: one_entry, ..config() }.validate(frame).is_ok());
+    assert!(TimelineConfig { fanout_pending_bytes_max: one_entry - 1, ..config() }.validate(frame).is_err());
+    assert!(TimelineConfig { sync_reads_max: 0, ..config() }.validate(frame).is_err());
 }

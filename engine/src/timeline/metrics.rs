@@ -20,6 +20,9 @@ pub struct TimelineMetrics {
     pub inboxes: AtomicU64,
     pub groups: AtomicU64,
     pub fanout_pending: AtomicU64,
+    pub fanout_pending_bytes: AtomicU64,
+    pub sync_reads: AtomicU64,
+    pub refused_busy_total: AtomicU64,
 }
 
 impl TimelineMetrics {
@@ -35,13 +38,16 @@ impl TimelineMetrics {
         self.inboxes.store(s.inboxes, Relaxed);
         self.groups.store(s.groups, Relaxed);
         self.fanout_pending.store(s.pending, Relaxed);
+        self.fanout_pending_bytes.store(s.fanout_pending_bytes, Relaxed);
+        self.sync_reads.store(s.sync_reads, Relaxed);
+        self.refused_busy_total.store(s.refused_busy, Relaxed);
     }
 }
 
 /// Renders every core's timeline block.
 pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
     type Getter = fn(&TimelineMetrics) -> &AtomicU64;
-    const FAMILIES: [(&str, &str, &str, Getter); 10] = [
+    const FAMILIES: [(&str, &str, &str, Getter); 13] = [
         ("redrain_timeline_sends_total", "counter", "Sends acknowledged to their sender (SendOk).", |m| {
             &m.sends_acked_total
         }),
@@ -65,6 +71,24 @@ pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
             "Sends and deliveries waiting for storage or other cores (bound: timeline.fanout_pending_max).",
             |m| &m.fanout_pending,
         ),
+        (
+            "redrain_timeline_fanout_pending_bytes",
+            "gauge",
+            "Bytes of entries in flight of the sends this core coordinates (bound: timeline.fanout_pending_bytes_max).",
+            |m| &m.fanout_pending_bytes,
+        ),
+        (
+            "redrain_timeline_sync_reads",
+            "gauge",
+            "Syncs reading older entries from the log (bound: timeline.sync_reads_max).",
+            |m| &m.sync_reads,
+        ),
+        (
+            "redrain_timeline_refused_busy_total",
+            "counter",
+            "Sends and syncs refused Busy by fanout_pending_bytes_max or sync_reads_max.",
+            |m| &m.refused_busy_total,
+        ),
     ];
     for (name, kind, help, get) in FAMILIES {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -82,11 +106,17 @@ mod tests {
     #[test]
     fn every_core_renders_each_figure_it_copied() {
         let (a, b) = (TimelineMetrics::default(), TimelineMetrics::default());
-        b.set(&TimelineStats { entries_committed: 7, pending: 3, ..TimelineStats::default() });
+        b.set(&TimelineStats {
+            entries_committed: 7,
+            pending: 3,
+            fanout_pending_bytes: 4096,
+            ..TimelineStats::default()
+        });
         let mut out = String::new();
         render(&[&a, &b], &mut out);
         assert!(out.contains("redrain_timeline_entries_committed_total{core=\"1\"} 7\n"), "{out}");
         assert!(out.contains("redrain_timeline_fanout_pending{core=\"1\"} 3\n"), "{out}");
+        assert!(out.contains("redrain_timeline_fanout_pending_bytes{core=\"1\"} 4096\n"), "{out}");
         assert!(out.contains("redrain_timeline_syncs_total{core=\"0\"} 0\n"), "{out}");
     }
 }

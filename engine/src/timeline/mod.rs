@@ -56,6 +56,15 @@ pub struct TimelineConfig {
     pub sends_per_user_per_s: u32,
     /// Sends and deliveries one core may have waiting for storage or other cores.
     pub fanout_pending_max: usize,
+    /// Bytes of inbox entries the sends this core coordinates may have in flight (every
+    /// recipient's entry counted: its wire copy, its log record and its bookkeeping). A send
+    /// beyond it is refused Busy before anything is stored. Recipient cores hold at most
+    /// `cores x` this much from all coordinators together.
+    pub fanout_pending_bytes_max: usize,
+    /// Syncs one core may have reading older entries from the log at once (each holds up
+    /// to one group-commit batch of the log while it reads); beyond it a Sync that needs
+    /// the log is refused Busy.
+    pub sync_reads_max: usize,
     /// Entries of one inbox kept in memory; older ones are read from the log through
     /// the inbox's index.
     pub inbox_memory_entries: usize,
@@ -92,6 +101,8 @@ impl Default for TimelineConfig {
             message_bytes_max: 4096,
             sends_per_user_per_s: 50,
             fanout_pending_max: 200_000,
+            fanout_pending_bytes_max: 64 << 20,
+            sync_reads_max: 64,
             inbox_memory_entries: 50,
             inbox_index_entries_max: 100_000,
             group_members_max: 500,
@@ -127,10 +138,14 @@ impl TimelineConfig {
             || self.seq_step == 0
             || self.sync_entries_max == 0
             || self.fanout_pending_max == 0
+            || self.fanout_pending_bytes_max < fanout_bytes(1, self.message_bytes_max)
+            || self.sync_reads_max == 0
             || self.sends_per_user_per_s == 0
             || self.seq_bucket_shift > 32
         {
-            return Err("timeline bounds must be positive (group_members_max 2..=4096, seq_bucket_shift <= 32)".into());
+            return Err("timeline bounds must be positive (group_members_max 2..=4096, seq_bucket_shift <= 32, \
+                        fanout_pending_bytes_max >= one largest entry, sync_reads_max >= 1)"
+                .into());
         }
         Ok(())
     }
@@ -244,6 +259,18 @@ pub enum TimelineOutput {
 
 /// Retry-after sent with Busy.
 const BUSY_RETRY_AFTER_MS: u32 = 100;
+/// Bytes one recipient's entry costs in flight beyond its wire layout: the log record
+/// (entry header and user id around a second copy of the wire bytes is counted by
+/// [`fanout_bytes`]), the pending-append and inbox bookkeeping and the append future.
+pub const FANOUT_ENTRY_OVERHEAD_BYTES: usize = 256;
+
+/// Bytes a fan-out of a `payload_len`-byte message to `recipients` inboxes holds until
+/// it is durable: per recipient, the wire copy kept in the inbox, the log record (another
+/// copy) and [`FANOUT_ENTRY_OVERHEAD_BYTES`].
+pub fn fanout_bytes(recipients: usize, payload_len: usize) -> usize {
+    let wire = redrain_net::timeline::SYNC_ENTRY_HEADER_BYTES + payload_len;
+    recipients.saturating_mul(2 * wire + FANOUT_ENTRY_OVERHEAD_BYTES)
+}
 /// Retry-after sent with RateLimited (the rest of the second).
 const RATE_RETRY_AFTER_MS: u32 = 1_000;
 
@@ -265,6 +292,8 @@ struct Fanout {
     sender_seq: u64,
     remaining: usize,
     ok: bool,
+    /// Its share of `fanout_bytes_in_flight` (see [`fanout_bytes`]).
+    bytes: usize,
 }
 
 /// A `Deliver` at a recipient core: waiting for its inbox writes.
@@ -336,6 +365,12 @@ pub struct TimelineStats {
     pub inboxes: u64,
     pub groups: u64,
     pub pending: u64,
+    /// Bytes of entries in flight of the sends this core coordinates.
+    pub fanout_pending_bytes: u64,
+    /// Syncs reading older entries from the log now.
+    pub sync_reads: u64,
+    /// Sends and syncs refused Busy by `fanout_pending_bytes_max` / `sync_reads_max`.
+    pub refused_busy: u64,
 }
 
 /// One core's timelines.
@@ -357,6 +392,8 @@ pub struct Timelines {
     waiting: HashMap<u64, Waiting>,
     fanouts: HashMap<u64, Fanout>,
     deliveries: HashMap<u64, Delivery>,
+    /// Sum of `Fanout::bytes` (bound: `fanout_pending_bytes_max`).
+    fanout_bytes_in_flight: usize,
     pending: HashMap<u64, Pending>,
     group_puts: HashMap<u64, GroupPut>,
     sync_reads: HashMap<u64, SyncRead>,
@@ -411,6 +448,7 @@ impl Timelines {
             waiting: HashMap::new(),
             fanouts: HashMap::new(),
             deliveries: HashMap::new(),
+            fanout_bytes_in_flight: 0,
             pending: HashMap::new(),
             group_puts: HashMap::new(),
             sync_reads: HashMap::new(),
@@ -509,6 +547,11 @@ impl Timelines {
                 self.stats.syncs += 1;
                 match self.sync(user, since_seq, limit) {
                     Ok(SyncAnswer::Now(reply)) => Ok(immediate(reply, out)),
+                    Ok(SyncAnswer::Read { .. }) if self.sync_reads.len() >= self.config.sync_reads_max => {
+                        self.stats.refused_busy += 1;
+                        immediate(Reply::busy("too many syncs reading the log on this core"), out);
+                        Err(ErrorCode::Busy)
+                    }
                     Ok(SyncAnswer::Read { lsns, latest_seq }) => {
                         let token = self.token();
                         let origin = self.me(token);
@@ -571,6 +614,12 @@ impl Timelines {
                     Some(Sent::Recovered { message_id }) => *message_id,
                     None => self.message_id(clock.unix_ms),
                 };
+                // A group send is weighed at the group's core, which knows its members.
+                let recipients = if target_kind == TARGET_USER && target != user { 2 } else { 1 };
+                if target_kind == TARGET_USER && self.fanout_refused(fanout_bytes(recipients, payload.len())) {
+                    immediate(Reply::busy("too many message bytes in flight on this core"), out);
+                    return Err(ErrorCode::Busy);
+                }
                 self.remember_sent(key, Sent::InFlight { message_id, waiters: Vec::new() });
                 let token = self.token();
                 out.defer(token);
@@ -609,6 +658,10 @@ impl Timelines {
                     immediate(Reply::err(ErrorCode::SeqFromFuture, "read_seq is beyond the inbox's latest seq"), out);
                     return Err(ErrorCode::SeqFromFuture);
                 }
+                if self.fanout_refused(fanout_bytes(1, 17)) {
+                    immediate(Reply::busy("too many message bytes in flight on this core"), out);
+                    return Err(ErrorCode::Busy);
+                }
                 let mut payload = Vec::with_capacity(17);
                 payload.push(conv_kind);
                 payload.extend_from_slice(&conv_id.to_be_bytes());
@@ -641,6 +694,14 @@ impl Timelines {
                 Ok(self.defer_group(caller, group_id, GroupOp::LuckyOpen(packet_id), out))
             }
         }
+    }
+
+    /// Whether a fan-out of `bytes` would pass `fanout_pending_bytes_max` (counted as
+    /// refused when it would).
+    fn fanout_refused(&mut self, bytes: usize) -> bool {
+        let refused = self.fanout_bytes_in_flight.saturating_add(bytes) > self.config.fanout_pending_bytes_max;
+        self.stats.refused_busy += u64::from(refused);
+        refused
     }
 
     fn rate_limited(&mut self, user: u64, clock: Clock) -> Option<u32> {
@@ -776,6 +837,9 @@ impl Timelines {
             }
             GroupOp::Send(msg) => {
                 let users = members.clone();
+                if self.fanout_refused(fanout_bytes(users.len(), msg.payload.len())) {
+                    return self.answer(origin, Reply::busy("too many message bytes in flight on this group's core"));
+                }
                 let token = self.token();
                 let sender = msg.from;
                 let mut extra = 0;
@@ -852,6 +916,8 @@ impl Timelines {
             by_core[crate::shard::handoff::home_core(u, self.cores)].push(u);
         }
         let cores = by_core.iter().filter(|v| !v.is_empty()).count();
+        let bytes = fanout_bytes(by_core.iter().map(Vec::len).sum(), msg.payload.len());
+        self.fanout_bytes_in_flight += bytes;
         self.fanouts.insert(
             token,
             Fanout {
@@ -861,6 +927,7 @@ impl Timelines {
                 sender_seq: 0,
                 remaining: cores + extra,
                 ok: true,
+                bytes,
             },
         );
         let coordinator = self.me(token);
@@ -975,6 +1042,8 @@ impl Timelines {
 
     fn finish_fanout(&mut self, token: u64) {
         let Some(f) = self.fanouts.remove(&token) else { return };
+        debug_assert!(self.fanout_bytes_in_flight >= f.bytes, "a fan-out releases what it took");
+        self.fanout_bytes_in_flight -= f.bytes;
         let reply = if f.ok {
             Reply::ok(TimelineResponse::SendOk { message_id: f.message_id, seq: f.sender_seq })
         } else {
@@ -1235,6 +1304,8 @@ impl Timelines {
         self.stats.inboxes = self.inboxes.len() as u64;
         self.stats.groups = self.groups.len() as u64;
         self.stats.pending = (self.pending.len() + self.waiting.len() + self.fanouts.len()) as u64;
+        self.stats.fanout_pending_bytes = self.fanout_bytes_in_flight as u64;
+        self.stats.sync_reads = self.sync_reads.len() as u64;
     }
 
     /// Takes the outputs so far; first turns moved seqs into one Notify per device.
@@ -1320,6 +1391,11 @@ impl Timelines {
 
     pub fn group(&self, group: u64) -> Option<&[u64]> {
         self.groups.get(&group).map(Vec::as_slice)
+    }
+
+    /// Bytes of entries in flight of the sends this core coordinates (see [`fanout_bytes`]).
+    pub fn fanout_pending_bytes(&self) -> usize {
+        self.fanout_bytes_in_flight
     }
 
     pub fn lucky_packet(&self, packet: u64) -> Option<&LuckyPacket> {

@@ -157,15 +157,18 @@ impl TimelineStorage {
     }
 
     async fn read_lsns(&self, lsns: &[u64]) -> Result<Vec<Vec<u8>>, String> {
+        debug_assert!(lsns.windows(2).all(|w| w[0] < w[1]), "an inbox's index is in LSN order");
         let mut out = Vec::with_capacity(lsns.len());
         // The records of the last read, parsed once (in log order, so by LSN): a page of
         // older entries is mostly neighbours in one read.
+        // Only the wanted records are copied out of a read: one read is at least a whole
+        // group-commit batch (up to `batch_bytes_max`), mostly other users' entries.
         let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
         for &lsn in lsns {
             let mut found = find_record(&records, lsn);
             if found.is_none() {
                 let buffered = self.log().read_batches(lsn, 256 << 10).await.map_err(|e| e.to_string())?;
-                records = parse_records(&buffered);
+                records = parse_records(&buffered, lsns);
                 found = find_record(&records, lsn);
             }
             match found {
@@ -177,9 +180,15 @@ impl TimelineStorage {
     }
 }
 
-fn parse_records(batches: &[u8]) -> Vec<(u64, Vec<u8>)> {
+/// The records of `batches` whose LSN is in `wanted` (sorted ascending, as an inbox's index).
+fn parse_records(batches: &[u8], wanted: &[u64]) -> Vec<(u64, Vec<u8>)> {
     let (views, _) = redrain_storage::record::split_batches(batches);
-    views.iter().flat_map(|b| b.records()).map(|r| (r.lsn, r.payload.to_vec())).collect()
+    views
+        .iter()
+        .flat_map(|b| b.records())
+        .filter(|r| wanted.binary_search(&r.lsn).is_ok())
+        .map(|r| (r.lsn, r.payload.to_vec()))
+        .collect()
 }
 
 fn find_record(records: &[(u64, Vec<u8>)], lsn: u64) -> Option<&[u8]> {

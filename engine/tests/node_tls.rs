@@ -8,8 +8,10 @@ mod common;
 use common::Node;
 use std::process::Command;
 
-const PY_CLIENT: &str = r#"
-import socket, ssl, struct, sys
+/// Connects over TLS to argv[1] trusting argv[2], with argv[3] the hex login token;
+/// `frame` builds a request, `recv_frame` returns (type, request id, body).
+const PY_TLS_PRELUDE: &str = r#"
+import socket, ssl, struct, sys, time
 port, cafile, token = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
 ctx = ssl.create_default_context(cafile=cafile)
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
@@ -28,6 +30,9 @@ def recv_frame():
         if not chunk:
             raise SystemExit("closed")
         buf += chunk
+"#;
+
+const PY_CLIENT: &str = r#"
 s.sendall(frame(0x01, 1, struct.pack(">HH", 1, 1)))
 kind, rid, body = recv_frame(); assert (kind, rid) == (0x81, 1), (kind, rid)
 s.sendall(frame(0x02, 2, token))
@@ -153,7 +158,7 @@ fn python_ssl_client_logs_in_and_pings_over_tls() {
     // its user's home core by chance one time in two; with 12, all do once in 4,096 runs.
     for user in 101u64..=112 {
         let out = Command::new("python3")
-            .args(["-c", PY_CLIENT, &tls.port().to_string(), cert_path.to_str().unwrap()])
+            .args(["-c", &format!("{PY_TLS_PRELUDE}{PY_CLIENT}"), &tls.port().to_string(), cert_path.to_str().unwrap()])
             .arg(hex::encode(node.token(user, 1)))
             .output()
             .expect("python3 must be installed");
@@ -251,25 +256,6 @@ fn resumption_is_off_when_the_rotation_period_is_zero() {
 /// record and the core's read buffer in one write, idles again, and repeats:
 /// every answer must come back, in order and intact.
 const PY_BURST: &str = r#"
-import socket, ssl, struct, sys, time
-port, cafile, token = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
-ctx = ssl.create_default_context(cafile=cafile)
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
-def frame(kind, rid, body=b""):
-    return struct.pack(">IBBI", 6 + len(body), kind, 0, rid) + body
-buf = b""
-def recv_frame():
-    global buf
-    while True:
-        if len(buf) >= 4:
-            (n,) = struct.unpack(">I", buf[:4])
-            if len(buf) >= 4 + n:
-                f, buf = buf[:4 + n], buf[4 + n:]
-                return f[4], struct.unpack(">I", f[6:10])[0], f[10:]
-        chunk = s.recv(65536)
-        if not chunk:
-            raise SystemExit("closed")
-        buf += chunk
 s.sendall(frame(0x01, 1, struct.pack(">HH", 1, 1)) + frame(0x02, 2, token))
 assert recv_frame()[0] == 0x81 and recv_frame()[0] == 0x82
 rid = 10
@@ -290,7 +276,7 @@ fn a_tls_session_survives_bursts_after_idling_without_losing_bytes() {
     let port = node.tls.expect("tls port").port().to_string();
     for user in [301u64, 302, 303, 304] {
         let out = Command::new("python3")
-            .args(["-c", PY_BURST, &port, cert_path.to_str().unwrap()])
+            .args(["-c", &format!("{PY_TLS_PRELUDE}{PY_BURST}"), &port, cert_path.to_str().unwrap()])
             .arg(hex::encode(node.token(user, 1)))
             .output()
             .expect("python3 must be installed");

@@ -333,19 +333,19 @@ pub enum Response<'a> {
 /// Bytes of a `Backoff` push body.
 pub const BACKOFF_BODY_BYTES: usize = 9;
 
-fn be_u16(b: &[u8]) -> u16 {
+pub(crate) fn be_u16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
 }
-fn be_u32(b: &[u8]) -> u32 {
+pub(crate) fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
-fn be_u64(b: &[u8]) -> u64 {
+pub(crate) fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)
 }
 
-fn expect_len(kind: MessageType, body: &[u8], n: usize, expected: &'static str) -> Result<(), BodyError> {
+pub(crate) fn expect_len(kind: MessageType, body: &[u8], n: usize, expected: &'static str) -> Result<(), BodyError> {
     if body.len() == n {
         Ok(())
     } else {

@@ -25,7 +25,7 @@
 //! Every length is checked against the body before it is trusted; decoding never
 //! allocates (lists stay borrowed bytes with an iterator).
 
-use crate::message::{BodyError, MessageType};
+use crate::message::{be_u16, be_u32, be_u64, expect_len as len, BodyError, MessageType};
 
 /// `Send` target: one user.
 pub const TARGET_USER: u8 = 0;
@@ -48,26 +48,6 @@ pub const LUCKY_FLAG_REPEAT: u8 = 0x01;
 pub const SYNC_ENTRY_HEADER_BYTES: usize = 8 + 8 + 8 + 1 + 8 + 8 + 1 + 2;
 /// Members one `GroupCreate` may name (the node's group cap is usually lower).
 pub const GROUP_CREATE_MEMBERS_MAX: usize = 4096;
-
-fn be_u16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
-}
-
-fn len(kind: MessageType, body: &[u8], n: usize, expected: &'static str) -> Result<(), BodyError> {
-    if body.len() == n {
-        Ok(())
-    } else {
-        Err(BodyError::BadLength { kind, actual: body.len(), expected })
-    }
-}
 
 /// A borrowed list of big-endian u64s (group members).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

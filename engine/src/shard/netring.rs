@@ -613,6 +613,13 @@ mod tests {
         NetRingConfig { entries: 64, buffers, buffer_bytes, batch_window: Duration::from_micros(100) }
     }
 
+    /// A ring with its reaper running on the current executor.
+    fn running(config: NetRingConfig) -> Rc<NetRing> {
+        let ring = Rc::new(NetRing::new(config).unwrap());
+        glommio::spawn_local(ring.clone().run()).detach();
+        ring
+    }
+
     /// Receives until `want` bytes or the end arrived.
     async fn receive(ring: &NetRing, token: NetToken, want: usize) -> (Vec<u8>, Option<RecvEvent>) {
         let mut got = Vec::new();
@@ -634,8 +641,7 @@ mod tests {
         on_executor(|| {
             Box::pin(async {
                 // Two small buffers: a 64 KiB burst must run the ring dry and be re-armed many times.
-                let ring = Rc::new(NetRing::new(config(2, 512)).unwrap());
-                glommio::spawn_local(ring.clone().run()).detach();
+                let ring = running(config(2, 512));
                 let (mut client, server) = pair();
                 let token = ring.register(server.as_raw_fd());
                 let sent: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
@@ -661,8 +667,7 @@ mod tests {
     fn stop_returns_what_arrived_and_frees_the_slot_so_the_socket_can_move() {
         on_executor(|| {
             Box::pin(async {
-                let ring = Rc::new(NetRing::new(config(8, 4096)).unwrap());
-                glommio::spawn_local(ring.clone().run()).detach();
+                let ring = running(config(8, 4096));
                 let (mut client, server) = pair();
                 let token = ring.register(server.as_raw_fd());
                 client.write_all(b"hello").unwrap();
@@ -689,8 +694,7 @@ mod tests {
     fn a_released_connection_is_cancelled_and_its_late_bytes_go_nowhere() {
         on_executor(|| {
             Box::pin(async {
-                let ring = Rc::new(NetRing::new(config(8, 4096)).unwrap());
-                glommio::spawn_local(ring.clone().run()).detach();
+                let ring = running(config(8, 4096));
                 let (mut client, server) = pair();
                 let token = ring.register(server.as_raw_fd());
                 ring.release(token);

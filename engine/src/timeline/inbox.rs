@@ -41,6 +41,11 @@ pub struct Inbox {
     older: VecDeque<(u64, u64)>,
     /// A Notify for this user is queued for the next drain.
     pub notify_pending: bool,
+    /// Highest seq this inbox can no longer serve (retention or the index bound dropped
+    /// it and everything before it); a Sync from below it answers `expired`.
+    dropped_through: u64,
+    /// Some entry of this inbox came from the log at start.
+    recovered: bool,
 }
 
 impl Inbox {
@@ -89,6 +94,7 @@ impl Inbox {
             return;
         }
         self.recent.push_back(MemEntry { seq, from, client_msg_id, lsn, state: State::Committed, wire: wire.into() });
+        self.recovered = true;
         self.committed = seq;
         self.allocated = self.allocated.max(seq);
         self.evict(config);
@@ -106,7 +112,9 @@ impl Inbox {
             let e = self.recent.pop_front().expect("checked");
             self.older.push_back((e.seq, e.lsn));
             if self.older.len() > config.inbox_index_entries_max {
-                self.older.pop_front();
+                if let Some((seq, _)) = self.older.pop_front() {
+                    self.dropped_through = self.dropped_through.max(seq);
+                }
             }
         }
     }
@@ -140,8 +148,35 @@ impl Inbox {
     /// Drops index entries whose records retention removed from the log.
     pub fn forget_before(&mut self, first_lsn: u64) {
         while self.older.front().is_some_and(|(_, lsn)| *lsn < first_lsn) {
-            self.older.pop_front();
+            if let Some((seq, _)) = self.older.pop_front() {
+                self.dropped_through = self.dropped_through.max(seq);
+            }
         }
+    }
+
+    /// Highest seq this inbox no longer serves (0: it serves everything it held).
+    pub fn dropped_through(&self) -> u64 {
+        self.dropped_through
+    }
+
+    /// Whether entries of this inbox were recovered from the log at start.
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    /// After a start from a log that retention had trimmed: seqs below the first
+    /// recovered one may have existed and are gone.
+    pub fn mark_trimmed_below_first(&mut self) {
+        let first = self.older.front().map(|(seq, _)| *seq).or(self.recent.front().map(|e| e.seq));
+        if let Some(first) = first {
+            self.dropped_through = self.dropped_through.max(first - 1);
+        }
+    }
+
+    /// The wire bytes of the durable entry `seq` if it is a read marker still in memory.
+    pub fn read_marker_wire(&self, seq: u64) -> Option<&[u8]> {
+        let e = self.recent.iter().rev().find(|e| e.seq == seq && e.state == State::Committed)?;
+        super::checkpoint::is_read_marker(&e.wire).then_some(&e.wire[..])
     }
 
     /// Entries in memory and in the index.
@@ -170,7 +205,8 @@ impl Ceilings {
         Self { step, shift, buckets: HashMap::new() }
     }
 
-    fn bucket(&self, user: u64) -> u64 {
+    /// The bucket (shared persisted ceiling) of `user`.
+    pub fn bucket(&self, user: u64) -> u64 {
         user >> self.shift
     }
 

@@ -38,6 +38,8 @@ pub struct LuckyPacket {
     pub opened: HashMap<u64, u32>,
     /// Shares reserved whose record is not durable yet, by user.
     pub reserved: HashMap<u64, u32>,
+    /// Its creation record is durable (a checkpoint carries only durable packets).
+    pub durable: bool,
 }
 
 /// What an open of a packet gets.
@@ -62,6 +64,7 @@ impl LuckyPacket {
             remaining_count: u32::from(count),
             opened: HashMap::new(),
             reserved: HashMap::new(),
+            durable: false,
         }
     }
 

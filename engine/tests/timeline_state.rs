@@ -257,8 +257,11 @@ impl Sim {
                 if let Some(held) = self.held_reads.as_mut() {
                     return held.push((core, lsns, token));
                 }
+                // As the log does: records retention deleted are skipped, others must exist.
+                let first = self.disks[core].records.first().map_or(self.disks[core].next_lsn, |r| r.1);
                 let records = lsns
                     .iter()
+                    .filter(|lsn| **lsn >= first)
                     .map(|lsn| {
                         self.disks[core].records.iter().find(|r| r.1 == *lsn).map(|r| r.2.clone()).ok_or("gone".into())
                     })
@@ -305,8 +308,12 @@ impl Sim {
                             assert_eq!(*id, message_id, "a repeated ack names the same message");
                         }
                     }
-                    Response::Timeline(TimelineResponse::SyncOk { latest_seq, more, entries, .. }) => {
+                    Response::Timeline(TimelineResponse::SyncOk { latest_seq, more, expired, entries }) => {
                         dev.syncing = false;
+                        if expired && !more && entries.iter().next().is_none() {
+                            // Retention dropped everything up to the head: continue from there.
+                            dev.last_seq = dev.last_seq.max(latest_seq);
+                        }
                         for e in entries.iter() {
                             assert!(e.seq > dev.last_seq, "seqs strictly increase within one device's syncs");
                             dev.last_seq = e.seq;
@@ -400,7 +407,23 @@ impl Sim {
                 }
             }
         }
-        panic!("devices never caught up");
+        let behind: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.user,
+                    d.since_seq,
+                    self.cores[home_core(d.user, CORES)]
+                        .inbox(d.user)
+                        .map(|i| (i.latest_seq(), i.dropped_through(), i.lens())),
+                )
+            })
+            .collect();
+        panic!(
+            "devices never caught up: {behind:?}, errors {:?}",
+            &self.errors[self.errors.len().saturating_sub(10)..]
+        );
     }
 
     /// Every acked message reached every addressed device exactly once.
@@ -861,9 +884,13 @@ impl Sim {
                         TimelineOutput::Respond { conn: 9_999, frame, .. } => ready = frame,
                         TimelineOutput::Read { lsns, token } => {
                             let disk = &self.disks[core];
+                            let first = disk.records.first().map_or(disk.next_lsn, |r| r.1);
                             let records = lsns
                                 .iter()
-                                .map(|l| disk.records.iter().find(|r| r.1 == *l).map(|r| r.2.clone()).ok_or("gone".into()))
+                                .filter(|l| **l >= first)
+                                .map(|l| {
+                                    disk.records.iter().find(|r| r.1 == *l).map(|r| r.2.clone()).ok_or("gone".into())
+                                })
                                 .collect();
                             self.cores[core].on_read(token, records);
                         }
@@ -891,7 +918,9 @@ impl Sim {
         self.group_results
             .iter()
             .filter_map(|r| match r {
-                Response::Timeline(TimelineResponse::LuckyOpenOk { amount_fen, flags, .. }) => Some((*amount_fen, *flags)),
+                Response::Timeline(TimelineResponse::LuckyOpenOk { amount_fen, flags, .. }) => {
+                    Some((*amount_fen, *flags))
+                }
                 _ => None,
             })
             .collect()
@@ -945,8 +974,13 @@ fn after_retention_deleted_old_records_a_restart_keeps_seqs_retries_lucky_shares
     assert!(sim.disks.iter().all(|d| d.records[0].1 > 1), "both logs lost their oldest records");
     assert!(kept * 2 < appended as usize, "retention keeps {kept} of {appended} records");
     // The last acked send of device 0, retried after the restart.
-    let (key, (message_id, users)) =
-        sim.acked.iter().filter(|((s, _), _)| *s == 1).max_by_key(|((_, c), _)| *c).map(|(k, v)| (*k, v.clone())).unwrap();
+    let (key, (message_id, users)) = sim
+        .acked
+        .iter()
+        .filter(|((s, _), _)| *s == 1)
+        .max_by_key(|((_, c), _)| *c)
+        .map(|(k, v)| (*k, v.clone()))
+        .unwrap();
     let latest_before: Vec<u64> =
         (1..=10).map(|u| sim.cores[home_core(u, CORES)].inbox(u).map_or(0, |i| i.latest_seq())).collect();
     let shares_before = sim.cores[group_home_core(g, CORES)].lucky_packet(packet_id).unwrap().opened.clone();
@@ -958,7 +992,17 @@ fn after_retention_deleted_old_records_a_restart_keeps_seqs_retries_lucky_shares
     }
     // A retried recent send is recognised: same message id, nothing stored again.
     let target = users.iter().copied().find(|u| *u != 1).unwrap_or(1);
-    sim.request(0, TimelineRequest::Send { target_kind: TARGET_USER, target, client_msg_id: key.1, content_type: CONTENT_TEXT, payload: b"x" }, Asked::Send { client_msg_id: key.1 });
+    sim.request(
+        0,
+        TimelineRequest::Send {
+            target_kind: TARGET_USER,
+            target,
+            client_msg_id: key.1,
+            content_type: CONTENT_TEXT,
+            payload: b"x",
+        },
+        Asked::Send { client_msg_id: key.1 },
+    );
     sim.pump(true);
     assert_eq!(sim.acked[&key].0, message_id);
     // (Were it stored again, its recipients' devices would see it twice: checked below.)
@@ -1087,5 +1131,125 @@ fn retention_bounds_out_of_range_are_refused() {
         TimelineConfig { read_markers_per_user_max: 5_000, ..ok.clone() },
     ] {
         assert!(bad.validate(1 << 20).is_err(), "{bad:?} must be refused");
+    }
+}
+
+#[test]
+fn checkpoints_taken_while_entries_and_shares_are_in_flight_lose_nothing_across_a_crash() {
+    for seed in 0..6u64 {
+        let mut sim = Sim::with_config(seed, 8, 1, retention_config());
+        for d in 0..sim.devices.len() {
+            sim.connect(d);
+        }
+        let g = sim.create_group(0, &(2..=8).collect::<Vec<_>>());
+        let (total, count) = (5_000u32, 8u16);
+        let mut payload = total.to_be_bytes().to_vec();
+        payload.extend_from_slice(&count.to_be_bytes());
+        let lucky = TimelineRequest::Send {
+            target_kind: TARGET_GROUP,
+            target: g,
+            client_msg_id: 1 << 30,
+            content_type: CONTENT_LUCKY,
+            payload: &payload,
+        };
+        sim.request(0, lucky, Asked::Other);
+        sim.pump(true);
+        sim.drain_and_sync_all();
+        let packet_id = *sim.devices[0].seen.keys().next().unwrap();
+        sim.group_results.clear();
+        let mut cmid = 1;
+        for step in 0..400 {
+            let d = sim.rng.gen_range(0..sim.devices.len());
+            match sim.rng.gen_range(0..10) {
+                0 => {
+                    sim.request(d, TimelineRequest::LuckyOpen { group_id: g, packet_id }, Asked::Other);
+                }
+                1 | 2 => {
+                    // The housekeeping tick runs while appends are still queued: each
+                    // checkpoint starts with entries and shares in flight.
+                    sim.now_ms += 400;
+                    let clock = sim.clock();
+                    for core in 0..CORES {
+                        let first = sim.disks[core].records.first().map_or(sim.disks[core].next_lsn, |r| r.1);
+                        sim.cores[core].on_tick(clock, first);
+                        let watermark = sim.cores[core].retention_watermark();
+                        sim.disks[core].records.retain(|r| r.1 >= watermark);
+                    }
+                }
+                3 => sim.send(d, TARGET_GROUP, g, cmid, b"g"),
+                _ => {
+                    let target = sim.rng.gen_range(1..=8);
+                    sim.send(d, TARGET_USER, target, cmid, b"u");
+                }
+            }
+            cmid += 1;
+            sim.pump(false);
+            if step % 100 == 99 {
+                sim.drain_and_sync_all();
+            }
+        }
+        assert!(sim.cores.iter().all(|c| c.retention_stats().checkpoints_total >= 3), "checkpoints ran");
+        assert!(sim.disks.iter().all(|d| d.records[0].1 > 1), "old records were deleted");
+        sim.crash_and_restart(seed);
+        for d in 0..sim.devices.len() {
+            sim.connect(d);
+        }
+        // Every send retried (acked or not): each stored once.
+        let retries: Vec<_> = sim
+            .acked
+            .iter()
+            .map(|(k, (_, users))| (*k, users.clone()))
+            .chain(sim.unacked.iter().map(|(k, (d, _))| (*k, vec![sim.devices[*d].user])))
+            .collect();
+        for ((sender, c), _) in retries {
+            let body = sim.unacked.get(&(sender, c)).map(|(_, b)| b.clone());
+            let d = (sender - 1) as usize;
+            match body {
+                Some(body) => {
+                    let req = TimelineRequest::parse(redrain_net::MessageType::Send, &body).unwrap();
+                    sim.request(d, req, Asked::Send { client_msg_id: c });
+                }
+                None => {
+                    let users = sim.acked[&(sender, c)].1.clone();
+                    let (kind, target) = if users.len() > 2 {
+                        (TARGET_GROUP, g)
+                    } else {
+                        (TARGET_USER, users.iter().copied().find(|u| *u != sender).unwrap_or(sender))
+                    };
+                    let payload: &[u8] = if kind == TARGET_GROUP { b"g" } else { b"u" };
+                    let req = TimelineRequest::Send {
+                        target_kind: kind,
+                        target,
+                        client_msg_id: c,
+                        content_type: CONTENT_TEXT,
+                        payload,
+                    };
+                    sim.request(d, req, Asked::Send { client_msg_id: c });
+                }
+            }
+            sim.pump(true);
+        }
+        // Everybody opens (again): at most `count` fresh shares in the whole run, each
+        // user's share recorded once, and they sum exactly to the total.
+        sim.pump(true);
+        for d in 0..sim.devices.len() {
+            sim.request(d, TimelineRequest::LuckyOpen { group_id: g, packet_id }, Asked::Other);
+            sim.pump(true);
+        }
+        let fresh: Vec<u32> = sim
+            .group_results
+            .iter()
+            .filter_map(|r| match r {
+                Response::Timeline(TimelineResponse::LuckyOpenOk { amount_fen, flags: 0, .. }) => Some(*amount_fen),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fresh.len(), usize::from(count), "seed {seed}: one fresh share per member over the whole run");
+        assert_eq!(fresh.iter().map(|a| u64::from(*a)).sum::<u64>(), u64::from(total), "seed {seed}: exact sum");
+        let p = sim.cores[group_home_core(g, CORES)].lucky_packet(packet_id).unwrap();
+        assert_eq!(p.opened.values().map(|a| u64::from(*a)).sum::<u64>(), u64::from(total));
+        sim.drain_and_sync_all();
+        assert!(sim.unacked.is_empty());
+        sim.check_exactly_once();
     }
 }

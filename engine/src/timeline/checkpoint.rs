@@ -32,7 +32,7 @@
 //! KIND_CP_END          started_unix_ms u64 | records u32
 //! ```
 
-use super::{Pending, Sent, Timelines, TimelineOutput};
+use super::{Pending, Sent, TimelineOutput, Timelines};
 use crate::shard::state::Clock;
 use redrain_net::timeline::{SyncEntries, CONTENT_READ_MARKER, SYNC_ENTRY_HEADER_BYTES};
 use std::collections::HashMap;
@@ -215,7 +215,9 @@ pub fn decode_dedup(payload: &[u8]) -> Option<Vec<DedupItem>> {
     let v = |c: &[u8], i: usize| u64_at(c, 8 * i).expect("48 bytes");
     Some(
         items(payload, 48)?
-            .map(|c| ((v(c, 0), v(c, 1), v(c, 2)), DeliveredAt { seq: v(c, 3), message_id: v(c, 4), sent_at_ms: v(c, 5) }))
+            .map(|c| {
+                ((v(c, 0), v(c, 1), v(c, 2)), DeliveredAt { seq: v(c, 3), message_id: v(c, 4), sent_at_ms: v(c, 5) })
+            })
             .collect(),
     )
 }
@@ -265,7 +267,9 @@ impl crate::timeline::TimelineConfig {
             return Err("timeline.segment_bytes must be within 4096..=2^40".into());
         }
         if self.retention_bytes_max > 0 && self.retention_bytes_max < 2 * self.segment_bytes {
-            return Err("timeline.retention_bytes_max must hold at least two segments (2 x segment_bytes), or be 0".into());
+            return Err(
+                "timeline.retention_bytes_max must hold at least two segments (2 x segment_bytes), or be 0".into()
+            );
         }
         if self.retention_age_s > 365 * DAY_S {
             return Err("timeline.retention_age_s must be at most a year (0: no age bound)".into());
@@ -397,7 +401,13 @@ impl Timelines {
                 let record = self.lucky.get(&id).filter(|p| p.durable).map(|p| {
                     let mut opened: Vec<(u64, u32)> = p.opened.iter().map(|(u, a)| (*u, *a)).collect();
                     opened.sort_unstable();
-                    let cp = LuckyCheckpoint { packet_id: id, group: p.group, total_fen: p.total_fen, count: p.count, opened };
+                    let cp = LuckyCheckpoint {
+                        packet_id: id,
+                        group: p.group,
+                        total_fen: p.total_fen,
+                        count: p.count,
+                        opened,
+                    };
                     (KIND_CP_LUCKY, cp.encode())
                 });
                 (record, Phase::Lucky(packets))

@@ -376,6 +376,9 @@ struct SyncRead {
     latest_seq: u64,
     /// Retention dropped entries after the Sync's since_seq.
     expired: bool,
+    /// Whose inbox, and the LSNs asked (retention may delete the oldest meanwhile).
+    user: u64,
+    lsns: Vec<u64>,
 }
 
 /// Counters of one core's timelines (copied into the metrics block).
@@ -587,7 +590,8 @@ impl Timelines {
                         let origin = self.me(token);
                         self.waiting.insert(token, Waiting { conn, slot: token, request_id, dedup: None });
                         out.defer(token);
-                        self.sync_reads.insert(token, SyncRead { origin, latest_seq, expired });
+                        let read = SyncRead { origin, latest_seq, expired, user, lsns: lsns.clone() };
+                        self.sync_reads.insert(token, read);
                         self.outputs.push(TimelineOutput::Read { lsns, token });
                         self.stats.sync_log_reads += 1;
                         Ok(Handled::Later { slot: token })
@@ -1179,6 +1183,13 @@ impl Timelines {
         let Some(read) = self.sync_reads.remove(&token) else { return };
         let reply = match records {
             Ok(records) => {
+                // Fewer records than asked: retention deleted the oldest meanwhile.
+                let dropped = read.lsns.len().saturating_sub(records.len());
+                if let (Some(&last_gone), Some(inbox)) =
+                    (read.lsns.get(dropped.wrapping_sub(1)), self.inboxes.get_mut(&read.user))
+                {
+                    inbox.forget_before(last_gone + 1);
+                }
                 let mut bytes = Vec::new();
                 let mut count = 0u16;
                 let mut truncated = false;
@@ -1195,7 +1206,7 @@ impl Timelines {
                 Reply::ok(TimelineResponse::SyncOk {
                     latest_seq: read.latest_seq,
                     more: truncated || last_seq < read.latest_seq,
-                    expired: read.expired,
+                    expired: read.expired || dropped > 0,
                     entries: SyncEntries::from_encoded(count, &bytes),
                 })
             }
@@ -1412,8 +1423,10 @@ impl Timelines {
             }
             records::KIND_LUCKY_CREATED => {
                 let Some(c) = LuckyCreated::decode(payload) else { return false };
-                self.lucky.entry(c.packet_id).or_insert_with(|| LuckyPacket::new(c.group, c.total_fen, c.count)).durable =
-                    true;
+                self.lucky
+                    .entry(c.packet_id)
+                    .or_insert_with(|| LuckyPacket::new(c.group, c.total_fen, c.count))
+                    .durable = true;
                 true
             }
             records::KIND_LUCKY_OPENED => {

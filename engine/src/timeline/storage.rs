@@ -202,14 +202,24 @@ impl TimelineStorage {
         // group-commit batch (up to `batch_bytes_max`), mostly other users' entries.
         let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
         for &lsn in lsns {
+            // Retention deleted it (the index forgets it at the next tick): skipped; the
+            // state machine sees fewer records than asked and flags the answer expired.
+            if lsn < self.log().first_lsn() {
+                continue;
+            }
             let mut found = find_record(&records, lsn);
             if found.is_none() {
-                let buffered = self.log().read_batches(lsn, 256 << 10).await.map_err(|e| e.to_string())?;
+                let buffered = match self.log().read_batches(lsn, 256 << 10).await {
+                    Ok(b) => b,
+                    Err(redrain_storage::StorageError::NotRetained { .. }) => continue,
+                    Err(e) => return Err(e.to_string()),
+                };
                 records = parse_records(&buffered, lsns);
                 found = find_record(&records, lsn);
             }
             match found {
                 Some(payload) => out.push(payload.to_vec()),
+                None if lsn < self.log().first_lsn() => continue,
                 None => return Err(format!("record {lsn} not in the log")),
             }
         }

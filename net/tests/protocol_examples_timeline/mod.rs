@@ -82,7 +82,10 @@ pub fn expected() -> Vec<(&'static str, Vec<u8>)> {
         ("sync", req(Q::Sync { since_seq: 4, limit: 100 }, 9)),
         (
             "sync_ok",
-            resp(A::SyncOk { latest_seq: 5, more: false, expired: false, entries: SyncEntries::from_encoded(1, &entry) }, 9),
+            resp(
+                A::SyncOk { latest_seq: 5, more: false, expired: false, entries: SyncEntries::from_encoded(1, &entry) },
+                9,
+            ),
         ),
         ("sync_ack", req(Q::SyncAck { conv_kind: TARGET_USER, conv_id: 43, read_seq: 5 }, 12)),
         ("sync_ack_ok", resp(A::SyncAckOk { seq: 6 }, 12)),
@@ -112,7 +115,10 @@ pub fn expected() -> Vec<(&'static str, Vec<u8>)> {
         ("error_seq_from_future", error),
         (
             "sync_ok_expired",
-            resp(A::SyncOk { latest_seq: 9, more: true, expired: true, entries: SyncEntries::from_encoded(1, &expired) }, 19),
+            resp(
+                A::SyncOk { latest_seq: 9, more: true, expired: true, entries: SyncEntries::from_encoded(1, &expired) },
+                19,
+            ),
         ),
     ]
 }

@@ -1157,8 +1157,7 @@ fn checkpoints_taken_while_entries_and_shares_are_in_flight_lose_nothing_across_
         sim.drain_and_sync_all();
         let packet_id = *sim.devices[0].seen.keys().next().unwrap();
         sim.group_results.clear();
-        let mut cmid = 1;
-        for step in 0..400 {
+        for (cmid, step) in (1u64..).zip(0..400) {
             let d = sim.rng.gen_range(0..sim.devices.len());
             match sim.rng.gen_range(0..10) {
                 0 => {
@@ -1182,7 +1181,6 @@ fn checkpoints_taken_while_entries_and_shares_are_in_flight_lose_nothing_across_
                     sim.send(d, TARGET_USER, target, cmid, b"u");
                 }
             }
-            cmid += 1;
             sim.pump(false);
             if step % 100 == 99 {
                 sim.drain_and_sync_all();

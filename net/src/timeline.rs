@@ -342,46 +342,19 @@ impl<'a> TimelineRequest<'a> {
     }
 }
 
-/// A timeline answer or push (server to client).
+/// A timeline answer or push (server to client). `SyncOk::expired`: retention dropped
+/// entries after the Sync's `since_seq` (see [`SYNC_FLAG_EXPIRED`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimelineResponse<'a> {
-    SendOk {
-        message_id: u64,
-        seq: u64,
-    },
-    /// `expired`: retention dropped entries after `since_seq` (see [`SYNC_FLAG_EXPIRED`]).
-    SyncOk {
-        latest_seq: u64,
-        more: bool,
-        expired: bool,
-        entries: SyncEntries<'a>,
-    },
-    SyncAckOk {
-        seq: u64,
-    },
-    LuckyOpenOk {
-        packet_id: u64,
-        amount_fen: u32,
-        flags: u8,
-        opened: u16,
-        count: u16,
-    },
-    GroupCreateOk {
-        group_id: u64,
-        members: u16,
-    },
-    GroupJoinOk {
-        members: u16,
-    },
-    GroupLeaveOk {
-        members: u16,
-    },
-    GroupMembersOk {
-        members: U64List<'a>,
-    },
-    Notify {
-        latest_seq: u64,
-    },
+    SendOk { message_id: u64, seq: u64 },
+    SyncOk { latest_seq: u64, more: bool, expired: bool, entries: SyncEntries<'a> },
+    SyncAckOk { seq: u64 },
+    LuckyOpenOk { packet_id: u64, amount_fen: u32, flags: u8, opened: u16, count: u16 },
+    GroupCreateOk { group_id: u64, members: u16 },
+    GroupJoinOk { members: u16 },
+    GroupLeaveOk { members: u16 },
+    GroupMembersOk { members: U64List<'a> },
+    Notify { latest_seq: u64 },
 }
 
 impl<'a> TimelineResponse<'a> {

@@ -14,6 +14,7 @@ pub struct TimelineMetrics {
     pub entries_committed_total: AtomicU64,
     pub entries_failed_total: AtomicU64,
     pub notifies_total: AtomicU64,
+    pub notifies_gated_total: AtomicU64,
     pub syncs_total: AtomicU64,
     pub sync_log_reads_total: AtomicU64,
     pub lucky_opened_total: AtomicU64,
@@ -48,6 +49,7 @@ impl TimelineMetrics {
         self.entries_committed_total.store(s.entries_committed, Relaxed);
         self.entries_failed_total.store(s.entries_failed, Relaxed);
         self.notifies_total.store(s.notifies_pushed, Relaxed);
+        self.notifies_gated_total.store(s.notifies_gated, Relaxed);
         self.syncs_total.store(s.syncs, Relaxed);
         self.sync_log_reads_total.store(s.sync_log_reads, Relaxed);
         self.lucky_opened_total.store(s.lucky_opened, Relaxed);
@@ -125,7 +127,7 @@ pub fn render_retention(cores: &[&TimelineMetrics], out: &mut String) {
 /// Renders every core's timeline block.
 pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
     type Getter = fn(&TimelineMetrics) -> &AtomicU64;
-    const FAMILIES: [(&str, &str, &str, Getter); 13] = [
+    const FAMILIES: [(&str, &str, &str, Getter); 14] = [
         ("redrain_timeline_sends_total", "counter", "Sends acknowledged to their sender (SendOk).", |m| {
             &m.sends_acked_total
         }),
@@ -136,6 +138,12 @@ pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
             &m.entries_failed_total
         }),
         ("redrain_timeline_notifies_total", "counter", "Notify pushes written to devices.", |m| &m.notifies_total),
+        (
+            "redrain_timeline_notifies_gated_total",
+            "counter",
+            "Notifies not written: the device had not synced since its previous one.",
+            |m| &m.notifies_gated_total,
+        ),
         ("redrain_timeline_syncs_total", "counter", "Sync requests answered.", |m| &m.syncs_total),
         ("redrain_timeline_sync_log_reads_total", "counter", "Syncs that read older entries from the log.", |m| {
             &m.sync_log_reads_total

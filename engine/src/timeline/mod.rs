@@ -40,7 +40,7 @@ use redrain_net::timeline::{
     LUCKY_FLAG_REPEAT, LUCKY_PAYLOAD_BYTES, TARGET_GROUP, TARGET_USER,
 };
 use redrain_net::{ErrorCode, MessageType};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// Tokens and output slots of the timelines carry this bit, so they never meet the
@@ -388,6 +388,8 @@ pub struct TimelineStats {
     pub entries_committed: u64,
     pub entries_failed: u64,
     pub notifies_pushed: u64,
+    /// Notifies not sent because the device had not synced since its last one.
+    pub notifies_gated: u64,
     pub syncs: u64,
     pub sync_log_reads: u64,
     pub lucky_opened: u64,
@@ -416,6 +418,9 @@ pub struct Timelines {
     /// Online devices of users homed here.
     online: HashMap<u64, Vec<ConnId>>,
     conn_user: HashMap<ConnId, u64>,
+    /// Devices sent a Notify they have not answered with a Sync yet: they get no other
+    /// until they sync (a device that is behind knows it; the Sync answer says how far).
+    notified: HashSet<ConnId>,
     /// Users whose latest seq moved since the last drain (one Notify per device each).
     notify: Vec<u64>,
     waiting: HashMap<u64, Waiting>,
@@ -475,6 +480,7 @@ impl Timelines {
             lucky: HashMap::new(),
             online: HashMap::new(),
             conn_user: HashMap::new(),
+            notified: HashSet::new(),
             notify: Vec::new(),
             waiting: HashMap::new(),
             fanouts: HashMap::new(),
@@ -547,6 +553,7 @@ impl Timelines {
     }
 
     fn forget_conn(&mut self, conn: ConnId, user: u64) {
+        self.notified.remove(&conn);
         if let Some(conns) = self.online.get_mut(&user) {
             conns.retain(|c| *c != conn);
             if conns.is_empty() {
@@ -578,6 +585,8 @@ impl Timelines {
         match *request {
             TimelineRequest::Sync { since_seq, limit } => {
                 self.stats.syncs += 1;
+                // Anything that commits from now on is news to this device again.
+                self.notified.remove(&conn);
                 match self.sync(user, since_seq, limit) {
                     Ok(SyncAnswer::Now(reply)) => Ok(immediate(reply, out)),
                     Ok(SyncAnswer::Read { .. }) if self.sync_reads.len() >= self.config.sync_reads_max => {
@@ -1377,6 +1386,10 @@ impl Timelines {
             inbox.notify_pending = false;
             let latest_seq = inbox.latest_seq();
             for conn in self.online.get(&user).into_iter().flatten() {
+                if !self.notified.insert(*conn) {
+                    self.stats.notifies_gated += 1;
+                    continue;
+                }
                 let mut frame = Vec::with_capacity(16);
                 Response::Timeline(TimelineResponse::Notify { latest_seq }).encode(0, &mut frame);
                 self.outputs.push(TimelineOutput::Push { conn: *conn, frame });

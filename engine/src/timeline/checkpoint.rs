@@ -570,7 +570,8 @@ impl Timelines {
 
     /// A read marker entry replayed from the log.
     pub(super) fn recover_marker_entry(&mut self, user: u64, wire: &[u8]) {
-        if is_read_marker(wire) {
+        // Kept only while retention can drop the entries (memory per user otherwise).
+        if self.config.retention_on() && is_read_marker(wire) {
             let max = self.config.read_markers_per_user_max;
             remember_marker(&mut self.retention.read_markers, user, wire.into(), max);
         }

@@ -83,7 +83,8 @@ struct Sim {
 }
 
 fn config() -> TimelineConfig {
-    TimelineConfig { inbox_memory_entries: 8, seq_step: 7, sends_per_user_per_s: 1_000, ..TimelineConfig::default() }
+    // The smallest memory of recent entries: syncs often read the log.
+    TimelineConfig { recent_bytes_max: 4096, seq_step: 7, sends_per_user_per_s: 1_000, ..TimelineConfig::default() }
 }
 
 impl Sim {
@@ -521,6 +522,8 @@ fn every_device_syncs_every_message_addressed_to_it_exactly_once_in_order_across
         sim.drain_and_sync_all();
         assert!(sim.unacked.is_empty(), "every send was acknowledged in the end");
         assert!(sim.acked.len() > 100, "the run exercised many sends ({})", sim.acked.len());
+        let log_reads: u64 = sim.cores.iter().map(|c| c.stats.sync_log_reads).sum();
+        assert!(log_reads > 0, "some syncs read entries that left memory from the log");
         sim.check_exactly_once();
     }
 }
@@ -691,8 +694,8 @@ fn a_sync_beyond_the_concurrent_log_read_bound_is_refused_busy_and_the_held_read
     let mut sim = Sim::with_config(12, 2, 2, TimelineConfig { sync_reads_max: 1, ..config() });
     let (a, b) = (2, 3); // the two devices of user 2, offline while it receives
     sim.connect(0);
-    // More entries than an inbox keeps in memory: a sync from 0 must read the log.
-    for c in 1..=3 * config().inbox_memory_entries as u64 {
+    // More entries than a core keeps in memory (4 KiB): a sync from 0 must read the log.
+    for c in 1..=200 {
         sim.send(0, TARGET_USER, 2, c, b"m");
     }
     sim.pump(true);

@@ -24,13 +24,15 @@
 pub mod inbox;
 pub mod lucky;
 pub mod metrics;
+pub mod recent;
 pub mod records;
 pub mod storage;
 
 use crate::shard::state::{Caller, Clock, ConnAnswers, ConnId, Handled};
-use inbox::{Ceilings, Inbox};
+use inbox::{Ceilings, Inbox, SyncSource};
 use lucky::{LuckyPacket, Share};
 use rand::SeedableRng;
+use recent::RecentEntries;
 use records::LuckyCreated;
 use redrain_net::frame::encode_frame;
 use redrain_net::message::Response;
@@ -65,9 +67,10 @@ pub struct TimelineConfig {
     /// to one group-commit batch of the log while it reads); beyond it a Sync that needs
     /// the log is refused Busy.
     pub sync_reads_max: usize,
-    /// Entries of one inbox kept in memory; older ones are read from the log through
-    /// the inbox's index.
-    pub inbox_memory_entries: usize,
+    /// Bytes of the newest committed entries one core keeps in memory, whatever their
+    /// inbox (a Sync of them is a copy); older ones are read from the log through the
+    /// inbox's index.
+    pub recent_bytes_max: usize,
     /// Older entries one inbox indexes (seq -> LSN); beyond it the oldest are dropped.
     pub inbox_index_entries_max: usize,
     /// Members a group may have.
@@ -103,7 +106,7 @@ impl Default for TimelineConfig {
             fanout_pending_max: 200_000,
             fanout_pending_bytes_max: 64 << 20,
             sync_reads_max: 64,
-            inbox_memory_entries: 50,
+            recent_bytes_max: 64 << 20,
             inbox_index_entries_max: 100_000,
             group_members_max: 500,
             groups_per_core_max: 1_000_000,
@@ -132,7 +135,7 @@ impl TimelineConfig {
         }
         // A SyncOk never outgrows the frames the node sends (checked here, clamped at start).
         let _ = frame_bytes_max;
-        if self.inbox_memory_entries == 0
+        if self.recent_bytes_max < 4096
             || self.group_members_max < 2
             || self.group_members_max > redrain_net::timeline::GROUP_CREATE_MEMBERS_MAX
             || self.seq_step == 0
@@ -143,9 +146,11 @@ impl TimelineConfig {
             || self.sends_per_user_per_s == 0
             || self.seq_bucket_shift > 32
         {
-            return Err("timeline bounds must be positive (group_members_max 2..=4096, seq_bucket_shift <= 32, \
-                        fanout_pending_bytes_max >= one largest entry, sync_reads_max >= 1)"
-                .into());
+            return Err(
+                "timeline bounds must be positive (group_members_max 2..=4096, seq_bucket_shift <= 32, \
+                        fanout_pending_bytes_max >= one largest entry, sync_reads_max >= 1, recent_bytes_max >= 4096)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -382,6 +387,8 @@ pub struct Timelines {
     node_id: u16,
     config: TimelineConfig,
     inboxes: HashMap<u64, Inbox>,
+    /// The bytes of the newest durable entries of every inbox here.
+    recent: RecentEntries,
     ceilings: Ceilings,
     groups: HashMap<u64, Vec<u64>>,
     next_group: u64,
@@ -442,6 +449,7 @@ impl Timelines {
             cores,
             node_id,
             ceilings: Ceilings::new(config.seq_step, config.seq_bucket_shift),
+            recent: RecentEntries::new(config.recent_bytes_max),
             config,
             inboxes: HashMap::new(),
             groups: HashMap::new(),
@@ -1126,12 +1134,12 @@ impl Timelines {
         if since_seq > latest_seq {
             return Err((ErrorCode::SeqFromFuture, "since_seq is beyond the inbox's latest seq"));
         }
-        let older = inbox.older_after(since_seq, usize::from(limit));
-        if !older.is_empty() {
-            return Ok(SyncAnswer::Read { lsns: older, latest_seq });
+        if let SyncSource::Log(lsns) = inbox.source_after(since_seq, usize::from(limit), &self.recent) {
+            return Ok(SyncAnswer::Read { lsns, latest_seq });
         }
         let mut bytes = Vec::new();
-        let (count, more) = inbox.copy_after(since_seq, usize::from(limit), self.config.sync_bytes_max, &mut bytes);
+        let (count, more) =
+            inbox.copy_after(since_seq, usize::from(limit), self.config.sync_bytes_max, &self.recent, &mut bytes);
         let reply = Reply::ok(TimelineResponse::SyncOk {
             latest_seq,
             more,
@@ -1185,7 +1193,7 @@ impl Timelines {
                     match lsn {
                         Some(lsn) => {
                             self.stats.entries_committed += 1;
-                            inbox.commit(seq, lsn, &self.config);
+                            inbox.commit(seq, lsn, &mut self.recent, &self.config);
                             if !inbox.notify_pending {
                                 inbox.notify_pending = true;
                                 self.notify.push(user);
@@ -1353,7 +1361,7 @@ impl Timelines {
                     self.remember_delivered((user, entry.from, client_msg_id), entry.seq);
                 }
                 let inbox = self.inboxes.entry(user).or_default();
-                inbox.recover(entry.seq, entry.from, client_msg_id, wire, lsn, &self.config);
+                inbox.recover(entry.seq, wire, lsn, &mut self.recent, &self.config);
                 self.ceilings.recover(user, entry.seq);
                 true
             }
@@ -1417,6 +1425,16 @@ impl Timelines {
 
     /// Bytes of heap held by inboxes (an estimate, for the memory figure).
     pub fn inbox_heap_bytes(&self) -> usize {
+        self.recent.heap_bytes() + self.inbox_index_bytes()
+    }
+
+    /// Bytes of the newest durable entries kept in memory (bound: `recent_bytes_max`).
+    pub fn recent_bytes(&self) -> usize {
+        self.recent.heap_bytes()
+    }
+
+    /// Heap bytes of the inboxes themselves (pending entries and indexes).
+    pub fn inbox_index_bytes(&self) -> usize {
         self.inboxes.values().map(Inbox::heap_bytes).sum::<usize>()
             + self.inboxes.capacity() * (std::mem::size_of::<(u64, Inbox)>() + 1)
     }

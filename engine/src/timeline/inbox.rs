@@ -14,7 +14,8 @@
 
 use super::recent::RecentEntries;
 use super::TimelineConfig;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 #[derive(Debug)]
 struct PendingEntry {
@@ -195,7 +196,7 @@ pub struct Ceilings {
 
 impl Ceilings {
     pub fn new(step: u64, shift: u32) -> Self {
-        Self { step, shift, buckets: HashMap::new() }
+        Self { step, shift, buckets: HashMap::default() }
     }
 
     fn bucket(&self, user: u64) -> u64 {

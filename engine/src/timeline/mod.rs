@@ -41,7 +41,12 @@ use redrain_net::timeline::{
     LUCKY_FLAG_REPEAT, LUCKY_PAYLOAD_BYTES, TARGET_GROUP, TARGET_USER,
 };
 use redrain_net::{ErrorCode, MessageType};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+/// The state machine's keyed maps: seeded per process (keys come from clients), and
+/// cheaper to hash than the standard SipHash on the per-entry path.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, ahash::RandomState>;
 use std::sync::Arc;
 
 /// Tokens and output slots of the timelines carry this bit, so they never meet the
@@ -451,26 +456,26 @@ impl Timelines {
             ceilings: Ceilings::new(config.seq_step, config.seq_bucket_shift),
             recent: RecentEntries::new(config.recent_bytes_max),
             config,
-            inboxes: HashMap::new(),
-            groups: HashMap::new(),
+            inboxes: HashMap::default(),
+            groups: HashMap::default(),
             next_group: 1,
-            lucky: HashMap::new(),
-            online: HashMap::new(),
-            conn_user: HashMap::new(),
-            notified: HashSet::new(),
+            lucky: HashMap::default(),
+            online: HashMap::default(),
+            conn_user: HashMap::default(),
+            notified: HashSet::default(),
             notify: Vec::new(),
-            waiting: HashMap::new(),
-            fanouts: HashMap::new(),
-            deliveries: HashMap::new(),
+            waiting: HashMap::default(),
+            fanouts: HashMap::default(),
+            deliveries: HashMap::default(),
             fanout_bytes_in_flight: 0,
-            pending: HashMap::new(),
-            group_puts: HashMap::new(),
-            sync_reads: HashMap::new(),
-            sent: HashMap::new(),
+            pending: HashMap::default(),
+            group_puts: HashMap::default(),
+            sync_reads: HashMap::default(),
+            sent: HashMap::default(),
             sent_order: VecDeque::new(),
-            delivered: HashMap::new(),
+            delivered: HashMap::default(),
             delivered_order: VecDeque::new(),
-            rate: HashMap::new(),
+            rate: HashMap::default(),
             last_message_id: 0,
             next_token: TOKEN_BASE,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ core as u64),

@@ -36,13 +36,16 @@ pub struct RecentEntries {
     bytes_max: usize,
     chunk_bytes: usize,
     last_lsn: u64,
+    /// The last chunk dropped, emptied, for the next one: a steady stream of entries
+    /// reuses its pages instead of faulting in fresh ones.
+    spare: Option<Chunk>,
 }
 
 impl RecentEntries {
     /// Holds about `bytes_max` (at least one chunk: the newest chunk is never dropped).
     pub fn new(bytes_max: usize) -> Self {
         let chunk_bytes = (bytes_max / 16).clamp(256, 1 << 20);
-        Self { chunks: VecDeque::new(), bytes: 0, bytes_max, chunk_bytes, last_lsn: 0 }
+        Self { chunks: VecDeque::new(), bytes: 0, bytes_max, chunk_bytes, last_lsn: 0, spare: None }
     }
 
     /// Adds the entry at `lsn` (ignored unless newer than every entry held).
@@ -54,11 +57,16 @@ impl RecentEntries {
         let fits =
             self.chunks.back().is_some_and(|c| c.data.is_empty() || c.data.len() + wire.len() <= c.data.capacity());
         if !fits {
-            let entries = (self.chunk_bytes / 64).max(4);
-            let chunk = Chunk {
-                lsns: Vec::with_capacity(entries),
-                ends: Vec::with_capacity(entries),
-                data: Vec::with_capacity(self.chunk_bytes.max(wire.len())),
+            let chunk = match self.spare.take() {
+                Some(spare) if spare.data.capacity() >= wire.len() => spare,
+                _ => {
+                    let entries = (self.chunk_bytes / 64).max(4);
+                    Chunk {
+                        lsns: Vec::with_capacity(entries),
+                        ends: Vec::with_capacity(entries),
+                        data: Vec::with_capacity(self.chunk_bytes.max(wire.len())),
+                    }
+                }
             };
             self.bytes += chunk.heap_bytes();
             self.chunks.push_back(chunk);
@@ -70,8 +78,14 @@ impl RecentEntries {
         chunk.ends.push(chunk.data.len() as u32);
         self.bytes = self.bytes - before + chunk.heap_bytes();
         while self.bytes > self.bytes_max && self.chunks.len() > 1 {
-            let old = self.chunks.pop_front().expect("more than one");
+            let mut old = self.chunks.pop_front().expect("more than one");
             self.bytes -= old.heap_bytes();
+            if old.data.capacity() == self.chunk_bytes {
+                old.lsns.clear();
+                old.ends.clear();
+                old.data.clear();
+                self.spare = Some(old);
+            }
         }
     }
 
@@ -94,9 +108,9 @@ impl RecentEntries {
         Some(&chunk.data[start..chunk.ends[i] as usize])
     }
 
-    /// Heap bytes held.
+    /// Heap bytes held (the bound, plus one spare chunk).
     pub fn heap_bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.spare.as_ref().map_or(0, Chunk::heap_bytes)
     }
 }
 
@@ -110,7 +124,7 @@ mod tests {
         for lsn in 1..=200u64 {
             r.push(lsn * 2, &[lsn as u8; 40]);
         }
-        assert!(r.heap_bytes() <= 4096 + 256 + 64 * 12, "bounded ({})", r.heap_bytes());
+        assert!(r.heap_bytes() <= 4096 + 2 * (256 + 64 * 12), "bounded ({})", r.heap_bytes());
         let first = r.first_lsn().expect("something held");
         assert!(first > 2, "the oldest chunks went");
         assert!(r.evicted(first - 2) && !r.evicted(first));

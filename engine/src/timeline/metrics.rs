@@ -23,6 +23,7 @@ pub struct TimelineMetrics {
     pub fanout_pending: AtomicU64,
     pub fanout_pending_bytes: AtomicU64,
     pub sync_reads: AtomicU64,
+    pub recent_bytes: AtomicU64,
     pub refused_busy_total: AtomicU64,
 }
 
@@ -42,6 +43,7 @@ impl TimelineMetrics {
         self.fanout_pending.store(s.pending, Relaxed);
         self.fanout_pending_bytes.store(s.fanout_pending_bytes, Relaxed);
         self.sync_reads.store(s.sync_reads, Relaxed);
+        self.recent_bytes.store(s.recent_bytes, Relaxed);
         self.refused_busy_total.store(s.refused_busy, Relaxed);
     }
 }
@@ -49,7 +51,7 @@ impl TimelineMetrics {
 /// Renders every core's timeline block.
 pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
     type Getter = fn(&TimelineMetrics) -> &AtomicU64;
-    const FAMILIES: [(&str, &str, &str, Getter); 14] = [
+    const FAMILIES: [(&str, &str, &str, Getter); 15] = [
         ("redrain_timeline_sends_total", "counter", "Sends acknowledged to their sender (SendOk).", |m| {
             &m.sends_acked_total
         }),
@@ -90,6 +92,12 @@ pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
             "gauge",
             "Syncs reading older entries from the log (bound: timeline.sync_reads_max).",
             |m| &m.sync_reads,
+        ),
+        (
+            "redrain_timeline_recent_bytes",
+            "gauge",
+            "Bytes of the newest durable entries held in memory (bound: timeline.recent_bytes_max).",
+            |m| &m.recent_bytes,
         ),
         (
             "redrain_timeline_refused_busy_total",

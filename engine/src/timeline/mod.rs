@@ -381,6 +381,7 @@ pub struct TimelineStats {
     pub fanout_pending_bytes: u64,
     /// Syncs reading older entries from the log now.
     pub sync_reads: u64,
+    pub recent_bytes: u64,
     /// Sends and syncs refused Busy by `fanout_pending_bytes_max` / `sync_reads_max`.
     pub refused_busy: u64,
 }
@@ -1328,6 +1329,7 @@ impl Timelines {
         self.stats.pending = (self.pending.len() + self.waiting.len() + self.fanouts.len()) as u64;
         self.stats.fanout_pending_bytes = self.fanout_bytes_in_flight as u64;
         self.stats.sync_reads = self.sync_reads.len() as u64;
+        self.stats.recent_bytes = self.recent.heap_bytes() as u64;
     }
 
     /// Takes the outputs so far; first turns moved seqs into one Notify per device.

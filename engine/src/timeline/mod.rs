@@ -1440,6 +1440,15 @@ impl Timelines {
         self.recent.heap_bytes()
     }
 
+    /// Heap bytes of the idempotency tables (client message ids of sends, and of
+    /// deliveries per recipient), an estimate from their capacities.
+    pub fn dedup_bytes(&self) -> usize {
+        self.sent.capacity() * (std::mem::size_of::<((u64, u64), Sent)>() + 1)
+            + self.sent_order.capacity() * std::mem::size_of::<(u64, u64)>()
+            + self.delivered.capacity() * (std::mem::size_of::<((u64, u64, u64), u64)>() + 1)
+            + self.delivered_order.capacity() * std::mem::size_of::<(u64, u64, u64)>()
+    }
+
     /// Heap bytes of the inboxes themselves (pending entries and indexes).
     pub fn inbox_index_bytes(&self) -> usize {
         self.inboxes.values().map(Inbox::heap_bytes).sum::<usize>()

@@ -268,6 +268,9 @@ impl Core {
             let first_lsn = self.timeline_storage.get().map_or(0, |t| t.log().first_lsn());
             state.timelines_mut().on_tick(clock, first_lsn);
             self.metrics().timeline.set(&state.timelines().stats);
+            if let Some(t) = self.timeline_storage.get() {
+                self.metrics().timeline.set_log(&t.log().stats(), t.log().pending_appends());
+            }
             let m = &self.metrics().rain;
             m.opened_packets.store(state.opened_len() as u64, Ordering::Relaxed);
             m.opens_pending.store(state.pending_len() as u64, Ordering::Relaxed);

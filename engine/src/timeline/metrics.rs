@@ -24,10 +24,22 @@ pub struct TimelineMetrics {
     pub fanout_pending_bytes: AtomicU64,
     pub sync_reads: AtomicU64,
     pub recent_bytes: AtomicU64,
+    pub log_commits_total: AtomicU64,
+    pub log_records_total: AtomicU64,
+    pub log_bytes_total: AtomicU64,
+    pub log_pending_appends: AtomicU64,
     pub refused_busy_total: AtomicU64,
 }
 
 impl TimelineMetrics {
+    /// Copies the figures of the core's timeline log (called by the core itself).
+    pub fn set_log(&self, stats: &redrain_storage::LogStats, pending_appends: usize) {
+        self.log_commits_total.store(stats.commits_total, Relaxed);
+        self.log_records_total.store(stats.records_total, Relaxed);
+        self.log_bytes_total.store(stats.bytes_total, Relaxed);
+        self.log_pending_appends.store(pending_appends as u64, Relaxed);
+    }
+
     /// Copies the core's figures (called by the core itself).
     pub fn set(&self, s: &TimelineStats) {
         self.sends_acked_total.store(s.sends_acked, Relaxed);
@@ -51,7 +63,7 @@ impl TimelineMetrics {
 /// Renders every core's timeline block.
 pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
     type Getter = fn(&TimelineMetrics) -> &AtomicU64;
-    const FAMILIES: [(&str, &str, &str, Getter); 15] = [
+    const FAMILIES: [(&str, &str, &str, Getter); 19] = [
         ("redrain_timeline_sends_total", "counter", "Sends acknowledged to their sender (SendOk).", |m| {
             &m.sends_acked_total
         }),
@@ -98,6 +110,22 @@ pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
             "gauge",
             "Bytes of the newest durable entries held in memory (bound: timeline.recent_bytes_max).",
             |m| &m.recent_bytes,
+        ),
+        (
+            "redrain_timeline_log_commits_total",
+            "counter",
+            "Group commits of the timeline log (one write and one fdatasync each).",
+            |m| &m.log_commits_total,
+        ),
+        ("redrain_timeline_log_records_total", "counter", "Records made durable in the timeline log.", |m| {
+            &m.log_records_total
+        }),
+        ("redrain_timeline_log_bytes_total", "counter", "Bytes written to the timeline log.", |m| &m.log_bytes_total),
+        (
+            "redrain_timeline_log_pending_appends",
+            "gauge",
+            "Appends waiting for their group commit in the timeline log.",
+            |m| &m.log_pending_appends,
         ),
         (
             "redrain_timeline_refused_busy_total",

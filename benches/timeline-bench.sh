@@ -65,6 +65,7 @@ for run in $RUNS; do
     case $run in
     one_to_one) throughput one_to_one --connections 2000 --in-flight 4 --sync-every 0 ;;
     group100) throughput group100 --connections 1000 --groups 10 --group-size 100 --in-flight 1 ;;
+    group100x2) throughput group100x2 --connections 1000 --groups 10 --group-size 100 --in-flight 2 ;;
     group500) throughput group500 --connections 1000 --groups 2 --group-size 500 --in-flight 1 ;;
     memory)
         # 10,000 users in 1,000 groups of 10 (each member sends ~5 messages: ~50 entries per

@@ -21,7 +21,7 @@ const RETRY_PIPELINE: usize = 256;
 
 fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("timeline.toml");
-    std::fs::write(&path, "[timeline]\nsends_per_user_per_s = 100000\n").unwrap();
+    std::fs::write(&path, "messages_per_user_per_s = 100000\nsyncs_per_user_per_s = 100000\n").unwrap();
     path
 }
 

@@ -3,11 +3,11 @@
 //! the cores, and devices that connect, disconnect, send, retry and sync at random.
 
 use rand::{Rng, SeedableRng};
+use redrain_engine::overload::rates::RateConfig;
 use redrain_engine::shard::handoff::home_core;
 use redrain_engine::shard::output::ConnOutput;
 use redrain_engine::shard::state::{Caller, Clock, ConnAnswers, Handled};
 use redrain_engine::timeline::records::KIND_ENTRY;
-use redrain_engine::overload::rates::RateConfig;
 use redrain_engine::timeline::{
     fanout_bytes, group_home_core, TimelineConfig, TimelineOutput, Timelines, UserRateLimits,
 };
@@ -442,7 +442,14 @@ impl Sim {
         let state: Vec<_> = self
             .devices
             .iter()
-            .map(|d| (d.user, d.syncing, d.since_seq, self.cores[home_core(d.user, CORES)].inbox(d.user).map(|i| i.latest_seq())))
+            .map(|d| {
+                (
+                    d.user,
+                    d.syncing,
+                    d.since_seq,
+                    self.cores[home_core(d.user, CORES)].inbox(d.user).map(|i| i.latest_seq()),
+                )
+            })
             .collect();
         panic!("devices never caught up: {state:?} errors {:?}", self.errors);
     }
@@ -850,10 +857,8 @@ fn entries_stored(sim: &Sim) -> usize {
 
 #[test]
 fn sends_and_read_markers_share_the_message_bucket_and_a_refusal_stores_nothing() {
-    let rates = UserRateLimits {
-        messages: RateConfig { per_s: 2, burst: 3, users_max: 100 },
-        syncs: generous_rates().syncs,
-    };
+    let rates =
+        UserRateLimits { messages: RateConfig { per_s: 2, burst: 3, users_max: 100 }, syncs: generous_rates().syncs };
     let mut sim = Sim::with_rates(31, 2, 1, config(), rates);
     sim.connect(0);
     sim.connect(1);

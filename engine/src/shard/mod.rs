@@ -405,7 +405,6 @@ impl Core {
         }
     }
 
-
     pub fn metrics(&self) -> &CoreMetrics {
         &self.node.metrics[self.id]
     }

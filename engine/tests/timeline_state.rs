@@ -223,6 +223,9 @@ impl Sim {
         loop {
             let mut progressed = false;
             for core in 0..CORES {
+                // Each round is one housekeeping tick (refused answers are pushed again).
+                let clock = self.clock();
+                self.cores[core].on_tick(clock, 0);
                 let mut outs = Vec::new();
                 self.cores[core].drain(&mut outs);
                 let (count, refused_before) = (outs.len() as u64, self.mails_refused);

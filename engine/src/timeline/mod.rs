@@ -467,9 +467,12 @@ pub struct Timelines {
     /// The configured rates (the operator's switches override the sustained rates).
     rate_limits: UserRateLimits,
     /// Mail the mailbox refused that must arrive (`Delivered`, `Answer`): pushed again on
-    /// every drain, oldest first. While it holds `mail_outbox_max` or more, new work is
-    /// refused Busy (see [`Timelines::on_mail_refused`]).
+    /// the first drain after each housekeeping tick. While it holds `mail_outbox_max` or
+    /// more, new work is refused Busy (see [`Timelines::on_mail_refused`]).
     outbox: VecDeque<(usize, TimelineMail)>,
+    /// Set by the tick: the next drain pushes the outbox again. Retrying on every drain
+    /// instead costs the whole outbox per dispatch while the queue stays full.
+    outbox_retry_due: bool,
     last_message_id: u64,
     next_token: u64,
     rng: rand_chacha::ChaCha8Rng,
@@ -525,6 +528,7 @@ impl Timelines {
             sync_rates: UserRates::new(UserRateLimits::default().syncs),
             rate_limits: UserRateLimits::default(),
             outbox: VecDeque::new(),
+            outbox_retry_due: false,
             last_message_id: 0,
             next_token: TOKEN_BASE,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ core as u64),
@@ -1379,9 +1383,9 @@ impl Timelines {
     /// Mail for core `to` that could not be sent (the queue was full). A request going out
     /// (`Deliver`, `Group`) fails Busy before anything is stored (a retried send is
     /// idempotent). An answer coming back (`Delivered`, `Answer`) reports work already
-    /// written, so it is never dropped: it waits in the outbox and is pushed again on the
-    /// next drain (every dispatch, at the latest the next housekeeping tick), until the
-    /// coordinator's fan-out finishes and returns its bytes.
+    /// written, so it is never dropped: it waits in the outbox and is pushed again after
+    /// the next housekeeping tick (100 ms), until the coordinator's fan-out finishes and
+    /// returns its bytes.
     pub fn on_mail_refused(&mut self, to: usize, mail: TimelineMail) {
         match mail {
             TimelineMail::Deliver { coordinator, .. } => self.report_delivered(coordinator, false, Vec::new()),
@@ -1417,12 +1421,13 @@ impl Timelines {
         self.stats.fanout_pending_bytes = self.fanout_bytes_in_flight as u64;
         self.stats.sync_reads = self.sync_reads.len() as u64;
         self.stats.mail_outbox = self.outbox.len() as u64;
+        self.outbox_retry_due = true;
     }
 
     /// Takes the outputs so far; first turns moved seqs into one Notify per device.
     pub fn drain(&mut self, into: &mut Vec<TimelineOutput>) {
         // Answers a full mailbox refused go first, ahead of newer mail to the same core.
-        if !self.outbox.is_empty() {
+        if std::mem::take(&mut self.outbox_retry_due) && !self.outbox.is_empty() {
             self.stats.mail_retried += self.outbox.len() as u64;
             into.extend(self.outbox.drain(..).map(|(core, mail)| TimelineOutput::Mail { core, mail }));
         }

@@ -1032,3 +1032,36 @@ fn while_the_outbox_holds_mail_outbox_max_answers_new_sends_are_refused_busy_and
     sim.drain_and_sync_all();
     sim.check_exactly_once();
 }
+
+#[test]
+fn sends_whose_deliveries_a_full_mailbox_refused_fail_and_every_acknowledged_message_arrives_exactly_once() {
+    let mut sim = Sim::new(41, 12, 1);
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    let g = sim.create_group(0, &[2, 3, 4, 5, 6, 7, 8, 9]);
+    sim.mail_capacity_into = [Some(1); CORES];
+    let mut cmid = 0;
+    for _ in 0..5 {
+        for d in 0..sim.devices.len() {
+            let user = sim.devices[d].user;
+            cmid += 1;
+            sim.send(d, TARGET_USER, user % 12 + 1, cmid, b"m");
+            if user <= 9 {
+                cmid += 1;
+                sim.send(d, TARGET_GROUP, g, cmid, b"g");
+            }
+        }
+        sim.pump(false);
+    }
+    sim.pump(true);
+    // Refused deliveries and group requests fail their sends (Busy, Internal); the rest
+    // are acknowledged, and nothing is left in flight.
+    assert!(sim.mails_refused > 0 && !sim.errors.is_empty() && !sim.acked.is_empty());
+    for core in &sim.cores {
+        assert_eq!(core.fanout_pending_bytes(), 0);
+    }
+    sim.mail_capacity_into = [None; CORES];
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
+}

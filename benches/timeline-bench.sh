@@ -16,7 +16,8 @@ RUNS=${RUNS:-"one_to_one group100 group500 memory"}
 WORK=$(mktemp -d /tmp/redrain-timeline-bench.XXXXXX)
 NODE=""
 trap '[ -n "$NODE" ] && kill "$NODE" 2>/dev/null; rm -rf "$WORK/data"' EXIT
-printf '[timeline]\nsends_per_user_per_s = 1000000\n' > "$WORK/timeline.toml"
+# The benchmark measures throughput, not the per-user limiter: set the rates it needs.
+printf 'messages_per_user_per_s = 1000000\nmessages_per_user_burst = 1000000\nsyncs_per_user_per_s = 1000000\nsyncs_per_user_burst = 1000000\n' > "$WORK/timeline.toml"
 
 metric() { # sum of a metric over its series
     curl -s "127.0.0.1:$ADMIN/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f\n", s }'

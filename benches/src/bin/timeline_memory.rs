@@ -13,9 +13,10 @@
 //! idempotency tables and the maps that hold them.
 
 use clap::Parser;
+use redrain_engine::overload::rates::RateConfig;
 use redrain_engine::shard::output::ConnOutput;
 use redrain_engine::shard::state::{Caller, Clock, ConnAnswers};
-use redrain_engine::timeline::{TimelineConfig, TimelineOutput, Timelines};
+use redrain_engine::timeline::{TimelineConfig, TimelineOutput, Timelines, UserRateLimits};
 use redrain_net::timeline::{TimelineRequest, CONTENT_TEXT, TARGET_USER};
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -56,9 +57,11 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let config = TimelineConfig { sends_per_user_per_s: u32::MAX, ..TimelineConfig::default() };
     let before = LIVE_BYTES.load(Relaxed);
-    let mut t = Timelines::new(0, 1, 1, config, 7);
+    let mut t = Timelines::new(0, 1, 1, TimelineConfig::default(), 7);
+    // Rates that never refuse (this measures memory, not the limiter).
+    let rate = RateConfig { per_s: u32::MAX, burst: u32::MAX, users_max: args.users as usize + 1 };
+    t.set_rate_limits(UserRateLimits { messages: rate, syncs: rate });
     let mut lsn = 0u64;
     let mut outs = Vec::new();
     let mut held = ConnOutput::default();

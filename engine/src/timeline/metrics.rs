@@ -29,6 +29,12 @@ pub struct TimelineMetrics {
     pub log_bytes_total: AtomicU64,
     pub log_pending_appends: AtomicU64,
     pub refused_busy_total: AtomicU64,
+    // Limits and flow control.
+    pub rate_limited_messages_total: AtomicU64,
+    pub rate_limited_syncs_total: AtomicU64,
+    pub mail_retried_total: AtomicU64,
+    pub mail_outbox: AtomicU64,
+    pub refused_outbox_full_total: AtomicU64,
 }
 
 impl TimelineMetrics {
@@ -57,6 +63,11 @@ impl TimelineMetrics {
         self.sync_reads.store(s.sync_reads, Relaxed);
         self.recent_bytes.store(s.recent_bytes, Relaxed);
         self.refused_busy_total.store(s.refused_busy, Relaxed);
+        self.rate_limited_messages_total.store(s.rate_limited_messages, Relaxed);
+        self.rate_limited_syncs_total.store(s.rate_limited_syncs, Relaxed);
+        self.mail_retried_total.store(s.mail_retried, Relaxed);
+        self.mail_outbox.store(s.mail_outbox, Relaxed);
+        self.refused_outbox_full_total.store(s.refused_outbox_full, Relaxed);
     }
 }
 
@@ -134,7 +145,40 @@ pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
             |m| &m.refused_busy_total,
         ),
     ];
-    for (name, kind, help, get) in FAMILIES {
+    // Limits and flow control (per-user rates, the outbox of refused cross-core answers).
+    const FLOW_FAMILIES: [(&str, &str, &str, Getter); 5] = [
+        (
+            "redrain_timeline_rate_limited_messages_total",
+            "counter",
+            "Sends, lucky packets and read markers refused by messages_per_user_per_s (RateLimited).",
+            |m| &m.rate_limited_messages_total,
+        ),
+        (
+            "redrain_timeline_rate_limited_syncs_total",
+            "counter",
+            "Syncs refused by syncs_per_user_per_s (RateLimited).",
+            |m| &m.rate_limited_syncs_total,
+        ),
+        (
+            "redrain_timeline_mail_retried_total",
+            "counter",
+            "Cross-core answers (Delivered, Answer) pushed again after a full mailbox refused them.",
+            |m| &m.mail_retried_total,
+        ),
+        (
+            "redrain_timeline_mail_outbox",
+            "gauge",
+            "Cross-core answers waiting for room in a full mailbox (bound: timeline.mail_outbox_max).",
+            |m| &m.mail_outbox,
+        ),
+        (
+            "redrain_timeline_refused_outbox_full_total",
+            "counter",
+            "New sends refused Busy while the outbox held timeline.mail_outbox_max answers.",
+            |m| &m.refused_outbox_full_total,
+        ),
+    ];
+    for (name, kind, help, get) in FAMILIES.into_iter().chain(FLOW_FAMILIES) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for (core, m) in cores.iter().enumerate() {
@@ -162,5 +206,12 @@ mod tests {
         assert!(out.contains("redrain_timeline_fanout_pending{core=\"1\"} 3\n"), "{out}");
         assert!(out.contains("redrain_timeline_fanout_pending_bytes{core=\"1\"} 4096\n"), "{out}");
         assert!(out.contains("redrain_timeline_syncs_total{core=\"0\"} 0\n"), "{out}");
+        let (c, d) = (TimelineMetrics::default(), TimelineMetrics::default());
+        d.set(&TimelineStats { rate_limited_syncs: 4, mail_outbox: 2, mail_retried: 9, ..TimelineStats::default() });
+        let mut out = String::new();
+        render(&[&c, &d], &mut out);
+        assert!(out.contains("redrain_timeline_rate_limited_syncs_total{core=\"1\"} 4\n"), "{out}");
+        assert!(out.contains("redrain_timeline_mail_outbox{core=\"1\"} 2\n"), "{out}");
+        assert!(out.contains("redrain_timeline_mail_retried_total{core=\"1\"} 9\n"), "{out}");
     }
 }

@@ -324,7 +324,7 @@ impl Timelines {
         if !self.config.retention_on() {
             return;
         }
-        let Some(wire) = self.inboxes.get(&user).and_then(|i| i.read_marker_wire(seq)) else { return };
+        let Some(wire) = self.inboxes.get(&user).and_then(|i| i.read_marker_wire(seq, &self.recent)) else { return };
         let wire: Box<[u8]> = wire.into();
         remember_marker(&mut self.retention.read_markers, user, wire, self.config.read_markers_per_user_max);
     }

@@ -1147,6 +1147,7 @@ fn sends_whose_deliveries_a_full_mailbox_refused_fail_and_every_acknowledged_mes
     sim.mail_capacity_into = [None; CORES];
     sim.drain_and_sync_all();
     sim.check_exactly_once();
+}
 
 // ---- retention and compaction (checkpoint.rs) ------------------------------------------
 

@@ -1491,7 +1491,7 @@ impl Timelines {
     }
 
     /// Housekeeping: drop index entries the log no longer holds; copy the gauges.
-    pub fn on_tick(&mut self, _clock: Clock, first_retained_lsn: u64) {
+    pub fn on_tick(&mut self, clock: Clock, first_retained_lsn: u64) {
         if first_retained_lsn > 0 {
             for inbox in self.inboxes.values_mut() {
                 inbox.forget_before(first_retained_lsn);

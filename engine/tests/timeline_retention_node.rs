@@ -23,7 +23,9 @@ fn start(dir: tempfile::TempDir) -> Node {
     std::fs::write(
         &path,
         format!(
-            "[timeline]\nsends_per_user_per_s = 1000000\nsegment_bytes = {SEGMENT_BYTES}\n\
+            "messages_per_user_per_s = 1000000\nmessages_per_user_burst = 1000000\n\
+             syncs_per_user_per_s = 1000000\nsyncs_per_user_burst = 1000000\n\
+             [timeline]\nsegment_bytes = {SEGMENT_BYTES}\n\
              retention_bytes_max = {RETENTION_BYTES_MAX}\ncheckpoint_interval_s = 1\n"
         ),
     )

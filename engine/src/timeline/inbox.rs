@@ -83,6 +83,18 @@ impl Inbox {
         self.recent.remove(at).map(|e| (e.from, e.client_msg_id))
     }
 
+    /// Removes entry `seq` wherever it is (memory or index): at start, an entry stored
+    /// again later (its first record failed, yet was durable) gives way to the later one.
+    pub fn forget(&mut self, seq: u64) -> bool {
+        if let Some(at) = self.recent.iter().position(|e| e.seq == seq) {
+            return self.recent.remove(at).is_some();
+        }
+        match self.older.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(at) => self.older.remove(at).is_some(),
+            Err(_) => false,
+        }
+    }
+
     /// An entry found in the log at start.
     pub fn recover(&mut self, seq: u64, from: u64, client_msg_id: u64, wire: &[u8], lsn: u64, config: &TimelineConfig) {
         if seq <= self.committed {

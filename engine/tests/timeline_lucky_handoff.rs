@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Node;
+use common::{Node, Replica};
 use redrain_engine::shard::handoff::home_core;
 use redrain_engine::tickets::reconcile::{OpenedKind, OpenedRecord};
 use redrain_net::client::{BlockingClient, ClientError};
@@ -45,7 +45,8 @@ fn call(c: &mut BlockingClient, request: &Request<'_>) -> Result<redrain_net::cl
 fn create_group(c: &mut BlockingClient, members: &[u64]) -> u64 {
     let mut list = Vec::new();
     U64List::write(members, &mut list);
-    let f = call(c, &Request::Timeline(TimelineRequest::GroupCreate { members: U64List::from_bytes(&list[2..]) })).unwrap();
+    let f =
+        call(c, &Request::Timeline(TimelineRequest::GroupCreate { members: U64List::from_bytes(&list[2..]) })).unwrap();
     let Response::Timeline(TimelineResponse::GroupCreateOk { group_id, .. }) = f.parse().unwrap() else {
         panic!("{:?}", f.parse())
     };
@@ -74,7 +75,8 @@ fn send_lucky(c: &mut BlockingClient, group: u64, count: u16) -> u64 {
 
 fn open(node: &Node, user: u64, group: u64, packet: u64) -> u32 {
     let mut c = node.login(user, 1);
-    let f = call(&mut c, &Request::Timeline(TimelineRequest::LuckyOpen { group_id: group, packet_id: packet })).unwrap();
+    let f =
+        call(&mut c, &Request::Timeline(TimelineRequest::LuckyOpen { group_id: group, packet_id: packet })).unwrap();
     let Response::Timeline(TimelineResponse::LuckyOpenOk { amount_fen, .. }) = f.parse().unwrap() else {
         panic!("open of {user}: {:?}", f.parse())
     };
@@ -84,9 +86,7 @@ fn open(node: &Node, user: u64, group: u64, packet: u64) -> u32 {
 /// Every line of the lucky files in the node's hand-off directory.
 fn lucky_lines(data: &std::path::Path) -> Vec<OpenedRecord> {
     let dir = data.join("handoff");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
     files.sort();
     files
         .iter()
@@ -173,4 +173,74 @@ fn lucky_shares_from_both_cores_reach_the_file_sink_once_across_a_kill_9_and_sum
     for (_, packet, _) in &packets {
         assert_eq!(sums[packet], u64::from(TOTAL_FEN), "packet {packet}: the shares sum to the total");
     }
+}
+
+#[test]
+fn with_both_peers_away_a_lucky_open_is_refused_and_its_retry_gets_the_same_share_handed_over_once() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Replica::start(&root.path().join("park-a"), "127.0.0.1:0");
+    let b = Replica::start(&root.path().join("park-b"), "127.0.0.1:0");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("timeline.toml");
+    std::fs::write(&config, "[timeline]\nsends_per_user_per_s = 100000\n").unwrap();
+    let peers = format!("{},{}", a.addr, b.addr);
+    let node_args = [
+        "--cores",
+        "2",
+        "--config",
+        config.to_str().unwrap(),
+        "--opens-replica-peers",
+        &peers,
+        "--opens-replica-commit-timeout-ms",
+        "1000",
+    ];
+    let node = Node::start_in(dir, &node_args);
+    let members: Vec<u64> = (200..208).collect();
+    let mut c = node.login(1, 1);
+    let group = create_group(&mut c, &members);
+    let count = members.len() as u16 + 1;
+    let packet = send_lucky(&mut c, group, count);
+    let mut got: HashMap<u64, u32> = HashMap::new();
+    got.insert(1, open(&node, 1, group, packet));
+    // Both peers away: the share cannot reach a second copy, so it is not acknowledged.
+    let a_addr = a.addr.to_string();
+    drop(a);
+    drop(b);
+    let user = members[0];
+    let mut m = node.login(user, 1);
+    let request = Request::Timeline(TimelineRequest::LuckyOpen { group_id: group, packet_id: packet });
+    match call(&mut m, &request) {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, redrain_net::ErrorCode::Internal.as_u16()),
+        other => panic!("an open without a second copy was answered {other:?}"),
+    }
+    // A peer returns (same address and data): the retry answers a share. Its first record
+    // is durable locally (and ships now), so the retry writes the same share again.
+    let _a = Replica::start(&root.path().join("park-a"), &a_addr);
+    let until = Instant::now() + Duration::from_secs(30);
+    let amount = loop {
+        match call(&mut m, &request) {
+            Ok(f) => {
+                let Response::Timeline(TimelineResponse::LuckyOpenOk { amount_fen, .. }) = f.parse().unwrap() else {
+                    panic!("{:?}", f.parse())
+                };
+                break amount_fen;
+            }
+            Err(ClientError::Server { .. }) => {
+                assert!(Instant::now() < until, "the open was not answered after a peer returned");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    got.insert(user, amount);
+    for &u in &members[1..] {
+        got.insert(u, open(&node, u, group, packet));
+    }
+    let lines = wait_lines(&node.data_dir(), usize::from(count));
+    let mut seen = std::collections::HashSet::new();
+    for line in &lines {
+        assert!(seen.insert(line.user_id), "share of {} handed over twice", line.user_id);
+        assert_eq!(Some(&line.amount_fen), got.get(&line.user_id), "the amount the user was told");
+    }
+    assert_eq!(lines.iter().map(|l| u64::from(l.amount_fen)).sum::<u64>(), u64::from(TOTAL_FEN));
 }

@@ -45,7 +45,11 @@ start_replicas() {
     PEER_ARGS=(--opens-replica-peers "$peers")
 }
 
-stop_replicas() { for r in $REPLICAS; do kill "$r" 2>/dev/null; wait "$r" 2>/dev/null || true; done; REPLICAS=""; }
+stop_replicas() {
+    [ -n "$REPLICAS" ] && echo "replicas hold: $(for p in $REPLICA_PORTS; do du -sm "$WORK/park-$p" | cut -f1; done | paste -sd/) MiB;" \
+        "node log: $(grep -c 'catch-up\|peer' "$WORK/node.log" || true) peer lines"
+    for r in $REPLICAS; do kill "$r" 2>/dev/null; wait "$r" 2>/dev/null || true; done; REPLICAS=""
+}
 
 start_node() {
     rm -rf "$WORK/data"

@@ -10,8 +10,8 @@
 //! The same loop drains a core's timeline log for lucky packet shares
 //! ([`HandoffSource::Lucky`], [`run_lucky`]) into a sink of their own.
 
-use super::metrics::HandoffMetrics;
 use super::lucky::{ShareSkip, SharesSeen};
+use super::metrics::HandoffMetrics;
 use super::{ConsumerBounds, CoreSink, HandoffError, HandoffRecord, HandoffSource};
 use crate::rain::records::{OpenRecord, KIND_OPENED};
 use crate::shard::Core;

@@ -22,8 +22,8 @@
 
 use super::position::Position;
 use super::HandoffError;
-use crate::config::Config;
 use super::HandoffRecord;
+use crate::config::Config;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,8 @@
 //! line they become, and the memory of shares already read, so a share recorded twice (a
 //! retry after a failed but durable append, same amount) is handed over once.
 
-use crate::timeline::records::{LuckyOpened, KIND_LUCKY_OPENED};
 use crate::tickets::reconcile::{OpenedKind, OpenedRecord};
+use crate::timeline::records::{LuckyOpened, KIND_LUCKY_OPENED};
 use std::collections::{HashSet, VecDeque};
 
 /// One durable share of a lucky packet, with where it was recorded.

@@ -76,9 +76,12 @@ pub fn render_lucky(cores: &[&HandoffMetrics], out: &mut String) {
         ("redrain_handoff_lucky_acknowledged_lsn", "gauge", "Last timeline LSN the lucky sink acknowledged.", |m| {
             m.acknowledged_lsn.load(Relaxed)
         }),
-        ("redrain_handoff_lucky_behind_records", "gauge", "Durable timeline records the lucky consumer has not passed.", |m| {
-            m.depth()
-        }),
+        (
+            "redrain_handoff_lucky_behind_records",
+            "gauge",
+            "Durable timeline records the lucky consumer has not passed.",
+            |m| m.depth(),
+        ),
         ("redrain_handoff_lucky_sink_errors_total", "counter", "Failed lucky delivery attempts.", |m| {
             m.sink_errors_total.load(Relaxed)
         }),

@@ -18,9 +18,9 @@
 //! itself and the consumer counts retries.
 
 use super::position::Position;
+use super::HandoffRecord;
 use super::{ConsumerBounds, HandoffError};
 use crate::config::Config;
-use super::HandoffRecord;
 use async_nats::jetstream;
 use crossbeam_queue::ArrayQueue;
 use std::path::{Path, PathBuf};

@@ -244,3 +244,72 @@ fn with_both_peers_away_a_lucky_open_is_refused_and_its_retry_gets_the_same_shar
     }
     assert_eq!(lines.iter().map(|l| u64::from(l.amount_fen)).sum::<u64>(), u64::from(TOTAL_FEN));
 }
+
+/// Every message of a JetStream stream: (Nats-Msg-Id, line).
+fn nats_lines(url: &str, stream: &str) -> Vec<(String, OpenedRecord)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        let Ok(mut stream) = js.get_stream(stream).await else { return Vec::new() };
+        let state = stream.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(message) = stream.get_raw_message(seq).await else { continue };
+            let id = message.headers.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str().to_owned();
+            out.push((id, serde_json::from_slice(&message.payload).unwrap()));
+        }
+        out
+    })
+}
+
+#[test]
+fn with_the_nats_sink_each_lucky_share_is_one_message_named_by_packet_and_user() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let store = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server (the Debian package; .ci/run installs it)");
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "nats-server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("timeline.toml");
+    std::fs::write(&config, "[timeline]\nsends_per_user_per_s = 100000\n").unwrap();
+    let args = ["--cores", "2", "--config", config.to_str().unwrap(), "--handoff-sink", "nats"];
+    let nats = ["--handoff-nats-urls", &url, "--handoff-nats-create-stream", "true"];
+    let node = Node::start_in(dir, &[&args[..], &nats[..]].concat());
+    let members: Vec<u64> = (300..306).collect();
+    let mut c = node.login(2, 1);
+    let group = create_group(&mut c, &members);
+    let count = members.len() as u16 + 1;
+    let packet = send_lucky(&mut c, group, count);
+    let mut got = HashMap::new();
+    for &user in members.iter().chain([2u64].iter()) {
+        got.insert(user, open(&node, user, group, packet));
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = nats_lines(&url, "REDRAIN_OPENS");
+        if lines.len() >= got.len() || Instant::now() > until {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(lines.len(), got.len(), "one message per share");
+    for (id, line) in &lines {
+        assert_eq!(id, &format!("lucky-{packet}-{}", line.user_id), "the de-duplication id names the share");
+        assert_eq!((line.kind, line.group_id), (OpenedKind::Lucky, Some(group)));
+        assert_eq!(Some(&line.amount_fen), got.get(&line.user_id));
+    }
+    assert_eq!(lines.iter().map(|(_, l)| u64::from(l.amount_fen)).sum::<u64>(), u64::from(TOTAL_FEN));
+    drop(node);
+    let _ = server.kill();
+    let _ = server.wait();
+}

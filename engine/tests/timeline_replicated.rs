@@ -196,3 +196,35 @@ fn a_replicated_send_is_acknowledged_on_two_copies_refused_without_a_peer_and_re
     drop(a);
     drop(b2);
 }
+
+#[test]
+fn a_node_that_lost_its_timeline_log_catches_up_from_its_peers_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Replica::start(&root.path().join("park-a"), "127.0.0.1:0");
+    let b = Replica::start(&root.path().join("park-b"), "127.0.0.1:0");
+    let (sender, recipient) = (1u64, 2u64);
+    let mut node = start(tempfile::tempdir().unwrap(), &a, &b);
+    let mut c = node.login(sender, 1);
+    let acked: Vec<u64> = (1..=10).collect();
+    for &id in &acked {
+        send(&mut c, recipient, id).unwrap();
+    }
+    let before = sync_all(&node, recipient);
+    drop(c);
+    node.stop();
+    // The disk lost every core's timeline log (the groups table is not replicated).
+    let data = node.data_dir();
+    let mut removed = 0;
+    for core in 0..CORES {
+        let log = data.join(format!("core-{core}")).join("timeline");
+        if log.exists() {
+            std::fs::remove_dir_all(&log).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, CORES, "each core had a timeline log");
+    let node = start(node.take_dir(), &a, &b);
+    let after = sync_all(&node, recipient);
+    assert_eq!(after, before, "the entries came back from the peers, with their seqs");
+    assert_eq!(after.iter().map(|(_, id)| *id).collect::<Vec<_>>(), acked);
+}

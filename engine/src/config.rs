@@ -144,9 +144,13 @@ pub struct Config {
     /// Bytes of responses one connection may have produced before they are written; the
     /// rest of its input waits until they are.
     pub conn_output_bytes_max: usize,
-    /// Messages (Send) one user may send per second (burst: the same number).
+    /// Messages one user may send per second, sustained (a token bucket shared by Send,
+    /// lucky packets and SyncAck read markers; burst: `messages_per_user_burst`). Beyond it
+    /// the request is answered RateLimited with the bucket's retry-after. Changeable at run
+    /// time: `redrain admin message-rate N`.
     pub messages_per_user_per_s: u32,
-    /// Syncs one user may make per second (burst: the same number).
+    /// Syncs one user (all its devices) may make per second, sustained (burst:
+    /// `syncs_per_user_burst`). Changeable at run time: `redrain admin sync-rate N`.
     pub syncs_per_user_per_s: u32,
     /// Hex admin token (>= 16 bytes) for the switch endpoints. When unset, a development
     /// token is created in `data_dir/admin.token` on first start.
@@ -170,6 +174,19 @@ pub struct Config {
     pub net_recv_buffer_bytes: u32,
     /// Submission queue entries of each core's network ring.
     pub net_ring_entries: u32,
+
+    // Timelines' limits and flow control (docs/operations.md, "Timeline limits").
+    /// Messages one user may send at once before `messages_per_user_per_s` paces them.
+    pub messages_per_user_burst: u32,
+    /// Syncs one user may make at once before `syncs_per_user_per_s` paces them.
+    pub syncs_per_user_burst: u32,
+    /// Users one core keeps a rate bucket for (per kind); idle users (full buckets) are
+    /// forgotten first, and beyond it a new user's request is answered Busy.
+    pub rate_users_per_core_max: usize,
+    /// Bytes of pushes (Notify) and deferred answers one connection may have waiting for
+    /// its task (a client that does not read); beyond it the connection is closed as a
+    /// slow reader (`Closing(SlowReader)`). Notifies are coalesced: only the latest waits.
+    pub conn_pushed_bytes_max: usize,
 }
 
 /// How client sockets are read (see `Config::net_driver`).
@@ -286,12 +303,16 @@ impl Default for Config {
             net_recv_buffers: 512,
             net_recv_buffer_bytes: 4096,
             net_ring_entries: 1024,
+            messages_per_user_burst: 20,
+            syncs_per_user_burst: 40,
+            rate_users_per_core_max: 200_000,
+            conn_pushed_bytes_max: 1 << 20,
             queue_delay_max_us: 50_000,
             busy_retry_after_ms: 100,
             pipelined_requests_max: 256,
             conn_output_bytes_max: 256 * 1024,
-            messages_per_user_per_s: 20,
-            syncs_per_user_per_s: 10,
+            messages_per_user_per_s: 5,
+            syncs_per_user_per_s: 20,
             admin_token_hex: None,
             admin_token_previous_hex: None,
             config_file: None,
@@ -404,6 +425,9 @@ impl Config {
         if self.messages_per_user_per_s == 0 || self.syncs_per_user_per_s == 0 {
             return invalid("messages_per_user_per_s/syncs_per_user_per_s", "must be positive");
         }
+        if let Err((field, reason)) = self.validate_timeline_flow() {
+            return invalid(field, &reason);
+        }
         for (field, token) in
             [("admin_token_hex", &self.admin_token_hex), ("admin_token_previous_hex", &self.admin_token_previous_hex)]
         {
@@ -434,6 +458,34 @@ impl Config {
             if self.handoff_nats_duplicate_window_s == 0 {
                 return invalid("handoff_nats_duplicate_window_s", "must be positive");
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The timelines' rate, push and mail bounds (their own block of rules).
+    fn validate_timeline_flow(&self) -> Result<(), (&'static str, String)> {
+        if self.timeline.sends_per_user_per_s.is_some() {
+            return Err((
+                "timeline.sends_per_user_per_s",
+                "was removed: set messages_per_user_per_s (and messages_per_user_burst) at the top level".into(),
+            ));
+        }
+        if self.messages_per_user_burst == 0 || self.syncs_per_user_burst == 0 {
+            return Err(("messages_per_user_burst/syncs_per_user_burst", "must be positive".into()));
+        }
+        if self.rate_users_per_core_max == 0 {
+            return Err(("rate_users_per_core_max", "must be positive".into()));
+        }
+        // The largest deferred answer is a full SyncOk page (its entries and a header),
+        // never more than one frame.
+        let pushed_min = (self.frame_bytes_max as usize).min(self.timeline.sync_bytes_max + 1024);
+        if !(pushed_min..=256 << 20).contains(&self.conn_pushed_bytes_max) {
+            return Err((
+                "conn_pushed_bytes_max",
+                format!("must hold one full SyncOk: within {pushed_min}..=268435456"),
+            ));
         }
         Ok(())
     }
@@ -504,5 +556,21 @@ mod tests {
         assert!(c.validate().is_err());
         let c: Config = toml::from_str("handoff_sink = \"nats\"").unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_removed_timeline_send_rate_is_a_clear_error_and_the_flow_bounds_are_checked() {
+        let field = |text: &str| match toml::from_str::<Config>(text).unwrap().validate() {
+            Err(ConfigError::Invalid { field, reason }) => (field, reason),
+            other => panic!("{text}: expected a refusal, got {other:?}"),
+        };
+        let (f, reason) = field("[timeline]\nsends_per_user_per_s = 50");
+        assert_eq!(f, "timeline.sends_per_user_per_s");
+        assert!(reason.contains("messages_per_user_per_s"), "{reason}");
+        assert_eq!(field("messages_per_user_burst = 0").0, "messages_per_user_burst/syncs_per_user_burst");
+        assert_eq!(field("rate_users_per_core_max = 0").0, "rate_users_per_core_max");
+        assert_eq!(field("conn_pushed_bytes_max = 1000").0, "conn_pushed_bytes_max");
+        let ok = "messages_per_user_per_s = 100000\nsyncs_per_user_per_s = 100000\nconn_pushed_bytes_max = 65536";
+        toml::from_str::<Config>(ok).unwrap().validate().unwrap();
     }
 }

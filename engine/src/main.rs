@@ -77,6 +77,10 @@ enum AdminCommand {
     Adopt { node: u16 },
     /// Refuse new logins and report 503 on /healthz so the balancer moves users away.
     Drain,
+    /// Set the per-user message rate (Send, lucky packets, read markers), per second.
+    MessageRate { per_s: u32 },
+    /// Set the per-user sync rate, per second.
+    SyncRate { per_s: u32 },
 }
 
 fn admin(args: AdminArgs) -> anyhow::Result<()> {
@@ -105,6 +109,8 @@ fn admin(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Whitelist { key } => ("POST", format!("/admin/whitelist/{key}")),
         AdminCommand::Adopt { node } => ("POST", format!("/admin/adopt/{node}")),
         AdminCommand::Drain => ("POST", "/admin/drain".into()),
+        AdminCommand::MessageRate { per_s } => ("POST", format!("/admin/messages_per_user_per_s/{per_s}")),
+        AdminCommand::SyncRate { per_s } => ("POST", format!("/admin/syncs_per_user_per_s/{per_s}")),
     };
     let timeout = Duration::from_secs(10);
     let mut s = std::net::TcpStream::connect_timeout(&args.admin, timeout)
@@ -308,6 +314,12 @@ struct ServeArgs {
     /// Tickets the node may issue per second, all cores [default: 200000].
     #[arg(long, env = "REDRAIN_ISSUANCE_QUOTA_PER_S")]
     issuance_quota_per_s: Option<u64>,
+    /// Messages one user may send per second, sustained [default: 5].
+    #[arg(long, env = "REDRAIN_MESSAGES_PER_USER_PER_S")]
+    messages_per_user_per_s: Option<u32>,
+    /// Syncs one user may make per second, sustained [default: 20].
+    #[arg(long, env = "REDRAIN_SYNCS_PER_USER_PER_S")]
+    syncs_per_user_per_s: Option<u32>,
     /// Records reserved per issuance-cursor record (most a crash skips per file) [default: 4096].
     #[arg(long, env = "REDRAIN_CURSOR_STEP")]
     cursor_step: Option<u64>,
@@ -425,6 +437,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shake_interval_ms,
         opens_replica_commit_timeout_ms,
         issuance_quota_per_s,
+        messages_per_user_per_s,
+        syncs_per_user_per_s,
         cursor_step,
         handoff_sink,
         handoff_batch_records_max,

@@ -126,8 +126,11 @@ pub enum CloseReason {
     HandedOff = 4,
     /// The client did not take the pending output within the write timeout.
     WriteTimeout = 5,
+    /// Pushes and deferred answers waiting for the connection passed `conn_pushed_bytes_max`.
+    SlowReader = 6,
 }
-const CLOSE_REASONS: [&str; 6] = ["peer_closed", "error_frame", "io_error", "tls_error", "handed_off", "write_timeout"];
+const CLOSE_REASONS: [&str; 7] =
+    ["peer_closed", "error_frame", "io_error", "tls_error", "handed_off", "write_timeout", "slow_reader"];
 
 /// Everything one core counts.
 #[derive(Debug, Default)]

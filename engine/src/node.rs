@@ -506,14 +506,16 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
         _ => (ShardState::new(id, node.cores, None, None), Vec::new()),
     };
     let mut state = state;
-    state.set_timelines(crate::timeline::Timelines::with_frame_limit(
+    let mut timelines = crate::timeline::Timelines::with_frame_limit(
         id,
         node.cores,
         node.config.node_id,
         node.config.timeline.clone(),
         redrain_net::time::now_unix_ms(),
         node.config.frame_bytes_max,
-    ));
+    );
+    timelines.set_rate_limits(crate::timeline::UserRateLimits::from_config(&node.config));
+    state.set_timelines(timelines);
     let core = Rc::new(Core::new(id, node.clone(), state));
     if node.config.net_driver == crate::config::NetDriver::Ring {
         let config = crate::shard::netring::NetRingConfig {

@@ -354,3 +354,68 @@ fn pipelined_requests_beyond_the_bound_are_answered_pipeline_full() {
     c.call(&Request::Open { sealed: &t2 }).expect("the refused open goes through on retry");
     assert_eq!(node.metric_sum("redrain_pipeline_full_total", &[]), 1.0);
 }
+
+/// What a send was answered.
+#[derive(Debug, PartialEq, Eq)]
+enum SendAnswer {
+    Sent,
+    Refused { code: u16, retry_after_ms: u32 },
+}
+
+/// A Send of a note to self from `c` (logged in as `user`); its answer (pushes skipped).
+fn send_to_self(c: &mut BlockingClient, user: u64, client_msg_id: u64) -> SendAnswer {
+    use redrain_net::timeline::{TimelineRequest, TimelineResponse, CONTENT_TEXT, TARGET_USER};
+    let id = c
+        .send(&Request::Timeline(TimelineRequest::Send {
+            target_kind: TARGET_USER,
+            target: user,
+            client_msg_id,
+            content_type: CONTENT_TEXT,
+            payload: b"note",
+        }))
+        .unwrap();
+    loop {
+        let f = c.recv().unwrap();
+        if f.request_id == id {
+            return match f.parse().unwrap() {
+                Response::Error { code, retry_after_ms, .. } => SendAnswer::Refused { code, retry_after_ms },
+                Response::Timeline(TimelineResponse::SendOk { .. }) => SendAnswer::Sent,
+                other => panic!("unexpected answer {other:?}"),
+            };
+        }
+    }
+}
+
+#[test]
+fn the_message_rate_switch_reaches_every_core_persists_and_a_send_beyond_it_is_rate_limited_with_its_retry_after() {
+    // With an event: the switches table lives in core 0's storage of the rain.
+    let args = ["--cores", "2", "--messages-per-user-per-s", "1000"];
+    let mut node = Node::start_env(tempfile::tempdir().unwrap(), &args, RAIN_ENV);
+    let mut c = node.login(7, 1);
+    for id in 1..=3 {
+        assert_eq!(send_to_self(&mut c, 7, id), SendAnswer::Sent, "within 1000/s");
+    }
+    assert_eq!(http(&node, "POST", "/admin/messages_per_user_per_s/0", Some(&admin_token(&node))).0, 400);
+    switch(&node, "/admin/messages_per_user_per_s/1");
+    let s = status(&node);
+    let rates = (s["messages_per_user_per_s"].as_u64(), s["configured_messages_per_user_per_s"].as_u64());
+    assert_eq!(rates, (Some(1), Some(1000)));
+    assert!(node.metrics().contains("redrain_limit{name=\"messages_per_user_per_s\"} 1\n"));
+    // 1/s with the burst scaled to one second's worth: one send, then RateLimited.
+    assert_eq!(send_to_self(&mut c, 7, 4), SendAnswer::Sent);
+    match send_to_self(&mut c, 7, 5) {
+        SendAnswer::Refused { code, retry_after_ms } => {
+            assert_eq!(code, ErrorCode::RateLimited.as_u16());
+            assert!((1..=1_000).contains(&retry_after_ms), "retry-after {retry_after_ms}");
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    // Copied into /metrics on the cores' next housekeeping tick.
+    node.wait_metric("redrain_timeline_rate_limited_messages_total", &[], 1.0);
+    // The switch is persisted: a restart keeps it.
+    drop(c);
+    node.stop();
+    let dir = node.take_dir();
+    let node = Node::start_env(dir, &args, RAIN_ENV);
+    assert_eq!(status(&node)["messages_per_user_per_s"].as_u64(), Some(1));
+}

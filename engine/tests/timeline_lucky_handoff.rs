@@ -20,9 +20,13 @@ const CORES: usize = 2;
 const MEMBERS: u64 = 16;
 const TOTAL_FEN: u32 = 88_888;
 
+/// Rates and bursts that never limit these tests.
+const RATES: &str = "messages_per_user_per_s = 100000\nmessages_per_user_burst = 100000\n\
+    syncs_per_user_per_s = 100000\nsyncs_per_user_burst = 100000\n";
+
 fn start(dir: tempfile::TempDir) -> Node {
     let config = dir.path().join("timeline.toml");
-    std::fs::write(&config, "[timeline]\nsends_per_user_per_s = 100000\n").unwrap();
+    std::fs::write(&config, RATES).unwrap();
     Node::start_in(dir, &["--cores", "2", "--config", config.to_str().unwrap()])
 }
 
@@ -182,7 +186,7 @@ fn with_both_peers_away_a_lucky_open_is_refused_and_its_retry_gets_the_same_shar
     let b = Replica::start(&root.path().join("park-b"), "127.0.0.1:0");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("timeline.toml");
-    std::fs::write(&config, "[timeline]\nsends_per_user_per_s = 100000\n").unwrap();
+    std::fs::write(&config, RATES).unwrap();
     let peers = format!("{},{}", a.addr, b.addr);
     let node_args = [
         "--cores",
@@ -281,7 +285,7 @@ fn with_the_nats_sink_each_lucky_share_is_one_message_named_by_packet_and_user()
     let url = format!("nats://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("timeline.toml");
-    std::fs::write(&config, "[timeline]\nsends_per_user_per_s = 100000\n").unwrap();
+    std::fs::write(&config, RATES).unwrap();
     let args = ["--cores", "2", "--config", config.to_str().unwrap(), "--handoff-sink", "nats"];
     let nats = ["--handoff-nats-urls", &url, "--handoff-nats-create-stream", "true"];
     let node = Node::start_in(dir, &[&args[..], &nats[..]].concat());

@@ -20,9 +20,13 @@ const CORES: usize = 2;
 /// Longest a replicated append waits for a peer's copy (the node's flag).
 const COMMIT_TIMEOUT_MS: &str = "1000";
 
+/// Rates and bursts that never limit these tests.
+const RATES: &str = "messages_per_user_per_s = 100000\nmessages_per_user_burst = 100000\n\
+    syncs_per_user_per_s = 100000\nsyncs_per_user_burst = 100000\n";
+
 fn start(dir: tempfile::TempDir, a: &Replica, b: &Replica) -> Node {
     let config = dir.path().join("timeline.toml");
-    std::fs::write(&config, "[timeline]\nsends_per_user_per_s = 100000\n").unwrap();
+    std::fs::write(&config, RATES).unwrap();
     let peers = format!("{},{}", a.addr, b.addr);
     Node::start_in(
         dir,

@@ -3,11 +3,14 @@
 //! the cores, and devices that connect, disconnect, send, retry and sync at random.
 
 use rand::{Rng, SeedableRng};
+use redrain_engine::overload::rates::RateConfig;
 use redrain_engine::shard::handoff::home_core;
 use redrain_engine::shard::output::ConnOutput;
 use redrain_engine::shard::state::{Caller, Clock, ConnAnswers, Handled};
 use redrain_engine::timeline::records::KIND_ENTRY;
-use redrain_engine::timeline::{fanout_bytes, group_home_core, TimelineConfig, TimelineOutput, Timelines};
+use redrain_engine::timeline::{
+    fanout_bytes, group_home_core, TimelineConfig, TimelineOutput, Timelines, UserRateLimits,
+};
 use redrain_net::client::ClientCodec;
 use redrain_net::message::Response;
 use redrain_net::timeline::{
@@ -30,6 +33,8 @@ struct Device {
     seen: HashMap<u64, u32>,
     last_seq: u64,
     notified: u64,
+    /// latest_seq of the last Sync answer that was complete (`more` = 0).
+    known_latest: u64,
     /// request id -> what it was.
     asked: HashMap<u32, Asked>,
     next_rid: u32,
@@ -74,10 +79,32 @@ struct Sim {
     errors: Vec<u16>,
     /// retry_after_ms of every error answer, in order.
     retry_after_ms: Vec<u32>,
+    /// Devices sync when notified (a test of the pushes themselves turns it off).
+    sync_on_notify: bool,
+    /// Notify pushes received, per device.
+    notifies: Vec<u32>,
+    /// Capacity of the mailbox into each core within one round (None: unbounded); mail
+    /// beyond it is handed back to its sender as the real queues do.
+    mail_capacity_into: [Option<usize>; CORES],
+    mails_refused: u64,
+    rates: UserRateLimits,
 }
 
 fn config() -> TimelineConfig {
-    TimelineConfig { inbox_memory_entries: 8, seq_step: 7, sends_per_user_per_s: 1_000, ..TimelineConfig::default() }
+    // The smallest memory of recent entries: syncs often read the log.
+    TimelineConfig { recent_bytes_max: 4096, seq_step: 7, ..TimelineConfig::default() }
+}
+
+/// Rates that never refuse in these tests (they measure other bounds).
+fn generous_rates() -> UserRateLimits {
+    let rate = RateConfig { per_s: 1_000_000, burst: 1_000_000, users_max: 1_000 };
+    UserRateLimits { messages: rate, syncs: rate }
+}
+
+fn timelines(core: usize, config: TimelineConfig, seed: u64, rates: UserRateLimits) -> Timelines {
+    let mut t = Timelines::new(core, CORES, 1, config, seed);
+    t.set_rate_limits(rates);
+    t
 }
 
 impl Sim {
@@ -86,6 +113,16 @@ impl Sim {
     }
 
     fn with_config(seed: u64, users: u64, devices_per_user: usize, config: TimelineConfig) -> Self {
+        Self::with_rates(seed, users, devices_per_user, config, generous_rates())
+    }
+
+    fn with_rates(
+        seed: u64,
+        users: u64,
+        devices_per_user: usize,
+        config: TimelineConfig,
+        rates: UserRateLimits,
+    ) -> Self {
         let mut devices = Vec::new();
         for user in 1..=users {
             for _ in 0..devices_per_user {
@@ -98,6 +135,7 @@ impl Sim {
                     seen: HashMap::new(),
                     last_seq: 0,
                     notified: 0,
+                    known_latest: 0,
                     asked: HashMap::new(),
                     next_rid: 1,
                     syncing: false,
@@ -105,7 +143,7 @@ impl Sim {
             }
         }
         Sim {
-            cores: (0..CORES).map(|c| Timelines::new(c, CORES, 1, config.clone(), seed)).collect(),
+            cores: (0..CORES).map(|c| timelines(c, config.clone(), seed, rates)).collect(),
             disks: (0..CORES).map(|_| Disk { next_lsn: 1, ..Disk::default() }).collect(),
             groups_table: vec![BTreeMap::new(); CORES],
             mail: VecDeque::new(),
@@ -122,6 +160,11 @@ impl Sim {
             group_results: Vec::new(),
             errors: Vec::new(),
             retry_after_ms: Vec::new(),
+            sync_on_notify: true,
+            notifies: vec![0; users as usize * devices_per_user],
+            mail_capacity_into: [None; CORES],
+            mails_refused: 0,
+            rates,
         }
     }
 
@@ -176,26 +219,38 @@ impl Sim {
         self.request(d, req, Asked::Send { client_msg_id });
     }
 
-    fn sync(&mut self, d: usize) {
+    /// Asks for the next page unless a Sync is in flight; true when it asked.
+    fn sync(&mut self, d: usize) -> bool {
         if self.devices[d].syncing || self.devices[d].conn.is_none() {
-            return;
+            return false;
         }
         self.devices[d].syncing = true;
         let since_seq = self.devices[d].since_seq;
         self.request(d, TimelineRequest::Sync { since_seq, limit: 5 }, Asked::Sync);
+        true
     }
 
     /// Runs outputs, mail and (some) disk completions until `steps` rounds passed.
     fn pump(&mut self, commit_all: bool) {
-        loop {
+        for round in 0.. {
+            assert!(
+                round < 100_000,
+                "pump never settles: {:?}",
+                self.devices.iter().map(|d| (d.user, d.since_seq, d.notified, d.syncing)).collect::<Vec<_>>()
+            );
             let mut progressed = false;
             for core in 0..CORES {
+                // Each round is one housekeeping tick (refused answers are pushed again).
+                let clock = self.clock();
+                self.cores[core].on_tick(clock, 0);
                 let mut outs = Vec::new();
                 self.cores[core].drain(&mut outs);
-                progressed |= !outs.is_empty();
+                let (count, refused_before) = (outs.len() as u64, self.mails_refused);
                 for o in outs {
                     self.carry_out(core, o);
                 }
+                // Mail a full mailbox handed back is no progress (it is tried again).
+                progressed |= count > self.mails_refused - refused_before;
             }
             while let Some((to, mail)) = self.mail.pop_front() {
                 self.cores[to].on_mail(mail);
@@ -224,7 +279,8 @@ impl Sim {
                     }
                 }
             }
-            self.read_answers();
+            // Answers may ask for more (the next page, a Sync after a Notify).
+            progressed |= self.read_answers();
             if !progressed {
                 return;
             }
@@ -262,11 +318,19 @@ impl Sim {
                     .collect::<Result<Vec<_>, String>>();
                 self.cores[core].on_read(token, records);
             }
-            TimelineOutput::Mail { core: to, mail } => self.mail.push_back((to, mail)),
+            TimelineOutput::Mail { core: to, mail } => {
+                let queued = self.mail.iter().filter(|(t, _)| *t == to).count();
+                if self.mail_capacity_into[to].is_some_and(|cap| queued >= cap) {
+                    self.mails_refused += 1;
+                    return self.cores[core].on_mail_refused(to, mail);
+                }
+                self.mail.push_back((to, mail))
+            }
         }
     }
 
-    fn read_answers(&mut self) {
+    /// Reads every device's answers; true when that issued new requests.
+    fn read_answers(&mut self) -> bool {
         let mut to_sync = Vec::new();
         for d in 0..self.devices.len() {
             let bytes = std::mem::take(&mut self.devices[d].ready);
@@ -282,7 +346,10 @@ impl Sim {
                     Response::Timeline(TimelineResponse::Notify { latest_seq }) => {
                         assert!(latest_seq >= dev.notified, "notifies never go back");
                         dev.notified = latest_seq;
-                        to_sync.push(d);
+                        self.notifies[d] += 1;
+                        if self.sync_on_notify {
+                            to_sync.push(d);
+                        }
                     }
                     Response::Timeline(TimelineResponse::SendOk { message_id, .. }) => {
                         // A send this test does not track (a lucky packet).
@@ -313,7 +380,14 @@ impl Sim {
                         }
                         dev.since_seq = dev.last_seq.max(dev.since_seq);
                         assert!(dev.since_seq <= latest_seq);
-                        if more || dev.since_seq < latest_seq {
+                        // A Notify newer than this answer (it may have been computed
+                        // before the Notify's entry) asks for one more Sync: the node
+                        // sends no other Notify until this device syncs.
+                        if !more {
+                            // Everything up to latest_seq is here (seqs may be skipped).
+                            dev.known_latest = dev.known_latest.max(latest_seq);
+                        }
+                        if more || dev.notified > dev.since_seq.max(dev.known_latest) {
                             to_sync.push(d);
                         }
                     }
@@ -329,9 +403,11 @@ impl Sim {
                 }
             }
         }
+        let mut asked = false;
         for d in to_sync {
-            self.sync(d);
+            asked |= self.sync(d);
         }
+        asked
     }
 
     /// Restarts both cores from their disks (queued, uncommitted appends are lost).
@@ -344,7 +420,7 @@ impl Sim {
         self.mail.clear();
         for core in 0..CORES {
             self.disks[core].queued.clear();
-            let mut t = Timelines::new(core, CORES, 1, config(), seed);
+            let mut t = timelines(core, config(), seed, self.rates);
             for (group, members) in &self.groups_table[core] {
                 let members = members.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
                 t.recover_group(*group, members);
@@ -397,7 +473,19 @@ impl Sim {
                 }
             }
         }
-        panic!("devices never caught up");
+        let state: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.user,
+                    d.syncing,
+                    d.since_seq,
+                    self.cores[home_core(d.user, CORES)].inbox(d.user).map(|i| i.latest_seq()),
+                )
+            })
+            .collect();
+        panic!("devices never caught up: {state:?} errors {:?}", self.errors);
     }
 
     /// Every acked message reached every addressed device exactly once.
@@ -469,7 +557,9 @@ fn every_device_syncs_every_message_addressed_to_it_exactly_once_in_order_across
                         sim.request(dd, req, Asked::Send { client_msg_id: c });
                     }
                 }
-                _ => sim.sync(d),
+                _ => {
+                    sim.sync(d);
+                }
             }
             sim.pump(false);
         }
@@ -489,8 +579,48 @@ fn every_device_syncs_every_message_addressed_to_it_exactly_once_in_order_across
         sim.drain_and_sync_all();
         assert!(sim.unacked.is_empty(), "every send was acknowledged in the end");
         assert!(sim.acked.len() > 100, "the run exercised many sends ({})", sim.acked.len());
+        let log_reads: u64 = sim.cores.iter().map(|c| c.stats.sync_log_reads).sum();
+        assert!(log_reads > 0, "some syncs read entries that left memory from the log");
         sim.check_exactly_once();
     }
+}
+
+#[test]
+fn a_device_gets_one_notify_until_it_syncs_and_a_new_one_for_entries_after_its_sync() {
+    // Users 1 and 2, one device each; user 1 sends user 2 many messages.
+    let mut sim = Sim::new(3, 2, 1);
+    sim.sync_on_notify = false;
+    sim.connect(0);
+    sim.connect(1);
+    for cmid in 1..=10 {
+        sim.send(0, TARGET_USER, 2, cmid, b"hi");
+        sim.pump(true);
+    }
+    assert_eq!(sim.notifies[1], 1, "ten entries, no sync: one Notify");
+    assert_eq!(sim.devices[1].notified, 1, "the Notify named the first entry's seq");
+    // The sender's own device got its copies the same way: one Notify.
+    assert_eq!(sim.notifies[0], 1);
+    let gated_before = sim.cores.iter().map(|c| c.stats.notifies_gated).sum::<u64>();
+    assert!(gated_before >= 18, "the other 18 moves were gated ({gated_before})");
+
+    sim.sync(1);
+    sim.pump(true);
+    assert_eq!(sim.devices[1].since_seq, 10, "pages of 5 until `more` is 0");
+    assert_eq!(sim.notifies[1], 1, "syncing pages brings no Notify");
+    sim.send(0, TARGET_USER, 2, 11, b"hi");
+    sim.pump(true);
+    assert_eq!(sim.notifies[1], 2, "an entry after the Sync notifies again");
+    assert_eq!(sim.devices[1].notified, 11);
+    // A device that synced while nothing new came gets nothing; a second device of the
+    // same user is gated on its own.
+    sim.sync(0);
+    sim.pump(true);
+    let before = sim.notifies[0];
+    sim.pump(true);
+    assert_eq!(sim.notifies[0], before, "no entry, no Notify");
+    sim.sync_on_notify = true;
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
 }
 
 #[test]
@@ -621,8 +751,8 @@ fn a_sync_beyond_the_concurrent_log_read_bound_is_refused_busy_and_the_held_read
     let mut sim = Sim::with_config(12, 2, 2, TimelineConfig { sync_reads_max: 1, ..config() });
     let (a, b) = (2, 3); // the two devices of user 2, offline while it receives
     sim.connect(0);
-    // More entries than an inbox keeps in memory: a sync from 0 must read the log.
-    for c in 1..=3 * config().inbox_memory_entries as u64 {
+    // More entries than a core keeps in memory (4 KiB): a sync from 0 must read the log.
+    for c in 1..=200 {
         sim.send(0, TARGET_USER, 2, c, b"m");
     }
     sim.pump(true);
@@ -794,4 +924,217 @@ fn a_config_without_room_for_one_entry_in_flight_or_one_sync_read_is_refused() {
     assert!(TimelineConfig { fanout_pending_bytes_max: one_entry, ..config() }.validate(frame).is_ok());
     assert!(TimelineConfig { fanout_pending_bytes_max: one_entry - 1, ..config() }.validate(frame).is_err());
     assert!(TimelineConfig { sync_reads_max: 0, ..config() }.validate(frame).is_err());
+}
+
+/// Inbox entries on the disks of both cores (written or waiting to be).
+fn entries_stored(sim: &Sim) -> usize {
+    sim.disks.iter().map(|d| d.records.iter().filter(|r| r.0 == KIND_ENTRY).count() + d.queued.len()).sum()
+}
+
+#[test]
+fn sends_and_read_markers_share_the_message_bucket_and_a_refusal_stores_nothing() {
+    let rates =
+        UserRateLimits { messages: RateConfig { per_s: 2, burst: 3, users_max: 100 }, syncs: generous_rates().syncs };
+    let mut sim = Sim::with_rates(31, 2, 1, config(), rates);
+    sim.connect(0);
+    sim.connect(1);
+    for c in 1..=3 {
+        sim.send(0, TARGET_USER, 2, c, b"m");
+    }
+    sim.pump(true);
+    assert!(sim.unacked.is_empty(), "the burst of 3 is served: {:?}", sim.errors);
+    let stored = entries_stored(&sim);
+    sim.errors.clear();
+    sim.retry_after_ms.clear();
+    sim.send(0, TARGET_USER, 2, 4, b"m");
+    let marker = TimelineRequest::SyncAck { conv_kind: TARGET_USER, conv_id: 2, read_seq: 1 };
+    assert_eq!(sim.request(0, marker, Asked::Other), Some(ErrorCode::RateLimited));
+    sim.pump(true);
+    let limited = ErrorCode::RateLimited.as_u16();
+    assert_eq!(sim.errors, vec![limited, limited], "a 4th send and a read marker share the empty bucket");
+    assert_eq!(sim.retry_after_ms, vec![500, 500], "the bucket has a token again after 1 / (2 per s)");
+    assert_eq!(entries_stored(&sim), stored, "a refused send or read marker stores nothing");
+    let home = home_core(1, CORES);
+    assert_eq!(sim.cores[home].stats.rate_limited_messages, 2);
+    // The other user has its own bucket.
+    sim.send(1, TARGET_USER, 1, 1, b"r");
+    sim.pump(true);
+    assert!(!sim.unacked.contains_key(&(2, 1)), "user 2 is not limited by user 1's sends");
+    // After the retry-after the bucket serves again.
+    sim.now_ms += 500;
+    sim.send(0, TARGET_USER, 2, 5, b"m");
+    sim.pump(true);
+    assert!(!sim.unacked.contains_key(&(1, 5)), "served after the retry-after");
+
+    // The operator lowers the rate at run time: the burst keeps its length in seconds.
+    for core in &mut sim.cores {
+        core.apply_rate_switches(Some(1), None);
+    }
+    assert_eq!(sim.cores[home].rate_limits().messages, RateConfig { per_s: 1, burst: 1, users_max: 100 });
+    sim.now_ms += 10_000;
+    sim.errors.clear();
+    sim.retry_after_ms.clear();
+    sim.send(0, TARGET_USER, 2, 6, b"m");
+    sim.send(0, TARGET_USER, 2, 7, b"m");
+    sim.pump(true);
+    assert_eq!((sim.errors.clone(), sim.retry_after_ms.clone()), (vec![limited], vec![1_000]));
+    // And restores it (None: as configured).
+    for core in &mut sim.cores {
+        core.apply_rate_switches(None, None);
+    }
+    assert_eq!(sim.cores[home].rate_limits(), rates);
+}
+
+#[test]
+fn syncs_take_from_their_own_bucket_with_its_retry_after() {
+    let rates = UserRateLimits {
+        messages: generous_rates().messages,
+        syncs: RateConfig { per_s: 4, burst: 2, users_max: 100 },
+    };
+    let mut sim = Sim::with_rates(32, 1, 1, config(), rates);
+    sim.connect(0);
+    for _ in 0..2 {
+        sim.sync(0);
+        sim.pump(true);
+    }
+    assert!(sim.errors.is_empty(), "the burst of 2 syncs is served: {:?}", sim.errors);
+    sim.sync(0);
+    sim.pump(true);
+    assert_eq!(sim.errors, vec![ErrorCode::RateLimited.as_u16()]);
+    assert_eq!(sim.retry_after_ms, vec![250]);
+    assert_eq!(sim.cores[home_core(1, CORES)].stats.rate_limited_syncs, 1);
+    // An empty sync bucket does not hold back sends (they take from the message bucket).
+    sim.send(0, TARGET_USER, 1, 1, b"m");
+    sim.pump(true);
+    assert!(sim.unacked.is_empty());
+    sim.now_ms += 250;
+    sim.errors.clear();
+    sim.sync(0);
+    sim.pump(true);
+    assert!(sim.errors.is_empty(), "a token again after the retry-after");
+}
+
+#[test]
+fn a_full_reverse_mailbox_delays_answers_but_every_send_finishes_and_fanout_bytes_return_to_zero() {
+    let mut sim = Sim::new(41, 12, 1);
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    let g = sim.create_group(0, &[2, 3, 4, 5, 6, 7, 8, 9]);
+    // Every send reaches its recipients' cores while the disks hold the writes...
+    sim.disk_paused = true;
+    let mut cmid = 0;
+    for _ in 0..5 {
+        for d in 0..sim.devices.len() {
+            let user = sim.devices[d].user;
+            cmid += 1;
+            sim.send(d, TARGET_USER, user % 12 + 1, cmid, b"m");
+            if user <= 9 {
+                cmid += 1;
+                sim.send(d, TARGET_GROUP, g, cmid, b"g");
+            }
+        }
+        sim.pump(false);
+    }
+    assert!(sim.cores.iter().any(|c| c.fanout_pending_bytes() > 0));
+    // ...then the writes commit at once, and the reports and answers going back meet
+    // mailboxes that take one mail per destination per round.
+    sim.mail_capacity_into = [Some(1); CORES];
+    sim.disk_paused = false;
+    sim.pump(true);
+    assert!(sim.mails_refused > 0, "the tiny mailboxes refused mail");
+    assert!(sim.errors.is_empty(), "no send failed: {:?}", sim.errors);
+    assert!(sim.unacked.is_empty(), "every send finished: {} left", sim.unacked.len());
+    for core in &sim.cores {
+        assert_eq!(core.fanout_pending_bytes(), 0, "every fan-out gave its bytes back");
+        assert_eq!(core.mail_outbox_len(), 0, "nothing is left in an outbox");
+    }
+    let retried: u64 = sim.cores.iter().map(|c| c.stats.mail_retried).sum();
+    assert!(retried >= sim.mails_refused, "every refused answer was pushed again (and counted)");
+    sim.mail_capacity_into = [None; CORES];
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
+}
+
+#[test]
+fn while_the_outbox_holds_mail_outbox_max_answers_new_sends_are_refused_busy_and_the_held_answer_still_arrives() {
+    let mut sim = Sim::with_config(42, 8, 1, TimelineConfig { mail_outbox_max: 1, ..config() });
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    let on = |sim: &Sim, core| (0..sim.devices.len()).find(|&d| home_core(sim.devices[d].user, CORES) == core);
+    let (a, b) = (on(&sim, 0).unwrap(), on(&sim, 1).unwrap());
+    let (a_user, b_user) = (sim.devices[a].user, sim.devices[b].user);
+    // Every user gets an inbox (a note to self), so the final sync check covers them all.
+    for d in 0..sim.devices.len() {
+        let user = sim.devices[d].user;
+        sim.send(d, TARGET_USER, user, 100, b"self");
+    }
+    sim.pump(true);
+    assert!(sim.unacked.is_empty());
+    // Nothing reaches core 0: core 1's Delivered for a's send waits in core 1's outbox.
+    sim.mail_capacity_into = [Some(0), None];
+    sim.send(a, TARGET_USER, b_user, 1, b"m");
+    sim.pump(true);
+    assert_eq!(sim.cores[1].mail_outbox_len(), 1, "the Delivered waits for room");
+    assert!(sim.cores[0].fanout_pending_bytes() > 0, "the send is not finished yet");
+    assert!(sim.unacked.contains_key(&(a_user, 1)));
+    // Core 1's outbox is at its bound: new sends there are refused Busy, nothing stored.
+    let stored = entries_stored(&sim);
+    sim.errors.clear();
+    sim.send(b, TARGET_USER, b_user, 2, b"n");
+    sim.pump(true);
+    assert_eq!(sim.errors, vec![ErrorCode::Busy.as_u16()]);
+    assert_eq!(entries_stored(&sim), stored, "the refused send stored nothing");
+    assert_eq!(sim.cores[1].stats.refused_outbox_full, 1);
+    // Syncs are still served (they send no mail).
+    sim.errors.clear();
+    sim.sync(b);
+    sim.pump(true);
+    assert!(sim.errors.is_empty(), "{:?}", sim.errors);
+    // Room again: the held answer arrives, the send finishes and gives its bytes back.
+    sim.mail_capacity_into = [None; CORES];
+    sim.pump(true);
+    assert!(!sim.unacked.contains_key(&(a_user, 1)), "the held send is acknowledged");
+    assert_eq!(sim.cores[0].fanout_pending_bytes(), 0);
+    assert_eq!(sim.cores[1].mail_outbox_len(), 0);
+    assert!(sim.cores[1].stats.mail_retried >= 1);
+    sim.send(b, TARGET_USER, b_user, 2, b"n");
+    sim.pump(true);
+    assert!(sim.unacked.is_empty(), "new sends are served again");
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
+}
+
+#[test]
+fn sends_whose_deliveries_a_full_mailbox_refused_fail_and_every_acknowledged_message_arrives_exactly_once() {
+    let mut sim = Sim::new(41, 12, 1);
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    let g = sim.create_group(0, &[2, 3, 4, 5, 6, 7, 8, 9]);
+    sim.mail_capacity_into = [Some(1); CORES];
+    let mut cmid = 0;
+    for _ in 0..5 {
+        for d in 0..sim.devices.len() {
+            let user = sim.devices[d].user;
+            cmid += 1;
+            sim.send(d, TARGET_USER, user % 12 + 1, cmid, b"m");
+            if user <= 9 {
+                cmid += 1;
+                sim.send(d, TARGET_GROUP, g, cmid, b"g");
+            }
+        }
+        sim.pump(false);
+    }
+    sim.pump(true);
+    // Refused deliveries and group requests fail their sends (Busy, Internal); the rest
+    // are acknowledged, and nothing is left in flight.
+    assert!(sim.mails_refused > 0 && !sim.errors.is_empty() && !sim.acked.is_empty());
+    for core in &sim.cores {
+        assert_eq!(core.fanout_pending_bytes(), 0);
+    }
+    sim.mail_capacity_into = [None; CORES];
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
 }

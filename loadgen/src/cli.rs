@@ -50,7 +50,8 @@ pub enum Command {
     },
     /// Timelines: one-to-one and group messages; every device syncs on each notify and
     /// every delivery is checked (missing, duplicated) after a final drain (same load flags
-    /// as ping; the node's sends_per_user_per_s bounds --rate / --connections).
+    /// as ping; the node's messages_per_user_per_s and syncs_per_user_per_s bound
+    /// --rate / --connections: a refusal's retry-after is obeyed unless --ignore-backoff).
     Chat {
         #[command(flatten)]
         run: RunArgs,
@@ -64,6 +65,10 @@ pub enum Command {
         /// Also sync after this many requests without a notify (0 = only on notify).
         #[arg(long, default_value_t = 0)]
         sync_every: u64,
+        /// Ignore the retry-after of Busy, RateLimited and Paused (abuse runs): by default a
+        /// refused connection waits it out.
+        #[arg(long)]
+        ignore_backoff: bool,
     },
     /// Print the differences and ratios (b / a) of two JSON summaries.
     Compare { a: PathBuf, b: PathBuf },

@@ -112,7 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = args.to_config(cpus)?;
             run_scenario(&args, cfg, ShakeScenario::new(!ignore_shake_interval, !no_open).obey_backoff(!ignore_backoff))
         }
-        Command::Chat { run: args, groups, group_size, sync_every } => {
+        Command::Chat { run: args, groups, group_size, sync_every, ignore_backoff } => {
             let cfg = args.to_config(cpus)?;
             let params = ChatParams { groups, group_size, sync_every };
             // With --processes the parent only spawns; each child makes its own groups.
@@ -123,7 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ChatScenario::new(&cfg, params, &ids)?
             };
-            run_scenario(&args, cfg, scenario)
+            run_scenario(&args, cfg, scenario.obey_backoff(!ignore_backoff))
         }
         Command::Compare { a, b } => {
             let sa = compare::load(&a)?;

@@ -445,10 +445,12 @@ fn a_tls_run_against_a_node_with_an_untrusted_certificate_fails_its_sessions_as_
 }
 
 /// A two-core node, so that messages cross cores (one-to-one deliveries and group fan-out).
+/// It measures deliveries, not the per-user limiter: the rates it needs are set explicitly.
 fn chat_run(params: ChatParams, connections: u32, rate_per_s: f64) -> RunSummary {
     let bin = find_node_binary().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(&bin, dir.path(), 2, None).unwrap_or_else(|e| panic!("{e}"));
+    let rates = ["--messages-per-user-per-s", "100000", "--syncs-per-user-per-s", "100000"];
+    let node = NodeProcess::start_with_args(&bin, dir.path(), 2, None, &rates).unwrap_or_else(|e| panic!("{e}"));
     let mut cfg = ping_config(&node, rate_per_s, Duration::from_secs(2));
     cfg.connections = connections;
     cfg.warmup = Duration::from_millis(300);
@@ -489,4 +491,47 @@ fn chat_group_messages_reach_every_member_once() {
     let s = chat_run(ChatParams { groups: 2, group_size: 8, sync_every: 0 }, 20, 200.0);
     assert_every_delivery_checked(&s);
     assert!(s.scenario_counters["delivered"] > 2 * s.scenario_counters["acked"], "{:?}", s.scenario_counters);
+}
+
+/// A node whose users may send 2 messages a second (burst 1): every send after the first
+/// in a half second is refused RateLimited with the rest of the half second.
+fn rate_limited_chat(obey: bool, node: &NodeProcess) -> RunSummary {
+    let mut cfg = ping_config(node, 1.0, Duration::from_secs(2));
+    cfg.connections = 4;
+    cfg.warmup = Duration::from_millis(300);
+    cfg.mode = LoadMode::ClosedLoop { in_flight_per_connection: 1 };
+    let params = ChatParams { groups: 0, group_size: 0, sync_every: 0 };
+    let scenario = ChatScenario::new(&cfg, params, &[]).unwrap().obey_backoff(obey);
+    redrain_loadgen::run(cfg, scenario).unwrap().summary
+}
+
+#[test]
+fn chat_under_a_low_message_rate_waits_out_each_retry_after_instead_of_spinning() {
+    let _serial = serial();
+    let bin = find_node_binary().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rates.toml");
+    std::fs::write(
+        &config,
+        "messages_per_user_per_s = 2\nmessages_per_user_burst = 1\nsyncs_per_user_per_s = 100000\n\
+         syncs_per_user_burst = 100000\n",
+    )
+    .unwrap();
+    let node = NodeProcess::start_with_args(&bin, dir.path(), 2, None, &["--config", config.to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = rate_limited_chat(true, &node);
+    let c = |k: &str| s.scenario_counters[k];
+    assert!(c("rate_limited") > 0, "the limit was reached: {:?}", s.scenario_counters);
+    assert_eq!(c("missing") + c("duplicated"), 0, "{:?}", s.scenario_counters);
+    // Sends happen within warm-up + run (2.3 s). A connection that waits out each
+    // retry-after (<= 500 ms) is refused at most about once per token, 2 per second:
+    // 4 connections x (2.3 s x 2 + 1) refusals, doubled for timing slack.
+    let bound = 4 * (2.3f64 * 2.0 + 1.0).ceil() as u64 * 2;
+    assert!(c("rate_limited") <= bound, "refusals bounded by time / retry-after: {:?}", s.scenario_counters);
+    assert!(c("acked") <= 4 * (2.3f64 * 2.0 + 1.0).ceil() as u64, "the rate holds: {:?}", s.scenario_counters);
+    // The same client ignoring the retry-after asks again at once: refused far more often.
+    let abuse = rate_limited_chat(false, &node);
+    let spun = abuse.scenario_counters["rate_limited"];
+    eprintln!("obeying: {:?}\nignoring: {:?}", s.scenario_counters, abuse.scenario_counters);
+    assert!(spun > 4 * bound, "a client that ignores the retry-after spins: {spun} vs bound {bound}");
 }

@@ -86,6 +86,9 @@ pub enum ErrorCode {
     UnknownLuckyPacket = 36,
     /// A lucky packet whose total and count are impossible (each share needs >= 0.01).
     BadLuckyPacket = 37,
+    /// The connection did not take its pushed output (Notify pushes, deferred answers)
+    /// while more kept coming: past the node's `conn_pushed_bytes_max`. Connection closed.
+    SlowReader = 38,
     // Overload protection and operator switches (40-49).
     /// The operator paused shaking on this node; retry after `retry_after_ms`.
     Paused = 40,
@@ -108,7 +111,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 41] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownType,
@@ -149,6 +152,7 @@ impl ErrorCode {
         Self::Paused,
         Self::Draining,
         Self::PipelineFull,
+        Self::SlowReader,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -203,6 +207,7 @@ impl ErrorCode {
             Self::Paused => "paused",
             Self::Draining => "draining",
             Self::PipelineFull => "pipeline_full",
+            Self::SlowReader => "slow_reader",
         }
     }
 
@@ -246,6 +251,7 @@ impl ErrorCode {
                 | Self::ShuttingDown
                 | Self::LoggedOut
                 | Self::Draining
+                | Self::SlowReader
         )
     }
 }

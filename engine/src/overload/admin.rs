@@ -4,7 +4,8 @@
 //! `GET /admin/status` shows the switches, the version each core runs with, what is
 //! persisted, each core's degrade level and the recent changes. `POST /admin/<switch>`
 //! or `POST /admin/<switch>/<value>` changes one (`pause`, `resume`, `quota/N`,
-//! `degrade/L`, `blacklist/KEY`, `whitelist/KEY`, `adopt/NODE`, `drain`); the answer
+//! `degrade/L`, `blacklist/KEY`, `whitelist/KEY`, `adopt/NODE`, `drain`,
+//! `messages_per_user_per_s/N`, `syncs_per_user_per_s/N`); the answer
 //! comes once every core runs with the change and it is in the switches table (or after
 //! [`APPLY_WAIT`], saying which of the two is missing).
 
@@ -105,6 +106,10 @@ fn status(node: &Arc<NodeShared>) -> serde_json::Value {
         "blacklist": s.blacklist,
         "keyring_blacklist": s.keyring_blacklist,
         "adopt_node": s.adopt_node,
+        "messages_per_user_per_s": s.messages_per_user_per_s.unwrap_or(node.config.messages_per_user_per_s),
+        "configured_messages_per_user_per_s": node.config.messages_per_user_per_s,
+        "syncs_per_user_per_s": s.syncs_per_user_per_s.unwrap_or(node.config.syncs_per_user_per_s),
+        "configured_syncs_per_user_per_s": node.config.syncs_per_user_per_s,
         "recent_changes": audit,
     })
 }
@@ -121,14 +126,19 @@ pub fn render_metrics(node: &Arc<NodeShared>, out: &mut String) {
             ("issuance_quota_per_s", quota as f64),
             ("shake_interval_ms", f64::from(c.shake_interval_ms)),
             ("sessions_per_core_max", node.sessions_per_core_max as f64),
-            ("messages_per_user_per_s", f64::from(c.messages_per_user_per_s)),
-            ("syncs_per_user_per_s", f64::from(c.syncs_per_user_per_s)),
+            ("messages_per_user_per_s", f64::from(s.messages_per_user_per_s.unwrap_or(c.messages_per_user_per_s))),
+            ("syncs_per_user_per_s", f64::from(s.syncs_per_user_per_s.unwrap_or(c.syncs_per_user_per_s))),
             ("handoff_queue_capacity", c.handoff_queue_capacity as f64),
             ("opens_pending_max", c.opens_pending_max as f64),
             ("pipelined_requests_max", c.pipelined_requests_max as f64),
             ("conn_output_bytes_max", c.conn_output_bytes_max as f64),
             ("queue_delay_max_us", c.queue_delay_max_us as f64),
             ("write_timeout_ms", f64::from(c.write_timeout_ms)),
+            ("messages_per_user_burst", f64::from(c.messages_per_user_burst)),
+            ("syncs_per_user_burst", f64::from(c.syncs_per_user_burst)),
+            ("rate_users_per_core_max", c.rate_users_per_core_max as f64),
+            ("conn_pushed_bytes_max", c.conn_pushed_bytes_max as f64),
+            ("timeline_mail_outbox_max", c.timeline.mail_outbox_max as f64),
         ],
         out,
     );

@@ -76,6 +76,16 @@ impl UserRates {
     pub fn users(&self) -> usize {
         self.buckets.len()
     }
+
+    pub fn config(&self) -> RateConfig {
+        self.config
+    }
+
+    /// Changes the rate at run time (an operator's switch). Buckets are kept: a lower burst
+    /// clamps them at their next take, a higher one fills them at the new rate.
+    pub fn set_config(&mut self, config: RateConfig) {
+        self.config = config;
+    }
 }
 
 #[cfg(test)]
@@ -103,5 +113,16 @@ mod tests {
         // After a while user 1 and 2 are full again (idle): they are forgotten.
         r.take(3, 5_000).unwrap();
         assert!(r.users() <= 2);
+    }
+
+    #[test]
+    fn a_lower_rate_set_at_run_time_clamps_a_full_bucket_to_the_new_burst() {
+        let mut r = UserRates::new(RateConfig { per_s: 100, burst: 100, users_max: 10 });
+        r.take(1, 0).unwrap();
+        r.set_config(RateConfig { per_s: 1, burst: 2, users_max: 10 });
+        // 99 tokens were left; the new burst holds 2 of them.
+        r.take(1, 0).unwrap();
+        r.take(1, 0).unwrap();
+        assert_eq!(r.take(1, 0), Err(RateRefusal::Exhausted { retry_after_ms: 1_000 }));
     }
 }

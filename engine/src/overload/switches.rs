@@ -33,6 +33,10 @@ pub struct Switches {
     pub adopt_node: Option<u16>,
     /// No new logins (Draining); /healthz answers 503 so the balancer moves users away.
     pub draining: bool,
+    /// Messages per user per second, sustained (None: `messages_per_user_per_s`).
+    pub messages_per_user_per_s: Option<u32>,
+    /// Syncs per user per second, sustained (None: `syncs_per_user_per_s`).
+    pub syncs_per_user_per_s: Option<u32>,
 }
 
 impl Switches {
@@ -53,6 +57,10 @@ pub enum SwitchChange {
     Whitelist(u16),
     Adopt(u16),
     Drain,
+    /// Per-user message rate (Send, lucky packets, SyncAck), per second.
+    MessageRate(u32),
+    /// Per-user sync rate, per second.
+    SyncRate(u32),
 }
 
 /// A change the board refuses.
@@ -82,6 +90,8 @@ impl SwitchChange {
             "blacklist" => SwitchChange::Blacklist(number(name, value)?),
             "whitelist" => SwitchChange::Whitelist(number(name, value)?),
             "adopt" => SwitchChange::Adopt(number(name, value)?),
+            "messages_per_user_per_s" => SwitchChange::MessageRate(number(name, value)?),
+            "syncs_per_user_per_s" => SwitchChange::SyncRate(number(name, value)?),
             other => return Err(SwitchError::BadValue(format!("unknown switch {other:?}"))),
         })
     }
@@ -107,6 +117,11 @@ impl SwitchChange {
             }
             SwitchChange::Adopt(node) => s.adopt_node = Some(node),
             SwitchChange::Drain => s.draining = true,
+            SwitchChange::MessageRate(0) | SwitchChange::SyncRate(0) => {
+                return Err(SwitchError::BadValue("a per-user rate must be at least 1 per second".into()))
+            }
+            SwitchChange::MessageRate(n) => s.messages_per_user_per_s = Some(n),
+            SwitchChange::SyncRate(n) => s.syncs_per_user_per_s = Some(n),
         }
         Ok(())
     }
@@ -122,6 +137,8 @@ pub fn to_entries(s: &Switches) -> Vec<(&'static str, String)> {
         ("blacklist", list(&s.blacklist)),
         ("adopt_node", s.adopt_node.map(|n| n.to_string()).unwrap_or_default()),
         ("draining", u8::from(s.draining).to_string()),
+        ("messages_per_user_per_s", s.messages_per_user_per_s.map(|n| n.to_string()).unwrap_or_default()),
+        ("syncs_per_user_per_s", s.syncs_per_user_per_s.map(|n| n.to_string()).unwrap_or_default()),
     ]
 }
 
@@ -158,6 +175,12 @@ pub fn from_entries(get: impl Fn(&str) -> Option<String>) -> (Switches, Vec<Stri
     });
     read("adopt_node", &mut |v| v.is_empty() || v.parse().map(|n| s.adopt_node = Some(n)).is_ok());
     read("draining", &mut |v| v.parse::<u8>().map(|b| s.draining = b == 1).is_ok());
+    read("messages_per_user_per_s", &mut |v| {
+        v.is_empty() || v.parse().ok().filter(|n| *n > 0).map(|n| s.messages_per_user_per_s = Some(n)).is_some()
+    });
+    read("syncs_per_user_per_s", &mut |v| {
+        v.is_empty() || v.parse().ok().filter(|n| *n > 0).map(|n| s.syncs_per_user_per_s = Some(n)).is_some()
+    });
     (s, bad)
 }
 
@@ -314,6 +337,8 @@ mod tests {
             SwitchChange::Whitelist(7),
             SwitchChange::Adopt(2),
             SwitchChange::Drain,
+            SwitchChange::MessageRate(3),
+            SwitchChange::SyncRate(12),
         ] {
             change.apply(&mut s).unwrap();
         }
@@ -323,6 +348,7 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(back.blacklist.iter().copied().collect::<Vec<_>>(), vec![9]);
         assert!(back.key_refused(9) && !back.key_refused(7));
+        assert_eq!((back.messages_per_user_per_s, back.syncs_per_user_per_s), (Some(3), Some(12)));
     }
 
     #[test]
@@ -331,6 +357,9 @@ mod tests {
         assert!(matches!(SwitchChange::parse("quota", Some("lots")), Err(SwitchError::BadValue(_))));
         assert!(matches!(SwitchChange::parse("quota", None), Err(SwitchError::BadValue(_))));
         assert!(matches!(SwitchChange::parse("explode", None), Err(SwitchError::BadValue(_))));
+        let zero_rate = SwitchChange::parse("messages_per_user_per_s", Some("0")).unwrap();
+        assert!(matches!(board.change(zero_rate, "test", 1), Err(SwitchError::BadValue(_))));
+        assert!(matches!(SwitchChange::parse("syncs_per_user_per_s", Some("-1")), Err(SwitchError::BadValue(_))));
         assert_eq!(board.change(SwitchChange::Degrade(9), "test", 1), Err(SwitchError::LevelTooHigh(9)));
         assert_eq!(board.version(), 1);
         let (_, bad) = from_entries(|k| (k == "degrade_floor").then(|| "77".to_string()));

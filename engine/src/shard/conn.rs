@@ -208,6 +208,9 @@ impl Conn {
                     self.core.metrics().rejected(code);
                     Response::Closing { code: code.as_u16(), message: closing_text(code) }.encode(0, &mut self.out);
                     self.session.close();
+                    if code == ErrorCode::SlowReader {
+                        return Some(CloseReason::SlowReader);
+                    }
                     return Some(CloseReason::Error);
                 }
             }
@@ -605,6 +608,7 @@ fn closing_text(code: ErrorCode) -> &'static str {
         ErrorCode::Replaced => "a newer login of this device replaced this session",
         ErrorCode::IdleTimeout => "no frame within the idle timeout",
         ErrorCode::ShuttingDown => "node shutting down; reconnect",
+        ErrorCode::SlowReader => "pushed output not read: past conn_pushed_bytes_max",
         _ => "closing",
     }
 }

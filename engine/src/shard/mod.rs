@@ -108,6 +108,10 @@ pub struct ConnCtl {
     pub id: Cell<ConnId>,
     /// Deferred answers (slot, frame) waiting for the connection's task.
     completions: RefCell<Vec<(u64, Vec<u8>)>>,
+    /// Bytes of the frames in `completions` (bound: `conn_pushed_bytes_max`).
+    completion_bytes: Cell<usize>,
+    /// Where in `completions` the unsent Notify is: a newer one replaces it.
+    notify_at: Cell<Option<usize>>,
     /// Set when the core wants the task to run a pass without input (a Backoff push).
     nudged: Cell<bool>,
 }
@@ -137,7 +141,65 @@ impl ConnCtl {
 
     /// Takes the deferred answers delivered so far.
     pub fn take_completions(&self) -> Vec<(u64, Vec<u8>)> {
+        self.completion_bytes.set(0);
+        self.notify_at.set(None);
         std::mem::take(&mut *self.completions.borrow_mut())
+    }
+
+    /// Hands a deferred answer (`slot`) or a push ([`PUSH_SLOT`]) to the connection's task
+    /// unless the frames waiting would pass `bytes_max`: then the connection is closed once
+    /// as a slow reader (`Closing(SlowReader)`) and what waited for it is dropped at once,
+    /// so its memory does not outlive the decision. A connection asked to close takes
+    /// nothing more (its task sends `Closing` and ends without reading them).
+    pub fn deliver_within(&self, slot: u64, frame: Vec<u8>, bytes_max: usize) -> Delivery {
+        if self.close.get().is_some() {
+            return Delivery::Closing;
+        }
+        let bytes = self.completion_bytes.get() + frame.len();
+        if bytes > bytes_max {
+            return self.close_slow_reader();
+        }
+        self.completion_bytes.set(bytes);
+        self.deliver(slot, frame);
+        Delivery::Queued
+    }
+
+    /// Hands a Notify push to the task: it replaces an unsent older one (only the latest
+    /// seq matters), so a connection that does not read holds one Notify at most.
+    pub fn push_latest(&self, frame: Vec<u8>, bytes_max: usize) -> Delivery {
+        if self.close.get().is_some() {
+            return Delivery::Closing;
+        }
+        if let Some(at) = self.notify_at.get() {
+            let mut completions = self.completions.borrow_mut();
+            if let Some((PUSH_SLOT, old)) = completions.get_mut(at) {
+                let bytes = self.completion_bytes.get() - old.len() + frame.len();
+                if bytes > bytes_max {
+                    drop(completions);
+                    return self.close_slow_reader();
+                }
+                self.completion_bytes.set(bytes);
+                *old = frame;
+                return Delivery::Coalesced;
+            }
+        }
+        let at = self.completions.borrow().len();
+        let delivered = self.deliver_within(PUSH_SLOT, frame, bytes_max);
+        if delivered == Delivery::Queued {
+            self.notify_at.set(Some(at));
+        }
+        delivered
+    }
+
+    fn close_slow_reader(&self) -> Delivery {
+        self.kick(ErrorCode::SlowReader);
+        self.take_completions();
+        Delivery::OverBound
+    }
+
+    /// Bytes of frames waiting for the connection's task.
+    pub fn pending_bytes(&self) -> usize {
+        self.completion_bytes.get()
     }
 
     pub fn has_completions(&self) -> bool {
@@ -163,6 +225,19 @@ impl ConnCtl {
             *slot = Some(waker.clone());
         }
     }
+}
+
+/// What became of a frame handed to a connection ([`ConnCtl::deliver_within`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Queued,
+    /// A Notify that replaced an unsent older one.
+    Coalesced,
+    /// It would pass `conn_pushed_bytes_max`: not queued; the connection closes as a slow
+    /// reader.
+    OverBound,
+    /// The connection is closing: not queued.
+    Closing,
 }
 
 /// Per-core state.
@@ -268,6 +343,9 @@ impl Core {
             let first_lsn = self.timeline_storage.get().map_or(0, |t| t.log().first_lsn());
             state.timelines_mut().on_tick(clock, first_lsn);
             self.metrics().timeline.set(&state.timelines().stats);
+            if let Some(t) = self.timeline_storage.get() {
+                self.metrics().timeline.set_log(&t.log().stats(), t.log().pending_appends());
+            }
             let m = &self.metrics().rain;
             m.opened_packets.store(state.opened_len() as u64, Ordering::Relaxed);
             m.opens_pending.store(state.pending_len() as u64, Ordering::Relaxed);
@@ -316,17 +394,17 @@ impl Core {
         self.deliver(conn, slot, frame)
     }
 
-    /// Puts a push (Notify) straight into a connection's output.
+    /// Puts a push (Notify) into a connection's output, replacing an unsent older one.
     pub(crate) fn push_to(&self, conn: ConnId, frame: Vec<u8>) {
         if let Some(ctl) = self.ctl(conn) {
-            ctl.deliver(PUSH_SLOT, frame);
+            ctl.push_latest(frame, self.node.config.conn_pushed_bytes_max);
         }
     }
 
     /// Routes a deferred answer to its connection (dropped if it closed meanwhile).
     fn deliver(&self, conn: ConnId, slot: u64, frame: Vec<u8>) {
         if let Some(ctl) = self.ctl(conn) {
-            ctl.deliver(slot, frame);
+            ctl.deliver_within(slot, frame, self.node.config.conn_pushed_bytes_max);
         }
     }
 
@@ -455,5 +533,49 @@ impl Core {
             self.dispatch();
             glommio::yield_if_needed().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notify(seq: u8) -> Vec<u8> {
+        vec![seq; 17]
+    }
+
+    #[test]
+    fn a_newer_notify_replaces_an_unsent_older_one_and_answers_keep_their_order() {
+        let ctl = ConnCtl::default();
+        assert_eq!(ctl.push_latest(notify(1), 1_000), Delivery::Queued);
+        assert_eq!(ctl.deliver_within(7, vec![0; 30], 1_000), Delivery::Queued);
+        for seq in 2..100 {
+            assert_eq!(ctl.push_latest(notify(seq), 1_000), Delivery::Coalesced);
+        }
+        assert_eq!(ctl.pending_bytes(), 17 + 30);
+        let taken = ctl.take_completions();
+        assert_eq!(taken, vec![(PUSH_SLOT, notify(99)), (7, vec![0; 30])]);
+        assert_eq!(ctl.pending_bytes(), 0);
+        // After the task took them, the next Notify waits again (nothing to replace).
+        assert_eq!(ctl.push_latest(notify(100), 1_000), Delivery::Queued);
+        assert_eq!(ctl.close_requested(), None);
+    }
+
+    #[test]
+    fn answers_past_the_byte_bound_close_the_connection_once_as_a_slow_reader_and_free_what_waited() {
+        let ctl = ConnCtl::default();
+        for slot in 0..10 {
+            assert_eq!(ctl.deliver_within(slot, vec![1; 100], 1_000), Delivery::Queued);
+        }
+        assert_eq!(ctl.pending_bytes(), 1_000);
+        assert_eq!(ctl.deliver_within(10, vec![1; 1], 1_000), Delivery::OverBound);
+        assert_eq!(ctl.close_requested(), Some(ErrorCode::SlowReader));
+        assert_eq!(ctl.pending_bytes(), 0);
+        assert!(!ctl.has_completions(), "what waited for a slow reader is dropped");
+        // Closing: nothing more is taken, and the close reason stays the first one.
+        assert_eq!(ctl.deliver_within(11, vec![1; 1], 1_000), Delivery::Closing);
+        assert_eq!(ctl.push_latest(notify(1), 1_000), Delivery::Closing);
+        assert!(!ctl.has_completions());
+        assert_eq!(ctl.close_requested(), Some(ErrorCode::SlowReader));
     }
 }

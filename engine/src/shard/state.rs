@@ -188,9 +188,11 @@ impl ShardState {
 
     /// Takes the operator's switches (a new version from the board): pause, drain,
     /// degrade floor and refused keys act through `overload`; a quota change re-paces
-    /// the dispenser (the node quota split over the cores; none: the configured one).
+    /// the dispenser (the node quota split over the cores; none: the configured one); the
+    /// per-user message and sync rates go to the timelines.
     pub fn apply_switches(&mut self, version: u64, switches: Arc<crate::overload::switches::Switches>) {
         let quota = switches.quota_per_s;
+        self.timelines.apply_rate_switches(switches.messages_per_user_per_s, switches.syncs_per_user_per_s);
         if self.overload.apply_switches(version, switches) {
             if let (Some(d), Some(rain)) = (self.dispenser.as_mut(), self.rain.as_ref()) {
                 let per_core = match quota {

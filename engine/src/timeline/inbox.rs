@@ -12,23 +12,17 @@
 //! restart every user continues above its bucket's ceiling: numbers may be skipped,
 //! never repeated.
 
+use super::recent::RecentEntries;
 use super::TimelineConfig;
-use std::collections::{HashMap, VecDeque};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Pending,
-    Committed,
-}
+use std::collections::VecDeque;
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 #[derive(Debug)]
-struct MemEntry {
+struct PendingEntry {
     seq: u64,
     from: u64,
     client_msg_id: u64,
-    lsn: u64,
-    state: State,
-    /// The entry in its `SyncOk` layout.
+    /// The entry in its `SyncOk` layout (moves to the core's [`RecentEntries`] when durable).
     wire: Box<[u8]>,
 }
 
@@ -37,10 +31,21 @@ struct MemEntry {
 pub struct Inbox {
     allocated: u64,
     committed: u64,
-    recent: VecDeque<MemEntry>,
-    older: VecDeque<(u64, u64)>,
+    /// Entries waiting for their write, in seq order.
+    pending: VecDeque<PendingEntry>,
+    /// Durable entries: (seq, LSN), ascending in both.
+    index: VecDeque<(u64, u64)>,
     /// A Notify for this user is queued for the next drain.
     pub notify_pending: bool,
+}
+
+/// Where a Sync's next entries are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SyncSource {
+    /// Older than the core's recent entries: these LSNs are read from the log.
+    Log(Vec<u64>),
+    /// In memory: copy them with [`Inbox::copy_after`].
+    Memory,
 }
 
 impl Inbox {
@@ -49,9 +54,13 @@ impl Inbox {
         Self { allocated: ceiling, committed: ceiling, ..Self::default() }
     }
 
-    /// The latest durable seq.
+    /// The latest durable seq that a Sync may return: entries commit in seq order on
+    /// their core, so nothing below it is still pending.
     pub fn latest_seq(&self) -> u64 {
-        self.committed
+        match self.pending.front() {
+            Some(p) if p.seq <= self.committed => p.seq - 1,
+            _ => self.committed,
+        }
     }
 
     /// The next seq.
@@ -62,48 +71,56 @@ impl Inbox {
 
     /// Adds an entry waiting for its write.
     pub fn push(&mut self, seq: u64, from: u64, client_msg_id: u64, wire: Box<[u8]>) {
-        debug_assert!(self.recent.back().is_none_or(|e| e.seq < seq), "seqs strictly increase");
-        self.recent.push_back(MemEntry { seq, from, client_msg_id, lsn: 0, state: State::Pending, wire });
+        debug_assert!(self.pending.back().is_none_or(|e| e.seq < seq), "seqs strictly increase");
+        self.pending.push_back(PendingEntry { seq, from, client_msg_id, wire });
     }
 
-    /// The entry `seq` is durable at `lsn`.
-    pub fn commit(&mut self, seq: u64, lsn: u64, config: &TimelineConfig) {
-        if let Some(e) = self.recent.iter_mut().find(|e| e.seq == seq) {
-            e.state = State::Committed;
-            e.lsn = lsn;
-            self.committed = self.committed.max(seq);
+    /// The entry `seq` is durable at `lsn`: its bytes go to the core's recent entries.
+    pub fn commit(&mut self, seq: u64, lsn: u64, recent: &mut RecentEntries, config: &TimelineConfig) {
+        let Some(at) = self.pending.iter().position(|e| e.seq == seq) else { return };
+        let e = self.pending.remove(at).expect("found");
+        recent.push(lsn, &e.wire);
+        self.index_entry(seq, lsn, config);
+    }
+
+    fn index_entry(&mut self, seq: u64, lsn: u64, config: &TimelineConfig) {
+        if self.index.back().is_none_or(|(s, _)| *s < seq) {
+            self.index.push_back((seq, lsn));
+        } else {
+            let at = self.index.partition_point(|(s, _)| *s < seq);
+            self.index.insert(at, (seq, lsn));
         }
-        self.evict(config);
+        self.committed = self.committed.max(seq);
+        while self.index.len() > config.inbox_index_entries_max {
+            self.index.pop_front();
+        }
     }
 
     /// The entry `seq` could not be written: it never existed (its seq is skipped).
     /// Returns its (sender, client message id).
     pub fn fail(&mut self, seq: u64) -> Option<(u64, u64)> {
-        let at = self.recent.iter().position(|e| e.seq == seq)?;
-        self.recent.remove(at).map(|e| (e.from, e.client_msg_id))
+        let at = self.pending.iter().position(|e| e.seq == seq)?;
+        self.pending.remove(at).map(|e| (e.from, e.client_msg_id))
     }
 
-    /// Removes entry `seq` wherever it is (memory or index): at start, an entry stored
+    /// Removes entry `seq` from the index: at start, an entry stored
     /// again later (its first record failed, yet was durable) gives way to the later one.
     pub fn forget(&mut self, seq: u64) -> bool {
-        if let Some(at) = self.recent.iter().position(|e| e.seq == seq) {
-            return self.recent.remove(at).is_some();
-        }
-        match self.older.binary_search_by_key(&seq, |(s, _)| *s) {
-            Ok(at) => self.older.remove(at).is_some(),
+        // Its bytes may stay in the recent-entry arena: nothing indexes them any more.
+        match self.index.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(at) => self.index.remove(at).is_some(),
             Err(_) => false,
         }
     }
 
     /// An entry found in the log at start.
-    pub fn recover(&mut self, seq: u64, from: u64, client_msg_id: u64, wire: &[u8], lsn: u64, config: &TimelineConfig) {
+    pub fn recover(&mut self, seq: u64, wire: &[u8], lsn: u64, recent: &mut RecentEntries, config: &TimelineConfig) {
         if seq <= self.committed {
             return;
         }
-        self.recent.push_back(MemEntry { seq, from, client_msg_id, lsn, state: State::Committed, wire: wire.into() });
-        self.committed = seq;
+        recent.push(lsn, wire);
+        self.index_entry(seq, lsn, config);
         self.allocated = self.allocated.max(seq);
-        self.evict(config);
     }
 
     /// After recovery: continue above the bucket's ceiling.
@@ -111,39 +128,48 @@ impl Inbox {
         self.allocated = self.allocated.max(ceiling);
     }
 
-    fn evict(&mut self, config: &TimelineConfig) {
-        while self.recent.len() > config.inbox_memory_entries
-            && self.recent.front().is_some_and(|e| e.state == State::Committed)
-        {
-            let e = self.recent.pop_front().expect("checked");
-            self.older.push_back((e.seq, e.lsn));
-            if self.older.len() > config.inbox_index_entries_max {
-                self.older.pop_front();
+    /// The durable entries after `since_seq` (at most `limit`) in the index.
+    fn after(&self, since_seq: u64, limit: usize) -> impl Iterator<Item = &(u64, u64)> {
+        let latest = self.latest_seq();
+        let start = self.index.partition_point(|(seq, _)| *seq <= since_seq);
+        self.index.range(start..).take_while(move |(seq, _)| *seq <= latest).take(limit)
+    }
+
+    /// Where the entries after `since_seq` are: the LSNs of up to `limit` of them to read
+    /// from the log when the first is no longer in `recent`, else memory.
+    pub fn source_after(&self, since_seq: u64, limit: usize, recent: &RecentEntries) -> SyncSource {
+        let mut lsns = Vec::new();
+        for (_, lsn) in self.after(since_seq, limit) {
+            if !recent.evicted(*lsn) {
+                break;
             }
+            lsns.push(*lsn);
+        }
+        if lsns.is_empty() {
+            SyncSource::Memory
+        } else {
+            SyncSource::Log(lsns)
         }
     }
 
-    /// LSNs of up to `limit` indexed (older) entries after `since_seq`.
-    pub fn older_after(&self, since_seq: u64, limit: usize) -> Vec<u64> {
-        let start = self.older.partition_point(|(seq, _)| *seq <= since_seq);
-        self.older.iter().skip(start).take(limit).map(|(_, lsn)| *lsn).collect()
-    }
-
-    /// Copies durable in-memory entries after `since_seq` (at most `limit`, `bytes_max`)
-    /// into `out`; returns (count, more left).
-    pub fn copy_after(&self, since_seq: u64, limit: usize, bytes_max: usize, out: &mut Vec<u8>) -> (usize, bool) {
-        let start = self.recent.partition_point(|e| e.seq <= since_seq);
+    /// Copies durable entries after `since_seq` held in `recent` (at most `limit`,
+    /// `bytes_max`) into `out`; returns (count, more left).
+    pub fn copy_after(
+        &self,
+        since_seq: u64,
+        limit: usize,
+        bytes_max: usize,
+        recent: &RecentEntries,
+        out: &mut Vec<u8>,
+    ) -> (usize, bool) {
         let mut count = 0;
-        for e in self.recent.iter().skip(start) {
-            if e.seq > self.committed || e.state != State::Committed {
-                // Not durable yet (and nothing after it is).
-                return (count, false);
-            }
+        for (_, lsn) in self.after(since_seq, usize::MAX) {
             // The first entry always goes, so a Sync always makes progress.
-            if count == limit || (count > 0 && out.len() + e.wire.len() > bytes_max) {
+            let Some(wire) = recent.get(*lsn) else { return (count, true) };
+            if count == limit || (count > 0 && out.len() + wire.len() > bytes_max) {
                 return (count, true);
             }
-            out.extend_from_slice(&e.wire);
+            out.extend_from_slice(wire);
             count += 1;
         }
         (count, false)
@@ -151,21 +177,22 @@ impl Inbox {
 
     /// Drops index entries whose records retention removed from the log.
     pub fn forget_before(&mut self, first_lsn: u64) {
-        while self.older.front().is_some_and(|(_, lsn)| *lsn < first_lsn) {
-            self.older.pop_front();
+        while self.index.front().is_some_and(|(_, lsn)| *lsn < first_lsn) {
+            self.index.pop_front();
         }
     }
 
-    /// Entries in memory and in the index.
+    /// Entries waiting for their write and entries indexed.
     pub fn lens(&self) -> (usize, usize) {
-        (self.recent.len(), self.older.len())
+        (self.pending.len(), self.index.len())
     }
 
-    /// Heap bytes held by this inbox (entries, index).
+    /// Heap bytes held by this inbox (pending entries, index); the bytes of durable
+    /// entries are the core's [`RecentEntries`].
     pub fn heap_bytes(&self) -> usize {
-        self.recent.capacity() * std::mem::size_of::<MemEntry>()
-            + self.recent.iter().map(|e| e.wire.len()).sum::<usize>()
-            + self.older.capacity() * 16
+        self.pending.capacity() * std::mem::size_of::<PendingEntry>()
+            + self.pending.iter().map(|e| e.wire.len()).sum::<usize>()
+            + self.index.capacity() * 16
     }
 }
 
@@ -179,7 +206,7 @@ pub struct Ceilings {
 
 impl Ceilings {
     pub fn new(step: u64, shift: u32) -> Self {
-        Self { step, shift, buckets: HashMap::new() }
+        Self { step, shift, buckets: HashMap::default() }
     }
 
     fn bucket(&self, user: u64) -> u64 {
@@ -245,25 +272,49 @@ mod tests {
     }
 
     #[test]
-    fn only_durable_entries_are_visible_and_old_ones_move_to_the_index() {
-        let config = TimelineConfig { inbox_memory_entries: 2, ..TimelineConfig::default() };
+    fn only_durable_entries_are_visible_and_evicted_ones_are_read_from_the_log() {
+        let config = TimelineConfig::default();
+        let mut recent = RecentEntries::new(1 << 20);
         let mut inbox = Inbox::default();
         for _ in 0..4 {
             let seq = inbox.allocate();
             inbox.push(seq, 1, seq, wire(seq));
         }
         let mut out = Vec::new();
-        assert_eq!(inbox.copy_after(0, 10, 1 << 20, &mut out), (0, false), "nothing durable yet");
-        inbox.commit(1, 100, &config);
-        inbox.commit(2, 101, &config);
+        assert_eq!(inbox.copy_after(0, 10, 1 << 20, &recent, &mut out), (0, false), "nothing durable yet");
+        inbox.commit(1, 100, &mut recent, &config);
+        inbox.commit(2, 101, &mut recent, &config);
         assert_eq!(inbox.latest_seq(), 2);
         inbox.fail(3);
-        inbox.commit(4, 103, &config);
+        inbox.commit(4, 103, &mut recent, &config);
         assert_eq!(inbox.latest_seq(), 4);
-        assert_eq!(inbox.older_after(0, 10), vec![100, 101], "durable entries beyond 2 in memory moved to the index");
-        assert_eq!(inbox.older_after(1, 10), vec![101]);
-        let (count, more) = inbox.copy_after(2, 10, 1 << 20, &mut out);
+        assert_eq!(inbox.source_after(0, 10, &recent), SyncSource::Memory);
+        let (count, more) = inbox.copy_after(2, 10, 1 << 20, &recent, &mut out);
         assert_eq!((count, more), (1, false), "seq 4 only; 3 failed and was skipped");
+        // A core whose recent entries start after LSN 101: seqs 1 and 2 come from the log.
+        let mut newer = RecentEntries::new(1 << 20);
+        newer.push(103, &wire(4));
+        assert_eq!(inbox.source_after(0, 10, &newer), SyncSource::Log(vec![100, 101]));
+        assert_eq!(inbox.source_after(1, 1, &newer), SyncSource::Log(vec![101]));
+        assert_eq!(inbox.source_after(2, 10, &newer), SyncSource::Memory);
+    }
+
+    #[test]
+    fn a_pending_entry_hides_the_durable_ones_after_it() {
+        let config = TimelineConfig::default();
+        let mut recent = RecentEntries::new(1 << 20);
+        let mut inbox = Inbox::default();
+        for seq in 1..=2 {
+            assert_eq!(inbox.allocate(), seq);
+            inbox.push(seq, 1, seq, wire(seq));
+        }
+        inbox.commit(2, 7, &mut recent, &config);
+        assert_eq!(inbox.latest_seq(), 0, "seq 1 is still being written");
+        let mut out = Vec::new();
+        assert_eq!(inbox.copy_after(0, 10, 1 << 20, &recent, &mut out), (0, false));
+        inbox.commit(1, 6, &mut recent, &config);
+        assert_eq!(inbox.latest_seq(), 2);
+        assert_eq!(inbox.source_after(0, 10, &recent), SyncSource::Log(vec![6]), "LSN 6 came after 7 in memory");
     }
 
     #[test]

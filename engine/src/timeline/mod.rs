@@ -24,13 +24,16 @@
 pub mod inbox;
 pub mod lucky;
 pub mod metrics;
+pub mod recent;
 pub mod records;
 pub mod storage;
 
+use crate::overload::rates::{RateConfig, RateRefusal, UserRates};
 use crate::shard::state::{Caller, Clock, ConnAnswers, ConnId, Handled};
-use inbox::{Ceilings, Inbox};
+use inbox::{Ceilings, Inbox, SyncSource};
 use lucky::{LuckyPacket, Share};
 use rand::SeedableRng;
+use recent::RecentEntries;
 use records::LuckyCreated;
 use redrain_net::frame::encode_frame;
 use redrain_net::message::Response;
@@ -39,7 +42,12 @@ use redrain_net::timeline::{
     LUCKY_FLAG_REPEAT, LUCKY_PAYLOAD_BYTES, TARGET_GROUP, TARGET_USER,
 };
 use redrain_net::{ErrorCode, MessageType};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// The state machine's keyed maps: seeded per process (keys come from clients), and
+/// cheaper to hash than the standard SipHash on the per-entry path.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, ahash::RandomState>;
 use std::sync::Arc;
 
 /// Tokens and output slots of the timelines carry this bit, so they never meet the
@@ -52,8 +60,9 @@ pub const TOKEN_BASE: u64 = 1 << 62;
 pub struct TimelineConfig {
     /// Longest message payload a client may send (bytes).
     pub message_bytes_max: usize,
-    /// Sends (messages, lucky packets, read markers) one user may make per second.
-    pub sends_per_user_per_s: u32,
+    /// Removed (the per-user rates are the top-level `messages_per_user_per_s` and
+    /// `syncs_per_user_per_s`); read only so that an old config naming it gets a clear error.
+    pub sends_per_user_per_s: Option<u32>,
     /// Sends and deliveries one core may have waiting for storage or other cores.
     pub fanout_pending_max: usize,
     /// Bytes of inbox entries the sends this core coordinates may have in flight (every
@@ -65,9 +74,10 @@ pub struct TimelineConfig {
     /// to one group-commit batch of the log while it reads); beyond it a Sync that needs
     /// the log is refused Busy.
     pub sync_reads_max: usize,
-    /// Entries of one inbox kept in memory; older ones are read from the log through
-    /// the inbox's index.
-    pub inbox_memory_entries: usize,
+    /// Bytes of the newest committed entries one core keeps in memory, whatever their
+    /// inbox (a Sync of them is a copy); older ones are read from the log through the
+    /// inbox's index.
+    pub recent_bytes_max: usize,
     /// Older entries one inbox indexes (seq -> LSN); beyond it the oldest are dropped.
     pub inbox_index_entries_max: usize,
     /// Members a group may have.
@@ -93,17 +103,21 @@ pub struct TimelineConfig {
     pub retention_bytes_max: u64,
     /// Timeline log: age of the oldest sealed segment kept, in seconds. 0 = keep all.
     pub retention_age_s: u64,
+    /// Cross-core answers (`Delivered`, `Answer`) a core keeps for another try when the
+    /// reverse mailbox is full; at this depth the core refuses new sends Busy until the
+    /// outbox drains (the answers themselves are never dropped).
+    pub mail_outbox_max: usize,
 }
 
 impl Default for TimelineConfig {
     fn default() -> Self {
         Self {
             message_bytes_max: 4096,
-            sends_per_user_per_s: 50,
+            sends_per_user_per_s: None,
             fanout_pending_max: 200_000,
             fanout_pending_bytes_max: 64 << 20,
             sync_reads_max: 64,
-            inbox_memory_entries: 50,
+            recent_bytes_max: 64 << 20,
             inbox_index_entries_max: 100_000,
             group_members_max: 500,
             groups_per_core_max: 1_000_000,
@@ -116,6 +130,7 @@ impl Default for TimelineConfig {
             lucky_total_fen_max: 20_000_000,
             retention_bytes_max: 0,
             retention_age_s: 0,
+            mail_outbox_max: 65_536,
         }
     }
 }
@@ -132,7 +147,7 @@ impl TimelineConfig {
         }
         // A SyncOk never outgrows the frames the node sends (checked here, clamped at start).
         let _ = frame_bytes_max;
-        if self.inbox_memory_entries == 0
+        if self.recent_bytes_max < 4096
             || self.group_members_max < 2
             || self.group_members_max > redrain_net::timeline::GROUP_CREATE_MEMBERS_MAX
             || self.seq_step == 0
@@ -140,14 +155,55 @@ impl TimelineConfig {
             || self.fanout_pending_max == 0
             || self.fanout_pending_bytes_max < fanout_bytes(1, self.message_bytes_max)
             || self.sync_reads_max == 0
-            || self.sends_per_user_per_s == 0
             || self.seq_bucket_shift > 32
+            || self.mail_outbox_max == 0
         {
             return Err("timeline bounds must be positive (group_members_max 2..=4096, seq_bucket_shift <= 32, \
-                        fanout_pending_bytes_max >= one largest entry, sync_reads_max >= 1)"
+                        fanout_pending_bytes_max >= one largest entry, sync_reads_max >= 1, \
+                        mail_outbox_max >= 1, recent_bytes_max >= 4096)"
                 .into());
         }
         Ok(())
+    }
+}
+
+/// The per-user rates the timelines enforce, as token buckets (from the node config:
+/// `messages_per_user_per_s`/`_burst`, `syncs_per_user_per_s`/`_burst`,
+/// `rate_users_per_core_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRateLimits {
+    /// Send (messages and lucky packets) and SyncAck (read markers).
+    pub messages: RateConfig,
+    /// Sync.
+    pub syncs: RateConfig,
+}
+
+impl UserRateLimits {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        let users_max = c.rate_users_per_core_max;
+        Self {
+            messages: RateConfig { per_s: c.messages_per_user_per_s, burst: c.messages_per_user_burst, users_max },
+            syncs: RateConfig { per_s: c.syncs_per_user_per_s, burst: c.syncs_per_user_burst, users_max },
+        }
+    }
+
+    /// These limits with the operator's sustained rates (None: as configured). The burst
+    /// keeps its length in seconds: it scales with the rate (at least 1).
+    pub fn with_overrides(self, messages_per_s: Option<u32>, syncs_per_s: Option<u32>) -> Self {
+        let scaled = |base: RateConfig, per_s: Option<u32>| match per_s {
+            Some(per_s) if per_s > 0 => {
+                let burst = u64::from(base.burst) * u64::from(per_s) / u64::from(base.per_s.max(1));
+                RateConfig { per_s, burst: burst.clamp(1, u64::from(u32::MAX)) as u32, users_max: base.users_max }
+            }
+            _ => base,
+        };
+        Self { messages: scaled(self.messages, messages_per_s), syncs: scaled(self.syncs, syncs_per_s) }
+    }
+}
+
+impl Default for UserRateLimits {
+    fn default() -> Self {
+        Self::from_config(&crate::config::Config::default())
     }
 }
 
@@ -271,8 +327,6 @@ pub fn fanout_bytes(recipients: usize, payload_len: usize) -> usize {
     let wire = redrain_net::timeline::SYNC_ENTRY_HEADER_BYTES + payload_len;
     recipients.saturating_mul(2 * wire + FANOUT_ENTRY_OVERHEAD_BYTES)
 }
-/// Retry-after sent with RateLimited (the rest of the second).
-const RATE_RETRY_AFTER_MS: u32 = 1_000;
 
 /// A client request waiting at its origin for an answer.
 struct Waiting {
@@ -359,6 +413,8 @@ pub struct TimelineStats {
     pub entries_committed: u64,
     pub entries_failed: u64,
     pub notifies_pushed: u64,
+    /// Notifies not sent because the device had not synced since its last one.
+    pub notifies_gated: u64,
     pub syncs: u64,
     pub sync_log_reads: u64,
     pub lucky_opened: u64,
@@ -369,10 +425,22 @@ pub struct TimelineStats {
     pub fanout_pending_bytes: u64,
     /// Syncs reading older entries from the log now.
     pub sync_reads: u64,
+    pub recent_bytes: u64,
     /// Sends and syncs refused Busy by `fanout_pending_bytes_max` / `sync_reads_max`.
     pub refused_busy: u64,
     /// Entries found twice at start (a failed but durable append, then its retry).
     pub entries_replaced_at_recovery: u64,
+    /// Sends, lucky packets and read markers refused by the message rate (RateLimited, or
+    /// Busy when the core meters `rate_users_per_core_max` users).
+    pub rate_limited_messages: u64,
+    /// Syncs refused by the sync rate.
+    pub rate_limited_syncs: u64,
+    /// `Delivered`/`Answer` mail pushed again after a full mailbox refused it.
+    pub mail_retried: u64,
+    /// Mail waiting in the outbox now (bound: `mail_outbox_max`, then new sends are Busy).
+    pub mail_outbox: u64,
+    /// Sends, read markers and group requests refused Busy while the outbox was full.
+    pub refused_outbox_full: u64,
 }
 
 /// One core's timelines.
@@ -382,6 +450,8 @@ pub struct Timelines {
     node_id: u16,
     config: TimelineConfig,
     inboxes: HashMap<u64, Inbox>,
+    /// The bytes of the newest durable entries of every inbox here.
+    recent: RecentEntries,
     ceilings: Ceilings,
     groups: HashMap<u64, Vec<u64>>,
     next_group: u64,
@@ -389,6 +459,9 @@ pub struct Timelines {
     /// Online devices of users homed here.
     online: HashMap<u64, Vec<ConnId>>,
     conn_user: HashMap<ConnId, u64>,
+    /// Devices sent a Notify they have not answered with a Sync yet: they get no other
+    /// until they sync (a device that is behind knows it; the Sync answer says how far).
+    notified: HashSet<ConnId>,
     /// Users whose latest seq moved since the last drain (one Notify per device each).
     notify: Vec<u64>,
     waiting: HashMap<u64, Waiting>,
@@ -405,8 +478,19 @@ pub struct Timelines {
     /// retried send is stored once even after its entry left memory or the node restarted.
     delivered: HashMap<(u64, u64, u64), u64>,
     delivered_order: VecDeque<(u64, u64, u64)>,
-    /// Sends this second per user: (second, count).
-    rate: HashMap<u64, (u64, u32)>,
+    /// Per-user token buckets: Send, lucky packets and SyncAck take from `message_rates`,
+    /// Sync from `sync_rates` (see [`UserRateLimits`]).
+    message_rates: UserRates,
+    sync_rates: UserRates,
+    /// The configured rates (the operator's switches override the sustained rates).
+    rate_limits: UserRateLimits,
+    /// Mail the mailbox refused that must arrive (`Delivered`, `Answer`): pushed again on
+    /// the first drain after each housekeeping tick. While it holds `mail_outbox_max` or
+    /// more, new work is refused Busy (see [`Timelines::on_mail_refused`]).
+    outbox: VecDeque<(usize, TimelineMail)>,
+    /// Set by the tick: the next drain pushes the outbox again. Retrying on every drain
+    /// instead costs the whole outbox per dispatch while the queue stays full.
+    outbox_retry_due: bool,
     last_message_id: u64,
     /// Latest Unix time seen by a request or tick here: stamps lucky opens for the hand-off.
     last_unix_ms: u64,
@@ -441,26 +525,32 @@ impl Timelines {
             cores,
             node_id,
             ceilings: Ceilings::new(config.seq_step, config.seq_bucket_shift),
+            recent: RecentEntries::new(config.recent_bytes_max),
             config,
-            inboxes: HashMap::new(),
-            groups: HashMap::new(),
+            inboxes: HashMap::default(),
+            groups: HashMap::default(),
             next_group: 1,
-            lucky: HashMap::new(),
-            online: HashMap::new(),
-            conn_user: HashMap::new(),
+            lucky: HashMap::default(),
+            online: HashMap::default(),
+            conn_user: HashMap::default(),
+            notified: HashSet::default(),
             notify: Vec::new(),
-            waiting: HashMap::new(),
-            fanouts: HashMap::new(),
-            deliveries: HashMap::new(),
+            waiting: HashMap::default(),
+            fanouts: HashMap::default(),
+            deliveries: HashMap::default(),
             fanout_bytes_in_flight: 0,
-            pending: HashMap::new(),
-            group_puts: HashMap::new(),
-            sync_reads: HashMap::new(),
-            sent: HashMap::new(),
+            pending: HashMap::default(),
+            group_puts: HashMap::default(),
+            sync_reads: HashMap::default(),
+            sent: HashMap::default(),
             sent_order: VecDeque::new(),
-            delivered: HashMap::new(),
+            delivered: HashMap::default(),
             delivered_order: VecDeque::new(),
-            rate: HashMap::new(),
+            message_rates: UserRates::new(UserRateLimits::default().messages),
+            sync_rates: UserRates::new(UserRateLimits::default().syncs),
+            rate_limits: UserRateLimits::default(),
+            outbox: VecDeque::new(),
+            outbox_retry_due: false,
             last_message_id: 0,
             last_unix_ms: 0,
             next_token: TOKEN_BASE,
@@ -519,6 +609,7 @@ impl Timelines {
     }
 
     fn forget_conn(&mut self, conn: ConnId, user: u64) {
+        self.notified.remove(&conn);
         if let Some(conns) = self.online.get_mut(&user) {
             conns.retain(|c| *c != conn);
             if conns.is_empty() {
@@ -548,9 +639,20 @@ impl Timelines {
             immediate(Reply::busy("too many timeline requests waiting on this core"), out);
             return Err(ErrorCode::Busy);
         }
+        if self.outbox_full() && !matches!(request, TimelineRequest::Sync { .. }) {
+            self.stats.refused_outbox_full += 1;
+            immediate(Reply::busy("answers to other cores are waiting for room in the mailbox"), out);
+            return Err(ErrorCode::Busy);
+        }
         match *request {
             TimelineRequest::Sync { since_seq, limit } => {
+                if let Some((code, reply)) = self.rate_refused(RateKind::Sync, user, clock) {
+                    immediate(reply, out);
+                    return Err(code);
+                }
                 self.stats.syncs += 1;
+                // Anything that commits from now on is news to this device again.
+                self.notified.remove(&conn);
                 match self.sync(user, since_seq, limit) {
                     Ok(SyncAnswer::Now(reply)) => Ok(immediate(reply, out)),
                     Ok(SyncAnswer::Read { .. }) if self.sync_reads.len() >= self.config.sync_reads_max => {
@@ -595,14 +697,9 @@ impl Timelines {
                         return Err(ErrorCode::BadLuckyPacket);
                     }
                 }
-                if let Some(retry) = self.rate_limited(user, clock) {
-                    Reply::Err {
-                        code: ErrorCode::RateLimited,
-                        retry_after_ms: retry,
-                        text: "too many sends this second",
-                    }
-                    .encode(request_id, out.tail());
-                    return Err(ErrorCode::RateLimited);
+                if let Some((code, reply)) = self.rate_refused(RateKind::Message, user, clock) {
+                    immediate(reply, out);
+                    return Err(code);
                 }
                 let key = (user, client_msg_id);
                 let message_id = match self.sent.get_mut(&key) {
@@ -650,14 +747,9 @@ impl Timelines {
                 Ok(Handled::Later { slot: token })
             }
             TimelineRequest::SyncAck { conv_kind, conv_id, read_seq } => {
-                if let Some(retry) = self.rate_limited(user, clock) {
-                    Reply::Err {
-                        code: ErrorCode::RateLimited,
-                        retry_after_ms: retry,
-                        text: "too many sends this second",
-                    }
-                    .encode(request_id, out.tail());
-                    return Err(ErrorCode::RateLimited);
+                if let Some((code, reply)) = self.rate_refused(RateKind::Message, user, clock) {
+                    immediate(reply, out);
+                    return Err(code);
                 }
                 let latest = self.inboxes.get(&user).map_or(self.ceilings.ceiling_of(user), |i| i.latest_seq());
                 if read_seq > latest {
@@ -710,17 +802,50 @@ impl Timelines {
         refused
     }
 
-    fn rate_limited(&mut self, user: u64, clock: Clock) -> Option<u32> {
-        let second = clock.mono_ms / 1000;
-        let entry = self.rate.entry(user).or_insert((second, 0));
-        if entry.0 != second {
-            *entry = (second, 0);
+    /// Takes one token of `user`'s bucket of `kind`; the refusal to answer when it is empty
+    /// (RateLimited with the bucket's retry-after) or the core tracks too many users (Busy).
+    fn rate_refused(&mut self, kind: RateKind, user: u64, clock: Clock) -> Option<(ErrorCode, Reply)> {
+        let rates = match kind {
+            RateKind::Message => &mut self.message_rates,
+            RateKind::Sync => &mut self.sync_rates,
+        };
+        let refusal = rates.take(user, clock.mono_ms).err()?;
+        match kind {
+            RateKind::Message => self.stats.rate_limited_messages += 1,
+            RateKind::Sync => self.stats.rate_limited_syncs += 1,
         }
-        if entry.1 >= self.config.sends_per_user_per_s {
-            return Some(RATE_RETRY_AFTER_MS - (clock.mono_ms % 1000) as u32);
-        }
-        entry.1 += 1;
-        None
+        Some(match refusal {
+            RateRefusal::Exhausted { retry_after_ms } => {
+                let text = match kind {
+                    RateKind::Message => "more messages than messages_per_user_per_s",
+                    RateKind::Sync => "more syncs than syncs_per_user_per_s",
+                };
+                let reply = Reply::Err { code: ErrorCode::RateLimited, retry_after_ms: retry_after_ms.max(1), text };
+                (ErrorCode::RateLimited, reply)
+            }
+            RateRefusal::TableFull => {
+                (ErrorCode::Busy, Reply::busy("this core meters rate_users_per_core_max active users"))
+            }
+        })
+    }
+
+    /// The configured per-user rates (at start, before any request).
+    pub fn set_rate_limits(&mut self, limits: UserRateLimits) {
+        self.rate_limits = limits;
+        self.message_rates.set_config(limits.messages);
+        self.sync_rates.set_config(limits.syncs);
+    }
+
+    /// The operator's sustained rates (switches; None: as configured).
+    pub fn apply_rate_switches(&mut self, messages_per_s: Option<u32>, syncs_per_s: Option<u32>) {
+        let limits = self.rate_limits.with_overrides(messages_per_s, syncs_per_s);
+        self.message_rates.set_config(limits.messages);
+        self.sync_rates.set_config(limits.syncs);
+    }
+
+    /// The per-user rates in force.
+    pub fn rate_limits(&self) -> UserRateLimits {
+        UserRateLimits { messages: self.message_rates.config(), syncs: self.sync_rates.config() }
     }
 
     fn remember_sent(&mut self, key: (u64, u64), sent: Sent) {
@@ -1130,12 +1255,12 @@ impl Timelines {
         if since_seq > latest_seq {
             return Err((ErrorCode::SeqFromFuture, "since_seq is beyond the inbox's latest seq"));
         }
-        let older = inbox.older_after(since_seq, usize::from(limit));
-        if !older.is_empty() {
-            return Ok(SyncAnswer::Read { lsns: older, latest_seq });
+        if let SyncSource::Log(lsns) = inbox.source_after(since_seq, usize::from(limit), &self.recent) {
+            return Ok(SyncAnswer::Read { lsns, latest_seq });
         }
         let mut bytes = Vec::new();
-        let (count, more) = inbox.copy_after(since_seq, usize::from(limit), self.config.sync_bytes_max, &mut bytes);
+        let (count, more) =
+            inbox.copy_after(since_seq, usize::from(limit), self.config.sync_bytes_max, &self.recent, &mut bytes);
         let reply = Reply::ok(TimelineResponse::SyncOk {
             latest_seq,
             more,
@@ -1189,7 +1314,7 @@ impl Timelines {
                     match lsn {
                         Some(lsn) => {
                             self.stats.entries_committed += 1;
-                            inbox.commit(seq, lsn, &self.config);
+                            inbox.commit(seq, lsn, &mut self.recent, &self.config);
                             if !inbox.notify_pending {
                                 inbox.notify_pending = true;
                                 self.notify.push(user);
@@ -1289,27 +1414,37 @@ impl Timelines {
         }
     }
 
-    /// Mail that could not be sent (the destination's queue was full): the request it
-    /// carried fails as Busy (a retried send is idempotent).
-    pub fn on_mail_refused(&mut self, mail: TimelineMail) {
+    /// Mail for core `to` that could not be sent (the queue was full). A request going out
+    /// (`Deliver`, `Group`) fails Busy before anything is stored (a retried send is
+    /// idempotent). An answer coming back (`Delivered`, `Answer`) reports work already
+    /// written, so it is never dropped: it waits in the outbox and is pushed again after
+    /// the next housekeeping tick (100 ms), until the coordinator's fan-out finishes and
+    /// returns its bytes.
+    pub fn on_mail_refused(&mut self, to: usize, mail: TimelineMail) {
         match mail {
             TimelineMail::Deliver { coordinator, .. } => self.report_delivered(coordinator, false, Vec::new()),
             TimelineMail::Group { origin, .. } => self.on_answer(origin.token, Reply::busy("group core queue full")),
-            TimelineMail::Delivered { token, .. } | TimelineMail::Answer { token, .. } => {
-                // The reverse direction is full: the waiting side times out with its
-                // connection; nothing was lost on disk.
-                log::warn!("timeline answer {token} dropped: mailbox full");
+            mail @ (TimelineMail::Delivered { .. } | TimelineMail::Answer { .. }) => {
+                self.outbox.push_back((to, mail));
+                self.stats.mail_outbox = self.outbox.len() as u64;
             }
         }
     }
 
-    /// Housekeeping: forget old rate windows; drop index entries the log no longer holds.
+    /// Whether the outbox of answers waiting for a full mailbox is at `mail_outbox_max`
+    /// (new work is refused Busy until it drains).
+    fn outbox_full(&self) -> bool {
+        self.outbox.len() >= self.config.mail_outbox_max
+    }
+
+    /// Answers waiting for room in a full mailbox.
+    pub fn mail_outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Housekeeping: drop index entries the log no longer holds; copy the gauges.
     pub fn on_tick(&mut self, clock: Clock, first_retained_lsn: u64) {
         self.last_unix_ms = self.last_unix_ms.max(clock.unix_ms);
-        let second = clock.mono_ms / 1000;
-        if self.rate.len() > 1024 {
-            self.rate.retain(|_, (s, _)| *s == second);
-        }
         if first_retained_lsn > 0 {
             for inbox in self.inboxes.values_mut() {
                 inbox.forget_before(first_retained_lsn);
@@ -1320,15 +1455,27 @@ impl Timelines {
         self.stats.pending = (self.pending.len() + self.waiting.len() + self.fanouts.len()) as u64;
         self.stats.fanout_pending_bytes = self.fanout_bytes_in_flight as u64;
         self.stats.sync_reads = self.sync_reads.len() as u64;
+        self.stats.recent_bytes = self.recent.heap_bytes() as u64;
+        self.stats.mail_outbox = self.outbox.len() as u64;
+        self.outbox_retry_due = true;
     }
 
     /// Takes the outputs so far; first turns moved seqs into one Notify per device.
     pub fn drain(&mut self, into: &mut Vec<TimelineOutput>) {
+        // Answers a full mailbox refused go first, ahead of newer mail to the same core.
+        if std::mem::take(&mut self.outbox_retry_due) && !self.outbox.is_empty() {
+            self.stats.mail_retried += self.outbox.len() as u64;
+            into.extend(self.outbox.drain(..).map(|(core, mail)| TimelineOutput::Mail { core, mail }));
+        }
         for user in std::mem::take(&mut self.notify) {
             let Some(inbox) = self.inboxes.get_mut(&user) else { continue };
             inbox.notify_pending = false;
             let latest_seq = inbox.latest_seq();
             for conn in self.online.get(&user).into_iter().flatten() {
+                if !self.notified.insert(*conn) {
+                    self.stats.notifies_gated += 1;
+                    continue;
+                }
                 let mut frame = Vec::with_capacity(16);
                 Response::Timeline(TimelineResponse::Notify { latest_seq }).encode(0, &mut frame);
                 self.outputs.push(TimelineOutput::Push { conn: *conn, frame });
@@ -1364,7 +1511,7 @@ impl Timelines {
                     self.remember_delivered(key, entry.seq);
                 }
                 let inbox = self.inboxes.entry(user).or_default();
-                inbox.recover(entry.seq, entry.from, client_msg_id, wire, lsn, &self.config);
+                inbox.recover(entry.seq, wire, lsn, &mut self.recent, &self.config);
                 self.ceilings.recover(user, entry.seq);
                 true
             }
@@ -1428,9 +1575,35 @@ impl Timelines {
 
     /// Bytes of heap held by inboxes (an estimate, for the memory figure).
     pub fn inbox_heap_bytes(&self) -> usize {
+        self.recent.heap_bytes() + self.inbox_index_bytes()
+    }
+
+    /// Bytes of the newest durable entries kept in memory (bound: `recent_bytes_max`).
+    pub fn recent_bytes(&self) -> usize {
+        self.recent.heap_bytes()
+    }
+
+    /// Heap bytes of the idempotency tables (client message ids of sends, and of
+    /// deliveries per recipient), an estimate from their capacities.
+    pub fn dedup_bytes(&self) -> usize {
+        self.sent.capacity() * (std::mem::size_of::<((u64, u64), Sent)>() + 1)
+            + self.sent_order.capacity() * std::mem::size_of::<(u64, u64)>()
+            + self.delivered.capacity() * (std::mem::size_of::<((u64, u64, u64), u64)>() + 1)
+            + self.delivered_order.capacity() * std::mem::size_of::<(u64, u64, u64)>()
+    }
+
+    /// Heap bytes of the inboxes themselves (pending entries and indexes).
+    pub fn inbox_index_bytes(&self) -> usize {
         self.inboxes.values().map(Inbox::heap_bytes).sum::<usize>()
             + self.inboxes.capacity() * (std::mem::size_of::<(u64, Inbox)>() + 1)
     }
+}
+
+/// Which per-user bucket a request takes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RateKind {
+    Message,
+    Sync,
 }
 
 enum SyncAnswer {

@@ -239,15 +239,15 @@ pub fn carry_out(core: &Rc<Core>, output: TimelineOutput) {
         TimelineOutput::Mail { core: to, mail } => {
             match core.node.mailboxes.queue(core.id, to).push(Mail::Timeline(mail)) {
                 Ok(()) => core.ring(to),
-                Err(Mail::Timeline(mail)) => refused(core, mail),
+                Err(Mail::Timeline(mail)) => refused(core, to, mail),
                 Err(_) => unreachable!("the queue hands back what was pushed"),
             }
         }
     }
 }
 
-fn refused(core: &Rc<Core>, mail: TimelineMail) {
-    core.state.borrow_mut().timelines_mut().on_mail_refused(mail);
+fn refused(core: &Rc<Core>, to: usize, mail: TimelineMail) {
+    core.state.borrow_mut().timelines_mut().on_mail_refused(to, mail);
 }
 
 /// Opens this core's timeline storage (replicated when the node has replica peers) and

@@ -442,10 +442,16 @@ async fn closed_loop_writer<S: Scenario, B: Backend>(
         if now_ns >= tl.measure_end_ns || state.borrow().closed {
             return;
         }
+        // A refusal's retry-after: this connection sends nothing before it.
+        let mut hold = None;
         {
             let mut st = state.borrow_mut();
             let mut stats = ctx.stats.borrow_mut();
             while st.pending.outstanding() < in_flight {
+                if let Some(at) = st.scenario.hold_until().filter(|at| *at > std::time::Instant::now()) {
+                    hold = Some(at);
+                    break;
+                }
                 let measured = now_ns >= tl.measure_start_ns;
                 encode_next(&mut st, now_ns, now_ns, measured, &mut out);
                 if measured {
@@ -458,8 +464,15 @@ async fn closed_loop_writer<S: Scenario, B: Backend>(
         if !out.is_empty() {
             out = write_batch::<B, _>(stream, state, out).await;
         }
+        let held = async {
+            match hold {
+                Some(at) => B::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = room.notified() => {}
+            _ = held => {}
             _ = &mut end => return,
         }
     }

@@ -20,6 +20,12 @@
 //! first member, naming the others). Client message ids carry a per-run nonce, so a second
 //! run against the same node is never taken for a retry of the first, and entries from
 //! earlier runs in an inbox are counted as `earlier_runs` and skipped.
+//!
+//! Refusals are obeyed unless `--ignore-backoff`: a request answered `Busy`, `RateLimited`
+//! or `Paused` holds its connection until the answer's retry-after has passed (the closed
+//! loop sleeps; the open loop leaves those slots out, counted as `backoff_skips`), so a
+//! client under refusal does not spin. Refusals are counted by code (`busy`,
+//! `rate_limited`, `paused`; they are in `send_errors`/`sync_errors` too).
 
 use super::{Check, DrainWant, Headline, LoadShape, Scenario, ScenarioConnection};
 use crate::config::RunConfig;
@@ -29,7 +35,7 @@ use redrain_net::client::{BlockingClient, ClientError};
 use redrain_net::message::Request;
 use redrain_net::timeline::{TimelineRequest, TimelineResponse, U64List, CONTENT_TEXT, TARGET_GROUP, TARGET_USER};
 use redrain_net::token::{TokenClaims, TokenKeys};
-use redrain_net::Response;
+use redrain_net::{ErrorCode, Response};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +56,10 @@ pub const CHAT_COUNTERS: &[&str] = &[
     "sync_errors",
     "earlier_runs",
     "wrong_response_type",
+    "busy",
+    "rate_limited",
+    "paused",
+    "backoff_skips",
 ];
 const SENT: usize = 0;
 const ACKED: usize = 1;
@@ -62,6 +72,10 @@ const SYNCS: usize = 7;
 const SYNC_ERRORS: usize = 8;
 const EARLIER_RUNS: usize = 9;
 const WRONG_RESPONSE_TYPE: usize = 10;
+const BUSY: usize = 11;
+const RATE_LIMITED: usize = 12;
+const PAUSED: usize = 13;
+const BACKOFF_SKIPS: usize = 14;
 
 /// Bytes of a chat payload: nonce u32 | sender u32 | counter u32 | sent_at_us u64.
 pub const CHAT_PAYLOAD_BYTES: usize = 20;
@@ -282,6 +296,7 @@ enum Target {
 #[derive(Debug, Clone)]
 pub struct ChatScenario {
     shared: Arc<Shared>,
+    obey_backoff: bool,
 }
 
 impl ChatScenario {
@@ -310,7 +325,15 @@ impl ChatScenario {
                 send_to_sync_us: histograms(),
                 counters: std::array::from_fn(|_| AtomicU64::new(0)),
             }),
+            obey_backoff: true,
         })
+    }
+
+    /// `false`: ignore the retry-after of `Busy`, `RateLimited` and `Paused` (abuse runs:
+    /// a refused connection asks again at once).
+    pub fn obey_backoff(mut self, obey: bool) -> Self {
+        self.obey_backoff = obey;
+        self
     }
 }
 
@@ -354,6 +377,8 @@ impl Scenario for ChatScenario {
             requests_since_sync: 0,
             last_sync_at: Instant::now(),
             notifies: VecDeque::new(),
+            obey_backoff: self.obey_backoff,
+            hold_until: None,
         }
     }
 
@@ -409,6 +434,9 @@ pub struct ChatConnection {
     last_sync_at: Instant,
     /// Notifies not yet matched to entries: (latest seq, arrival).
     notifies: VecDeque<(u64, Instant)>,
+    obey_backoff: bool,
+    /// No request before this (the retry-after of the last refusal).
+    hold_until: Option<Instant>,
 }
 
 impl ChatConnection {
@@ -427,6 +455,11 @@ impl ChatConnection {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         self.rng
+    }
+
+    /// Whether a refusal's retry-after still holds this connection.
+    fn holding(&self) -> bool {
+        self.hold_until.is_some_and(|at| Instant::now() < at)
     }
 
     fn wants_sync(&self) -> bool {
@@ -548,7 +581,20 @@ impl ScenarioConnection for ChatConnection {
         }
     }
 
-    fn on_error(&mut self, sequence: u64, _code: u16, _retry_after_ms: u32, _counters: &mut [u64]) {
+    fn on_error(&mut self, sequence: u64, code: u16, retry_after_ms: u32, _counters: &mut [u64]) {
+        let refusal = match ErrorCode::from_u16(code) {
+            Some(ErrorCode::Busy) => Some(BUSY),
+            Some(ErrorCode::RateLimited) => Some(RATE_LIMITED),
+            Some(ErrorCode::Paused) => Some(PAUSED),
+            _ => None,
+        };
+        if let Some(slot) = refusal {
+            self.shared.add(slot, 1);
+            if self.obey_backoff {
+                let at = Instant::now() + Duration::from_millis(u64::from(retry_after_ms));
+                self.hold_until = Some(self.hold_until.map_or(at, |t| t.max(at)));
+            }
+        }
         match self.take_sent(sequence) {
             Some(Sent::Send { .. }) => self.shared.add(SEND_ERRORS, 1),
             Some(Sent::Sync) => {
@@ -569,8 +615,20 @@ impl ScenarioConnection for ChatConnection {
         true
     }
 
+    fn skip(&mut self, _counters: &mut [u64]) -> bool {
+        let skip = self.holding();
+        if skip {
+            self.shared.add(BACKOFF_SKIPS, 1);
+        }
+        skip
+    }
+
+    fn hold_until(&mut self) -> Option<Instant> {
+        self.hold_until.filter(|_| self.holding())
+    }
+
     fn drain_want(&mut self) -> DrainWant {
-        if self.sync_in_flight {
+        if self.sync_in_flight || self.holding() {
             return DrainWant::Later;
         }
         if self.more || self.notified_seq > self.known_latest.max(self.synced_seq) {
@@ -720,5 +778,29 @@ mod tests {
         s.finish(&mut counters);
         assert_eq!(counters[EARLIER_RUNS], 1);
         assert_eq!(counters[MISSING], 3, "three members, none synced it");
+    }
+
+    #[test]
+    fn a_refusal_holds_the_connection_for_its_retry_after_unless_backoff_is_ignored() {
+        let s = scenario(2, ONE_TO_ONE, &[]);
+        let mut a = s.connection(0);
+        let mut counters = [0u64; CHAT_COUNTERS.len()];
+        let _ = a.next_request(0);
+        a.on_error(0, ErrorCode::RateLimited.as_u16(), 60_000, &mut counters);
+        assert!(a.hold_until().is_some_and(|at| at > Instant::now() + Duration::from_secs(59)));
+        assert!(a.skip(&mut counters), "open-loop slots within the retry-after are left out");
+        assert_eq!(a.drain_want(), DrainWant::Later, "the drain waits too");
+        let _ = a.next_request(1);
+        a.on_error(1, ErrorCode::Busy.as_u16(), 10, &mut counters);
+        assert!(a.hold_until().is_some_and(|at| at > Instant::now() + Duration::from_secs(59)), "the later end holds");
+        let mut abuse = s.clone().obey_backoff(false).connection(1);
+        let _ = abuse.next_request(0);
+        abuse.on_error(0, ErrorCode::RateLimited.as_u16(), 60_000, &mut counters);
+        assert_eq!(abuse.hold_until(), None);
+        assert!(!abuse.skip(&mut counters));
+        s.finish(&mut counters);
+        assert_eq!((counters[RATE_LIMITED], counters[BUSY], counters[PAUSED]), (2, 1, 0));
+        assert_eq!(counters[BACKOFF_SKIPS], 1);
+        assert_eq!(counters[SEND_ERRORS], 3);
     }
 }

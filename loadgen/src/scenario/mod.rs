@@ -107,4 +107,10 @@ pub trait ScenarioConnection: 'static {
     fn skip(&mut self, _counters: &mut [u64]) -> bool {
         false
     }
+    /// The node asked this connection to wait (a refusal's retry-after): no request before
+    /// this instant. The closed loop sleeps until then instead of sending; the open loop
+    /// asks [`skip`](Self::skip) per slot.
+    fn hold_until(&mut self) -> Option<std::time::Instant> {
+        None
+    }
 }

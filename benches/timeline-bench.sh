@@ -6,6 +6,8 @@
 #
 #   cargo build --release -p redrain-engine --bin redrain -p redrain-loadgen
 #   benches/timeline-bench.sh            # all runs; RUNS="one_to_one group100" for some
+#   REPLICATED=1 benches/timeline-bench.sh   # the timeline log replicated to two
+#       `redrain replica serve` peers on loopback (2 of 3 copies = committed), fresh each run
 set -euo pipefail
 BIN=${BIN:-target/release}
 PORT=${PORT:-17140}
@@ -15,7 +17,11 @@ CORES=${CORES:-2}
 RUNS=${RUNS:-"one_to_one group100 group500 memory"}
 WORK=$(mktemp -d /tmp/redrain-timeline-bench.XXXXXX)
 NODE=""
-trap '[ -n "$NODE" ] && kill "$NODE" 2>/dev/null; rm -rf "$WORK/data"' EXIT
+REPLICATED=${REPLICATED:-0}
+REPLICA_PORTS=${REPLICA_PORTS:-"17150 17151"}
+REPLICAS=""
+PEER_ARGS=()
+trap '[ -n "$NODE" ] && kill "$NODE" 2>/dev/null; for r in $REPLICAS; do kill "$r" 2>/dev/null; done; rm -rf "$WORK/data" "$WORK/park-"*' EXIT
 # The benchmark measures throughput, not the per-user limiter: set the rates it needs.
 printf 'messages_per_user_per_s = 1000000\nmessages_per_user_burst = 1000000\nsyncs_per_user_per_s = 1000000\nsyncs_per_user_burst = 1000000\n' > "$WORK/timeline.toml"
 # Extra keys, e.g. retention: TIMELINE_EXTRA='[timeline]\nretention_bytes_max = 268435456\n'
@@ -25,17 +31,41 @@ metric() { # sum of a metric over its series
     curl -s "127.0.0.1:$ADMIN/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f\n", s }'
 }
 
+# Replicated runs: two fresh peer parks before each node start (a fresh node would
+# otherwise catch up the previous run's records from them), stopped with the node.
+start_replicas() {
+    local peers=""
+    for p in $REPLICA_PORTS; do
+        rm -rf "$WORK/park-$p"
+        "$BIN/redrain" replica serve --listen "127.0.0.1:$p" --data-dir "$WORK/park-$p" \
+            > "$WORK/park-$p.out" 2> "$WORK/park-$p.log" &
+        REPLICAS="$REPLICAS $!"
+        peers="${peers:+$peers,}127.0.0.1:$p"
+    done
+    for p in $REPLICA_PORTS; do
+        for _ in $(seq 100); do [ -s "$WORK/park-$p.out" ] && break; sleep 0.1; done
+    done
+    PEER_ARGS=(--opens-replica-peers "$peers")
+}
+
+stop_replicas() {
+    [ -n "$REPLICAS" ] && echo "replicas hold: $(for p in $REPLICA_PORTS; do du -sm "$WORK/park-$p" | cut -f1; done | paste -sd/) MiB;" \
+        "node log: $(grep -c 'catch-up\|peer' "$WORK/node.log" || true) peer lines"
+    for r in $REPLICAS; do kill "$r" 2>/dev/null; wait "$r" 2>/dev/null || true; done; REPLICAS=""
+}
+
 start_node() {
     rm -rf "$WORK/data"
+    [ "$REPLICATED" = 1 ] && start_replicas
     REDRAIN_DEMO_EVENT=false "$BIN/redrain" serve --cores "$CORES" --listen "127.0.0.1:$PORT" \
         --admin-listen "127.0.0.1:$ADMIN" --data-dir "$WORK/data" --config "$WORK/timeline.toml" \
-        > "$WORK/node.out" 2> "$WORK/node.log" &
+        ${PEER_ARGS[@]+"${PEER_ARGS[@]}"} > "$WORK/node.out" 2> "$WORK/node.log" &
     NODE=$!
     for _ in $(seq 100); do grep -q "redrain ready" "$WORK/node.out" 2>/dev/null && return; sleep 0.1; done
     echo "node did not start"; cat "$WORK/node.log"; exit 1
 }
 
-stop_node() { kill "$NODE"; wait "$NODE" 2>/dev/null || true; NODE=""; }
+stop_node() { kill "$NODE"; wait "$NODE" 2>/dev/null || true; NODE=""; stop_replicas; }
 
 loadgen() {
     "$BIN/redrain-loadgen" chat --target "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \

@@ -158,6 +158,9 @@ pub struct CoreMetrics {
     pub rain: crate::rain::metrics::RainMetrics,
     /// The payment hand-off of this core's open queue (rendered by `handoff::metrics`).
     pub handoff: crate::handoff::metrics::HandoffMetrics,
+    /// The payment hand-off of this core's lucky packet shares (its timeline log;
+    /// rendered by `handoff::metrics::render_lucky`).
+    pub handoff_lucky: crate::handoff::metrics::HandoffMetrics,
     /// The core's network ring (rendered by `shard::netring`).
     pub net: crate::shard::netring::NetRingMetrics,
     /// Timelines of this core (rendered by `timeline::metrics`).

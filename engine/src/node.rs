@@ -158,6 +158,8 @@ pub struct BoundAddrs {
 struct CoreSetup {
     /// This core's payment hand-off sink (when the node serves a rain).
     sink: Option<crate::handoff::CoreSink>,
+    /// This core's hand-off sink of lucky packet shares.
+    lucky_sink: Option<crate::handoff::CoreSink>,
     /// This core's rain state (dispenser with recovered cursors, opened packets).
     rain: Option<(CoreRecovery, crate::rain::dispenser::Dispenser)>,
     plain: std::net::TcpListener,
@@ -236,13 +238,12 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
     let rain = crate::rain::start(&config, cores)?;
     // The hand-off's sinks open before any executor starts: a missing stream, an
     // unreachable server or a damaged position refuses the start with a clear message.
-    let handoff = match &rain {
-        Some(_) => Some(crate::handoff::start(&config, cores).context("starting the payment hand-off")?),
-        None => None,
-    };
-    let (mut sinks, _nats_link): (Vec<_>, _) = match handoff {
-        Some(h) => (h.sinks.into_iter().map(Some).collect(), h.nats),
-        None => ((0..cores).map(|_| None).collect(), None),
+    // Lucky packet shares go to the hand-off with or without an event.
+    let handoff = crate::handoff::start(&config, cores, rain.is_some()).context("starting the payment hand-off")?;
+    let mut lucky_sinks: Vec<_> = handoff.lucky_sinks.into_iter().map(Some).collect();
+    let (mut sinks, _nats_link): (Vec<_>, _) = match rain {
+        Some(_) => (handoff.sinks.into_iter().map(Some).collect(), handoff.nats),
+        None => ((0..cores).map(|_| None).collect(), handoff.nats),
     };
     let (rain_shared, mut rain_cores): (Option<Arc<RainShared>>, Vec<_>) = match rain {
         Some(start) => (Some(start.shared), start.cores.into_iter().map(Some).collect()),
@@ -274,6 +275,7 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
     for (i, p) in plain.into_iter().enumerate() {
         setups.push(CoreSetup {
             sink: sinks[i].take(),
+            lucky_sink: lucky_sinks[i].take(),
             rain: rain_cores[i].take(),
             plain: p,
             tls: tls_iter.as_mut().and_then(|it| it.next()),
@@ -463,6 +465,8 @@ fn read_only(node: &Arc<NodeShared>, path: &str) -> AdminResponse {
             metrics::render_thread_cpu(&metrics::thread_cpu_seconds(), &mut body);
             let timeline: Vec<_> = node.metrics.iter().map(|m| &m.timeline).collect();
             crate::timeline::metrics::render(&timeline, &mut body);
+            let lucky: Vec<_> = node.metrics.iter().map(|m| &m.handoff_lucky).collect();
+            crate::handoff::metrics::render_lucky(&lucky, &mut body);
             if node.rain.is_some() {
                 crate::rain::metrics::render(&rain, &mut body);
                 let handoff: Vec<_> = node.metrics.iter().map(|m| &m.handoff).collect();
@@ -538,6 +542,18 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
         }
     }
     crate::timeline::storage::open_on_core(&core).await?;
+    if let Some(sink) = setup.lucky_sink {
+        // Off the request path, with the same small share as the open queue's consumer.
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(HANDOFF_SHARES),
+            glommio::Latency::NotImportant,
+            "handoff-lucky",
+        );
+        let bounds = crate::handoff::ConsumerBounds::from_config(&node.config);
+        glommio::spawn_local_into(crate::handoff::consumer::run_lucky(core.clone(), sink, bounds), queue)
+            .map_err(|e| anyhow::anyhow!("core {id}: starting the lucky share consumer: {e}"))?
+            .detach();
+    }
     // Operator switches: core 0 restores them from their table before any core accepts.
     if node.rain.is_some() {
         if id == 0 {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{promtool_check, reconcile_demo, redrain, Node, TIMEOUT};
+use common::{promtool_check, reconcile_demo, redrain, Node, Replica, TIMEOUT};
 use redrain_engine::rain::seal::SealKey;
 use redrain_engine::tickets::format::Ticket;
 use redrain_engine::tickets::keyring::{cipher_for, Keyring};
@@ -409,56 +409,15 @@ fn the_node_serves_the_rain_from_a_relative_data_dir_as_on_embedded_defaults() {
     let _ = child.wait();
 }
 
-/// A `redrain replica serve` process on a free loopback port; killed when dropped.
-struct Replica {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Replica {
-    fn start(dir: &Path, listen: &str) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
-            .args(["replica", "serve", "--listen", listen, "--data-dir", dir.to_str().unwrap()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        Replica { child, addr, dir: dir.to_path_buf() }
-    }
-
-    /// Packet ids of the open records this replica holds for (node 0, `core`).
-    fn opened_packets(&self, core: u16) -> Vec<u64> {
-        let out = self.dir.with_extension(format!("core{core}.ndjson"));
-        let status = Command::new(env!("CARGO_BIN_EXE_redrain"))
-            .args(["replica", "export", "--data-dir", self.dir.to_str().unwrap(), "--origin", "0"])
-            .args(["--core", &core.to_string(), "--ndjson", out.to_str().unwrap()])
-            .output()
-            .unwrap();
-        if !status.status.success() {
-            return Vec::new(); // no replica of that core yet
-        }
-        std::fs::read_to_string(&out)
-            .unwrap()
-            .lines()
-            .filter_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                let payload = hex::decode(v["payload_hex"].as_str()?).ok()?;
-                let kind = v["kind"].as_u64()? as u8;
-                redrain_engine::rain::records::OpenRecord::decode(kind, &payload).ok().map(|r| r.packet_id)
-            })
-            .collect()
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Packet ids of the open records `replica` holds for (node 0, `core`).
+fn opened_packets(replica: &Replica, core: u16) -> Vec<u64> {
+    replica
+        .records(0, core)
+        .into_iter()
+        .filter_map(|(_, kind, payload)| {
+            redrain_engine::rain::records::OpenRecord::decode(kind, &payload).ok().map(|r| r.packet_id)
+        })
+        .collect()
 }
 
 #[test]
@@ -477,7 +436,7 @@ fn with_peers_an_open_is_answered_on_two_of_three_copies_and_waits_when_both_are
     // The record is on both peers (each holds the stream of the user's home core).
     let core = redrain_engine::shard::handoff::home_core(21, 2) as u16;
     let until = Instant::now() + TIMEOUT;
-    while !(a.opened_packets(core).contains(&packet) && b.opened_packets(core).contains(&packet)) {
+    while !(opened_packets(&a, core).contains(&packet) && opened_packets(&b, core).contains(&packet)) {
         assert!(Instant::now() < until, "the open record did not reach both peers");
         std::thread::sleep(Duration::from_millis(100));
     }

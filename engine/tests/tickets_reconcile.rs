@@ -20,6 +20,8 @@ fn line(ticket: &Ticket, user_id: u64) -> OpenedRecord {
         node: 0,
         core: 0,
         opened_at_ms: 1_800_000_000_000 + user_id,
+        kind: Default::default(),
+        group_id: None,
     }
 }
 
@@ -135,4 +137,39 @@ fn clean_opens_reconcile_ok_and_blacklisted_keys_are_refused() {
     assert!(!report.ok);
     assert_eq!(report.verdicts["blacklisted_key"].packets, refused);
     assert_eq!(report.instant.packets + report.after_reconciliation.packets, 30 - refused);
+}
+
+#[test]
+fn lucky_share_lines_are_counted_apart_from_tickets_and_a_repeated_share_is_a_problem() {
+    let root = tempfile::tempdir().unwrap();
+    let generated = generate_into(root.path(), 33, 0, 1);
+    let keyring = Keyring::load(&generated.keyring).unwrap();
+    let file = &generated.report.manifest.files[0];
+    let mut reader = TicketFileReader::open(&generated.dir.join(&file.name), file.tag()).unwrap();
+    let ticket = reader.next_ticket(&keyring.decryptor()).unwrap().unwrap().ticket.unwrap();
+    let lucky = |user_id: u64, amount_fen: u32| OpenedRecord {
+        packet_id: 77,
+        amount_fen,
+        key_id: 0,
+        user_id,
+        node: 0,
+        core: 1,
+        opened_at_ms: 1_800_000_000_000,
+        kind: redrain_engine::tickets::reconcile::OpenedKind::Lucky,
+        group_id: Some(5),
+    };
+    let mut opened = String::new();
+    for record in [line(&ticket, 1), lucky(1, 300), lucky(2, 700)] {
+        writeln!(opened, "{}", serde_json::to_string(&record).unwrap()).unwrap();
+    }
+    let clean = run(&generated, &keyring, &opened, None);
+    assert!(clean.ok, "{}", clean.render());
+    assert_eq!(clean.opened_records, 3);
+    assert_eq!((clean.lucky.packets, clean.lucky.amount_fen, clean.lucky_duplicates), (2, 1_000, 0));
+    assert_eq!(clean.refused.packets, 0, "a lucky share is not an unknown ticket");
+    writeln!(opened, "{}", serde_json::to_string(&lucky(2, 700)).unwrap()).unwrap();
+    let repeated = run(&generated, &keyring, &opened, None);
+    assert!(!repeated.ok);
+    assert_eq!((repeated.lucky.packets, repeated.lucky_duplicates), (2, 1));
+    assert_eq!(repeated.problems.iter().find(|p| p.kind == "lucky_duplicate").unwrap().line, 4);
 }

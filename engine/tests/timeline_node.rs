@@ -19,13 +19,15 @@ const BATCH_SENDS: u64 = 24;
 /// Retries written before their answers are read.
 const RETRY_PIPELINE: usize = 256;
 
-/// The test pipelines batches of sends: rates and bursts that never limit it.
+/// The test pipelines batches of sends: rates and bursts that never limit it. The
+/// smallest memory of recent entries (4 KiB per core), so syncs also read the log.
 fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("timeline.toml");
     std::fs::write(
         &path,
         "messages_per_user_per_s = 100000\nmessages_per_user_burst = 100000\n\
-         syncs_per_user_per_s = 100000\nsyncs_per_user_burst = 100000\n",
+         syncs_per_user_per_s = 100000\nsyncs_per_user_burst = 100000\n\
+         [timeline]\nrecent_bytes_max = 4096\n",
     )
     .unwrap();
     path

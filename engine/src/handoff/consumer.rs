@@ -6,9 +6,13 @@
 //! while the sink is down, and the file sink's writes and fsyncs run on the core's blocking
 //! thread pool. The request path never waits for it: opens are answered when their record
 //! is durable in the log, whatever the sink does.
+//!
+//! The same loop drains a core's timeline log for lucky packet shares
+//! ([`HandoffSource::Lucky`], [`run_lucky`]) into a sink of their own.
 
+use super::lucky::{ShareSkip, SharesSeen};
 use super::metrics::HandoffMetrics;
-use super::{ConsumerBounds, CoreSink, HandoffError};
+use super::{ConsumerBounds, CoreSink, HandoffError, HandoffRecord, HandoffSource};
 use crate::rain::records::{OpenRecord, KIND_OPENED};
 use crate::shard::Core;
 use redrain_storage::Log;
@@ -20,16 +24,55 @@ use std::time::Duration;
 const READ_BYTES_MAX: usize = 1 << 20;
 /// How long the idle consumer waits for new durable records before refreshing its figures.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Lucky shares (packet, user) a lucky consumer remembers to hand a share recorded twice
+/// over once (~40 bytes each).
+pub const LUCKY_SHARES_REMEMBERED_MAX: usize = 1 << 18;
 
 /// One batch read from the log.
 struct Batch {
-    records: Vec<OpenRecord>,
+    records: Vec<HandoffRecord>,
     /// LSN of the last record the batch covers (records of other kinds are skipped).
     last_lsn: u64,
 }
 
+/// What a consumer keeps between batches of its source.
+enum Reader {
+    Opens,
+    Lucky { node: u16, core: u16, seen: SharesSeen },
+}
+
+impl Reader {
+    /// The hand-off record of one log record, if it is one of this source's.
+    fn admit(&mut self, kind: u8, payload: &[u8]) -> Result<Option<HandoffRecord>, HandoffError> {
+        match self {
+            Reader::Opens if kind == KIND_OPENED => OpenRecord::decode(kind, payload)
+                .map(|open| Some(HandoffRecord::Event(open)))
+                .map_err(|e| HandoffError::Queue(e.to_string())),
+            Reader::Opens => Ok(None),
+            Reader::Lucky { node, core, seen } => match seen.admit(kind, payload, *node, *core) {
+                Ok(share) => Ok(Some(HandoffRecord::Lucky(share))),
+                Err(ShareSkip::NotAShare) => Ok(None),
+                Err(ShareSkip::Repeat { packet, user }) => {
+                    log::info!("hand-off core {core}: share of user {user} in lucky packet {packet} recorded again; handed over once");
+                    Ok(None)
+                }
+                // A damaged lucky record is also skipped by the timeline's recovery.
+                Err(e @ ShareSkip::Damaged(_)) => {
+                    log::warn!("hand-off core {core}: {e}; skipped");
+                    Ok(None)
+                }
+            },
+        }
+    }
+}
+
 /// Reads the next batch after `after_lsn`: at most `records_max` records.
-async fn read_batch(log: &Log, after_lsn: u64, records_max: usize) -> Result<Option<Batch>, HandoffError> {
+async fn read_batch(
+    log: &Log,
+    reader: &mut Reader,
+    after_lsn: u64,
+    records_max: usize,
+) -> Result<Option<Batch>, HandoffError> {
     let bytes =
         log.read_batches(after_lsn + 1, READ_BYTES_MAX).await.map_err(|e| HandoffError::Queue(e.to_string()))?;
     if bytes.is_empty() {
@@ -45,10 +88,8 @@ async fn read_batch(log: &Log, after_lsn: u64, records_max: usize) -> Result<Opt
             if out.records.len() == records_max {
                 break 'batches;
             }
-            if record.kind == KIND_OPENED {
-                let open =
-                    OpenRecord::decode(record.kind, record.payload).map_err(|e| HandoffError::Queue(e.to_string()))?;
-                out.records.push(open);
+            if let Some(r) = reader.admit(record.kind, record.payload)? {
+                out.records.push(r);
             }
             out.last_lsn = record.lsn;
         }
@@ -74,10 +115,36 @@ pub async fn run(core: Rc<Core>, sink: CoreSink, bounds: ConsumerBounds) {
     drain(storage.opens(), sink, bounds, &core.metrics().handoff, core.id, &clock, &stop).await;
 }
 
+/// Runs core `core`'s consumer of lucky packet shares (its timeline log) until the node drains.
+pub async fn run_lucky(core: Rc<Core>, sink: CoreSink, bounds: ConsumerBounds) {
+    let Some(storage) = core.timeline_storage.get() else { return };
+    let node = core.node.clone();
+    let clock = || node.clock().unix_ms;
+    let stop = || node.shutting_down();
+    let source = HandoffSource::Lucky { node: node.config.node_id };
+    let m = &core.metrics().handoff_lucky;
+    drain_source(storage.log(), source, sink, bounds, m, core.id, &clock, &stop).await;
+}
+
 /// Drains `log` into `sink` until `stop()`: the consumer without its core (benchmarks
 /// drive it directly). `unix_ms` is the clock the open records' times are on.
 pub async fn drain(
     log: &Log,
+    sink: CoreSink,
+    bounds: ConsumerBounds,
+    m: &HandoffMetrics,
+    core: usize,
+    unix_ms: &dyn Fn() -> u64,
+    stop: &dyn Fn() -> bool,
+) {
+    drain_source(log, HandoffSource::Opens, sink, bounds, m, core, unix_ms, stop).await
+}
+
+/// Drains the records of `source` in `log` into `sink` until `stop()`.
+#[allow(clippy::too_many_arguments)]
+pub async fn drain_source(
+    log: &Log,
+    source: HandoffSource,
     mut sink: CoreSink,
     bounds: ConsumerBounds,
     m: &HandoffMetrics,
@@ -88,6 +155,25 @@ pub async fn drain(
     let mut acked = match &sink {
         CoreSink::File(f) => f.position().lsn,
         CoreSink::Nats(n) => n.position().lsn,
+    };
+    let mut reader = match source {
+        HandoffSource::Opens => Reader::Opens,
+        HandoffSource::Lucky { node } => {
+            // The shares handed over before the position, so a share recorded again
+            // after it is recognised (the log is read once, as the timeline's recovery does).
+            let mut seen = SharesSeen::new(LUCKY_SHARES_REMEMBERED_MAX);
+            let read = log
+                .for_each_record(0, |r| {
+                    if r.lsn <= acked {
+                        let _ = seen.admit(r.kind, r.payload, node, core as u16);
+                    }
+                })
+                .await;
+            if let Err(e) = read {
+                log::warn!("hand-off core {core}: reading the lucky shares before the position: {e}");
+            }
+            Reader::Lucky { node, core: core as u16, seen }
+        }
     };
     m.acknowledged_lsn.store(acked, Relaxed);
     m.running.store(1, Relaxed);
@@ -106,7 +192,7 @@ pub async fn drain(
             .await;
             continue;
         }
-        let batch = match read_batch(log, acked, bounds.batch_records_max).await {
+        let batch = match read_batch(log, &mut reader, acked, bounds.batch_records_max).await {
             Ok(Some(b)) => b,
             Ok(None) => {
                 glommio::timer::sleep(IDLE_WAIT).await;
@@ -120,8 +206,15 @@ pub async fn drain(
             }
         };
         read_failures = 0;
+        if batch.records.is_empty() {
+            // Nothing of this source in the batch (a timeline log is mostly messages): move
+            // on without a sink write or a position fsync; a restart reads it again.
+            acked = batch.last_lsn;
+            m.acknowledged_lsn.store(acked, Relaxed);
+            continue;
+        }
         if let Some(first) = batch.records.first() {
-            m.oldest_pending_opened_ms.store(first.opened_at_ms.max(1), Relaxed);
+            m.oldest_pending_opened_ms.store(first.opened_at_ms().max(1), Relaxed);
         }
         let mut failures = 0u32;
         sink = loop {
@@ -145,7 +238,7 @@ pub async fn drain(
         let done_ms = unix_ms();
         let instant = batch.records.iter().filter(|r| r.instant_credit()).count() as u64;
         for r in &batch.records {
-            m.lag.record_us(done_ms.saturating_sub(r.opened_at_ms).saturating_mul(1_000));
+            m.lag.record_us(done_ms.saturating_sub(r.opened_at_ms()).saturating_mul(1_000));
         }
         let count = batch.records.len() as u64;
         m.acknowledged_lsn.store(acked, Relaxed);

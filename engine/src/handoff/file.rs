@@ -14,13 +14,16 @@
 //! and the position) and files past the acknowledged one are removed before the consumer
 //! resumes at the position, so a redelivered batch is written exactly once.
 //!
+//! Lucky packet shares have a sink of their own per core (its own position), writing
+//! `lucky-core<c>-<seq>.ndjson` beside the event files, with the same rules.
+//!
 //! All file I/O here is blocking std I/O: the consumer runs it on the core's blocking
 //! thread pool, never on the core's executor thread.
 
 use super::position::Position;
 use super::HandoffError;
+use super::HandoffRecord;
 use crate::config::Config;
-use crate::rain::records::OpenRecord;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,8 @@ impl FileBounds {
 /// One core's NDJSON writer and its position.
 pub struct FileSink {
     dir: PathBuf,
+    /// File name prefix: [`EVENT_FILE_PREFIX`] or [`LUCKY_FILE_PREFIX`].
+    prefix: &'static str,
     core: usize,
     position_path: PathBuf,
     position: Position,
@@ -55,23 +60,38 @@ pub struct FileSink {
     buffer: Vec<u8>,
 }
 
+/// Files of event packets' opens: `opened-core<c>-<seq>.ndjson`.
+pub const EVENT_FILE_PREFIX: &str = "opened";
+/// Files of lucky packets' shares: `lucky-core<c>-<seq>.ndjson`.
+pub const LUCKY_FILE_PREFIX: &str = "lucky";
+
 /// Name of the file `seq` of `core`.
 pub fn file_name(core: usize, seq: u64) -> String {
-    format!("opened-core{core}-{seq:010}.ndjson")
+    stream_file_name(EVENT_FILE_PREFIX, core, seq)
 }
 
-fn parse_file_name(name: &str) -> Option<(usize, u64)> {
-    let rest = name.strip_prefix("opened-core")?.strip_suffix(".ndjson")?;
+/// Name of the file `seq` of `core` with `prefix`.
+pub fn stream_file_name(prefix: &str, core: usize, seq: u64) -> String {
+    format!("{prefix}-core{core}-{seq:010}.ndjson")
+}
+
+fn parse_file_name(prefix: &str, name: &str) -> Option<(usize, u64)> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix("-core")?.strip_suffix(".ndjson")?;
     let (core, seq) = rest.split_once('-')?;
     Some((core.parse().ok()?, seq.parse().ok()?))
 }
 
 /// The sink's files of `core` in sequence order.
 pub fn core_files(dir: &Path, core: usize) -> Result<Vec<(u64, PathBuf)>, HandoffError> {
+    stream_core_files(dir, EVENT_FILE_PREFIX, core)
+}
+
+/// The files of `core` with `prefix` in sequence order.
+pub fn stream_core_files(dir: &Path, prefix: &str, core: usize) -> Result<Vec<(u64, PathBuf)>, HandoffError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(HandoffError::io(dir))? {
         let entry = entry.map_err(HandoffError::io(dir))?;
-        if let Some((c, seq)) = entry.file_name().to_str().and_then(parse_file_name) {
+        if let Some((c, seq)) = entry.file_name().to_str().and_then(|n| parse_file_name(prefix, n)) {
             if c == core {
                 files.push((seq, entry.path()));
             }
@@ -89,12 +109,23 @@ impl FileSink {
     /// Opens core `core`'s sink in `dir`: reads the position at `position_path` and cuts
     /// every unacknowledged byte off the sink's files.
     pub fn open(dir: &Path, core: usize, position_path: &Path, bounds: FileBounds) -> Result<FileSink, HandoffError> {
+        Self::open_stream(dir, EVENT_FILE_PREFIX, core, position_path, bounds)
+    }
+
+    /// Like [`open`](Self::open), for the files named with `prefix`.
+    pub fn open_stream(
+        dir: &Path,
+        prefix: &'static str,
+        core: usize,
+        position_path: &Path,
+        bounds: FileBounds,
+    ) -> Result<FileSink, HandoffError> {
         std::fs::create_dir_all(dir).map_err(HandoffError::io(dir))?;
         let position = match Position::read(position_path)? {
             Some(p) => Position { file_seq: p.file_seq.max(1), ..p },
             None => {
                 // Files with no position are not ours to cut: refuse rather than destroy them.
-                if !core_files(dir, core)?.is_empty() {
+                if !stream_core_files(dir, prefix, core)?.is_empty() {
                     return Err(HandoffError::FilesWithoutPosition { dir: dir.to_path_buf(), core });
                 }
                 // The first position is durable before the first file exists, so later a
@@ -104,13 +135,13 @@ impl FileSink {
                 first
             }
         };
-        for (seq, path) in core_files(dir, core)? {
+        for (seq, path) in stream_core_files(dir, prefix, core)? {
             if seq > position.file_seq {
                 log::warn!("hand-off core {core}: removing {} (written, never acknowledged)", path.display());
                 std::fs::remove_file(&path).map_err(HandoffError::io(&path))?;
             }
         }
-        let path = dir.join(file_name(core, position.file_seq));
+        let path = dir.join(stream_file_name(prefix, core, position.file_seq));
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(HandoffError::io(&path))?;
         let actual = file.metadata().map_err(HandoffError::io(&path))?.len();
         if actual < position.file_bytes {
@@ -128,6 +159,7 @@ impl FileSink {
         sync_dir(dir)?;
         Ok(FileSink {
             dir: dir.to_path_buf(),
+            prefix,
             core,
             position_path: position_path.to_path_buf(),
             position,
@@ -144,7 +176,7 @@ impl FileSink {
     }
 
     fn active_path(&self) -> PathBuf {
-        self.dir.join(file_name(self.core, self.position.file_seq))
+        self.dir.join(stream_file_name(self.prefix, self.core, self.position.file_seq))
     }
 
     /// Starts the next file when the active one is full or old (and not empty).
@@ -155,7 +187,7 @@ impl FileSink {
             return Ok(());
         }
         let next = self.position.file_seq + 1;
-        let path = self.dir.join(file_name(self.core, next));
+        let path = self.dir.join(stream_file_name(self.prefix, self.core, next));
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(HandoffError::io(&path))?;
         // A leftover of a failed earlier attempt holds nothing acknowledged.
         file.set_len(0).map_err(HandoffError::io(&path))?;
@@ -169,7 +201,7 @@ impl FileSink {
     /// Writes `records` (the last of which has LSN `last_lsn`), makes them durable and then
     /// the position; returns the new position. On error nothing is acknowledged and the
     /// file holds no byte of the batch.
-    pub fn deliver(&mut self, records: &[OpenRecord], last_lsn: u64) -> Result<Position, HandoffError> {
+    pub fn deliver(&mut self, records: &[HandoffRecord], last_lsn: u64) -> Result<Position, HandoffError> {
         assert!(last_lsn > self.position.lsn, "positions only move forward");
         self.rotate_if_due()?;
         self.buffer.clear();
@@ -209,10 +241,11 @@ impl FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rain::records::OpenRecord;
     use crate::tickets::reconcile::OpenedRecord;
 
-    fn record(packet_id: u64) -> OpenRecord {
-        OpenRecord {
+    fn record(packet_id: u64) -> HandoffRecord {
+        HandoffRecord::Event(OpenRecord {
             packet_id,
             user_id: 7,
             amount_fen: 100 + packet_id as u32,
@@ -222,7 +255,7 @@ mod tests {
             core: 0,
             opened_at_ms: 1_000,
             flags: 0,
-        }
+        })
     }
 
     fn bounds(file_bytes_max: u64) -> FileBounds {
@@ -314,8 +347,39 @@ mod tests {
 
     #[test]
     fn file_names_round_trip_and_foreign_names_are_ignored() {
-        assert_eq!(parse_file_name(&file_name(3, 17)), Some((3, 17)));
-        assert_eq!(parse_file_name("opened-core3-x.ndjson"), None);
-        assert_eq!(parse_file_name("notes.txt"), None);
+        assert_eq!(parse_file_name(EVENT_FILE_PREFIX, &file_name(3, 17)), Some((3, 17)));
+        assert_eq!(parse_file_name(EVENT_FILE_PREFIX, "opened-core3-x.ndjson"), None);
+        assert_eq!(parse_file_name(EVENT_FILE_PREFIX, "notes.txt"), None);
+        let lucky = stream_file_name(LUCKY_FILE_PREFIX, 1, 2);
+        assert_eq!(lucky, "lucky-core1-0000000002.ndjson");
+        assert_eq!(parse_file_name(LUCKY_FILE_PREFIX, &lucky), Some((1, 2)));
+        assert_eq!(parse_file_name(EVENT_FILE_PREFIX, &lucky), None, "the streams' files never mix");
+    }
+
+    #[test]
+    fn the_lucky_stream_has_its_own_files_beside_the_event_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sink");
+        let mut events = FileSink::open(&dir, 0, &tmp.path().join("e.pos"), bounds(1 << 20)).unwrap();
+        events.deliver(&[record(1)], 1).unwrap();
+        let lucky_pos = tmp.path().join("l.pos");
+        let share = crate::handoff::lucky::LuckyShare {
+            packet_id: 5,
+            group: 6,
+            user: 7,
+            amount_fen: 8,
+            opened_at_ms: 9,
+            node: 0,
+            core: 0,
+        };
+        let mut lucky = FileSink::open_stream(&dir, LUCKY_FILE_PREFIX, 0, &lucky_pos, bounds(1 << 20)).unwrap();
+        lucky.deliver(&[HandoffRecord::Lucky(share)], 3).unwrap();
+        assert_eq!(lines(&dir), vec![record(1).to_opened()], "event files hold event lines only");
+        let text = std::fs::read_to_string(dir.join(stream_file_name(LUCKY_FILE_PREFIX, 0, 1))).unwrap();
+        assert_eq!(serde_json::from_str::<OpenedRecord>(text.trim()).unwrap(), share.to_opened());
+        // Reopening the event sink does not treat the lucky files as its own.
+        drop(events);
+        assert!(FileSink::open(&dir, 0, &tmp.path().join("e.pos"), bounds(1 << 20)).is_ok());
+        assert_eq!(Position::read(&lucky_pos).unwrap().unwrap().lsn, 3);
     }
 }

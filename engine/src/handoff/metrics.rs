@@ -63,6 +63,40 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// Renders every core's consumer of lucky packet shares (`redrain_handoff_lucky_*`).
+pub fn render_lucky(cores: &[&HandoffMetrics], out: &mut String) {
+    type Get = fn(&HandoffMetrics) -> u64;
+    const FAMILIES: [(&str, &str, &str, Get); 6] = [
+        ("redrain_handoff_lucky_running", "gauge", "1 once the core's lucky share consumer runs.", |m| {
+            m.running.load(Relaxed)
+        }),
+        ("redrain_handoff_lucky_records_total", "counter", "Lucky packet shares the sink acknowledged.", |m| {
+            m.records_total.load(Relaxed)
+        }),
+        ("redrain_handoff_lucky_acknowledged_lsn", "gauge", "Last timeline LSN the lucky sink acknowledged.", |m| {
+            m.acknowledged_lsn.load(Relaxed)
+        }),
+        (
+            "redrain_handoff_lucky_behind_records",
+            "gauge",
+            "Durable timeline records the lucky consumer has not passed.",
+            |m| m.depth(),
+        ),
+        ("redrain_handoff_lucky_sink_errors_total", "counter", "Failed lucky delivery attempts.", |m| {
+            m.sink_errors_total.load(Relaxed)
+        }),
+        ("redrain_handoff_lucky_stalled", "gauge", "1 while the last lucky delivery attempt failed.", |m| {
+            m.stalled.load(Relaxed)
+        }),
+    ];
+    for (name, kind, help, get) in FAMILIES {
+        family(out, name, kind, help);
+        for (i, m) in cores.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(m));
+        }
+    }
+}
+
 /// Renders every core's hand-off block (`redrain_handoff_*`, a `core` label each).
 pub fn render(cores: &[&HandoffMetrics], sink: &str, now_ms: u64, out: &mut String) {
     family(out, "redrain_handoff_info", "gauge", "The configured hand-off sink.");

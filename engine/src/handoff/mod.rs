@@ -20,14 +20,28 @@
 //! The hand-off relies on: the open-queue log of its core ([`crate::shard::storage`]), the
 //! record layout of [`crate::rain::records::OpenRecord`], and `OpenedRecord` as the line
 //! format (`redrain tickets reconcile --opened`).
+//!
+//! Group lucky packets: each core runs a second consumer of the same kind over its
+//! *timeline* log ([`crate::timeline::storage`]), which hands the durable
+//! `KIND_LUCKY_OPENED` records ([`crate::timeline::records::LuckyOpened`]) to the same
+//! sink as `"kind":"lucky"` lines, with a position of its own (`handoff-<sink>-lucky.pos`;
+//! file sink: files `lucky-core<c>-<seq>.ndjson`; NATS: `Nats-Msg-Id` `lucky-<packet>-<user>`).
+//! The lucky open is answered when its timeline record is durable, as an event open is.
+//! A share may be recorded twice (a retry after a failed append that was durable anyway,
+//! with the same amount: [`crate::timeline::lucky`]); the consumer hands over only the
+//! first record of each (packet, user), remembering those it read since the log's start.
+//! docs/design.md ("Lucky packets in the payment hand-off") says why this route.
 
 pub mod consumer;
 pub mod file;
+pub mod lucky;
 pub mod metrics;
 pub mod nats;
 pub mod position;
 
 use crate::config::{Config, HandoffSinkKind};
+use crate::rain::records::OpenRecord;
+use crate::tickets::reconcile::OpenedRecord;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -84,6 +98,57 @@ impl ConsumerBounds {
     }
 }
 
+/// One record the hand-off delivers: an event packet's open (open-queue log) or a group
+/// lucky packet's share (timeline log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffRecord {
+    Event(OpenRecord),
+    Lucky(lucky::LuckyShare),
+}
+
+impl HandoffRecord {
+    /// The NDJSON line / NATS message body.
+    pub fn to_opened(&self) -> OpenedRecord {
+        match self {
+            HandoffRecord::Event(r) => r.to_opened(),
+            HandoffRecord::Lucky(s) => s.to_opened(),
+        }
+    }
+
+    /// The de-duplication id (NATS `Nats-Msg-Id`): one per open.
+    pub fn message_id(&self) -> String {
+        match self {
+            HandoffRecord::Event(r) => r.packet_id.to_string(),
+            HandoffRecord::Lucky(s) => format!("lucky-{}-{}", s.packet_id, s.user),
+        }
+    }
+
+    /// Whether the back office may credit it at once (a lucky share moves the sender's
+    /// money to a member: no ticket to reconcile).
+    pub fn instant_credit(&self) -> bool {
+        match self {
+            HandoffRecord::Event(r) => r.instant_credit(),
+            HandoffRecord::Lucky(_) => true,
+        }
+    }
+
+    pub fn opened_at_ms(&self) -> u64 {
+        match self {
+            HandoffRecord::Event(r) => r.opened_at_ms,
+            HandoffRecord::Lucky(s) => s.opened_at_ms,
+        }
+    }
+}
+
+/// Which log a consumer drains, and which records of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffSource {
+    /// The open queue (`core-<n>/opens`): event packets' opens.
+    Opens,
+    /// The timeline log (`core-<n>/timeline`): lucky packets' shares of `node`.
+    Lucky { node: u16 },
+}
+
 /// The sink one core hands its opens to.
 pub enum CoreSink {
     File(file::FileSink),
@@ -100,10 +165,17 @@ impl CoreSink {
 }
 
 /// The hand-off of a node, set up before the executors start (so a bad sink refuses the
-/// start with a clear message): one sink per core, and the NATS link when configured.
+/// start with a clear message): one sink per core, one for each core's lucky shares, and
+/// the NATS link when configured.
 pub struct Handoff {
     pub sinks: Vec<CoreSink>,
+    pub lucky_sinks: Vec<CoreSink>,
     pub nats: Option<nats::NatsLink>,
+}
+
+/// Where the per-core position of the lucky shares' consumer lives.
+pub fn lucky_position_path(data_dir: &Path, core: usize, sink: HandoffSinkKind) -> PathBuf {
+    data_dir.join(format!("core-{core}")).join(format!("handoff-{}-lucky.pos", sink.name()))
 }
 
 /// Where the per-core position of `sink` lives: in the core's directory of the data dir.
@@ -116,30 +188,45 @@ pub fn file_dir(config: &Config) -> PathBuf {
     config.handoff_dir.clone().unwrap_or_else(|| config.data_dir.join("handoff"))
 }
 
-/// Opens every core's sink: reads the positions, repairs the file sink's tail, connects to
-/// NATS and checks (or creates) the stream.
-pub fn start(config: &Config, cores: usize) -> Result<Handoff, HandoffError> {
+/// Opens every core's sinks: reads the positions, repairs the file sink's tail, connects to
+/// NATS and checks (or creates) the stream. The event opens' sinks only `with_events` (a
+/// rain is configured); the lucky shares' sinks always.
+pub fn start(config: &Config, cores: usize, with_events: bool) -> Result<Handoff, HandoffError> {
+    let event_cores = if with_events { cores } else { 0 };
     match config.handoff_sink {
         HandoffSinkKind::File => {
             let dir = file_dir(config);
             let bounds = file::FileBounds::from_config(config);
-            let sinks = (0..cores)
+            let sinks = (0..event_cores)
                 .map(|core| {
                     let position = position_path(&config.data_dir, core, HandoffSinkKind::File);
                     file::FileSink::open(&dir, core, &position, bounds).map(CoreSink::File)
                 })
                 .collect::<Result<_, _>>()?;
-            Ok(Handoff { sinks, nats: None })
+            let lucky_sinks = (0..cores)
+                .map(|core| {
+                    let position = lucky_position_path(&config.data_dir, core, HandoffSinkKind::File);
+                    file::FileSink::open_stream(&dir, file::LUCKY_FILE_PREFIX, core, &position, bounds)
+                        .map(CoreSink::File)
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Handoff { sinks, lucky_sinks, nats: None })
         }
         HandoffSinkKind::Nats => {
             let link = nats::NatsLink::connect(config, cores)?;
-            let sinks = (0..cores)
+            let sinks = (0..event_cores)
                 .map(|core| {
                     let position = position_path(&config.data_dir, core, HandoffSinkKind::Nats);
                     link.port(core, &position).map(CoreSink::Nats)
                 })
                 .collect::<Result<_, _>>()?;
-            Ok(Handoff { sinks, nats: Some(link) })
+            let lucky_sinks = (0..cores)
+                .map(|core| {
+                    let position = lucky_position_path(&config.data_dir, core, HandoffSinkKind::Nats);
+                    link.lucky_port(core, &position).map(CoreSink::Nats)
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Handoff { sinks, lucky_sinks, nats: Some(link) })
         }
     }
 }

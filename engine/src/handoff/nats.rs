@@ -18,9 +18,9 @@
 //! itself and the consumer counts retries.
 
 use super::position::Position;
+use super::HandoffRecord;
 use super::{ConsumerBounds, HandoffError};
 use crate::config::Config;
-use crate::rain::records::OpenRecord;
 use async_nats::jetstream;
 use crossbeam_queue::ArrayQueue;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ const BATCH_POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 /// One batch of a core for the NATS thread.
 pub struct NatsBatch {
-    pub records: Vec<OpenRecord>,
+    pub records: Vec<HandoffRecord>,
     pub last_lsn: u64,
 }
 
@@ -60,8 +60,10 @@ struct Queues {
     events: Vec<ArrayQueue<NatsEvent>>,
 }
 
-/// The node's connection to JetStream and the thread that runs it.
+/// The node's connection to JetStream and the thread that runs it. It has two lanes per
+/// core: lane `c` for core `c`'s event opens, lane `cores + c` for its lucky shares.
 pub struct NatsLink {
+    cores: usize,
     queues: Arc<Queues>,
     _thread: std::thread::JoinHandle<()>,
 }
@@ -108,7 +110,7 @@ impl NatsLink {
             tls_ca: config.handoff_nats_tls_ca.clone(),
             tls_required: config.handoff_nats_tls_required,
             bounds: ConsumerBounds::from_config(config),
-            in_flight_messages_max: cores * config.handoff_batch_records_max,
+            in_flight_messages_max: 2 * cores * config.handoff_batch_records_max,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -123,16 +125,17 @@ impl NatsLink {
                 ))
             })?
         })?;
+        let lanes = 2 * cores;
         let queues = Arc::new(Queues {
-            batches: (0..cores).map(|_| ArrayQueue::new(BATCHES_IN_FLIGHT_PER_CORE)).collect(),
-            events: (0..cores).map(|_| ArrayQueue::new(EVENTS_PER_CORE_MAX)).collect(),
+            batches: (0..lanes).map(|_| ArrayQueue::new(BATCHES_IN_FLIGHT_PER_CORE)).collect(),
+            events: (0..lanes).map(|_| ArrayQueue::new(EVENTS_PER_CORE_MAX)).collect(),
         });
         let thread_queues = queues.clone();
         let thread = std::thread::Builder::new()
             .name("redrain-nats".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let tasks: Vec<_> = (0..cores)
+                    let tasks: Vec<_> = (0..lanes)
                         .map(|core| {
                             tokio::spawn(publish_loop(
                                 core,
@@ -148,13 +151,18 @@ impl NatsLink {
                 })
             })
             .map_err(|e| HandoffError::Nats(format!("starting the NATS thread: {e}")))?;
-        Ok(NatsLink { queues, _thread: thread })
+        Ok(NatsLink { cores, queues, _thread: thread })
     }
 
     /// Core `core`'s port, with its position read from `position_path`.
     pub fn port(&self, core: usize, position_path: &Path) -> Result<NatsPort, HandoffError> {
         let position = Position::read(position_path)?.unwrap_or_default();
         Ok(NatsPort { core, queues: self.queues.clone(), position_path: position_path.to_path_buf(), position })
+    }
+
+    /// Core `core`'s port for its lucky shares (its own lane and position).
+    pub fn lucky_port(&self, core: usize, position_path: &Path) -> Result<NatsPort, HandoffError> {
+        self.port(self.cores + core, position_path)
     }
 }
 
@@ -283,14 +291,14 @@ async fn publish_loop(core: usize, js: jetstream::Context, queues: Arc<Queues>, 
     }
 }
 
-async fn publish_batch(js: &jetstream::Context, subject: &str, records: &[OpenRecord]) -> Result<(), String> {
+async fn publish_batch(js: &jetstream::Context, subject: &str, records: &[HandoffRecord]) -> Result<(), String> {
     let mut acks = Vec::with_capacity(records.len());
     for r in records {
         let payload = serde_json::to_vec(&r.to_opened()).expect("plain struct serializes");
         let credit = if r.instant_credit() { "instant" } else { "after_reconciliation" };
         let message = jetstream::message::PublishMessage::build()
             .payload(payload.into())
-            .message_id(r.packet_id.to_string())
+            .message_id(r.message_id())
             .header("Redrain-Credit", credit);
         let ack = js.send_publish(subject.to_owned(), message).await.map_err(|e| format!("publish: {e}"))?;
         acks.push(ack);
@@ -311,7 +319,7 @@ impl NatsPort {
     /// new position durable (on the blocking pool) and returns it.
     pub async fn deliver(
         &mut self,
-        records: Vec<OpenRecord>,
+        records: Vec<HandoffRecord>,
         last_lsn: u64,
         mut on_failure: impl FnMut(&str),
     ) -> Result<Position, HandoffError> {

@@ -127,6 +127,8 @@ impl OpenRecord {
             node: self.node,
             core: self.core,
             opened_at_ms: self.opened_at_ms,
+            kind: crate::tickets::reconcile::OpenedKind::Event,
+            group_id: None,
         }
     }
 }

@@ -51,6 +51,32 @@ pub struct OpenedRecord {
     pub core: u16,
     /// When, in Unix milliseconds.
     pub opened_at_ms: u64,
+    /// What was opened: an event packet (the default, and what lines without the field
+    /// are) or a group lucky packet's share.
+    #[serde(default, skip_serializing_if = "OpenedKind::is_event")]
+    pub kind: OpenedKind,
+    /// Lucky shares: the group the packet was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<u64>,
+}
+
+/// Which kind of packet an [`OpenedRecord`] line is about. Event lines leave the field out,
+/// so they read as before; a lucky line says `"kind":"lucky"`, has `key_id` 0 (no ticket)
+/// and names its group. Lucky shares are paid from the sender's money, not from
+/// pre-generated tickets: reconciliation counts them apart and checks only that each
+/// (packet, user) appears once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenedKind {
+    #[default]
+    Event,
+    Lucky,
+}
+
+impl OpenedKind {
+    pub fn is_event(&self) -> bool {
+        *self == OpenedKind::Event
+    }
 }
 
 /// How one opened record was judged.
@@ -158,6 +184,10 @@ pub struct ReconcileReport {
     pub merchants: Vec<MerchantOpened>,
     /// Ticket records that could not be opened while scanning (run verify).
     pub tickets_unreadable: u64,
+    /// Lucky packet shares (`"kind":"lucky"` lines): counted apart, not against tickets.
+    pub lucky: Tally,
+    /// Lucky lines repeating an earlier line's (packet, user): a problem each.
+    pub lucky_duplicates: u64,
     /// All problems counted.
     pub problems_total: u64,
     /// The first problems.
@@ -238,6 +268,9 @@ pub fn reconcile(
     let mut duplicate_of: Vec<Option<u64>> = Vec::new();
     let mut malformed = 0u64;
     let mut lines = 0u64;
+    let mut lucky = Tally::default();
+    let mut lucky_seen: std::collections::HashSet<(u64, u64)> = std::collections::HashSet::new();
+    let mut lucky_duplicates = 0u64;
     {
         let file = std::fs::File::open(opened).map_err(io(opened))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -279,6 +312,23 @@ pub fn reconcile(
                     continue;
                 }
             };
+            if record.kind == OpenedKind::Lucky {
+                if lucky_seen.len() >= options.opened_max {
+                    return Err(ReconcileError::TooManyOpens { path: opened.to_path_buf(), limit: options.opened_max });
+                }
+                if lucky_seen.insert((record.packet_id, record.user_id)) {
+                    lucky.add(record.amount_fen);
+                } else {
+                    lucky_duplicates += 1;
+                    note(OpenProblem {
+                        line: lines,
+                        packet_id: Some(record.packet_id),
+                        kind: "lucky_duplicate",
+                        detail: format!("user {} holds this lucky share on an earlier line", record.user_id),
+                    });
+                }
+                continue;
+            }
             if opens.len() >= options.opened_max {
                 return Err(ReconcileError::TooManyOpens { path: opened.to_path_buf(), limit: options.opened_max });
             }
@@ -437,6 +487,8 @@ pub fn reconcile(
         instant_credit_threshold_fen: threshold,
         merchants,
         tickets_unreadable,
+        lucky,
+        lucky_duplicates,
         problems_total,
         problems,
     })
@@ -480,6 +532,15 @@ impl ReconcileReport {
             self.refused.packets,
             yuan(self.refused.amount_fen)
         );
+        if self.lucky.packets > 0 || self.lucky_duplicates > 0 {
+            let _ = writeln!(
+                out,
+                "lucky packet shares (no tickets): {} shares, {} yuan, {} duplicated",
+                self.lucky.packets,
+                yuan(self.lucky.amount_fen),
+                self.lucky_duplicates
+            );
+        }
         // BTreeMap: verdicts print in a stable order.
         let kinds = self.verdicts.iter();
         for (kind, tally) in kinds {

@@ -110,6 +110,16 @@ impl Inbox {
         self.pending.remove(at).map(|e| (e.from, e.client_msg_id))
     }
 
+    /// Removes entry `seq` from the index: at start, an entry stored
+    /// again later (its first record failed, yet was durable) gives way to the later one.
+    pub fn forget(&mut self, seq: u64) -> bool {
+        // Its bytes may stay in the recent-entry arena: nothing indexes them any more.
+        match self.index.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(at) => self.index.remove(at).is_some(),
+            Err(_) => false,
+        }
+    }
+
     /// An entry found in the log at start.
     pub fn recover(&mut self, seq: u64, wire: &[u8], lsn: u64, recent: &mut RecentEntries, config: &TimelineConfig) {
         if seq <= self.committed {

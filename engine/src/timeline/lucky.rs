@@ -4,7 +4,10 @@
 //! A packet lives on its group's home core only, so every open of one packet is
 //! serialised there whichever core its member is homed on: no two opens can race.
 //! A draw is reserved at once (taken from the remaining amount and count) and answered
-//! when its record is durable; a failed record gives its draw back.
+//! when its record is durable. A failed record keeps its draw for that user: the record
+//! may be durable after all (a replicated append that timed out waiting for a peer is on
+//! the local disk and ships when a peer returns; a restart replays it), so the user's
+//! retry writes the same share again, never a second, different one.
 
 use rand::Rng;
 use std::collections::HashMap;
@@ -38,6 +41,8 @@ pub struct LuckyPacket {
     pub opened: HashMap<u64, u32>,
     /// Shares reserved whose record is not durable yet, by user.
     pub reserved: HashMap<u64, u32>,
+    /// Shares whose record failed (maybe durable anyway), kept for the user's retry.
+    pub unconfirmed: HashMap<u64, u32>,
     /// Its creation record is durable (a checkpoint carries only durable packets).
     pub durable: bool,
 }
@@ -64,6 +69,7 @@ impl LuckyPacket {
             remaining_count: u32::from(count),
             opened: HashMap::new(),
             reserved: HashMap::new(),
+            unconfirmed: HashMap::new(),
             durable: false,
         }
     }
@@ -80,6 +86,10 @@ impl LuckyPacket {
         if self.reserved.contains_key(&user) {
             return Share::InFlight;
         }
+        if let Some(amount) = self.unconfirmed.remove(&user) {
+            self.reserved.insert(user, amount);
+            return Share::Reserved(amount);
+        }
         if self.remaining_count == 0 {
             return Share::AllGone;
         }
@@ -90,20 +100,24 @@ impl LuckyPacket {
         Share::Reserved(amount)
     }
 
-    /// The share's record is durable (`ok`) or failed (the draw goes back).
+    /// The share's record is durable (`ok`) or failed (the draw stays this user's, for
+    /// the retry: the failed record may be durable anyway).
     pub fn finish(&mut self, user: u64, ok: bool) -> Option<u32> {
         let amount = self.reserved.remove(&user)?;
         if ok {
             self.opened.insert(user, amount);
         } else {
-            self.remaining_fen += u64::from(amount);
-            self.remaining_count += 1;
+            self.unconfirmed.insert(user, amount);
         }
         Some(amount)
     }
 
     /// A share recovered from the stream at start.
     pub fn recover_open(&mut self, user: u64, amount: u32) {
+        if self.opened.contains_key(&user) {
+            // A record written again after a failed (but durable) first one: same share.
+            return;
+        }
         if self.opened.insert(user, amount).is_none() {
             self.remaining_fen = self.remaining_fen.saturating_sub(u64::from(amount));
             self.remaining_count = self.remaining_count.saturating_sub(1);
@@ -145,19 +159,29 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_record_gives_its_share_back_and_the_sum_stays_exact() {
+    fn a_failed_record_keeps_its_share_for_the_users_retry_and_the_sum_stays_exact() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let mut p = LuckyPacket::new(1, 1_000, 3);
-        let Share::Reserved(_) = p.open(1, &mut rng) else { panic!() };
+        let Share::Reserved(first) = p.open(1, &mut rng) else { panic!() };
         assert_eq!(p.open(1, &mut rng), Share::InFlight);
         p.finish(1, false);
+        assert_eq!(p.remaining_count, 2, "the failed share is not drawn again for someone else");
         let mut sum = 0;
         for user in [1, 2, 3] {
             let Share::Reserved(a) = p.open(user, &mut rng) else { panic!() };
+            if user == 1 {
+                assert_eq!(a, first, "the retry writes the same share again");
+            }
             p.finish(user, true);
             sum += a;
         }
         assert_eq!(sum, 1_000);
+        // The first (failed, yet durable) record and the retry's both replay: one share.
+        let mut replayed = LuckyPacket::new(1, 1_000, 3);
+        for (user, a) in [(1, first), (1, first), (2, p.opened[&2]), (3, p.opened[&3])] {
+            replayed.recover_open(user, a);
+        }
+        assert_eq!((replayed.remaining_fen, replayed.remaining_count), (0, 0));
         assert!(!LuckyPacket::valid(2, 3));
         assert!(!LuckyPacket::valid(5, 0));
     }

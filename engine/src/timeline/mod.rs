@@ -457,6 +457,8 @@ pub struct TimelineStats {
     pub recent_bytes: u64,
     /// Sends and syncs refused Busy by `fanout_pending_bytes_max` / `sync_reads_max`.
     pub refused_busy: u64,
+    /// Entries found twice at start (a failed but durable append, then its retry).
+    pub entries_replaced_at_recovery: u64,
     /// Sends, lucky packets and read markers refused by the message rate (RateLimited, or
     /// Busy when the core meters `rate_users_per_core_max` users).
     pub rate_limited_messages: u64,
@@ -519,6 +521,8 @@ pub struct Timelines {
     /// instead costs the whole outbox per dispatch while the queue stays full.
     outbox_retry_due: bool,
     last_message_id: u64,
+    /// Latest Unix time seen by a request or tick here: stamps lucky opens for the hand-off.
+    last_unix_ms: u64,
     next_token: u64,
     rng: rand_chacha::ChaCha8Rng,
     outputs: Vec<TimelineOutput>,
@@ -579,6 +583,7 @@ impl Timelines {
             outbox: VecDeque::new(),
             outbox_retry_due: false,
             last_message_id: 0,
+            last_unix_ms: 0,
             next_token: TOKEN_BASE,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ core as u64),
             outputs: Vec::new(),
@@ -657,6 +662,7 @@ impl Timelines {
         out: &mut ConnAnswers<'_>,
     ) -> Result<Handled, ErrorCode> {
         let Caller { conn, user, request_id } = caller;
+        self.last_unix_ms = self.last_unix_ms.max(clock.unix_ms);
         let immediate = |reply: Reply, out: &mut ConnAnswers<'_>| {
             reply.encode(request_id, out.tail());
             Handled::Now
@@ -1055,7 +1061,14 @@ impl Timelines {
                         self.pending.insert(token, Pending::LuckyOpened { packet, user, waiters: vec![origin] });
                         self.outputs.push(TimelineOutput::Append {
                             kind: records::KIND_LUCKY_OPENED,
-                            payload: records::encode_lucky_opened(packet, user, amount),
+                            payload: records::LuckyOpened {
+                                packet_id: packet,
+                                user,
+                                amount_fen: amount,
+                                group,
+                                opened_at_ms: self.last_unix_ms,
+                            }
+                            .encode(),
                             token,
                         });
                     }
@@ -1492,6 +1505,7 @@ impl Timelines {
 
     /// Housekeeping: drop index entries the log no longer holds; copy the gauges.
     pub fn on_tick(&mut self, clock: Clock, first_retained_lsn: u64) {
+        self.last_unix_ms = self.last_unix_ms.max(clock.unix_ms);
         if first_retained_lsn > 0 {
             for inbox in self.inboxes.values_mut() {
                 inbox.forget_before(first_retained_lsn);
@@ -1550,12 +1564,22 @@ impl Timelines {
                 }
                 self.last_message_id = self.last_message_id.max(entry.message_id);
                 if client_msg_id != 0 {
+                    let key = (user, entry.from, client_msg_id);
+                    if let Some(earlier) = self.delivered.get(&key).map(|d| d.seq) {
+                        // Stored twice: the earlier record's append failed (a replicated
+                        // append that timed out waiting for a peer is still on the local
+                        // disk), and the retry's record is the one acknowledged. Keep it.
+                        if let Some(inbox) = self.inboxes.get_mut(&user) {
+                            inbox.forget(earlier);
+                        }
+                        self.stats.entries_replaced_at_recovery += 1;
+                    }
                     let at = checkpoint::DeliveredAt {
                         seq: entry.seq,
                         message_id: entry.message_id,
                         sent_at_ms: entry.sent_at_ms,
                     };
-                    self.remember_delivered((user, entry.from, client_msg_id), at);
+                    self.remember_delivered(key, at);
                 }
                 self.recover_marker_entry(user, wire);
                 let inbox = self.inboxes.entry(user).or_default();

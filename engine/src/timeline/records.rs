@@ -6,7 +6,7 @@
 //! KIND_ENTRY          user u64 | client_msg_id u64 | sync entry (net::timeline::SyncEntry layout)
 //! KIND_SEQ_CEILING    bucket u64 | ceiling u64
 //! KIND_LUCKY_CREATED  packet_id u64 | group u64 | sender u64 | total_fen u32 | count u16
-//! KIND_LUCKY_OPENED   packet_id u64 | user u64 | amount_fen u32
+//! KIND_LUCKY_OPENED   packet_id u64 | user u64 | amount_fen u32 [| group u64 | opened_at_ms u64]
 //! group value         member u64 * n        (key: group id u64)
 //! ```
 
@@ -94,7 +94,48 @@ pub fn encode_lucky_opened(packet_id: u64, user: u64, amount_fen: u32) -> Vec<u8
 }
 
 pub fn decode_lucky_opened(b: &[u8]) -> Option<(u64, u64, u32)> {
-    (b.len() == 20).then(|| (u64_at(b, 0), u64_at(b, 8), u32::from_be_bytes([b[16], b[17], b[18], b[19]])))
+    LuckyOpened::decode(b).map(|o| (o.packet_id, o.user, o.amount_fen))
+}
+
+/// Bytes of a lucky open record before it named its group and time (still read).
+pub const LUCKY_OPENED_SHORT_BYTES: usize = 20;
+/// Bytes of a lucky open record as written now.
+pub const LUCKY_OPENED_BYTES: usize = 36;
+
+/// One durable share of a lucky packet, as the payment hand-off reads it: the short
+/// layout (20 bytes, written before the hand-off needed the group and time) decodes with
+/// `group` and `opened_at_ms` 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LuckyOpened {
+    pub packet_id: u64,
+    pub user: u64,
+    pub amount_fen: u32,
+    pub group: u64,
+    pub opened_at_ms: u64,
+}
+
+impl LuckyOpened {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = encode_lucky_opened(self.packet_id, self.user, self.amount_fen);
+        out.extend_from_slice(&self.group.to_be_bytes());
+        out.extend_from_slice(&self.opened_at_ms.to_be_bytes());
+        debug_assert_eq!(out.len(), LUCKY_OPENED_BYTES);
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != LUCKY_OPENED_SHORT_BYTES && b.len() != LUCKY_OPENED_BYTES {
+            return None;
+        }
+        let long = b.len() == LUCKY_OPENED_BYTES;
+        Some(Self {
+            packet_id: u64_at(b, 0),
+            user: u64_at(b, 8),
+            amount_fen: u32::from_be_bytes([b[16], b[17], b[18], b[19]]),
+            group: if long { u64_at(b, 20) } else { 0 },
+            opened_at_ms: if long { u64_at(b, 28) } else { 0 },
+        })
+    }
 }
 
 pub fn encode_members(members: &[u64]) -> Vec<u8> {
@@ -133,6 +174,10 @@ mod tests {
         let l = LuckyCreated { packet_id: 1, group: 2, sender: 3, total_fen: 4, count: 5 };
         assert_eq!(LuckyCreated::decode(&l.encode()), Some(l));
         assert_eq!(decode_lucky_opened(&encode_lucky_opened(1, 2, 3)), Some((1, 2, 3)));
+        let o = LuckyOpened { packet_id: 1, user: 2, amount_fen: 3, group: 4, opened_at_ms: 5 };
+        assert_eq!(LuckyOpened::decode(&o.encode()), Some(o));
+        assert_eq!(decode_lucky_opened(&o.encode()), Some((1, 2, 3)), "recovery reads both layouts");
+        assert_eq!(LuckyOpened::decode(&o.encode()[..21]), None);
         assert_eq!(decode_members(&encode_members(&[1, 2])), Some(vec![1, 2]));
         assert_eq!(decode_members(&[0; 7]), None);
     }

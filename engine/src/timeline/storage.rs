@@ -148,8 +148,9 @@ impl TimelineStorage {
         .await
         .map_err(|e| anyhow::anyhow!("core {}: replaying the timeline log: {e}", core.id))?;
         core.state.borrow_mut().timelines_mut().finish_recovery();
+        let replaced = core.state.borrow_mut().timelines_mut().stats.entries_replaced_at_recovery;
         log::info!(
-            "core {}: timelines recovered: {entries} records ({skipped} skipped), {} groups, in {:?}",
+            "core {}: timelines recovered: {entries} records ({skipped} skipped, {replaced} entries stored again by a retry), {} groups, in {:?}",
             core.id,
             self.groups.len(),
             started.elapsed()

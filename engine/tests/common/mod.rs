@@ -210,3 +210,61 @@ impl Drop for Node {
         let _ = self.child.wait();
     }
 }
+
+/// A `redrain replica serve` process (a peer park) on a loopback port; killed when dropped.
+pub struct Replica {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: std::path::PathBuf,
+}
+
+impl Replica {
+    /// Starts a replica on `listen` ("127.0.0.1:0" for a free port) keeping its data in `dir`.
+    pub fn start(dir: &std::path::Path, listen: &str) -> Replica {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
+            .args(["replica", "serve", "--listen", listen, "--data-dir", dir.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        Replica { child, addr, dir: dir.to_path_buf() }
+    }
+
+    /// Kills the process (by its pid) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// (LSN, kind, payload) of every record this replica holds of stream (`origin`, `core`);
+    /// empty when it holds none of that stream yet.
+    pub fn records(&self, origin: u16, core: u16) -> Vec<(u64, u8, Vec<u8>)> {
+        let out = self.dir.with_extension(format!("origin{origin}-core{core}.ndjson"));
+        let status = Command::new(env!("CARGO_BIN_EXE_redrain"))
+            .args(["replica", "export", "--data-dir", self.dir.to_str().unwrap(), "--origin", &origin.to_string()])
+            .args(["--core", &core.to_string(), "--ndjson", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        if !status.status.success() {
+            return Vec::new();
+        }
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let payload = hex::decode(v["payload_hex"].as_str().unwrap()).unwrap();
+                (v["lsn"].as_u64().unwrap(), v["kind"].as_u64().unwrap() as u8, payload)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

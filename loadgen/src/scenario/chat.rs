@@ -60,6 +60,7 @@ pub const CHAT_COUNTERS: &[&str] = &[
     "rate_limited",
     "paused",
     "backoff_skips",
+    "offline_addressed",
 ];
 const SENT: usize = 0;
 const ACKED: usize = 1;
@@ -76,6 +77,7 @@ const BUSY: usize = 11;
 const RATE_LIMITED: usize = 12;
 const PAUSED: usize = 13;
 const BACKOFF_SKIPS: usize = 14;
+const OFFLINE_ADDRESSED: usize = 15;
 
 /// Bytes of a chat payload: nonce u32 | sender u32 | counter u32 | sent_at_us u64.
 pub const CHAT_PAYLOAD_BYTES: usize = 20;
@@ -207,6 +209,9 @@ fn check_params(layout: &Layout, params: &ChatParams) -> Result<(), ChatError> {
 struct BookShard {
     flags: HashMap<(u64, u64), u8>,
     owed: HashMap<u64, i64>,
+    /// Devices whose session came up (a device that never logged in cannot sync: what
+    /// was addressed to it counts as `offline_addressed`, not `missing`).
+    online: std::collections::HashSet<u64>,
 }
 
 /// What the run shares: parameters, groups, books, histograms, counters.
@@ -354,6 +359,7 @@ impl Scenario for ChatScenario {
     }
     fn connection(&self, index: u64) -> ChatConnection {
         let s = &self.shared;
+        s.book(index).online.insert(index);
         let local = s.layout.local_of(index);
         let group = if s.params.groups > 0 && local / s.params.group_size.max(1) < s.groups.len() {
             Some(local / s.params.group_size)
@@ -384,15 +390,24 @@ impl Scenario for ChatScenario {
 
     fn finish(&self, counters: &mut [u64]) -> Vec<(&'static str, Histogram<u64>)> {
         let s = &self.shared;
-        let mut missing = 0;
+        let (mut missing, mut offline) = (0, 0);
         for shard in &s.books {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            missing += shard.flags.values().filter(|f| **f & (FLAG_ACKED | FLAG_SEEN) == FLAG_ACKED).count() as u64;
+            for ((device, _), f) in &shard.flags {
+                if *f & (FLAG_ACKED | FLAG_SEEN) == FLAG_ACKED {
+                    if shard.online.contains(device) {
+                        missing += 1;
+                    } else {
+                        offline += 1;
+                    }
+                }
+            }
         }
         for (slot, c) in counters.iter_mut().enumerate().take(CHAT_COUNTERS.len()) {
             *c = s.get(slot);
         }
         counters[MISSING] = missing;
+        counters[OFFLINE_ADDRESSED] = offline;
         let merged = |which: &[Mutex<Histogram<u64>>]| {
             let mut h = new_latency_histogram();
             for part in which {
@@ -712,6 +727,19 @@ mod tests {
     }
 
     #[test]
+    fn what_is_addressed_to_a_device_whose_session_never_came_up_is_offline_not_missing() {
+        let s = scenario(2, ONE_TO_ONE, &[]);
+        // Only connection 0 logs in; connection 1's session was refused.
+        let mut a = s.connection(0);
+        let mut counters = [0u64; CHAT_COUNTERS.len()];
+        let _ = a.next_request(0);
+        a.check(0, &Response::Timeline(TimelineResponse::SendOk { message_id: 1, seq: 1 }), &mut counters);
+        s.finish(&mut counters);
+        assert_eq!(counters[MISSING], 1, "the sender's own copy, never synced");
+        assert_eq!(counters[OFFLINE_ADDRESSED], 1, "the target could not sync");
+    }
+
+    #[test]
     fn a_device_syncs_after_a_notify_and_drains_until_nothing_is_owed() {
         let s = scenario(2, ChatParams { groups: 0, group_size: 0, sync_every: 3 }, &[]);
         let mut a = s.connection(0);
@@ -768,6 +796,7 @@ mod tests {
         old[0..4].copy_from_slice(&s.shared.nonce.wrapping_add(1).to_be_bytes());
         let bytes = entry_bytes(&s, 1, &old);
         let mut b = s.connection(1);
+        let _c = s.connection(2); // the third member is online too
         b.force_sync = true;
         let _ = b.next_request(0);
         let ok = Response::Timeline(TimelineResponse::SyncOk {

@@ -24,6 +24,8 @@ PEER_ARGS=()
 trap '[ -n "$NODE" ] && kill "$NODE" 2>/dev/null; for r in $REPLICAS; do kill "$r" 2>/dev/null; done; rm -rf "$WORK/data" "$WORK/park-"*' EXIT
 # The benchmark measures throughput, not the per-user limiter: set the rates it needs.
 printf 'messages_per_user_per_s = 1000000\nmessages_per_user_burst = 1000000\nsyncs_per_user_per_s = 1000000\nsyncs_per_user_burst = 1000000\n' > "$WORK/timeline.toml"
+# Extra keys, e.g. retention: TIMELINE_EXTRA='[timeline]\nretention_bytes_max = 268435456\n'
+printf '%b' "${TIMELINE_EXTRA:-}" >> "$WORK/timeline.toml"
 
 metric() { # sum of a metric over its series
     curl -s "127.0.0.1:$ADMIN/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f\n", s }'
@@ -85,11 +87,14 @@ throughput() {
     e1=$(metric redrain_timeline_entries_committed_total); s1=$(metric redrain_timeline_syncs_total)
     n1=$(metric redrain_timeline_sends_total); t1=$(date +%s.%N)
     wait "$gen" || true
+    local retention
+    retention="log bytes $(metric redrain_timeline_log_bytes), segments deleted $(metric redrain_timeline_segments_deleted_total), checkpoints $(metric redrain_timeline_checkpoints_total), checkpoint records $(metric redrain_timeline_checkpoint_records_total)"
     stop_node
     echo "== $name: $*"
     awk -v e=$((e1 - e0)) -v s=$((s1 - s0)) -v n=$((n1 - n0)) -v t0="$t0" -v t1="$t1" 'BEGIN {
         dt = t1 - t0; printf "node: %.0f sends/s committed, %.0f entries/s committed, %.0f syncs/s\n", n / dt, e / dt, s / dt }'
     grep -E "requests|throughput|chat |send>|node cpu|node " "$WORK/$name.txt" || true
+    echo "timeline log: $retention"
 }
 
 for run in $RUNS; do

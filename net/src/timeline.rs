@@ -7,7 +7,7 @@
 //! Send          target_kind u8 | target u64 | client_msg_id u64 | content_type u8 | payload_len u16 | payload
 //! SendOk        message_id u64 | seq u64                      (seq: the message in the sender's own inbox)
 //! Sync          since_seq u64 | limit u16
-//! SyncOk        latest_seq u64 | more u8 | count u16 | entry*
+//! SyncOk        latest_seq u64 | flags u8 | count u16 | entry*   (flags: 0x01 more, 0x02 expired)
 //!   entry       seq u64 | message_id u64 | from u64 | conv_kind u8 | conv_id u64 | sent_at_ms u64
 //!               | content_type u8 | payload_len u16 | payload
 //! SyncAck       conv_kind u8 | conv_id u64 | read_seq u64     (a read marker)
@@ -48,6 +48,11 @@ pub const LUCKY_FLAG_REPEAT: u8 = 0x01;
 pub const SYNC_ENTRY_HEADER_BYTES: usize = 8 + 8 + 8 + 1 + 8 + 8 + 1 + 2;
 /// Members one `GroupCreate` may name (the node's group cap is usually lower).
 pub const GROUP_CREATE_MEMBERS_MAX: usize = 4096;
+/// `SyncOk` flags bit: call Sync again from the last seq received.
+pub const SYNC_FLAG_MORE: u8 = 0x01;
+/// `SyncOk` flags bit: entries after `since_seq` and before the first one carried were
+/// dropped by the node's retention (they can no longer be synced).
+pub const SYNC_FLAG_EXPIRED: u8 = 0x02;
 
 /// A borrowed list of big-endian u64s (group members).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,11 +342,12 @@ impl<'a> TimelineRequest<'a> {
     }
 }
 
-/// A timeline answer or push (server to client).
+/// A timeline answer or push (server to client). `SyncOk::expired`: retention dropped
+/// entries after the Sync's `since_seq` (see [`SYNC_FLAG_EXPIRED`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimelineResponse<'a> {
     SendOk { message_id: u64, seq: u64 },
-    SyncOk { latest_seq: u64, more: bool, entries: SyncEntries<'a> },
+    SyncOk { latest_seq: u64, more: bool, expired: bool, entries: SyncEntries<'a> },
     SyncAckOk { seq: u64 },
     LuckyOpenOk { packet_id: u64, amount_fen: u32, flags: u8, opened: u16, count: u16 },
     GroupCreateOk { group_id: u64, members: u16 },
@@ -377,13 +383,13 @@ impl<'a> TimelineResponse<'a> {
                 if body.len() < 11 {
                     return Err(BodyError::BadLength { kind, actual: body.len(), expected: ">= 11" });
                 }
-                let more = match body[8] {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(BodyError::BadField { kind, field: "more is not 0 or 1" }),
-                };
+                let flags = body[8];
+                if flags & !(SYNC_FLAG_MORE | SYNC_FLAG_EXPIRED) != 0 {
+                    return Err(BodyError::BadField { kind, field: "flags has bits other than more and expired" });
+                }
+                let (more, expired) = (flags & SYNC_FLAG_MORE != 0, flags & SYNC_FLAG_EXPIRED != 0);
                 let entries = SyncEntries::parse(be_u16(&body[9..]), &body[11..])?;
-                TimelineResponse::SyncOk { latest_seq: be_u64(body), more, entries }
+                TimelineResponse::SyncOk { latest_seq: be_u64(body), more, expired, entries }
             }
             MessageType::SyncAckOk => {
                 len(kind, body, 8, "8")?;
@@ -445,9 +451,9 @@ impl<'a> TimelineResponse<'a> {
                 b.extend_from_slice(&message_id.to_be_bytes());
                 b.extend_from_slice(&seq.to_be_bytes());
             }
-            TimelineResponse::SyncOk { latest_seq, more, entries } => {
+            TimelineResponse::SyncOk { latest_seq, more, expired, entries } => {
                 b.extend_from_slice(&latest_seq.to_be_bytes());
-                b.push(u8::from(more));
+                b.push(if more { SYNC_FLAG_MORE } else { 0 } | if expired { SYNC_FLAG_EXPIRED } else { 0 });
                 b.extend_from_slice(&entries.count.to_be_bytes());
                 b.extend_from_slice(entries.bytes);
             }
@@ -527,7 +533,8 @@ mod tests {
         e.encode(&mut entries);
         e.encode(&mut entries);
         let parsed = SyncEntries::from_encoded(2, &entries);
-        round_trip_response(TimelineResponse::SyncOk { latest_seq: 4, more: true, entries: parsed });
+        round_trip_response(TimelineResponse::SyncOk { latest_seq: 4, more: true, expired: false, entries: parsed });
+        round_trip_response(TimelineResponse::SyncOk { latest_seq: 4, more: false, expired: true, entries: parsed });
         assert_eq!(parsed.iter().collect::<Vec<_>>(), vec![e, e]);
         round_trip_response(TimelineResponse::SendOk { message_id: 1, seq: 2 });
         round_trip_response(TimelineResponse::SyncAckOk { seq: 2 });

@@ -576,6 +576,11 @@ impl Log {
         &self.inner.dir
     }
 
+    /// Bytes of every segment file (what retention bounds).
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.inner.state.borrow().segments.iter().map(|s| s.len).sum()
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.inner.state.borrow().segments.len()

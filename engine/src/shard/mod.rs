@@ -345,6 +345,8 @@ impl Core {
             self.metrics().timeline.set(&state.timelines().stats);
             if let Some(t) = self.timeline_storage.get() {
                 self.metrics().timeline.set_log(&t.log().stats(), t.log().pending_appends());
+                t.retain_from(self, state.timelines().retention_watermark());
+                self.metrics().timeline.set_retention(&state.timelines().retention_stats(), t.log());
             }
             let m = &self.metrics().rain;
             m.opened_packets.store(state.opened_len() as u64, Ordering::Relaxed);

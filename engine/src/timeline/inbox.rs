@@ -37,6 +37,11 @@ pub struct Inbox {
     index: VecDeque<(u64, u64)>,
     /// A Notify for this user is queued for the next drain.
     pub notify_pending: bool,
+    /// Highest seq this inbox can no longer serve (retention or the index bound dropped
+    /// it and everything before it); a Sync from below it answers `expired`.
+    dropped_through: u64,
+    /// Some entry of this inbox came from the log at start.
+    recovered: bool,
 }
 
 /// Where a Sync's next entries are.
@@ -92,7 +97,9 @@ impl Inbox {
         }
         self.committed = self.committed.max(seq);
         while self.index.len() > config.inbox_index_entries_max {
-            self.index.pop_front();
+            if let Some((seq, _)) = self.index.pop_front() {
+                self.dropped_through = self.dropped_through.max(seq);
+            }
         }
     }
 
@@ -120,6 +127,7 @@ impl Inbox {
         }
         recent.push(lsn, wire);
         self.index_entry(seq, lsn, config);
+        self.recovered = true;
         self.allocated = self.allocated.max(seq);
     }
 
@@ -178,8 +186,35 @@ impl Inbox {
     /// Drops index entries whose records retention removed from the log.
     pub fn forget_before(&mut self, first_lsn: u64) {
         while self.index.front().is_some_and(|(_, lsn)| *lsn < first_lsn) {
-            self.index.pop_front();
+            if let Some((seq, _)) = self.index.pop_front() {
+                self.dropped_through = self.dropped_through.max(seq);
+            }
         }
+    }
+
+    /// Highest seq this inbox no longer serves (0: it serves everything it held).
+    pub fn dropped_through(&self) -> u64 {
+        self.dropped_through
+    }
+
+    /// Whether entries of this inbox were recovered from the log at start.
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    /// After a start from a log that retention had trimmed: seqs below the first
+    /// recovered one may have existed and are gone.
+    pub fn mark_trimmed_below_first(&mut self) {
+        if let Some((first, _)) = self.index.front() {
+            self.dropped_through = self.dropped_through.max(first - 1);
+        }
+    }
+
+    /// The wire bytes of the durable entry `seq` if it is a read marker still in memory.
+    pub fn read_marker_wire<'r>(&self, seq: u64, recent: &'r RecentEntries) -> Option<&'r [u8]> {
+        let at = self.index.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        let wire = recent.get(self.index[at].1)?;
+        super::checkpoint::is_read_marker(wire).then_some(wire)
     }
 
     /// Entries waiting for their write and entries indexed.
@@ -209,7 +244,8 @@ impl Ceilings {
         Self { step, shift, buckets: HashMap::default() }
     }
 
-    fn bucket(&self, user: u64) -> u64 {
+    /// The bucket (shared persisted ceiling) of `user`.
+    pub fn bucket(&self, user: u64) -> u64 {
         user >> self.shift
     }
 

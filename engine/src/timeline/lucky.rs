@@ -43,6 +43,8 @@ pub struct LuckyPacket {
     pub reserved: HashMap<u64, u32>,
     /// Shares whose record failed (maybe durable anyway), kept for the user's retry.
     pub unconfirmed: HashMap<u64, u32>,
+    /// Its creation record is durable (a checkpoint carries only durable packets).
+    pub durable: bool,
 }
 
 /// What an open of a packet gets.
@@ -68,6 +70,7 @@ impl LuckyPacket {
             opened: HashMap::new(),
             reserved: HashMap::new(),
             unconfirmed: HashMap::new(),
+            durable: false,
         }
     }
 

@@ -35,6 +35,22 @@ pub struct TimelineMetrics {
     pub mail_retried_total: AtomicU64,
     pub mail_outbox: AtomicU64,
     pub refused_outbox_full_total: AtomicU64,
+    /// Retention and compaction (see [`TimelineMetrics::set_retention`]).
+    pub retention: RetentionMetrics,
+}
+
+/// Retention figures of one core's timeline log.
+#[derive(Debug, Default)]
+pub struct RetentionMetrics {
+    pub log_bytes: AtomicU64,
+    pub log_segments: AtomicU64,
+    pub first_retained_lsn: AtomicU64,
+    pub watermark_lsn: AtomicU64,
+    pub checkpoints_total: AtomicU64,
+    pub checkpoints_failed_total: AtomicU64,
+    pub checkpoint_records_total: AtomicU64,
+    pub segments_deleted_total: AtomicU64,
+    pub syncs_expired_total: AtomicU64,
 }
 
 impl TimelineMetrics {
@@ -68,6 +84,68 @@ impl TimelineMetrics {
         self.mail_retried_total.store(s.mail_retried, Relaxed);
         self.mail_outbox.store(s.mail_outbox, Relaxed);
         self.refused_outbox_full_total.store(s.refused_outbox_full, Relaxed);
+    }
+}
+
+impl TimelineMetrics {
+    /// Copies the retention figures of the state machine and of the log.
+    pub fn set_retention(&self, s: &super::checkpoint::RetentionStats, log: &redrain_storage::Log) {
+        let r = &self.retention;
+        r.log_bytes.store(log.bytes_on_disk(), Relaxed);
+        r.log_segments.store(log.segment_count() as u64, Relaxed);
+        r.first_retained_lsn.store(log.first_lsn(), Relaxed);
+        r.watermark_lsn.store(s.watermark_lsn, Relaxed);
+        r.checkpoints_total.store(s.checkpoints_total, Relaxed);
+        r.checkpoints_failed_total.store(s.checkpoints_failed_total, Relaxed);
+        r.checkpoint_records_total.store(s.checkpoint_records_total, Relaxed);
+        r.segments_deleted_total.store(log.stats().segments_deleted_total, Relaxed);
+        r.syncs_expired_total.store(s.syncs_expired_total, Relaxed);
+    }
+}
+
+/// Renders the retention families of every core's timeline block.
+pub fn render_retention(cores: &[&TimelineMetrics], out: &mut String) {
+    type Getter = fn(&RetentionMetrics) -> &AtomicU64;
+    const FAMILIES: [(&str, &str, &str, Getter); 9] = [
+        ("redrain_timeline_log_bytes", "gauge", "Bytes of the timeline log's segment files.", |m| &m.log_bytes),
+        ("redrain_timeline_log_segments", "gauge", "Segment files of the timeline log.", |m| &m.log_segments),
+        ("redrain_timeline_log_first_lsn", "gauge", "LSN of the oldest record still in the timeline log.", |m| {
+            &m.first_retained_lsn
+        }),
+        (
+            "redrain_timeline_retention_watermark_lsn",
+            "gauge",
+            "Records below this LSN are covered by a checkpoint and may be deleted.",
+            |m| &m.watermark_lsn,
+        ),
+        ("redrain_timeline_checkpoints_total", "counter", "Checkpoints written whole (the watermark moved).", |m| {
+            &m.checkpoints_total
+        }),
+        (
+            "redrain_timeline_checkpoints_failed_total",
+            "counter",
+            "Checkpoints abandoned because a record failed (retried at the next interval).",
+            |m| &m.checkpoints_failed_total,
+        ),
+        ("redrain_timeline_checkpoint_records_total", "counter", "Checkpoint records appended.", |m| {
+            &m.checkpoint_records_total
+        }),
+        ("redrain_timeline_segments_deleted_total", "counter", "Timeline log segments deleted by retention.", |m| {
+            &m.segments_deleted_total
+        }),
+        (
+            "redrain_timeline_syncs_expired_total",
+            "counter",
+            "Syncs from below the retained entries (answered with the expired flag).",
+            |m| &m.syncs_expired_total,
+        ),
+    ];
+    for (name, kind, help, get) in FAMILIES {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (core, m) in cores.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(&m.retention).load(Relaxed));
+        }
     }
 }
 
@@ -185,6 +263,7 @@ pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
             let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(m).load(Relaxed));
         }
     }
+    render_retention(cores, out);
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //! id) joins or repeats the first; after a restart it is delivered again with the same
 //! message id and every recipient that already holds it answers the seq it has.
 
+pub mod checkpoint;
 pub mod inbox;
 pub mod lucky;
 pub mod metrics;
@@ -107,6 +108,20 @@ pub struct TimelineConfig {
     /// reverse mailbox is full; at this depth the core refuses new sends Busy until the
     /// outbox drains (the answers themselves are never dropped).
     pub mail_outbox_max: usize,
+    // ---- retention and compaction (see checkpoint.rs) ----
+    /// Timeline log: size of one segment file; retention deletes whole segments.
+    pub segment_bytes: u64,
+    /// Seconds between checkpoints (only while retention is on): how far the retention
+    /// watermark can lag behind the log's head.
+    pub checkpoint_interval_s: u64,
+    /// Checkpoint records appended per housekeeping tick (100 ms).
+    pub checkpoint_records_per_tick: usize,
+    /// How long a retried send (same client message id) is still recognised after
+    /// retention dropped its entries, in seconds; also how long a finished lucky packet
+    /// still answers repeat opens.
+    pub dedup_window_s: u64,
+    /// Latest read markers (one per conversation) one user keeps across retention.
+    pub read_markers_per_user_max: usize,
 }
 
 impl Default for TimelineConfig {
@@ -131,6 +146,11 @@ impl Default for TimelineConfig {
             retention_bytes_max: 0,
             retention_age_s: 0,
             mail_outbox_max: 65_536,
+            segment_bytes: 64 << 20,
+            checkpoint_interval_s: 60,
+            checkpoint_records_per_tick: 16,
+            dedup_window_s: 3600,
+            read_markers_per_user_max: 1000,
         }
     }
 }
@@ -163,6 +183,7 @@ impl TimelineConfig {
                         mail_outbox_max >= 1, recent_bytes_max >= 4096)"
                 .into());
         }
+        self.validate_retention()?;
         Ok(())
     }
 }
@@ -369,12 +390,15 @@ enum Pending {
     Ceiling,
     LuckyCreated {
         fanout: u64,
+        packet: u64,
     },
     LuckyOpened {
         packet: u64,
         user: u64,
         waiters: Vec<ReplyTo>,
     },
+    /// A record of a checkpoint (checkpoint.rs).
+    Checkpoint,
 }
 
 /// A group change waiting for the table.
@@ -404,6 +428,11 @@ enum Sent {
 struct SyncRead {
     origin: ReplyTo,
     latest_seq: u64,
+    /// Retention dropped entries after the Sync's since_seq.
+    expired: bool,
+    /// Whose inbox, and the LSNs asked (retention may delete the oldest meanwhile).
+    user: u64,
+    lsns: Vec<u64>,
 }
 
 /// Counters of one core's timelines (copied into the metrics block).
@@ -476,7 +505,7 @@ pub struct Timelines {
     sent_order: VecDeque<(u64, u64)>,
     /// (recipient, sender, client message id) -> seq of messages delivered here, so a
     /// retried send is stored once even after its entry left memory or the node restarted.
-    delivered: HashMap<(u64, u64, u64), u64>,
+    delivered: HashMap<(u64, u64, u64), checkpoint::DeliveredAt>,
     delivered_order: VecDeque<(u64, u64, u64)>,
     /// Per-user token buckets: Send, lucky packets and SyncAck take from `message_rates`,
     /// Sync from `sync_rates` (see [`UserRateLimits`]).
@@ -498,6 +527,8 @@ pub struct Timelines {
     rng: rand_chacha::ChaCha8Rng,
     outputs: Vec<TimelineOutput>,
     pub stats: TimelineStats,
+    retention: checkpoint::Retention,
+    retention_stats: checkpoint::RetentionStats,
 }
 
 /// The core that owns a group: its creator's core, written into its id.
@@ -557,6 +588,8 @@ impl Timelines {
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ core as u64),
             outputs: Vec::new(),
             stats: TimelineStats::default(),
+            retention: checkpoint::Retention::default(),
+            retention_stats: checkpoint::RetentionStats::default(),
         }
     }
 
@@ -660,12 +693,13 @@ impl Timelines {
                         immediate(Reply::busy("too many syncs reading the log on this core"), out);
                         Err(ErrorCode::Busy)
                     }
-                    Ok(SyncAnswer::Read { lsns, latest_seq }) => {
+                    Ok(SyncAnswer::Read { lsns, latest_seq, expired }) => {
                         let token = self.token();
                         let origin = self.me(token);
                         self.waiting.insert(token, Waiting { conn, slot: token, request_id, dedup: None });
                         out.defer(token);
-                        self.sync_reads.insert(token, SyncRead { origin, latest_seq });
+                        let read = SyncRead { origin, latest_seq, expired, user, lsns: lsns.clone() };
+                        self.sync_reads.insert(token, read);
                         self.outputs.push(TimelineOutput::Read { lsns, token });
                         self.stats.sync_log_reads += 1;
                         Ok(Handled::Later { slot: token })
@@ -863,12 +897,13 @@ impl Timelines {
         }
     }
 
-    fn remember_delivered(&mut self, key: (u64, u64, u64), seq: u64) {
-        if self.delivered.insert(key, seq).is_none() {
+    fn remember_delivered(&mut self, key: (u64, u64, u64), at: checkpoint::DeliveredAt) {
+        if self.delivered.insert(key, at).is_none() {
             self.delivered_order.push_back(key);
             if self.delivered_order.len() > self.config.send_dedup_entries_max {
                 if let Some(old) = self.delivered_order.pop_front() {
                     self.delivered.remove(&old);
+                    self.retention.dedup_popped += 1;
                 }
             }
         }
@@ -983,7 +1018,7 @@ impl Timelines {
                     let created = LuckyCreated { packet_id: msg.message_id, group, sender, total_fen: total, count };
                     self.lucky.entry(msg.message_id).or_insert_with(|| LuckyPacket::new(group, total, count));
                     let append = self.token();
-                    self.pending.insert(append, Pending::LuckyCreated { fanout: token });
+                    self.pending.insert(append, Pending::LuckyCreated { fanout: token, packet: msg.message_id });
                     self.outputs.push(TimelineOutput::Append {
                         kind: records::KIND_LUCKY_CREATED,
                         payload: created.encode(),
@@ -1096,7 +1131,7 @@ impl Timelines {
             let inbox = self.inboxes.entry(user).or_insert_with(|| Inbox::starting_at(ceiling));
             // A retried send that this inbox already holds: answer its seq.
             if msg.client_msg_id != 0 {
-                if let Some(&seq) = self.delivered.get(&(user, msg.from, msg.client_msg_id)) {
+                if let Some(seq) = self.delivered.get(&(user, msg.from, msg.client_msg_id)).map(|d| d.seq) {
                     let in_flight = self.pending.values_mut().find_map(|p| match p {
                         Pending::Entry { user: u, seq: s, deliveries } if *u == user && *s == seq => Some(deliveries),
                         _ => None,
@@ -1138,7 +1173,8 @@ impl Timelines {
             let inbox = self.inboxes.get_mut(&user).expect("inserted above");
             inbox.push(seq, msg.from, msg.client_msg_id, wire.into_boxed_slice());
             if msg.client_msg_id != 0 {
-                self.remember_delivered((user, msg.from, msg.client_msg_id), seq);
+                let at = checkpoint::DeliveredAt { seq, message_id: msg.message_id, sent_at_ms: msg.sent_at_ms };
+                self.remember_delivered((user, msg.from, msg.client_msg_id), at);
             }
             let token = self.token();
             self.pending.insert(token, Pending::Entry { user, seq, deliveries: vec![dtoken] });
@@ -1244,9 +1280,14 @@ impl Timelines {
             if since_seq > latest_seq {
                 return Err((ErrorCode::SeqFromFuture, "since_seq is beyond the inbox's latest seq"));
             }
+            let expired = match self.sync_expired(user, since_seq, usize::from(limit), latest_seq) {
+                checkpoint::SyncExpiry::Markers(reply) => return Ok(SyncAnswer::Now(reply)),
+                e => matches!(e, checkpoint::SyncExpiry::Expired),
+            };
             let reply = Reply::ok(TimelineResponse::SyncOk {
                 latest_seq,
                 more: false,
+                expired,
                 entries: SyncEntries::from_encoded(0, &[]),
             });
             return Ok(SyncAnswer::Now(reply));
@@ -1255,8 +1296,13 @@ impl Timelines {
         if since_seq > latest_seq {
             return Err((ErrorCode::SeqFromFuture, "since_seq is beyond the inbox's latest seq"));
         }
+        let expired = match self.sync_expired(user, since_seq, usize::from(limit), latest_seq) {
+            checkpoint::SyncExpiry::Markers(reply) => return Ok(SyncAnswer::Now(reply)),
+            e => matches!(e, checkpoint::SyncExpiry::Expired),
+        };
+        let inbox = self.inboxes.get(&user).expect("looked up above");
         if let SyncSource::Log(lsns) = inbox.source_after(since_seq, usize::from(limit), &self.recent) {
-            return Ok(SyncAnswer::Read { lsns, latest_seq });
+            return Ok(SyncAnswer::Read { lsns, latest_seq, expired });
         }
         let mut bytes = Vec::new();
         let (count, more) =
@@ -1264,6 +1310,7 @@ impl Timelines {
         let reply = Reply::ok(TimelineResponse::SyncOk {
             latest_seq,
             more,
+            expired,
             entries: SyncEntries::from_encoded(count as u16, &bytes),
         });
         Ok(SyncAnswer::Now(reply))
@@ -1274,6 +1321,13 @@ impl Timelines {
         let Some(read) = self.sync_reads.remove(&token) else { return };
         let reply = match records {
             Ok(records) => {
+                // Fewer records than asked: retention deleted the oldest meanwhile.
+                let dropped = read.lsns.len().saturating_sub(records.len());
+                if let (Some(&last_gone), Some(inbox)) =
+                    (read.lsns.get(dropped.wrapping_sub(1)), self.inboxes.get_mut(&read.user))
+                {
+                    inbox.forget_before(last_gone + 1);
+                }
                 let mut bytes = Vec::new();
                 let mut count = 0u16;
                 let mut truncated = false;
@@ -1290,6 +1344,7 @@ impl Timelines {
                 Reply::ok(TimelineResponse::SyncOk {
                     latest_seq: read.latest_seq,
                     more: truncated || last_seq < read.latest_seq,
+                    expired: read.expired || dropped > 0,
                     entries: SyncEntries::from_encoded(count, &bytes),
                 })
             }
@@ -1306,6 +1361,7 @@ impl Timelines {
 
     /// An append of the timeline log finished: `Some(lsn)` when durable.
     pub fn on_appended(&mut self, token: u64, lsn: Option<u64>) {
+        self.note_durable(lsn);
         let Some(pending) = self.pending.remove(&token) else { return };
         let ok = lsn.is_some();
         match pending {
@@ -1319,6 +1375,7 @@ impl Timelines {
                                 inbox.notify_pending = true;
                                 self.notify.push(user);
                             }
+                            self.note_committed(user, seq);
                         }
                         None => {
                             self.stats.entries_failed += 1;
@@ -1341,7 +1398,11 @@ impl Timelines {
                 }
             }
             Pending::Ceiling => {}
-            Pending::LuckyCreated { fanout } => {
+            Pending::Checkpoint => self.on_checkpoint_appended(ok),
+            Pending::LuckyCreated { fanout, packet } => {
+                if let Some(p) = self.lucky.get_mut(&packet).filter(|_| ok) {
+                    p.durable = true;
+                }
                 if let Some(f) = self.fanouts.get_mut(&fanout) {
                     f.ok &= ok;
                     f.remaining -= 1;
@@ -1458,6 +1519,7 @@ impl Timelines {
         self.stats.recent_bytes = self.recent.heap_bytes() as u64;
         self.stats.mail_outbox = self.outbox.len() as u64;
         self.outbox_retry_due = true;
+        self.retention_tick(clock);
     }
 
     /// Takes the outputs so far; first turns moved seqs into one Notify per device.
@@ -1489,6 +1551,10 @@ impl Timelines {
 
     /// One record of the timeline log, at start (in LSN order).
     pub fn recover_record(&mut self, kind: u8, lsn: u64, payload: &[u8]) -> bool {
+        self.note_recovered_lsn(lsn);
+        if let Some(ok) = self.recover_checkpoint_record(kind, lsn, payload) {
+            return ok;
+        }
         match kind {
             records::KIND_ENTRY => {
                 let Some((user, client_msg_id, wire)) = records::decode_entry(payload) else { return false };
@@ -1499,7 +1565,7 @@ impl Timelines {
                 self.last_message_id = self.last_message_id.max(entry.message_id);
                 if client_msg_id != 0 {
                     let key = (user, entry.from, client_msg_id);
-                    if let Some(earlier) = self.delivered.get(&key).copied() {
+                    if let Some(earlier) = self.delivered.get(&key).map(|d| d.seq) {
                         // Stored twice: the earlier record's append failed (a replicated
                         // append that timed out waiting for a peer is still on the local
                         // disk), and the retry's record is the one acknowledged. Keep it.
@@ -1508,8 +1574,14 @@ impl Timelines {
                         }
                         self.stats.entries_replaced_at_recovery += 1;
                     }
-                    self.remember_delivered(key, entry.seq);
+                    let at = checkpoint::DeliveredAt {
+                        seq: entry.seq,
+                        message_id: entry.message_id,
+                        sent_at_ms: entry.sent_at_ms,
+                    };
+                    self.remember_delivered(key, at);
                 }
+                self.recover_marker_entry(user, wire);
                 let inbox = self.inboxes.entry(user).or_default();
                 inbox.recover(entry.seq, wire, lsn, &mut self.recent, &self.config);
                 self.ceilings.recover(user, entry.seq);
@@ -1522,7 +1594,10 @@ impl Timelines {
             }
             records::KIND_LUCKY_CREATED => {
                 let Some(c) = LuckyCreated::decode(payload) else { return false };
-                self.lucky.entry(c.packet_id).or_insert_with(|| LuckyPacket::new(c.group, c.total_fen, c.count));
+                self.lucky
+                    .entry(c.packet_id)
+                    .or_insert_with(|| LuckyPacket::new(c.group, c.total_fen, c.count))
+                    .durable = true;
                 true
             }
             records::KIND_LUCKY_OPENED => {
@@ -1532,7 +1607,11 @@ impl Timelines {
                         p.recover_open(user, amount);
                         true
                     }
-                    None => false,
+                    None => {
+                        // Its packet may come later, from a checkpoint written after it.
+                        self.recover_orphan_open(packet, user, amount);
+                        true
+                    }
                 }
             }
             _ => false,
@@ -1549,6 +1628,7 @@ impl Timelines {
 
     /// After recovery: every inbox continues above its bucket's persisted ceiling.
     pub fn finish_recovery(&mut self) {
+        self.finish_retention_recovery();
         for (user, inbox) in self.inboxes.iter_mut() {
             inbox.continue_from(self.ceilings.ceiling_of(*user));
         }
@@ -1608,5 +1688,5 @@ enum RateKind {
 
 enum SyncAnswer {
     Now(Reply),
-    Read { lsns: Vec<u64>, latest_seq: u64 },
+    Read { lsns: Vec<u64>, latest_seq: u64, expired: bool },
 }

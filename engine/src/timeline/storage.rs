@@ -33,13 +33,22 @@ pub struct TimelineStorage {
     log: TimelineLog,
     groups: Rc<Table>,
     pump: LocalSender<(u64, Append)>,
+    /// The retention watermark last handed to the log.
+    watermark_given: std::cell::Cell<u64>,
 }
 
-/// The timeline log's settings: group commit as the rain's logs; retention from the config.
+/// The timeline log's settings: group commit as the rain's logs; segment size and
+/// retention from the config (0 turns a retention bound off). The log deletes only
+/// segments below the watermark the timelines move after each checkpoint.
 pub fn timeline_log_config(config: &super::TimelineConfig) -> LogConfig {
     LogConfig {
-        retention_bytes_max: config.retention_bytes_max,
-        retention_age_max: Duration::from_secs(config.retention_age_s),
+        segment_bytes_target: config.segment_bytes,
+        retention_bytes_max: if config.retention_bytes_max == 0 { u64::MAX } else { config.retention_bytes_max },
+        retention_age_max: if config.retention_age_s == 0 {
+            Duration::MAX
+        } else {
+            Duration::from_secs(config.retention_age_s)
+        },
         ..LogConfig::default()
     }
 }
@@ -75,9 +84,37 @@ impl TimelineStorage {
         let groups = Table::open(&groups_dir, TableConfig::default(), fs).await.map_err(|e| {
             anyhow::anyhow!("core {}: opening the groups table in {}: {e}", core.id, groups_dir.display())
         })?;
-        let storage = Self { log, groups: Rc::new(groups), pump: spawn_pump(core.clone()) };
+        let storage = Self {
+            log,
+            groups: Rc::new(groups),
+            pump: spawn_pump(core.clone()),
+            watermark_given: std::cell::Cell::new(0),
+        };
         storage.recover(core).await?;
         Ok(storage)
+    }
+
+    /// Hands the timelines' retention watermark to the log; when it moved, applies
+    /// retention at once (an idle log would otherwise wait for its next write).
+    /// A replicated log releases only what both peers hold (and tells them), so it is
+    /// told on every tick until they caught up.
+    pub fn retain_from(&self, core: &Rc<Core>, watermark: u64) {
+        match &self.log {
+            TimelineLog::Local(l) => l.set_retention_watermark(watermark),
+            TimelineLog::Replicated(r) => r.set_retention_watermark(watermark),
+        }
+        if watermark <= self.watermark_given.get() {
+            return;
+        }
+        self.watermark_given.set(watermark);
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            let Some(storage) = core.timeline_storage.get() else { return };
+            if let Err(e) = storage.log().enforce_retention().await {
+                log::warn!("core {}: timeline log retention failed: {e}", core.id);
+            }
+        })
+        .detach();
     }
 
     pub fn log(&self) -> &Log {
@@ -166,14 +203,24 @@ impl TimelineStorage {
         // group-commit batch (up to `batch_bytes_max`), mostly other users' entries.
         let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
         for &lsn in lsns {
+            // Retention deleted it (the index forgets it at the next tick): skipped; the
+            // state machine sees fewer records than asked and flags the answer expired.
+            if lsn < self.log().first_lsn() {
+                continue;
+            }
             let mut found = find_record(&records, lsn);
             if found.is_none() {
-                let buffered = self.log().read_batches(lsn, 256 << 10).await.map_err(|e| e.to_string())?;
+                let buffered = match self.log().read_batches(lsn, 256 << 10).await {
+                    Ok(b) => b,
+                    Err(redrain_storage::StorageError::NotRetained { .. }) => continue,
+                    Err(e) => return Err(e.to_string()),
+                };
                 records = parse_records(&buffered, lsns);
                 found = find_record(&records, lsn);
             }
             match found {
                 Some(payload) => out.push(payload.to_vec()),
+                None if lsn < self.log().first_lsn() => continue,
                 None => return Err(format!("record {lsn} not in the log")),
             }
         }

@@ -573,7 +573,7 @@ impl ScenarioConnection for ChatConnection {
                 self.shared.acked(key, &devices);
                 Check::Ok
             }
-            (Some(Sent::Sync), Response::Timeline(TimelineResponse::SyncOk { latest_seq, more, entries })) => {
+            (Some(Sent::Sync), Response::Timeline(TimelineResponse::SyncOk { latest_seq, more, entries, .. })) => {
                 self.shared.add(SYNCS, 1);
                 self.sync_in_flight = false;
                 self.more = *more;
@@ -717,7 +717,7 @@ mod tests {
         let mut bytes = entry_bytes(&s, 1, &first);
         bytes.extend(entry_bytes(&s, 2, &first));
         let entries = SyncEntries::from_encoded(2, &bytes);
-        let ok = Response::Timeline(TimelineResponse::SyncOk { latest_seq: 2, more: false, entries });
+        let ok = Response::Timeline(TimelineResponse::SyncOk { latest_seq: 2, more: false, expired: false, entries });
         assert_eq!(b.check(0, &ok, &mut counters), Check::Ok);
         s.finish(&mut counters);
         assert_eq!((counters[SENT], counters[ACKED], counters[DELIVERED]), (2, 2, 1));
@@ -755,6 +755,7 @@ mod tests {
         let ok = Response::Timeline(TimelineResponse::SyncOk {
             latest_seq: 5,
             more: false,
+            expired: false,
             entries: SyncEntries::from_encoded(1, &bytes),
         });
         a.check(1, &ok, &mut counters);
@@ -801,6 +802,7 @@ mod tests {
         let ok = Response::Timeline(TimelineResponse::SyncOk {
             latest_seq: 1,
             more: false,
+            expired: false,
             entries: SyncEntries::from_encoded(1, &bytes),
         });
         b.check(0, &ok, &mut counters);

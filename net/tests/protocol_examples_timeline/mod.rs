@@ -1,4 +1,4 @@
-//! The timeline examples of docs/protocol.md (sections 14.17-14.35), as the codec
+//! The timeline examples of docs/protocol.md (sections 14.17-14.36), as the codec
 //! encodes them; `every_doc_example_equals_the_codec_output` checks them byte for byte
 //! and that each decodes back.
 
@@ -47,6 +47,19 @@ pub fn expected() -> Vec<(&'static str, Vec<u8>)> {
         payload: b"hi",
     }
     .encode(&mut entry);
+    // Retention dropped seqs 1..=6 of the inbox: a Sync from 0 starts at seq 7.
+    let mut expired = Vec::new();
+    SyncEntry {
+        seq: 7,
+        message_id: 1003,
+        from: 43,
+        conv_kind: TARGET_USER,
+        conv_id: 42,
+        sent_at_ms: 1_767_225_600_000,
+        content_type: CONTENT_TEXT,
+        payload: b"ok",
+    }
+    .encode(&mut expired);
     let lucky = [1000u32.to_be_bytes().as_slice(), 3u16.to_be_bytes().as_slice()].concat();
     let mut error = Vec::new();
     Response::error(ErrorCode::SeqFromFuture, 0, "since_seq is beyond the inbox's latest seq").encode(18, &mut error);
@@ -67,7 +80,13 @@ pub fn expected() -> Vec<(&'static str, Vec<u8>)> {
         ("send_ok", resp(A::SendOk { message_id: 1000, seq: 5 }, 8)),
         ("notify", resp(A::Notify { latest_seq: 5 }, 0)),
         ("sync", req(Q::Sync { since_seq: 4, limit: 100 }, 9)),
-        ("sync_ok", resp(A::SyncOk { latest_seq: 5, more: false, entries: SyncEntries::from_encoded(1, &entry) }, 9)),
+        (
+            "sync_ok",
+            resp(
+                A::SyncOk { latest_seq: 5, more: false, expired: false, entries: SyncEntries::from_encoded(1, &entry) },
+                9,
+            ),
+        ),
         ("sync_ack", req(Q::SyncAck { conv_kind: TARGET_USER, conv_id: 43, read_seq: 5 }, 12)),
         ("sync_ack_ok", resp(A::SyncAckOk { seq: 6 }, 12)),
         ("group_create", req(Q::GroupCreate { members: U64List::from_bytes(&members) }, 11)),
@@ -94,5 +113,12 @@ pub fn expected() -> Vec<(&'static str, Vec<u8>)> {
         ("lucky_open", req(Q::LuckyOpen { group_id: GROUP, packet_id: 1001 }, 17)),
         ("lucky_open_ok", resp(A::LuckyOpenOk { packet_id: 1001, amount_fen: 388, flags: 0, opened: 1, count: 3 }, 17)),
         ("error_seq_from_future", error),
+        (
+            "sync_ok_expired",
+            resp(
+                A::SyncOk { latest_seq: 9, more: true, expired: true, entries: SyncEntries::from_encoded(1, &expired) },
+                19,
+            ),
+        ),
     ]
 }

@@ -543,6 +543,9 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
     }
     crate::timeline::storage::open_on_core(&core).await?;
     if let Some(sink) = setup.lucky_sink {
+        if let Some(t) = core.timeline_storage.get() {
+            t.hold_for_lucky_consumer();
+        }
         // Off the request path, with the same small share as the open queue's consumer.
         let queue = glommio::executor().create_task_queue(
             glommio::Shares::Static(HANDOFF_SHARES),

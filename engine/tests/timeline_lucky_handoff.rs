@@ -2,7 +2,8 @@
 //! from groups homed on both cores, lands in the file sink exactly once as a
 //! `"kind":"lucky"` line (packet, group, user, amount in fen), also across a `kill -9` after
 //! some were delivered, and the shares of a packet sum to its total once all are opened.
-//! No rain event is configured: the hand-off runs for lucky packets alone.
+//! No rain event is configured: the hand-off runs for lucky packets alone. While the
+//! sink is down, the timeline log's retention keeps every share it has not acknowledged.
 
 mod common;
 
@@ -250,6 +251,23 @@ fn with_both_peers_away_a_lucky_open_is_refused_and_its_retry_gets_the_same_shar
 }
 
 /// Every message of a JetStream stream: (Nats-Msg-Id, line).
+/// A JetStream server on `port` keeping its streams in `store`, once it listens.
+fn nats_server(port: u16, store: &std::path::Path) -> std::process::Child {
+    let server = std::process::Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server (the Debian package; .ci/run installs it)");
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "nats-server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
 fn nats_lines(url: &str, stream: &str) -> Vec<(String, OpenedRecord)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -270,18 +288,7 @@ fn nats_lines(url: &str, stream: &str) -> Vec<(String, OpenedRecord)> {
 fn with_the_nats_sink_each_lucky_share_is_one_message_named_by_packet_and_user() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let store = tempfile::tempdir().unwrap();
-    let mut server = std::process::Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(store.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nats-server (the Debian package; .ci/run installs it)");
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "nats-server did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut server = nats_server(port, store.path());
     let url = format!("nats://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("timeline.toml");
@@ -313,6 +320,128 @@ fn with_the_nats_sink_each_lucky_share_is_one_message_named_by_packet_and_user()
         assert_eq!(Some(&line.amount_fen), got.get(&line.user_id));
     }
     assert_eq!(lines.iter().map(|(_, l)| u64::from(l.amount_fen)).sum::<u64>(), u64::from(TOTAL_FEN));
+    drop(node);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Bytes of each core's timeline log segments: (bytes, bytes of the newest segment).
+fn timeline_bytes(data: &std::path::Path) -> Vec<(u64, u64)> {
+    (0..CORES)
+        .map(|core| {
+            let dir = data.join(format!("core-{core}")).join("timeline");
+            let mut segs: Vec<(String, u64)> = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+                .collect();
+            segs.sort();
+            (segs.iter().map(|s| s.1).sum(), segs.last().map_or(0, |s| s.1))
+        })
+        .collect()
+}
+
+#[test]
+fn while_the_sink_is_down_retention_keeps_every_share_it_has_not_acknowledged() {
+    const RETENTION_BYTES_MAX: u64 = 64 << 10;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let store = tempfile::tempdir().unwrap();
+    let mut server = nats_server(port, store.path());
+    let url = format!("nats://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("timeline.toml");
+    let retention = format!(
+        "[timeline]\nsegment_bytes = {}\nretention_bytes_max = {RETENTION_BYTES_MAX}\ncheckpoint_interval_s = 1\n",
+        16 << 10
+    );
+    std::fs::write(&config, format!("{RATES}{retention}")).unwrap();
+    let args = ["--cores", "2", "--config", config.to_str().unwrap(), "--handoff-sink", "nats"];
+    let nats = ["--handoff-nats-urls", &url, "--handoff-nats-create-stream", "true"];
+    let node = Node::start_in(dir, &[&args[..], &nats[..]].concat());
+    // The sink goes away before any share is drawn.
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let creators: Vec<u64> = (0..CORES).map(|core| (1..).find(|u| home_core(*u, CORES) == core).unwrap()).collect();
+    let others: Vec<u64> = (100..100 + MEMBERS - 1).collect();
+    let mut got: HashMap<(u64, u64), u32> = HashMap::new();
+    for &creator in &creators {
+        let mut c = node.login(creator, 1);
+        let group = create_group(&mut c, &others);
+        let packet = send_lucky(&mut c, group, MEMBERS as u16);
+        for &user in others.iter().chain([creator].iter()) {
+            got.insert((packet, user), open(&node, user, group, packet));
+        }
+    }
+    // Messages between the creators (one on each core) fill both logs far past the bound.
+    let payload = [7u8; 200];
+    let mut clients: Vec<BlockingClient> = creators.iter().map(|u| node.login(*u, 2)).collect();
+    for round in 0..40u64 {
+        let mut queued = Vec::new();
+        for (i, c) in clients.iter_mut().enumerate() {
+            for k in 0..50u64 {
+                let send = TimelineRequest::Send {
+                    target_kind: redrain_net::timeline::TARGET_USER,
+                    target: creators[(i + 1) % CORES],
+                    client_msg_id: 1 + round * 50 + k,
+                    content_type: redrain_net::timeline::CONTENT_TEXT,
+                    payload: &payload,
+                };
+                queued.push((i, c.queue(&Request::Timeline(send))));
+            }
+            c.flush().unwrap();
+        }
+        for (i, id) in queued {
+            let f = loop {
+                let f = clients[i].recv().unwrap();
+                if f.request_id != 0 {
+                    break f;
+                }
+            };
+            assert_eq!(f.request_id, id);
+            assert!(
+                matches!(f.parse().unwrap(), Response::Timeline(TimelineResponse::SendOk { .. })),
+                "{:?}",
+                f.parse()
+            );
+        }
+    }
+    // Checkpoints run every second and move the timelines' watermark past the shares;
+    // the oldest segment still holds shares the sink never took, so nothing goes.
+    let until = Instant::now() + Duration::from_secs(20);
+    while node.metric_sum("redrain_timeline_checkpoints_total", &[]) < 6.0 {
+        assert!(Instant::now() < until, "no checkpoints");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let held = timeline_bytes(&node.data_dir());
+    assert!(held.iter().all(|(bytes, _)| *bytes > 4 * RETENTION_BYTES_MAX), "{held:?}");
+    assert_eq!(node.metric_sum("redrain_timeline_segments_deleted_total", &[]), 0.0, "logs {held:?}");
+
+    // The sink comes back: every share arrives once, then retention catches up.
+    let mut server = nats_server(port, store.path());
+    let until = Instant::now() + Duration::from_secs(60);
+    let lines = loop {
+        let lines = nats_lines(&url, "REDRAIN_OPENS");
+        if lines.len() >= got.len() || Instant::now() > until {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(lines.len(), got.len(), "one message per share, none lost to retention");
+    for (_, line) in &lines {
+        assert_eq!(Some(&line.amount_fen), got.get(&(line.packet_id, line.user_id)));
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let files = timeline_bytes(&node.data_dir());
+        if files.iter().all(|(bytes, newest)| *bytes <= RETENTION_BYTES_MAX + newest) {
+            break;
+        }
+        assert!(Instant::now() < until, "retention never resumed: {files:?} (held {held:?})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(node.metric_sum("redrain_timeline_segments_deleted_total", &[]) >= 2.0);
     drop(node);
     let _ = server.kill();
     let _ = server.wait();

@@ -35,6 +35,9 @@ pub struct TimelineStorage {
     pump: LocalSender<(u64, Append)>,
     /// The retention watermark last handed to the log.
     watermark_given: std::cell::Cell<u64>,
+    /// Set when the payment hand-off reads lucky shares from this log: retention then
+    /// keeps every record its sink has not acknowledged, however old.
+    lucky_consumer: std::cell::Cell<bool>,
 }
 
 /// The timeline log's settings: group commit as the rain's logs; segment size and
@@ -89,6 +92,7 @@ impl TimelineStorage {
             groups: Rc::new(groups),
             pump: spawn_pump(core.clone()),
             watermark_given: std::cell::Cell::new(0),
+            lucky_consumer: std::cell::Cell::new(false),
         };
         storage.recover(core).await?;
         Ok(storage)
@@ -99,6 +103,14 @@ impl TimelineStorage {
     /// A replicated log releases only what both peers hold (and tells them), so it is
     /// told on every tick until they caught up.
     pub fn retain_from(&self, core: &Rc<Core>, watermark: u64) {
+        let watermark = if self.lucky_consumer.get() {
+            // The consumer's position only grows (0 until it starts), as does the
+            // timelines' watermark: their minimum never moves back.
+            let acked = core.metrics().handoff_lucky.acknowledged_lsn.load(std::sync::atomic::Ordering::Relaxed);
+            watermark.min(acked.saturating_add(1))
+        } else {
+            watermark
+        };
         match &self.log {
             TimelineLog::Local(l) => l.set_retention_watermark(watermark),
             TimelineLog::Replicated(r) => r.set_retention_watermark(watermark),
@@ -115,6 +127,12 @@ impl TimelineStorage {
             }
         })
         .detach();
+    }
+
+    /// The hand-off reads lucky shares from this log (called before its consumer starts):
+    /// from now on retention deletes only what the lucky sink acknowledged.
+    pub fn hold_for_lucky_consumer(&self) {
+        self.lucky_consumer.set(true);
     }
 
     pub fn log(&self) -> &Log {

@@ -4,7 +4,7 @@
 # idle user with an inbox of ~50 entries. Every run is bounded (--duration, --drain-timeout)
 # and the node it starts is stopped by its pid. See docs/performance.md, "Timelines".
 #
-#   cargo build --release -p redrain-engine --bin redrain -p redrain-loadgen
+#   cargo build --release -p redrain-engine --bin redrain && cargo build --release -p redrain-loadgen --bin redrain-loadgen
 #   benches/timeline-bench.sh            # all runs; RUNS="one_to_one group100" for some
 #   REPLICATED=1 benches/timeline-bench.sh   # the timeline log replicated to two
 #       `redrain replica serve` peers on loopback (2 of 3 copies = committed), fresh each run

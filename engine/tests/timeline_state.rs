@@ -996,6 +996,78 @@ fn sends_and_read_markers_share_the_message_bucket_and_a_refusal_stores_nothing(
 }
 
 #[test]
+fn group_changes_and_lucky_opens_take_from_the_message_bucket_and_member_lists_from_the_sync_bucket() {
+    let rates = UserRateLimits {
+        messages: RateConfig { per_s: 1, burst: 3, users_max: 100 },
+        syncs: RateConfig { per_s: 1, burst: 2, users_max: 100 },
+    };
+    let mut sim = Sim::with_rates(34, 4, 1, config(), rates);
+    for d in 0..4 {
+        sim.connect(d);
+    }
+    let limited = Some(ErrorCode::RateLimited.as_u16());
+    let code = |sim: &mut Sim, d: usize, req: TimelineRequest<'_>| {
+        sim.errors.clear();
+        sim.retry_after_ms.clear();
+        let now = sim.request(d, req, Asked::Other);
+        sim.pump(true);
+        now.map(|c| c.as_u16()).or(sim.errors.first().copied())
+    };
+    let g = sim.create_group(0, &[2, 3]);
+    let mut payload = 100u32.to_be_bytes().to_vec();
+    payload.extend_from_slice(&2u16.to_be_bytes());
+    let lucky = TimelineRequest::Send {
+        target_kind: TARGET_GROUP,
+        target: g,
+        client_msg_id: 1,
+        content_type: CONTENT_LUCKY,
+        payload: &payload,
+    };
+    assert_eq!(code(&mut sim, 2, lucky), None);
+    sim.drain_and_sync_all();
+    let packet_id = *sim.devices[2].seen.keys().next().expect("the packet is in the sender's timeline");
+    // Every bucket full again.
+    sim.now_ms += 10_000;
+
+    // Group changes: three pass, the fourth is refused and changes nothing.
+    assert_eq!(code(&mut sim, 0, TimelineRequest::GroupJoin { group_id: g, user: 4 }), None);
+    assert_eq!(code(&mut sim, 0, TimelineRequest::GroupLeave { group_id: g, user: 4 }), None);
+    assert_eq!(code(&mut sim, 0, TimelineRequest::GroupJoin { group_id: g, user: 4 }), None);
+    assert_eq!(code(&mut sim, 0, TimelineRequest::GroupLeave { group_id: g, user: 4 }), limited);
+    assert_eq!(sim.retry_after_ms, vec![1_000]);
+    let home = home_core(1, CORES);
+    assert_eq!(sim.cores[home].stats.rate_limited_messages, 1);
+    // Member lists take from the sync bucket (2): user 4 is still a member.
+    sim.group_results.clear();
+    assert_eq!(code(&mut sim, 1, TimelineRequest::GroupMembers { group_id: g }), None);
+    let Some(Response::Timeline(TimelineResponse::GroupMembersOk { members })) = sim.group_results.pop() else {
+        panic!("{:?}", sim.group_results)
+    };
+    assert!(members.iter().any(|m| m == 4), "the refused leave changed nothing");
+    assert_eq!(code(&mut sim, 1, TimelineRequest::GroupMembers { group_id: g }), None);
+    assert_eq!(code(&mut sim, 1, TimelineRequest::GroupMembers { group_id: g }), limited);
+    assert_eq!(sim.cores[home_core(2, CORES)].stats.rate_limited_syncs, 1);
+
+    // Lucky opens: user 2 spends its message bucket on sends, then its open is refused
+    // and takes no share; after the retry-after it opens and gets a first share.
+    for c in 1..=3 {
+        sim.send(1, TARGET_USER, 1, 100 + c, b"m");
+    }
+    sim.pump(true);
+    let open = TimelineRequest::LuckyOpen { group_id: g, packet_id };
+    assert_eq!(code(&mut sim, 1, open), limited);
+    assert!(sim.cores[group_home_core(g, CORES)].lucky_packet(packet_id).unwrap().opened.is_empty());
+    sim.now_ms += 1_000;
+    sim.group_results.clear();
+    assert_eq!(code(&mut sim, 1, open), None);
+    let Some(Response::Timeline(TimelineResponse::LuckyOpenOk { flags, .. })) = sim.group_results.pop() else {
+        panic!("{:?}", sim.group_results)
+    };
+    assert_eq!(flags & 1, 0, "a first open, not a repeat");
+    assert_eq!(sim.cores[group_home_core(g, CORES)].lucky_packet(packet_id).unwrap().opened.len(), 1);
+}
+
+#[test]
 fn syncs_take_from_their_own_bucket_with_its_retry_after() {
     let rates = UserRateLimits {
         messages: generous_rates().messages,

@@ -507,8 +507,9 @@ pub struct Timelines {
     /// retried send is stored once even after its entry left memory or the node restarted.
     delivered: HashMap<(u64, u64, u64), checkpoint::DeliveredAt>,
     delivered_order: VecDeque<(u64, u64, u64)>,
-    /// Per-user token buckets: Send, lucky packets and SyncAck take from `message_rates`,
-    /// Sync from `sync_rates` (see [`UserRateLimits`]).
+    /// Per-user token buckets: Send, lucky packets (sent and opened), SyncAck and group
+    /// changes take from `message_rates`, Sync and GroupMembers from `sync_rates` (see
+    /// [`UserRateLimits`]).
     message_rates: UserRates,
     sync_rates: UserRates,
     /// The configured rates (the operator's switches override the sustained rates).
@@ -676,6 +677,21 @@ impl Timelines {
             self.stats.refused_outbox_full += 1;
             immediate(Reply::busy("answers to other cores are waiting for room in the mailbox"), out);
             return Err(ErrorCode::Busy);
+        }
+        // Group changes and lucky opens write durably: they take from the message bucket;
+        // reading a member list takes from the sync bucket. (Send, SyncAck and Sync take
+        // theirs below, after their own checks.)
+        let group_rate = match request {
+            TimelineRequest::GroupMembers { .. } => Some(RateKind::Sync),
+            TimelineRequest::GroupCreate { .. }
+            | TimelineRequest::GroupJoin { .. }
+            | TimelineRequest::GroupLeave { .. }
+            | TimelineRequest::LuckyOpen { .. } => Some(RateKind::Message),
+            TimelineRequest::Sync { .. } | TimelineRequest::Send { .. } | TimelineRequest::SyncAck { .. } => None,
+        };
+        if let Some((code, reply)) = group_rate.and_then(|kind| self.rate_refused(kind, user, clock)) {
+            immediate(reply, out);
+            return Err(code);
         }
         match *request {
             TimelineRequest::Sync { since_seq, limit } => {

@@ -164,7 +164,7 @@ fn handoff(args: HandoffArgs) -> anyhow::Result<()> {
             s.take(1 << 20).read_to_string(&mut text)?;
             let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
             if !head.starts_with("HTTP/1.1 200") {
-                anyhow::bail!("{admin}/handoff: {} (does the node serve a rain?)", head.lines().next().unwrap_or(""));
+                anyhow::bail!("{admin}/handoff: {}", head.lines().next().unwrap_or(""));
             }
             print!("{body}");
             Ok(())

@@ -476,10 +476,13 @@ fn read_only(node: &Arc<NodeShared>, path: &str) -> AdminResponse {
             crate::overload::admin::render_metrics(node, &mut body);
             AdminResponse { status: 200, content_type: "text/plain; version=0.0.4", body }
         }
-        "/handoff" if node.rain.is_some() => {
-            let handoff: Vec<_> = node.metrics.iter().map(|m| &m.handoff).collect();
+        "/handoff" => {
+            // The open queue's consumers run only with an event; the lucky ones always.
+            let handoff: Vec<_> =
+                if node.rain.is_some() { node.metrics.iter().map(|m| &m.handoff).collect() } else { Vec::new() };
+            let lucky: Vec<_> = node.metrics.iter().map(|m| &m.handoff_lucky).collect();
             let (sink, now_ms) = (node.config.handoff_sink.name(), node.clock().unix_ms);
-            let body = crate::handoff::metrics::status_json(&handoff, sink, now_ms);
+            let body = crate::handoff::metrics::status_json(&handoff, &lucky, sink, now_ms);
             AdminResponse { status: 200, content_type: "application/json", body }
         }
         "/healthz" if node.shutting_down() => {

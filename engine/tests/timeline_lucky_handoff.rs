@@ -417,6 +417,22 @@ fn while_the_sink_is_down_retention_keeps_every_share_it_has_not_acknowledged() 
     let held = timeline_bytes(&node.data_dir());
     assert!(held.iter().all(|(bytes, _)| *bytes > 4 * RETENTION_BYTES_MAX), "{held:?}");
     assert_eq!(node.metric_sum("redrain_timeline_segments_deleted_total", &[]), 0.0, "logs {held:?}");
+    // The operator sees it on /handoff (a node without an event: no open queue consumers).
+    // A publish fails once its ack timeout (5 s by default) passed: wait for `stalled`.
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let (code, body) = node.http_get("/handoff");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{code} {body}: {e}"));
+        if status["lucky"]["stalled"] == true || Instant::now() > until {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["cores"], serde_json::json!([]), "{status}");
+    assert_eq!(status["lucky"]["stalled"], true, "{status}");
+    assert!(status["lucky"]["cores"][0]["sink_errors_total"].as_u64().unwrap() > 0, "{status}");
+    // Behind by every message written since (the log's records, not shares).
+    assert!(status["lucky"]["behind_records"].as_u64().unwrap() > 4_000, "{status}");
 
     // The sink comes back: every share arrives once, then retention catches up.
     let mut server = nats_server(port, store.path());
@@ -442,6 +458,8 @@ fn while_the_sink_is_down_retention_keeps_every_share_it_has_not_acknowledged() 
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(node.metric_sum("redrain_timeline_segments_deleted_total", &[]) >= 2.0);
+    let status: serde_json::Value = serde_json::from_str(&node.http_get("/handoff").1).unwrap();
+    assert_eq!(status["lucky"]["stalled"], false, "{status}");
     drop(node);
     let _ = server.kill();
     let _ = server.wait();

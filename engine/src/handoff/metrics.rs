@@ -161,31 +161,47 @@ pub fn render(cores: &[&HandoffMetrics], sink: &str, now_ms: u64, out: &mut Stri
     }
 }
 
-/// The `/handoff` status document: depth, lag and last error of every core.
-pub fn status_json(cores: &[&HandoffMetrics], sink: &str, now_ms: u64) -> String {
-    let per_core: Vec<serde_json::Value> = cores
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            serde_json::json!({
-                "core": i,
-                "running": m.running.load(Relaxed) == 1,
-                "depth": m.depth(),
-                "lag_ms": m.lag_ms(now_ms),
-                "acknowledged_lsn": m.acknowledged_lsn.load(Relaxed),
-                "durable_lsn": m.durable_lsn.load(Relaxed),
-                "records_total": m.records_total.load(Relaxed),
-                "batches_total": m.batches_total.load(Relaxed),
-                "retries_total": m.retries_total.load(Relaxed),
-                "sink_errors_total": m.sink_errors_total.load(Relaxed),
-                "stalled": m.stalled.load(Relaxed) == 1,
-                "last_error": m.last_error(),
+/// The `/handoff` status document: depth, lag and last error of every core's consumer of
+/// the open queue (`events`, empty without a rain event) and of lucky shares (`lucky`).
+pub fn status_json(events: &[&HandoffMetrics], lucky: &[&HandoffMetrics], sink: &str, now_ms: u64) -> String {
+    let per_core = |cores: &[&HandoffMetrics], behind: &str| -> Vec<serde_json::Value> {
+        cores
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut v = serde_json::json!({
+                    "core": i,
+                    "running": m.running.load(Relaxed) == 1,
+                    "lag_ms": m.lag_ms(now_ms),
+                    "acknowledged_lsn": m.acknowledged_lsn.load(Relaxed),
+                    "durable_lsn": m.durable_lsn.load(Relaxed),
+                    "records_total": m.records_total.load(Relaxed),
+                    "batches_total": m.batches_total.load(Relaxed),
+                    "retries_total": m.retries_total.load(Relaxed),
+                    "sink_errors_total": m.sink_errors_total.load(Relaxed),
+                    "stalled": m.stalled.load(Relaxed) == 1,
+                    "last_error": m.last_error(),
+                });
+                v[behind] = m.depth().into();
+                v
             })
-        })
-        .collect();
-    let depth: u64 = cores.iter().map(|m| m.depth()).sum();
-    let lag_ms = cores.iter().map(|m| m.lag_ms(now_ms)).max().unwrap_or(0);
-    let doc = serde_json::json!({ "sink": sink, "depth": depth, "lag_ms": lag_ms, "cores": per_core });
+            .collect()
+    };
+    let lag = |cores: &[&HandoffMetrics]| cores.iter().map(|m| m.lag_ms(now_ms)).max().unwrap_or(0);
+    // The lucky consumer reads the timeline log, mostly messages: how far it is behind
+    // counts log records, not shares.
+    let doc = serde_json::json!({
+        "sink": sink,
+        "depth": events.iter().map(|m| m.depth()).sum::<u64>(),
+        "lag_ms": lag(events),
+        "cores": per_core(events, "depth"),
+        "lucky": {
+            "behind_records": lucky.iter().map(|m| m.depth()).sum::<u64>(),
+            "lag_ms": lag(lucky),
+            "stalled": lucky.iter().any(|m| m.stalled.load(Relaxed) == 1),
+            "cores": per_core(lucky, "behind_records"),
+        },
+    });
     let mut text = serde_json::to_string_pretty(&doc).expect("json values serialize");
     text.push('\n');
     text
@@ -203,10 +219,20 @@ mod tests {
         m.set_last_error("disk full");
         m.oldest_pending_opened_ms.store(10_000, Relaxed);
         assert_eq!(m.depth(), 20);
-        let status: serde_json::Value = serde_json::from_str(&status_json(&[&m], "file", 12_500)).unwrap();
+        let lucky = HandoffMetrics::default();
+        lucky.durable_lsn.store(7, Relaxed);
+        lucky.stalled.store(1, Relaxed);
+        lucky.set_last_error("nats: no responders");
+        let status: serde_json::Value = serde_json::from_str(&status_json(&[&m], &[&lucky], "file", 12_500)).unwrap();
         assert_eq!(status["depth"], 20);
         assert_eq!(status["lag_ms"], 2_500);
         assert_eq!(status["cores"][0]["last_error"], "disk full");
+        assert_eq!(status["cores"][0]["depth"], 20);
+        assert_eq!(status["lucky"]["behind_records"], 7);
+        assert_eq!(status["lucky"]["stalled"], true);
+        assert_eq!(status["lucky"]["cores"][0]["last_error"], "nats: no responders");
+        let no_event: serde_json::Value = serde_json::from_str(&status_json(&[], &[&lucky], "nats", 1)).unwrap();
+        assert_eq!((no_event["depth"].clone(), no_event["cores"].clone()), (0.into(), serde_json::json!([])));
         let mut text = String::new();
         m.lag.record_us(2_000_000);
         render(&[&m], "file", 12_500, &mut text);

@@ -360,6 +360,10 @@ impl Core {
             // The hand-off's depth grows while its consumer waits on a stalled sink.
             self.metrics().handoff.durable_lsn.store(storage.opens().durable_lsn(), Ordering::Relaxed);
         }
+        if let Some(t) = self.timeline_storage.get() {
+            // Likewise the lucky consumer's records behind (the log grows with every message).
+            self.metrics().handoff_lucky.durable_lsn.store(t.log().durable_lsn(), Ordering::Relaxed);
+        }
         if let Some(ring) = self.net.get() {
             self.metrics().net.set(ring.stats());
         }

@@ -202,7 +202,7 @@ fn a_replicated_send_is_acknowledged_on_two_copies_refused_without_a_peer_and_re
 }
 
 #[test]
-fn a_node_that_lost_its_timeline_log_catches_up_from_its_peers_at_start() {
+fn a_node_that_lost_its_timeline_log_and_groups_table_catches_up_from_its_peers_at_start() {
     let root = tempfile::tempdir().unwrap();
     let a = Replica::start(&root.path().join("park-a"), "127.0.0.1:0");
     let b = Replica::start(&root.path().join("park-b"), "127.0.0.1:0");
@@ -213,22 +213,67 @@ fn a_node_that_lost_its_timeline_log_catches_up_from_its_peers_at_start() {
     for &id in &acked {
         send(&mut c, recipient, id).unwrap();
     }
+    // Groups homed on both cores (a group lives on its creator's core), one of them changed.
+    let creators: Vec<u64> = (0..CORES).map(|core| (10..).find(|u| home_core(*u, CORES) == core).unwrap()).collect();
+    let mut groups = Vec::new();
+    for &creator in &creators {
+        let mut g = node.login(creator, 1);
+        let group = create_group(&mut g, &[recipient, 30, 31]);
+        groups.push((creator, group));
+    }
+    let (creator, changed) = groups[0];
+    let mut g = node.login(creator, 1);
+    call(&mut g, &Request::Timeline(TimelineRequest::GroupLeave { group_id: changed, user: 30 })).unwrap();
+    call(&mut g, &Request::Timeline(TimelineRequest::GroupJoin { group_id: changed, user: 32 })).unwrap();
+    drop(g);
+    let members_before: Vec<Vec<u64>> =
+        groups.iter().map(|(creator, group)| members(&node, *creator, *group)).collect();
+    assert!(members_before[0].contains(&32) && !members_before[0].contains(&30), "{members_before:?}");
     let before = sync_all(&node, recipient);
     drop(c);
     node.stop();
-    // The disk lost every core's timeline log (the groups table is not replicated).
+    // The disk lost every core's timeline log and groups table.
     let data = node.data_dir();
     let mut removed = 0;
     for core in 0..CORES {
-        let log = data.join(format!("core-{core}")).join("timeline");
-        if log.exists() {
-            std::fs::remove_dir_all(&log).unwrap();
-            removed += 1;
+        for what in ["timeline", "groups"] {
+            let dir = data.join(format!("core-{core}")).join(what);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).unwrap();
+                removed += 1;
+            }
         }
     }
-    assert_eq!(removed, CORES, "each core had a timeline log");
+    assert_eq!(removed, 2 * CORES, "each core had a timeline log and a groups table");
     let node = start(node.take_dir(), &a, &b);
     let after = sync_all(&node, recipient);
     assert_eq!(after, before, "the entries came back from the peers, with their seqs");
     assert_eq!(after.iter().map(|(_, id)| *id).collect::<Vec<_>>(), acked);
+    let members_after: Vec<Vec<u64>> = groups.iter().map(|(creator, group)| members(&node, *creator, *group)).collect();
+    assert_eq!(members_after, members_before, "the groups came back from the peers, with their changes");
+    // A new group on the recovered node gets a new id (the counter came back too).
+    let mut g = node.login(creators[0], 2);
+    let fresh = create_group(&mut g, &[recipient]);
+    assert!(groups.iter().all(|(_, group)| *group != fresh), "group id {fresh} reused");
+}
+
+fn create_group(c: &mut BlockingClient, members: &[u64]) -> u64 {
+    let mut list = Vec::new();
+    redrain_net::timeline::U64List::write(members, &mut list);
+    let request = TimelineRequest::GroupCreate { members: redrain_net::timeline::U64List::from_bytes(&list[2..]) };
+    let f = call(c, &Request::Timeline(request)).unwrap();
+    let Response::Timeline(TimelineResponse::GroupCreateOk { group_id, .. }) = f.parse().unwrap() else {
+        panic!("{:?}", f.parse())
+    };
+    group_id
+}
+
+/// The member list of `group`, asked by its member `user`.
+fn members(node: &Node, user: u64, group: u64) -> Vec<u64> {
+    let mut c = node.login(user, 9);
+    let f = call(&mut c, &Request::Timeline(TimelineRequest::GroupMembers { group_id: group })).unwrap();
+    let Response::Timeline(TimelineResponse::GroupMembersOk { members }) = f.parse().unwrap() else {
+        panic!("{:?}", f.parse())
+    };
+    members.iter().collect()
 }

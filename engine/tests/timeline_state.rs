@@ -1534,6 +1534,78 @@ fn retention_bounds_out_of_range_are_refused() {
 }
 
 #[test]
+fn without_the_groups_table_groups_come_back_from_the_log_also_after_retention_deleted_their_records() {
+    let mut sim = Sim::with_config(5, 10, 1, retention_config());
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    let g1 = sim.create_group(0, &(2..=6).collect::<Vec<_>>());
+    sim.request(0, TimelineRequest::GroupJoin { group_id: g1, user: 7 }, Asked::Other);
+    sim.request(0, TimelineRequest::GroupLeave { group_id: g1, user: 3 }, Asked::Other);
+    sim.pump(true);
+    let g2 = sim.create_group(1, &[1, 8, 9]);
+    assert!(sim.errors.is_empty(), "{:?}", sim.errors);
+    let groups = |sim: &Sim| -> Vec<Vec<u64>> {
+        [g1, g2].iter().map(|g| sim.cores[group_home_core(*g, CORES)].group(*g).expect("the group").to_vec()).collect()
+    };
+    let before = groups(&sim);
+    assert!(before[0].contains(&7) && !before[0].contains(&3), "{before:?}");
+    // The harness's own book of members (it saw the creation only).
+    sim.group_members.insert(g1, before[0].clone());
+    let group_records = |sim: &Sim| -> usize {
+        sim.disks
+            .iter()
+            .flat_map(|d| &d.records)
+            .filter(|r| r.0 == redrain_engine::timeline::records::KIND_GROUP)
+            .count()
+    };
+    assert_eq!(group_records(&sim), 4, "one record per change");
+
+    // The node lost its groups table (its peers never had it): the log's records of the
+    // changes rebuild every group, in order.
+    for t in &mut sim.groups_table {
+        t.clear();
+    }
+    sim.crash_and_restart(5);
+    assert_eq!(groups(&sim), before);
+
+    // Traffic with checkpoints until retention deleted the records of the changes: the
+    // checkpoints carry the lists.
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    let mut cmid = 1;
+    for _ in 0..6 {
+        for _ in 0..60 {
+            let d = sim.rng.gen_range(0..sim.devices.len());
+            let to = sim.rng.gen_range(1..=10);
+            sim.send(d, TARGET_USER, to, cmid, b"x");
+            cmid += 1;
+            sim.pump(false);
+        }
+        sim.pump(true);
+        sim.drain_and_sync_all();
+        sim.checkpoint_all();
+    }
+    assert_eq!(group_records(&sim), 0, "retention deleted the records of the changes");
+    for t in &mut sim.groups_table {
+        t.clear();
+    }
+    sim.crash_and_restart(6);
+    assert_eq!(groups(&sim), before);
+    // And the group works: a member's send reaches every member once.
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    sim.errors.clear();
+    sim.send(1, TARGET_GROUP, g1, 1 << 30, b"still here");
+    sim.pump(true);
+    assert!(sim.errors.is_empty() && sim.unacked.is_empty(), "{:?}", sim.errors);
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
+}
+
+#[test]
 fn checkpoints_taken_while_entries_and_shares_are_in_flight_lose_nothing_across_a_crash() {
     for seed in 0..6u64 {
         let mut sim = Sim::with_config(seed, 8, 1, retention_config());

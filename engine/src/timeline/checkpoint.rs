@@ -6,11 +6,17 @@
 //! (storage/src/log.rs). Before old records may go, the state still needed from them is
 //! appended again, compactly, at the log's head (a *checkpoint*): the sequence ceilings,
 //! lucky packets with the shares drawn, the idempotency keys of sends within
-//! `dedup_window_s`, and the latest read marker per conversation. Inbox entries are not
-//! carried: losing old entries is the point of retention.
+//! `dedup_window_s`, the latest read marker per conversation, and the member list of
+//! every group homed on the core (the groups table holds them too, but only on this
+//! node's disk; the log is what the peers hold). Inbox entries are not carried: losing
+//! old entries is the point of retention.
 //!
-//! Every checkpoint record is a merge (max of a ceiling, union of shares and keys), so
-//! a checkpoint cut short by a crash is harmless, and replay order does not matter.
+//! Every checkpoint record but the groups' is a merge (max of a ceiling, union of shares
+//! and keys), so a checkpoint cut short by a crash is harmless, and replay order does
+//! not matter. A group's list is a snapshot, replayed in LSN order: a checkpoint writes
+//! the list in memory, which already holds every change whose record has a lower LSN
+//! (memory changes when the record is queued, and records are queued in LSN order), and
+//! a later change's own record comes after it.
 //!
 //! Which records a checkpoint covers: it starts at a tick (time t0). Storage reports
 //! appends in LSN order, so the first append reported durable after t0 (LSN `L`) bounds
@@ -29,6 +35,7 @@
 //! KIND_CP_LUCKY        packet_id u64 | group u64 | total_fen u32 | count u16 | n u16 | (user u64 | amount_fen u32) * n
 //! KIND_CP_DEDUP        n u16 | (recipient u64 | from u64 | client_msg_id u64 | seq u64 | message_id u64 | sent_at_ms u64) * n
 //! KIND_CP_READ_MARKER  n u16 | (user u64 | wire_len u16 | read-marker entry in its SyncOk layout) * n
+//! KIND_CP_GROUPS       n u16 | (group u64 | count u16 | member u64 * count) * n
 //! KIND_CP_END          started_unix_ms u64 | records u32
 //! ```
 
@@ -42,6 +49,7 @@ pub const KIND_CP_LUCKY: u8 = 0x35;
 pub const KIND_CP_DEDUP: u8 = 0x36;
 pub const KIND_CP_READ_MARKER: u8 = 0x37;
 pub const KIND_CP_END: u8 = 0x38;
+pub const KIND_CP_GROUPS: u8 = 0x3a;
 
 /// Most items (ceilings, keys, markers) in one checkpoint record: 1024 keys are 48 KiB,
 /// well inside one group-commit batch, so a record never waits for a batch of its own.
@@ -102,6 +110,8 @@ enum Phase {
     /// Absolute position in `delivered_order`.
     Dedup(u64),
     Markers(Vec<u64>),
+    /// Group ids still to write, popped from the back.
+    Groups(Vec<u64>),
     End,
     Waiting,
 }
@@ -246,6 +256,38 @@ pub fn decode_markers(payload: &[u8]) -> Option<Vec<(u64, &[u8])>> {
         }
         out.push((user, wire));
         at += 10 + len;
+    }
+    (at == payload.len()).then_some(out)
+}
+
+pub fn encode_groups(groups: &[(u64, &[u64])]) -> Vec<u8> {
+    let members: usize = groups.iter().map(|(_, m)| m.len()).sum();
+    let mut out = Vec::with_capacity(2 + 10 * groups.len() + 8 * members);
+    out.extend_from_slice(&(groups.len() as u16).to_be_bytes());
+    for (group, list) in groups {
+        out.extend_from_slice(&group.to_be_bytes());
+        out.extend_from_slice(&(list.len() as u16).to_be_bytes());
+        out.extend(list.iter().flat_map(|m| m.to_be_bytes()));
+    }
+    out
+}
+
+/// (group, members) of a `KIND_CP_GROUPS` record; `None` if any list is damaged (not
+/// sorted and distinct) or the lengths disagree.
+pub fn decode_groups(payload: &[u8]) -> Option<Vec<(u64, Vec<u64>)>> {
+    let n = usize::from(u16_at(payload, 0)?);
+    let mut at = 2;
+    let mut out = Vec::with_capacity(n.min(CHECKPOINT_ITEMS_PER_RECORD));
+    for _ in 0..n {
+        let group = u64_at(payload, at)?;
+        let count = usize::from(u16_at(payload, at + 8)?);
+        let list = payload.get(at + 10..at + 10 + 8 * count)?;
+        let members: Vec<u64> = list.chunks_exact(8).map(|c| u64_at(c, 0).expect("8 bytes")).collect();
+        if !members.windows(2).all(|w| w[0] < w[1]) {
+            return None;
+        }
+        out.push((group, members));
+        at += 10 + 8 * count;
     }
     (at == payload.len()).then_some(out)
 }
@@ -451,9 +493,32 @@ impl Timelines {
                     markers.extend(wires.iter().map(|w| (user, &w[..])));
                 }
                 if markers.is_empty() {
-                    return (None, Phase::End);
+                    let mut groups: Vec<u64> = self.groups.keys().copied().collect();
+                    groups.sort_unstable();
+                    return (None, Phase::Groups(groups));
                 }
                 (Some((KIND_CP_READ_MARKER, encode_markers(&markers))), Phase::Markers(users))
+            }
+            Phase::Groups(mut ids) => {
+                // Whole groups, up to CHECKPOINT_ITEMS_PER_RECORD members a record (a
+                // larger group goes alone).
+                let mut groups: Vec<(u64, &[u64])> = Vec::new();
+                let mut members = 0;
+                while let Some(&id) = ids.last() {
+                    let list = self.groups.get(&id).map_or(&[][..], Vec::as_slice);
+                    if !groups.is_empty() && members + list.len() > CHECKPOINT_ITEMS_PER_RECORD {
+                        break;
+                    }
+                    ids.pop();
+                    if self.groups.contains_key(&id) {
+                        members += list.len();
+                        groups.push((id, list));
+                    }
+                }
+                if groups.is_empty() {
+                    return (None, Phase::End);
+                }
+                (Some((KIND_CP_GROUPS, encode_groups(&groups))), Phase::Groups(ids))
             }
             Phase::End => {
                 let cp = self.retention.checkpoint.as_ref().expect("in progress");
@@ -538,6 +603,15 @@ impl Timelines {
                     for (user, wire) in markers {
                         remember_marker(&mut self.retention.read_markers, user, wire.into(), max);
                         self.ceilings.recover(user, wire_seq(wire));
+                    }
+                    true
+                }
+                None => false,
+            },
+            KIND_CP_GROUPS => match decode_groups(payload) {
+                Some(groups) => {
+                    for (group, members) in groups {
+                        self.recover_group(group, members);
                     }
                     true
                 }
@@ -710,6 +784,11 @@ mod tests {
         let m = encode_markers(&[(3, &wire)]);
         assert_eq!(decode_markers(&m), Some(vec![(3, &wire[..])]));
         assert_eq!(decode_markers(&m[..m.len() - 1]), None);
+        let groups: Vec<(u64, &[u64])> = vec![(1 << 40, &[2, 3, 9]), (7, &[])];
+        let g = encode_groups(&groups);
+        assert_eq!(decode_groups(&g), Some(vec![(1 << 40, vec![2, 3, 9]), (7, vec![])]));
+        assert_eq!(decode_groups(&g[..g.len() - 1]), None);
+        assert_eq!(decode_groups(&encode_groups(&[(1, &[3, 2])])), None, "a list out of order is damage");
     }
 
     #[test]

@@ -399,6 +399,12 @@ enum Pending {
     },
     /// A record of a checkpoint (checkpoint.rs).
     Checkpoint,
+    /// A group change (`KIND_GROUP`); once durable its list goes to the table. The
+    /// answer waits in `group_puts` under the same token.
+    Group {
+        group: u64,
+        members: Vec<u8>,
+    },
 }
 
 /// A group change waiting for the table.
@@ -973,9 +979,14 @@ impl Timelines {
         Handled::Later { slot: token }
     }
 
+    /// A group change: into the log first (replicated with the entries, so a node that
+    /// lost its disk gets its groups back from its peers), then into the table; the
+    /// answer leaves when both hold it.
     fn put_group(&mut self, group: u64, members: Vec<u64>, origin: ReplyTo, reply: Reply) {
         let token = self.token();
-        self.outputs.push(TimelineOutput::PutGroup { group, members: records::encode_members(&members), token });
+        let payload = records::encode_group(group, &members);
+        self.outputs.push(TimelineOutput::Append { kind: records::KIND_GROUP, payload, token });
+        self.pending.insert(token, Pending::Group { group, members: records::encode_members(&members) });
         self.groups.insert(group, members);
         self.group_puts.insert(token, GroupPut { origin, reply });
     }
@@ -1415,6 +1426,13 @@ impl Timelines {
             }
             Pending::Ceiling => {}
             Pending::Checkpoint => self.on_checkpoint_appended(ok),
+            Pending::Group { group, members } => {
+                if ok {
+                    self.outputs.push(TimelineOutput::PutGroup { group, members, token });
+                } else {
+                    self.on_group_stored(token, false);
+                }
+            }
             Pending::LuckyCreated { fanout, packet } => {
                 if let Some(p) = self.lucky.get_mut(&packet).filter(|_| ok) {
                     p.durable = true;
@@ -1572,6 +1590,11 @@ impl Timelines {
             return ok;
         }
         match kind {
+            records::KIND_GROUP => {
+                let Some((group, members)) = records::decode_group(payload) else { return false };
+                self.recover_group(group, members);
+                true
+            }
             records::KIND_ENTRY => {
                 let Some((user, client_msg_id, wire)) = records::decode_entry(payload) else { return false };
                 let entry = SyncEntries::from_encoded(1, wire).iter().next().expect("decoded");
@@ -1634,7 +1657,7 @@ impl Timelines {
         }
     }
 
-    /// A group recovered from the table.
+    /// A group recovered from the table, or from a later record of the log (which wins).
     pub fn recover_group(&mut self, group: u64, members: Vec<u64>) {
         if group_home_core(group, self.cores) == self.core && (group >> 40) & 0xff == self.core as u64 {
             self.next_group = self.next_group.max((group & ((1 << 40) - 1)) + 1);

@@ -7,8 +7,14 @@
 //! KIND_SEQ_CEILING    bucket u64 | ceiling u64
 //! KIND_LUCKY_CREATED  packet_id u64 | group u64 | sender u64 | total_fen u32 | count u16
 //! KIND_LUCKY_OPENED   packet_id u64 | user u64 | amount_fen u32 [| group u64 | opened_at_ms u64]
+//! KIND_GROUP          group u64 | member u64 * n      (the whole list after a change)
 //! group value         member u64 * n        (key: group id u64)
 //! ```
+//!
+//! A group change is a `KIND_GROUP` record in the (replicated) log first and the table
+//! value second: the table is what a start reads first, the log (and its checkpoints,
+//! `KIND_CP_GROUPS` in checkpoint.rs) overrides it in LSN order, so a node whose disk
+//! was lost gets its groups back from its peers with its entries.
 
 use redrain_net::timeline::SYNC_ENTRY_HEADER_BYTES;
 
@@ -16,6 +22,7 @@ pub const KIND_ENTRY: u8 = 0x30;
 pub const KIND_SEQ_CEILING: u8 = 0x31;
 pub const KIND_LUCKY_CREATED: u8 = 0x32;
 pub const KIND_LUCKY_OPENED: u8 = 0x33;
+pub const KIND_GROUP: u8 = 0x39;
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
@@ -146,6 +153,21 @@ pub fn decode_members(b: &[u8]) -> Option<Vec<u64>> {
     b.len().is_multiple_of(8).then(|| b.chunks_exact(8).map(|c| u64_at(c, 0)).collect())
 }
 
+pub fn encode_group(group: u64, members: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + 8 * members.len());
+    out.extend_from_slice(&group.to_be_bytes());
+    out.extend(members.iter().flat_map(|m| m.to_be_bytes()));
+    out
+}
+
+/// (group, members) of a `KIND_GROUP` record; `None` unless the members are sorted and
+/// distinct (as every list the timelines write).
+pub fn decode_group(b: &[u8]) -> Option<(u64, Vec<u64>)> {
+    let group = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    let members = decode_members(&b[8..])?;
+    members.windows(2).all(|w| w[0] < w[1]).then_some((group, members))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +202,11 @@ mod tests {
         assert_eq!(LuckyOpened::decode(&o.encode()[..21]), None);
         assert_eq!(decode_members(&encode_members(&[1, 2])), Some(vec![1, 2]));
         assert_eq!(decode_members(&[0; 7]), None);
+        assert_eq!(decode_group(&encode_group(7, &[1, 2])), Some((7, vec![1, 2])));
+        assert_eq!(decode_group(&encode_group(7, &[])), Some((7, vec![])), "a group whose last member left");
+        assert_eq!(decode_group(&encode_group(7, &[2, 1])), None, "members are sorted");
+        assert_eq!(decode_group(&encode_group(7, &[1, 1])), None, "and distinct");
+        assert_eq!(decode_group(&[0; 9]), None);
+        assert_eq!(decode_group(&[0; 7]), None);
     }
 }

@@ -265,11 +265,6 @@ pub fn run(mut config: Config, profile: Option<ProfileRequest>) -> anyhow::Resul
         admin_counters: Default::default(),
         config,
     });
-    if node.rain.is_none() {
-        // No storage on the cores: switches live in memory only.
-        node.switches.mark_restored();
-    }
-
     let mut setups: Vec<CoreSetup> = Vec::with_capacity(cores);
     let mut tls_iter = tls_listeners.map(|v| v.into_iter());
     for (i, p) in plain.into_iter().enumerate() {
@@ -560,8 +555,9 @@ async fn core_main(id: usize, node: Arc<NodeShared>, setup: CoreSetup) -> anyhow
             .map_err(|e| anyhow::anyhow!("core {id}: starting the lucky share consumer: {e}"))?
             .detach();
     }
-    // Operator switches: core 0 restores them from their table before any core accepts.
-    if node.rain.is_some() {
+    // Operator switches: core 0 restores them from their table before any core accepts
+    // (every node: the timelines' rate switches matter without an event too).
+    {
         if id == 0 {
             if let Err(e) = crate::overload::persist::restore(&core, &node.config.data_dir).await {
                 node.shutdown.store(true, Ordering::Relaxed);

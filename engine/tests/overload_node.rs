@@ -388,7 +388,6 @@ fn send_to_self(c: &mut BlockingClient, user: u64, client_msg_id: u64) -> SendAn
 
 #[test]
 fn the_message_rate_switch_reaches_every_core_persists_and_a_send_beyond_it_is_rate_limited_with_its_retry_after() {
-    // With an event: the switches table lives in core 0's storage of the rain.
     let args = ["--cores", "2", "--messages-per-user-per-s", "1000"];
     let mut node = Node::start_env(tempfile::tempdir().unwrap(), &args, RAIN_ENV);
     let mut c = node.login(7, 1);
@@ -418,4 +417,18 @@ fn the_message_rate_switch_reaches_every_core_persists_and_a_send_beyond_it_is_r
     let dir = node.take_dir();
     let node = Node::start_env(dir, &args, RAIN_ENV);
     assert_eq!(status(&node)["messages_per_user_per_s"].as_u64(), Some(1));
+}
+
+#[test]
+fn on_a_node_without_an_event_the_rate_switches_persist_too() {
+    let args = ["--cores", "2"];
+    let mut node = Node::start_in(tempfile::tempdir().unwrap(), &args);
+    switch(&node, "/admin/syncs_per_user_per_s/3");
+    node.stop();
+    let node = Node::start_in(node.take_dir(), &args);
+    let s = status(&node);
+    assert_eq!(
+        (s["syncs_per_user_per_s"].as_u64(), s["configured_syncs_per_user_per_s"].as_u64()),
+        (Some(3), Some(20))
+    );
 }

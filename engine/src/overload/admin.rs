@@ -57,9 +57,8 @@ pub fn handle(node: &Arc<NodeShared>, req: &AdminRequest) -> AdminResponse {
                 Err(e) => return AdminResponse::text(400, format!("{e}\n")),
             };
             let deadline = Instant::now() + APPLY_WAIT;
-            let durable = node.rain.is_some();
-            let done =
-                || node.switches.applied_everywhere(version) && (!durable || node.switches.persisted() >= version);
+            // Every node keeps its switches in core 0's table (data_dir/switches).
+            let done = || node.switches.applied_everywhere(version) && node.switches.persisted() >= version;
             while !done() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -75,7 +74,7 @@ pub fn handle(node: &Arc<NodeShared>, req: &AdminRequest) -> AdminResponse {
                     "version": version,
                     "change": format!("{change:?}"),
                     "applied_on_every_core": applied,
-                    "persisted": persisted || !durable,
+                    "persisted": persisted,
                     "note": note,
                 }),
             )

@@ -238,11 +238,6 @@ impl SwitchBoard {
         self.restored.load(Ordering::Acquire)
     }
 
-    /// Marks the board restored without a table (a node without core 0's storage).
-    pub fn mark_restored(&self) {
-        self.restored.store(true, Ordering::Release);
-    }
-
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
     }

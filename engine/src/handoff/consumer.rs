@@ -165,6 +165,7 @@ pub async fn drain_source(
             let read = log
                 .for_each_record(0, |r| {
                     if r.lsn <= acked {
+                        seen.remember_checkpoint(r.kind, r.payload);
                         let _ = seen.admit(r.kind, r.payload, node, core as u16);
                     }
                 })

@@ -1,8 +1,10 @@
 //! Lucky packet shares as the payment hand-off reads them from a core's timeline log: the
 //! line they become, and the memory of shares already read, so a share recorded twice (a
-//! retry after a failed but durable append, same amount) is handed over once.
+//! retry after a failed but durable append, same amount) is handed over once - also when
+//! retention deleted the first record (the checkpoint that covered it is read instead).
 
 use crate::tickets::reconcile::{OpenedKind, OpenedRecord};
+use crate::timeline::checkpoint::{LuckyCheckpoint, KIND_CP_LUCKY};
 use crate::timeline::records::{LuckyOpened, KIND_LUCKY_OPENED};
 use std::collections::{HashSet, VecDeque};
 
@@ -80,9 +82,30 @@ impl SharesSeen {
             return Err(ShareSkip::NotAShare);
         }
         let record = LuckyOpened::decode(payload).ok_or(ShareSkip::Damaged(payload.len()))?;
-        let key = (record.packet_id, record.user);
-        if !self.seen.insert(key) {
+        if !self.remember((record.packet_id, record.user)) {
             return Err(ShareSkip::Repeat { packet: record.packet_id, user: record.user });
+        }
+        Ok(LuckyShare::new(record, node, core))
+    }
+
+    /// Remembers the shares a checkpoint record (`KIND_CP_LUCKY`) carries, read at start
+    /// at or below the consumer's position: the records of those shares came before the
+    /// checkpoint, so the consumer handed them over, even if retention has deleted them
+    /// since. A share recorded again later is then still recognised. Other records and
+    /// damaged ones are ignored (recovery reports them).
+    pub fn remember_checkpoint(&mut self, kind: u8, payload: &[u8]) {
+        if kind != KIND_CP_LUCKY {
+            return;
+        }
+        let Some(cp) = LuckyCheckpoint::decode(payload) else { return };
+        for (user, _) in cp.opened {
+            self.remember((cp.packet_id, user));
+        }
+    }
+
+    fn remember(&mut self, key: (u64, u64)) -> bool {
+        if !self.seen.insert(key) {
+            return false;
         }
         self.order.push_back(key);
         if self.order.len() > self.capacity_max {
@@ -90,7 +113,7 @@ impl SharesSeen {
             self.seen.remove(&oldest);
         }
         debug_assert_eq!(self.seen.len(), self.order.len());
-        Ok(LuckyShare::new(record, node, core))
+        true
     }
 
     pub fn len(&self) -> usize {
@@ -124,6 +147,22 @@ mod tests {
         assert!(seen.admit(KIND_LUCKY_OPENED, &record(1, 3, 300), 4, 1).is_ok(), "another member's share");
         assert_eq!(seen.admit(0x30, &record(5, 5, 5), 4, 1), Err(ShareSkip::NotAShare));
         assert_eq!(seen.admit(KIND_LUCKY_OPENED, &[0; 7], 4, 1), Err(ShareSkip::Damaged(7)));
+    }
+
+    #[test]
+    fn a_share_in_a_checkpoint_before_the_position_is_not_handed_over_again() {
+        let mut seen = SharesSeen::new(100);
+        let cp = LuckyCheckpoint { packet_id: 1, group: 9, total_fen: 500, count: 3, opened: vec![(2, 300), (3, 100)] };
+        seen.remember_checkpoint(KIND_CP_LUCKY, &cp.encode());
+        seen.remember_checkpoint(KIND_CP_LUCKY, &[0; 5]);
+        seen.remember_checkpoint(KIND_LUCKY_OPENED, &cp.encode());
+        assert_eq!(seen.len(), 2);
+        assert_eq!(
+            seen.admit(KIND_LUCKY_OPENED, &record(1, 2, 300), 4, 1),
+            Err(ShareSkip::Repeat { packet: 1, user: 2 }),
+            "recorded again after its first record was deleted"
+        );
+        assert!(seen.admit(KIND_LUCKY_OPENED, &record(1, 4, 100), 4, 1).is_ok(), "a share the checkpoint did not hold");
     }
 
     #[test]

@@ -54,6 +54,8 @@ struct Disk {
     records: Vec<(u8, u64, Vec<u8>)>,
     queued: VecDeque<(u8, Vec<u8>, u64)>,
     next_lsn: u64,
+    /// The next this many appends fail (besides `fail_every`).
+    fail_next: usize,
 }
 
 struct Sim {
@@ -271,7 +273,9 @@ impl Sim {
                     let Some((kind, payload, token)) = self.disks[core].queued.pop_front() else { break };
                     progressed = true;
                     let disk = &mut self.disks[core];
-                    let fail = self.fail_every > 0 && self.rng.gen_range(0..self.fail_every) == 0;
+                    let forced = disk.fail_next > 0;
+                    disk.fail_next = disk.fail_next.saturating_sub(1);
+                    let fail = forced || self.fail_every > 0 && self.rng.gen_range(0..self.fail_every) == 0;
                     if fail {
                         self.cores[core].on_appended(token, None);
                     } else {
@@ -1603,6 +1607,38 @@ fn without_the_groups_table_groups_come_back_from_the_log_also_after_retention_d
     assert!(sim.errors.is_empty() && sim.unacked.is_empty(), "{:?}", sim.errors);
     sim.drain_and_sync_all();
     sim.check_exactly_once();
+}
+
+#[test]
+fn a_group_change_whose_record_fails_is_answered_internal_and_undone_and_its_retry_holds() {
+    let mut sim = Sim::new(9, 6, 1);
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    let g = sim.create_group(0, &[2, 3]);
+    let home = group_home_core(g, CORES);
+    let code = |sim: &mut Sim, d: usize, req: TimelineRequest<'_>| {
+        sim.errors.clear();
+        let now = sim.request(d, req, Asked::Other);
+        sim.pump(true);
+        now.map(|c| c.as_u16()).or(sim.errors.first().copied())
+    };
+    sim.disks[home].fail_next = 1;
+    let join = TimelineRequest::GroupJoin { group_id: g, user: 4 };
+    assert_eq!(code(&mut sim, 0, join), Some(ErrorCode::Internal.as_u16()));
+    assert_eq!(sim.cores[home].group(g), Some(&[1, 2, 3][..]), "the failed join is undone");
+    assert_eq!(sim.cores[home].stats.group_changes_failed, 1);
+    // A group send now reaches the old members only.
+    sim.send(1, TARGET_GROUP, g, 1, b"before");
+    sim.pump(true);
+    sim.drain_and_sync_all();
+    sim.check_exactly_once();
+    assert!(sim.devices[3].seen.is_empty(), "user 4 is not a member");
+    // The retry holds, also across a restart.
+    assert_eq!(code(&mut sim, 0, join), None);
+    assert_eq!(sim.cores[home].group(g), Some(&[1, 2, 3, 4][..]));
+    sim.crash_and_restart(9);
+    assert_eq!(sim.cores[home].group(g), Some(&[1, 2, 3, 4][..]));
 }
 
 #[test]

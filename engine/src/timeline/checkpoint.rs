@@ -14,9 +14,10 @@
 //! Every checkpoint record but the groups' is a merge (max of a ceiling, union of shares
 //! and keys), so a checkpoint cut short by a crash is harmless, and replay order does
 //! not matter. A group's list is a snapshot, replayed in LSN order: a checkpoint writes
-//! the list in memory, which already holds every change whose record has a lower LSN
-//! (memory changes when the record is queued, and records are queued in LSN order), and
-//! a later change's own record comes after it.
+//! the newest list queued (or the durable one), which holds every change whose record
+//! has a lower LSN (records are queued in LSN order), and a later change's own record
+//! comes after it. A change whose record then fails may so become durable through the
+//! checkpoint: a failed change "may have happened", as a failed send.
 //!
 //! Which records a checkpoint covers: it starts at a tick (time t0). Storage reports
 //! appends in LSN order, so the first append reported durable after t0 (LSN `L`) bounds
@@ -493,8 +494,9 @@ impl Timelines {
                     markers.extend(wires.iter().map(|w| (user, &w[..])));
                 }
                 if markers.is_empty() {
-                    let mut groups: Vec<u64> = self.groups.keys().copied().collect();
+                    let mut groups: Vec<u64> = self.groups.keys().chain(self.groups_queued.keys()).copied().collect();
                     groups.sort_unstable();
+                    groups.dedup();
                     return (None, Phase::Groups(groups));
                 }
                 (Some((KIND_CP_READ_MARKER, encode_markers(&markers))), Phase::Markers(users))
@@ -505,12 +507,15 @@ impl Timelines {
                 let mut groups: Vec<(u64, &[u64])> = Vec::new();
                 let mut members = 0;
                 while let Some(&id) = ids.last() {
-                    let list = self.groups.get(&id).map_or(&[][..], Vec::as_slice);
+                    // The newest list queued, else the durable one: the state of every
+                    // record below this one (see the module docs).
+                    let current = self.groups_queued.get(&id).map(|q| &q.members).or_else(|| self.groups.get(&id));
+                    let list = current.map_or(&[][..], Vec::as_slice);
                     if !groups.is_empty() && members + list.len() > CHECKPOINT_ITEMS_PER_RECORD {
                         break;
                     }
                     ids.pop();
-                    if self.groups.contains_key(&id) {
+                    if current.is_some() {
                         members += list.len();
                         groups.push((id, list));
                     }

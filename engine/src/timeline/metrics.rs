@@ -13,6 +13,7 @@ pub struct TimelineMetrics {
     pub sends_acked_total: AtomicU64,
     pub entries_committed_total: AtomicU64,
     pub entries_failed_total: AtomicU64,
+    pub group_changes_failed_total: AtomicU64,
     pub notifies_total: AtomicU64,
     pub notifies_gated_total: AtomicU64,
     pub syncs_total: AtomicU64,
@@ -67,6 +68,7 @@ impl TimelineMetrics {
         self.sends_acked_total.store(s.sends_acked, Relaxed);
         self.entries_committed_total.store(s.entries_committed, Relaxed);
         self.entries_failed_total.store(s.entries_failed, Relaxed);
+        self.group_changes_failed_total.store(s.group_changes_failed, Relaxed);
         self.notifies_total.store(s.notifies_pushed, Relaxed);
         self.notifies_gated_total.store(s.notifies_gated, Relaxed);
         self.syncs_total.store(s.syncs, Relaxed);
@@ -152,7 +154,7 @@ pub fn render_retention(cores: &[&TimelineMetrics], out: &mut String) {
 /// Renders every core's timeline block.
 pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
     type Getter = fn(&TimelineMetrics) -> &AtomicU64;
-    const FAMILIES: [(&str, &str, &str, Getter); 19] = [
+    const FAMILIES: [(&str, &str, &str, Getter); 20] = [
         ("redrain_timeline_sends_total", "counter", "Sends acknowledged to their sender (SendOk).", |m| {
             &m.sends_acked_total
         }),
@@ -162,6 +164,12 @@ pub fn render(cores: &[&TimelineMetrics], out: &mut String) {
         ("redrain_timeline_entries_failed_total", "counter", "Inbox entries whose write failed.", |m| {
             &m.entries_failed_total
         }),
+        (
+            "redrain_timeline_group_changes_failed_total",
+            "counter",
+            "Group changes whose record failed (answered Internal, undone).",
+            |m| &m.group_changes_failed_total,
+        ),
         ("redrain_timeline_notifies_total", "counter", "Notify pushes written to devices.", |m| &m.notifies_total),
         (
             "redrain_timeline_notifies_gated_total",

@@ -407,6 +407,12 @@ enum Pending {
     },
 }
 
+/// A group's newest queued member list and how many of its changes are in flight.
+struct QueuedGroup {
+    members: Vec<u64>,
+    in_flight: u32,
+}
+
 /// A group change waiting for the table.
 struct GroupPut {
     origin: ReplyTo,
@@ -447,6 +453,8 @@ pub struct TimelineStats {
     pub sends_acked: u64,
     pub entries_committed: u64,
     pub entries_failed: u64,
+    /// Group changes whose record failed (answered Internal, undone in memory).
+    pub group_changes_failed: u64,
     pub notifies_pushed: u64,
     /// Notifies not sent because the device had not synced since its last one.
     pub notifies_gated: u64,
@@ -489,6 +497,10 @@ pub struct Timelines {
     recent: RecentEntries,
     ceilings: Ceilings,
     groups: HashMap<u64, Vec<u64>>,
+    /// The newest member list of a group whose change is queued but not durable yet:
+    /// the next change builds on it and a checkpoint writes it; membership checks and
+    /// fan-out use `groups` (durable only), so a change whose append fails is undone.
+    groups_queued: HashMap<u64, QueuedGroup>,
     next_group: u64,
     lucky: HashMap<u64, LuckyPacket>,
     /// Online devices of users homed here.
@@ -567,6 +579,7 @@ impl Timelines {
             config,
             inboxes: HashMap::default(),
             groups: HashMap::default(),
+            groups_queued: HashMap::default(),
             next_group: 1,
             lucky: HashMap::default(),
             online: HashMap::default(),
@@ -959,7 +972,7 @@ impl Timelines {
                 .encode(caller.request_id, out.tail());
             return Handled::Now;
         }
-        if self.groups.len() >= self.config.groups_per_core_max {
+        if self.groups.len() + self.groups_queued.len() >= self.config.groups_per_core_max {
             Reply::busy("this core holds groups_per_core_max groups").encode(caller.request_id, out.tail());
             return Handled::Now;
         }
@@ -987,7 +1000,9 @@ impl Timelines {
         let payload = records::encode_group(group, &members);
         self.outputs.push(TimelineOutput::Append { kind: records::KIND_GROUP, payload, token });
         self.pending.insert(token, Pending::Group { group, members: records::encode_members(&members) });
-        self.groups.insert(group, members);
+        let queued = self.groups_queued.entry(group).or_insert(QueuedGroup { members: Vec::new(), in_flight: 0 });
+        queued.members = members;
+        queued.in_flight += 1;
         self.group_puts.insert(token, GroupPut { origin, reply });
     }
 
@@ -1006,7 +1021,7 @@ impl Timelines {
                 self.answer(origin, reply)
             }
             GroupOp::Join(member) => {
-                let mut list = members.clone();
+                let mut list = self.groups_queued.get(&group).map_or(members, |q| &q.members).clone();
                 let Err(at) = list.binary_search(&member) else {
                     let n = list.len() as u16;
                     return self.answer(origin, Reply::ok(TimelineResponse::GroupJoinOk { members: n }));
@@ -1019,7 +1034,7 @@ impl Timelines {
                 self.put_group(group, list, origin, Reply::ok(TimelineResponse::GroupJoinOk { members: n }));
             }
             GroupOp::Leave(member) => {
-                let mut list = members.clone();
+                let mut list = self.groups_queued.get(&group).map_or(members, |q| &q.members).clone();
                 let Ok(at) = list.binary_search(&member) else {
                     let n = list.len() as u16;
                     return self.answer(origin, Reply::ok(TimelineResponse::GroupLeaveOk { members: n }));
@@ -1427,9 +1442,21 @@ impl Timelines {
             Pending::Ceiling => {}
             Pending::Checkpoint => self.on_checkpoint_appended(ok),
             Pending::Group { group, members } => {
+                // Appends resolve in LSN order: the last durable change of a group wins.
+                let list = records::decode_members(&members).unwrap_or_default();
+                if let Some(q) = self.groups_queued.get_mut(&group) {
+                    q.in_flight -= 1;
+                    if q.in_flight == 0 {
+                        self.groups_queued.remove(&group);
+                    }
+                }
                 if ok {
+                    self.groups.insert(group, list);
                     self.outputs.push(TimelineOutput::PutGroup { group, members, token });
                 } else {
+                    // Undone: later changes queued on top of it still carry it (they may
+                    // commit; a failed change "may have happened", as a failed send).
+                    self.stats.group_changes_failed += 1;
                     self.on_group_stored(token, false);
                 }
             }

@@ -1639,6 +1639,28 @@ fn a_group_change_whose_record_fails_is_answered_internal_and_undone_and_its_ret
     assert_eq!(sim.cores[home].group(g), Some(&[1, 2, 3, 4][..]));
     sim.crash_and_restart(9);
     assert_eq!(sim.cores[home].group(g), Some(&[1, 2, 3, 4][..]));
+
+    // Two joins of user 5 at once, the first record failing: the second is not answered
+    // before it knows, and its own record makes the join hold.
+    for d in 0..sim.devices.len() {
+        sim.connect(d);
+    }
+    sim.errors.clear();
+    sim.group_results.clear();
+    sim.disks[home].fail_next = 1;
+    let join5 = TimelineRequest::GroupJoin { group_id: g, user: 5 };
+    assert_eq!(sim.request(0, join5, Asked::Other), None);
+    assert_eq!(sim.request(1, join5, Asked::Other), None);
+    sim.pump(true);
+    assert_eq!(sim.errors, vec![ErrorCode::Internal.as_u16()], "the first join failed");
+    assert!(
+        matches!(sim.group_results.as_slice(), [Response::Timeline(TimelineResponse::GroupJoinOk { members: 5 })]),
+        "{:?}",
+        sim.group_results
+    );
+    assert_eq!(sim.cores[home].group(g), Some(&[1, 2, 3, 4, 5][..]), "the acknowledged join holds");
+    sim.crash_and_restart(10);
+    assert_eq!(sim.cores[home].group(g), Some(&[1, 2, 3, 4, 5][..]));
 }
 
 #[test]

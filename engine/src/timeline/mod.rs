@@ -972,7 +972,8 @@ impl Timelines {
                 .encode(caller.request_id, out.tail());
             return Handled::Now;
         }
-        if self.groups.len() + self.groups_queued.len() >= self.config.groups_per_core_max {
+        let creating = self.groups_queued.keys().filter(|g| !self.groups.contains_key(g)).count();
+        if self.groups.len() + creating >= self.config.groups_per_core_max {
             Reply::busy("this core holds groups_per_core_max groups").encode(caller.request_id, out.tail());
             return Handled::Now;
         }
@@ -1021,10 +1022,16 @@ impl Timelines {
                 self.answer(origin, reply)
             }
             GroupOp::Join(member) => {
+                let queued = self.groups_queued.contains_key(&group);
                 let mut list = self.groups_queued.get(&group).map_or(members, |q| &q.members).clone();
                 let Err(at) = list.binary_search(&member) else {
-                    let n = list.len() as u16;
-                    return self.answer(origin, Reply::ok(TimelineResponse::GroupJoinOk { members: n }));
+                    let reply = Reply::ok(TimelineResponse::GroupJoinOk { members: list.len() as u16 });
+                    if queued {
+                        // Already in a change not durable yet: answer with the fate of a
+                        // record of the same list, not before.
+                        return self.put_group(group, list, origin, reply);
+                    }
+                    return self.answer(origin, reply);
                 };
                 if list.len() >= self.config.group_members_max {
                     return self.answer(origin, Reply::err(ErrorCode::GroupFull, "the group is at group_members_max"));
@@ -1034,10 +1041,14 @@ impl Timelines {
                 self.put_group(group, list, origin, Reply::ok(TimelineResponse::GroupJoinOk { members: n }));
             }
             GroupOp::Leave(member) => {
+                let queued = self.groups_queued.contains_key(&group);
                 let mut list = self.groups_queued.get(&group).map_or(members, |q| &q.members).clone();
                 let Ok(at) = list.binary_search(&member) else {
-                    let n = list.len() as u16;
-                    return self.answer(origin, Reply::ok(TimelineResponse::GroupLeaveOk { members: n }));
+                    let reply = Reply::ok(TimelineResponse::GroupLeaveOk { members: list.len() as u16 });
+                    if queued {
+                        return self.put_group(group, list, origin, reply);
+                    }
+                    return self.answer(origin, reply);
                 };
                 list.remove(at);
                 let n = list.len() as u16;

@@ -1,11 +1,12 @@
 //! Retention of the timeline log in the real `redrain` process: with tiny segments and a
 //! tiny byte bound, old segments are deleted after checkpoints (files gone, bytes bounded),
 //! and after `kill -9` and a restart seqs keep increasing, a retried recent send is
-//! recognised, and a Sync from 0 is answered with the `expired` flag.
+//! recognised, and a Sync from 0 is answered with the `expired` flag. Replicated, the
+//! two peers delete what the node released, within their own bound.
 
 mod common;
 
-use common::{Node, TIMEOUT};
+use common::{Node, Replica, TIMEOUT};
 use redrain_net::client::{BlockingClient, ResponseFrame};
 use redrain_net::message::{Request, Response};
 use redrain_net::timeline::{TimelineRequest, TimelineResponse, CONTENT_TEXT, TARGET_USER};
@@ -19,6 +20,10 @@ const SENDS_PER_USER: u64 = 2_000;
 const PIPELINE: u64 = 100;
 
 fn start(dir: tempfile::TempDir) -> Node {
+    start_with(dir, &[])
+}
+
+fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Node {
     let path = dir.path().join("timeline.toml");
     std::fs::write(
         &path,
@@ -30,7 +35,8 @@ fn start(dir: tempfile::TempDir) -> Node {
         ),
     )
     .unwrap();
-    Node::start_in(dir, &["--cores", "2", "--config", path.to_str().unwrap()])
+    let args = ["--cores", "2", "--config", path.to_str().unwrap()];
+    Node::start_in(dir, &[&args[..], extra].concat())
 }
 
 /// The next answer (pushes such as Notify are skipped).
@@ -188,4 +194,89 @@ fn with_tiny_retention_old_segments_go_and_after_kill_9_seqs_retries_and_expired
     let (_, _, page) = sync_page(&mut c2, head);
     assert_eq!(page.len(), 1, "{page:?}");
     assert!(page[0] > last[2].2.max(head), "user 2's new entry is above every seq it had");
+}
+
+/// Every replica of a timeline stream (`replicas/<node>-<0x100 + core>`) a peer holds:
+/// (name, bytes, bytes of its newest segment, name of its oldest segment).
+fn replica_timeline_bytes(dir: &std::path::Path) -> Vec<(String, u64, u64, String)> {
+    let Ok(streams) = std::fs::read_dir(dir.join("replicas")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for stream in streams.filter_map(Result::ok) {
+        let name = stream.file_name().to_string_lossy().into_owned();
+        let core: u32 = name.rsplit('-').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        if core < 0x100 {
+            continue; // an open queue stream
+        }
+        let mut segs: Vec<(String, u64)> = std::fs::read_dir(stream.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+            .collect();
+        segs.sort();
+        let oldest = segs.first().map_or(String::new(), |s| s.0.clone());
+        out.push((name, segs.iter().map(|s| s.1).sum(), segs.last().map_or(0, |s| s.1), oldest));
+    }
+    out
+}
+
+#[test]
+fn the_peers_delete_what_the_node_released_within_their_own_bound() {
+    let root = tempfile::tempdir().unwrap();
+    let bound = RETENTION_BYTES_MAX.to_string();
+    let segment = SEGMENT_BYTES.to_string();
+    let flags = ["--segment-bytes", segment.as_str(), "--retention-bytes-max", bound.as_str()];
+    let a = Replica::start_with(&root.path().join("park-a"), "127.0.0.1:0", &flags);
+    let b = Replica::start_with(&root.path().join("park-b"), "127.0.0.1:0", &flags);
+    let peers = format!("{},{}", a.addr, b.addr);
+    let node = start_with(tempfile::tempdir().unwrap(), &["--opens-replica-peers", &peers]);
+    let mut clients: Vec<BlockingClient> = (1..=USERS).map(|u| node.login(u, 1)).collect();
+    let payload = [7u8; 200];
+    for round in 0..SENDS_PER_USER / PIPELINE {
+        let mut queued = Vec::new();
+        for (i, c) in clients.iter_mut().enumerate() {
+            let user = i as u64 + 1;
+            for k in 0..PIPELINE {
+                queued.push((i, c.queue(&send_req(user % USERS + 1, round * PIPELINE + k + 1, &payload))));
+            }
+            c.flush().unwrap();
+        }
+        for (i, id) in queued {
+            let f = answer(&mut clients[i]);
+            assert_eq!(f.request_id, id);
+            send_ok(&f);
+        }
+    }
+    // The node checkpoints, releases below its watermark and tells the peers; each peer
+    // then deletes released segments beyond its own bound (its first segment is gone).
+    let first_segment = replica_timeline_bytes(&a.dir).first().map(|r| r.3.clone()).expect("a timeline replica");
+    let until = Instant::now() + TIMEOUT * 2;
+    loop {
+        let held: Vec<_> = [&a, &b].iter().flat_map(|r| replica_timeline_bytes(&r.dir)).collect();
+        let trimmed = held
+            .iter()
+            .all(|(_, bytes, newest, oldest)| *bytes <= RETENTION_BYTES_MAX + newest && *oldest != first_segment);
+        if held.len() == 4 && trimmed {
+            eprintln!("replicas of the timeline streams (name, bytes, newest segment, oldest segment): {held:?}");
+            break;
+        }
+        assert!(Instant::now() < until, "the peers never deleted down to their bound: {held:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The node goes on: a new send commits on 2 of 3 copies and is the one entry after
+    // user 2's head.
+    let mut c2 = node.login(2, 2);
+    let mut head = 0;
+    loop {
+        let (_, more, page) = sync_page(&mut c2, head);
+        head = page.last().copied().unwrap_or(head);
+        if !more {
+            break;
+        }
+    }
+    let mut c1 = node.login(1, 2);
+    send_ok(&call(&mut c1, &send_req(2, 1 << 40, b"after")));
+    let (_, _, seqs) = sync_page(&mut c2, head);
+    assert_eq!(seqs.len(), 1, "{seqs:?} after {head}");
+    assert!(seqs[0] > head);
 }

@@ -40,6 +40,16 @@ pub enum ReplicaCommand {
         /// Stop after this many seconds (default: run until killed).
         #[arg(long)]
         exit_after_secs: Option<u64>,
+        /// Bytes of each replica beyond which segments its origin released are deleted
+        /// (what the origin has not released is always kept).
+        #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+        retention_bytes_max: u64,
+        /// Size at which a replica's segment is sealed (retention deletes whole segments).
+        #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+        segment_bytes: u64,
+        /// Age beyond which segments the origin released are deleted.
+        #[arg(long, default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+        retention_age_s: u64,
     },
     /// Export the replica of one origin stream held in DATA_DIR, as a log
     /// directory another node can open (`--out-dir`) and/or NDJSON lines
@@ -108,9 +118,19 @@ pub fn run(args: ReplicaArgs) -> anyhow::Result<i32> {
 async fn run_on_executor(command: ReplicaCommand) -> anyhow::Result<i32> {
     let fs = Rc::new(GlommioFileSystem);
     match command {
-        ReplicaCommand::Serve { listen, data_dir, exit_after_secs } => {
-            let server = ReplicaServer::start(ReplicaServerConfig::new(listen, data_dir), fs)
-                .context("starting the replica server")?;
+        ReplicaCommand::Serve {
+            listen,
+            data_dir,
+            exit_after_secs,
+            retention_bytes_max,
+            segment_bytes,
+            retention_age_s,
+        } => {
+            let mut config = ReplicaServerConfig::new(listen, data_dir);
+            config.log.segment_bytes_target = segment_bytes;
+            config.log.retention_bytes_max = retention_bytes_max;
+            config.log.retention_age_max = Duration::from_secs(retention_age_s);
+            let server = ReplicaServer::start(config, fs).context("starting the replica server")?;
             println!("serving replicas on {}", server.local_addr());
             match exit_after_secs {
                 Some(secs) => glommio::timer::sleep(Duration::from_secs(secs)).await,

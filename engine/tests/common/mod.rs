@@ -221,8 +221,14 @@ pub struct Replica {
 impl Replica {
     /// Starts a replica on `listen` ("127.0.0.1:0" for a free port) keeping its data in `dir`.
     pub fn start(dir: &std::path::Path, listen: &str) -> Replica {
+        Self::start_with(dir, listen, &[])
+    }
+
+    /// As [`Replica::start`], with more `replica serve` flags.
+    pub fn start_with(dir: &std::path::Path, listen: &str, extra: &[&str]) -> Replica {
         let mut child = Command::new(env!("CARGO_BIN_EXE_redrain"))
             .args(["replica", "serve", "--listen", listen, "--data-dir", dir.to_str().unwrap()])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

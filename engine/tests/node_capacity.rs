@@ -6,6 +6,7 @@ mod common;
 use common::{metric_sum, Node, TIMEOUT};
 use redrain_net::client::ClientCodec;
 use redrain_net::message::{Request, Response};
+use redrain_net::ErrorCode;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
@@ -33,21 +34,44 @@ fn ten_thousand_idle_sessions_fit_in_one_node() {
         streams.push(s);
     }
     let mut buf = [0u8; 256];
+    // A login the overload gate sheds (it waited too long in a busy node's queue: these
+    // 10,000 arrive at once, on a shared machine) is retried after its retry-after, as a
+    // client does; each session must end logged in.
+    let mut shed = 0u32;
     for (user, s) in streams.iter_mut().enumerate() {
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut codec = ClientCodec::new(1 << 16);
         let mut got = Vec::new();
-        while got.len() < 2 {
+        let mut login_id = 2;
+        while !got.contains(&(login_id, true)) {
             let n = s.read(&mut buf).unwrap();
             assert!(n > 0, "session {user} closed early");
             codec.feed(&buf[..n]);
+            let mut retry_after = None;
             codec
                 .drain(|h, r| {
+                    if let Ok(Response::Error { code, retry_after_ms, .. }) = &r {
+                        let shed = *code == ErrorCode::Busy.as_u16();
+                        assert!(shed && h.request_id == login_id, "session {user}: {r:?}");
+                        retry_after = Some(*retry_after_ms);
+                    }
                     got.push((h.request_id, matches!(r, Ok(Response::HelloOk { .. }) | Ok(Response::LoginOk { .. }))))
                 })
                 .unwrap();
+            if let Some(ms) = retry_after {
+                shed += 1;
+                assert!(login_id < 22, "session {user}: 20 logins shed");
+                std::thread::sleep(std::time::Duration::from_millis(u64::from(ms.clamp(1, 1_000))));
+                login_id += 1;
+                batch.clear();
+                Request::Login { token: &node.token(user as u64, 0) }.encode(login_id, &mut batch);
+                s.write_all(&batch).unwrap();
+            }
         }
-        assert_eq!(got, vec![(1, true), (2, true)], "session {user}");
+        assert_eq!(got.first(), Some(&(1, true)), "session {user}");
+    }
+    if shed > 0 {
+        println!("capacity: {shed} logins shed by the overload gate and retried");
     }
     let login_secs = started.elapsed().as_secs_f64();
     node.wait_metric("redrain_sessions_active", &[], (SESSIONS + warm.len()) as f64);

@@ -1,6 +1,7 @@
 //! Timelines in the real `redrain` process: `kill -9` in the middle of traffic, a restart
 //! on the same data directory, and then every acknowledged message is in every addressee's
-//! syncs, each user's seqs keep increasing, and retried sends are stored once.
+//! syncs, each user's seqs keep increasing, and retried sends are stored once. A device
+//! that never reads its sync answers is closed as a slow reader.
 
 mod common;
 
@@ -9,6 +10,7 @@ use redrain_net::client::{BlockingClient, ResponseFrame};
 use redrain_net::message::{Request, Response};
 use redrain_net::timeline::{TimelineRequest, TimelineResponse, U64List, CONTENT_TEXT, TARGET_GROUP, TARGET_USER};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
 use std::time::Instant;
 
 /// Users 1..=USERS each hold one device; users 1..=GROUP_MEMBERS form one group.
@@ -332,4 +334,61 @@ fn after_kill_9_every_acknowledged_message_is_synced_seqs_keep_increasing_and_re
     let m = node.metrics();
     assert_eq!(common::metric_sum(&m, "redrain_timeline_entries_failed_total", &[]), 0.0);
     common::promtool_check(&m);
+}
+
+#[test]
+fn a_device_that_never_reads_its_sync_answers_is_closed_as_a_slow_reader() {
+    // Syncs read the log (4 KiB of recent entries), so their answers are deferred and wait
+    // for the connection: at most conn_pushed_bytes_max (its smallest: one full SyncOk
+    // and a bit). The write timeout is far away, so it is this bound that acts.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.insert_str(0, "conn_pushed_bytes_max = 65536\nwrite_timeout_ms = 60000\n");
+    std::fs::write(&config, text).unwrap();
+    let node = Node::start_in(dir, &["--cores", "2", "--config", config.to_str().unwrap()]);
+    let mut c = node.login(5, 1);
+    // 200 entries of ~1 KB in user 5's inbox: every Sync from 0 is a full page.
+    let payload = [3u8; 1000];
+    let ids: Vec<u32> = (1..=200u64)
+        .map(|id| {
+            c.queue(&Request::Timeline(TimelineRequest::Send {
+                target_kind: TARGET_USER,
+                target: 5,
+                client_msg_id: id,
+                content_type: CONTENT_TEXT,
+                payload: &payload,
+            }))
+        })
+        .collect();
+    c.flush().unwrap();
+    for id in ids {
+        let f = answer(&mut c);
+        assert_eq!(f.request_id, id);
+        assert!(matches!(f.parse().unwrap(), Response::Timeline(TimelineResponse::SendOk { .. })));
+    }
+    // Now syncs, pipelined, and never a read.
+    let stream = c.stream();
+    stream.set_write_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..64u32 {
+        Request::Timeline(TimelineRequest::Sync { since_seq: 0, limit: 500 }).encode(1_000 + i, &mut batch);
+    }
+    let started = Instant::now();
+    while started.elapsed() < TIMEOUT && node.metric_sum("redrain_connections_closed_total", &["slow_reader"]) < 1.0 {
+        if stream.write_all(&batch).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    node.wait_metric("redrain_connections_closed_total", &["slow_reader"], 1.0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(node.metric_sum("redrain_connections_closed_total", &["slow_reader"]), 1.0, "closed once");
+    assert_eq!(node.metric_sum("redrain_connections_closed_total", &["write_timeout"]), 0.0);
+    assert_eq!(node.metric_sum("redrain_connections_open", &[]), 0.0);
+    // The node serves the same user's next device as before.
+    let mut again = node.login(5, 2);
+    let f = again
+        .call(&Request::Timeline(TimelineRequest::Sync { since_seq: 199, limit: 10 }))
+        .expect("a sync on a new connection");
+    assert!(matches!(f.parse().unwrap(), Response::Timeline(TimelineResponse::SyncOk { .. })), "{:?}", f.parse());
 }

@@ -7,12 +7,12 @@
 
 mod common;
 
-use common::{Node, Replica};
+use common::{call, create_group, Node, Replica};
 use redrain_engine::shard::handoff::home_core;
 use redrain_engine::tickets::reconcile::{OpenedKind, OpenedRecord};
 use redrain_net::client::{BlockingClient, ClientError};
 use redrain_net::message::{Request, Response};
-use redrain_net::timeline::{TimelineRequest, TimelineResponse, U64List, CONTENT_LUCKY, TARGET_GROUP};
+use redrain_net::timeline::{TimelineRequest, TimelineResponse, CONTENT_LUCKY, TARGET_GROUP};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -29,33 +29,6 @@ fn start(dir: tempfile::TempDir) -> Node {
     let config = dir.path().join("timeline.toml");
     std::fs::write(&config, RATES).unwrap();
     Node::start_in(dir, &["--cores", "2", "--config", config.to_str().unwrap()])
-}
-
-/// One request and its answer; pushes (Notify, id 0) in between are skipped.
-fn call(c: &mut BlockingClient, request: &Request<'_>) -> Result<redrain_net::client::ResponseFrame, ClientError> {
-    let id = c.send(request)?;
-    loop {
-        let f = c.recv()?;
-        if f.request_id == 0 {
-            continue;
-        }
-        if let Response::Error { code, retry_after_ms, message } = f.parse()? {
-            return Err(ClientError::Server { code, retry_after_ms, message: message.to_owned() });
-        }
-        assert_eq!(f.request_id, id, "answers come in request order");
-        return Ok(f);
-    }
-}
-
-fn create_group(c: &mut BlockingClient, members: &[u64]) -> u64 {
-    let mut list = Vec::new();
-    U64List::write(members, &mut list);
-    let f =
-        call(c, &Request::Timeline(TimelineRequest::GroupCreate { members: U64List::from_bytes(&list[2..]) })).unwrap();
-    let Response::Timeline(TimelineResponse::GroupCreateOk { group_id, .. }) = f.parse().unwrap() else {
-        panic!("{:?}", f.parse())
-    };
-    group_id
 }
 
 fn send_lucky(c: &mut BlockingClient, group: u64, count: u16) -> u64 {
@@ -329,14 +302,7 @@ fn with_the_nats_sink_each_lucky_share_is_one_message_named_by_packet_and_user()
 fn timeline_bytes(data: &std::path::Path) -> Vec<(u64, u64)> {
     (0..CORES)
         .map(|core| {
-            let dir = data.join(format!("core-{core}")).join("timeline");
-            let mut segs: Vec<(String, u64)> = std::fs::read_dir(&dir)
-                .unwrap()
-                .filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
-                .collect();
-            segs.sort();
+            let segs = common::log_segments(&data.join(format!("core-{core}")).join("timeline"));
             (segs.iter().map(|s| s.1).sum(), segs.last().map_or(0, |s| s.1))
         })
         .collect()

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Node, Replica};
+use common::{call, create_group, Node, Replica};
 use redrain_engine::shard::handoff::home_core;
 use redrain_engine::timeline::records::{decode_entry, KIND_ENTRY};
 use redrain_net::client::{BlockingClient, ClientError};
@@ -41,22 +41,6 @@ fn start(dir: tempfile::TempDir, a: &Replica, b: &Replica) -> Node {
             COMMIT_TIMEOUT_MS,
         ],
     )
-}
-
-/// One request and its answer; pushes (Notify, id 0) in between are skipped.
-fn call(c: &mut BlockingClient, request: &Request<'_>) -> Result<redrain_net::client::ResponseFrame, ClientError> {
-    let id = c.send(request)?;
-    loop {
-        let f = c.recv()?;
-        if f.request_id == 0 {
-            continue;
-        }
-        if let Response::Error { code, retry_after_ms, message } = f.parse()? {
-            return Err(ClientError::Server { code, retry_after_ms, message: message.to_owned() });
-        }
-        assert_eq!(f.request_id, id, "answers come in request order");
-        return Ok(f);
-    }
 }
 
 /// Sends `payload` from the client's user to `to` with client message id `id`.
@@ -255,17 +239,6 @@ fn a_node_that_lost_its_timeline_log_and_groups_table_catches_up_from_its_peers_
     let mut g = node.login(creators[0], 2);
     let fresh = create_group(&mut g, &[recipient]);
     assert!(groups.iter().all(|(_, group)| *group != fresh), "group id {fresh} reused");
-}
-
-fn create_group(c: &mut BlockingClient, members: &[u64]) -> u64 {
-    let mut list = Vec::new();
-    redrain_net::timeline::U64List::write(members, &mut list);
-    let request = TimelineRequest::GroupCreate { members: redrain_net::timeline::U64List::from_bytes(&list[2..]) };
-    let f = call(c, &Request::Timeline(request)).unwrap();
-    let Response::Timeline(TimelineResponse::GroupCreateOk { group_id, .. }) = f.parse().unwrap() else {
-        panic!("{:?}", f.parse())
-    };
-    group_id
 }
 
 /// The member list of `group`, asked by its member `user`.

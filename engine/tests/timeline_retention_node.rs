@@ -88,14 +88,7 @@ fn sync_page(c: &mut BlockingClient, since_seq: u64) -> (bool, bool, Vec<u64>) {
 fn timeline_files(data: &std::path::Path) -> Vec<(usize, u64, u64)> {
     (0..2)
         .map(|core| {
-            let dir = data.join(format!("core-{core}")).join("timeline");
-            let mut segs: Vec<(String, u64)> = std::fs::read_dir(&dir)
-                .unwrap()
-                .filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
-                .collect();
-            segs.sort();
+            let segs = common::log_segments(&data.join(format!("core-{core}")).join("timeline"));
             let newest = segs.last().map_or(0, |s| s.1);
             (segs.len(), segs.iter().map(|s| s.1).sum(), newest)
         })
@@ -207,13 +200,7 @@ fn replica_timeline_bytes(dir: &std::path::Path) -> Vec<(String, u64, u64, Strin
         if core < 0x100 {
             continue; // an open queue stream
         }
-        let mut segs: Vec<(String, u64)> = std::fs::read_dir(stream.path())
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
-            .collect();
-        segs.sort();
+        let segs = common::log_segments(&stream.path());
         let oldest = segs.first().map_or(String::new(), |s| s.0.clone());
         out.push((name, segs.iter().map(|s| s.1).sum(), segs.last().map_or(0, |s| s.1), oldest));
     }

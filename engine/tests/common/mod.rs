@@ -155,6 +155,54 @@ impl Node {
     }
 }
 
+/// One request and its answer; pushes (Notify, id 0) in between are skipped and an
+/// `Error` answer is a typed [`ClientError::Server`].
+pub fn call(
+    c: &mut BlockingClient,
+    request: &redrain_net::message::Request<'_>,
+) -> Result<redrain_net::client::ResponseFrame, redrain_net::client::ClientError> {
+    use redrain_net::client::ClientError;
+    use redrain_net::message::Response;
+    let id = c.send(request)?;
+    loop {
+        let f = c.recv()?;
+        if f.request_id == 0 {
+            continue;
+        }
+        if let Response::Error { code, retry_after_ms, message } = f.parse()? {
+            return Err(ClientError::Server { code, retry_after_ms, message: message.to_owned() });
+        }
+        assert_eq!(f.request_id, id, "answers come in request order");
+        return Ok(f);
+    }
+}
+
+/// Creates a group of `members` (the caller joins it) and returns its id.
+pub fn create_group(c: &mut BlockingClient, members: &[u64]) -> u64 {
+    use redrain_net::message::{Request, Response};
+    use redrain_net::timeline::{TimelineRequest, TimelineResponse, U64List};
+    let mut list = Vec::new();
+    U64List::write(members, &mut list);
+    let request = TimelineRequest::GroupCreate { members: U64List::from_bytes(&list[2..]) };
+    let f = call(c, &Request::Timeline(request)).unwrap();
+    let Response::Timeline(TimelineResponse::GroupCreateOk { group_id, .. }) = f.parse().unwrap() else {
+        panic!("{:?}", f.parse())
+    };
+    group_id
+}
+
+/// The segment files of the log in `dir` (name, bytes), oldest first.
+pub fn log_segments(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut segs: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    segs.sort();
+    segs
+}
+
 /// Runs the `redrain` binary with `args`.
 pub fn redrain(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_redrain")).args(args).output().expect("run redrain")
